@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Umbrella header: everything that builds without nvcc (components, layouts, CPU backend).
+#pragma once
+
+#include <kvcompact/config.hpp>
+#include <kvcompact/cpu/session.hpp>
+#include <kvcompact/error.hpp>
+#include <kvcompact/kv_cache.hpp>
+#include <kvcompact/layouts/layer_condensed.hpp>
+#include <kvcompact/layouts/paged.hpp>
+#include <kvcompact/layouts/strided.hpp>
+#include <kvcompact/numeric.hpp>
+#include <kvcompact/policies.hpp>
+#include <kvcompact/policy.hpp>
+#include <kvcompact/query_window.hpp>
+#include <kvcompact/version.hpp>

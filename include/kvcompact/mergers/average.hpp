@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Average merger: a kept slot becomes the mean of itself and the evicted slots it absorbs.
+#pragma once
+
+#include <kvcompact/mergers/merge_runs.hpp>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace mergers {
+
+/// @brief Every evicted slot joins the more similar adjacent kept slot (or the selector's target), and
+/// each kept slot's key and value become the plain means over its run.
+struct average {
+  using component_kind = merger_tag;    ///< opt-in to kvcompact::entry_merger
+  static constexpr bool merges = true;  ///< rewrites kept slots
+  float min_similarity = -1.0f;         ///< evicted slots less similar than this to both neighbours are dropped
+
+  /// @brief Averages every run of head @p h into its kept slot. @param ctx selection context @param h KV head
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
+    detail::assign_adjacent(ctx, h, min_similarity);
+    const std::int32_t* order = ctx.order(h);
+    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last) {
+      const float size = static_cast<float>(last - first + 1);
+      for (index_t d = 0; d < ctx.head_dim(); ++d) {
+        float k = 0.0f, v = 0.0f;
+        for (index_t i = first; i <= last; ++i) {
+          k += ctx.key(h, order[i], d);
+          v += ctx.value(h, order[i], d);
+        }
+        ctx.set_key(h, pivot, d, k / size);
+        ctx.set_value(h, pivot, d, v / size);
+      }
+    });
+  }
+};
+
+}  // namespace mergers
+
+KVCOMPACT_NAMESPACE_END

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief The kvcompact::entry_merger concept: what happens to evicted entries.
+#pragma once
+
+#include <kvcompact/selectors/concepts.hpp>
+
+#include <concepts>
+#include <type_traits>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+/// @brief Tag a merger derives its `component_kind` from (opt-in to kvcompact::entry_merger).
+struct merger_tag {};
+
+namespace detail {
+template <class M>
+concept declares_merger = requires { typename M::component_kind; } && std::derived_from<typename M::component_kind, merger_tag>;
+template <class M>
+concept merger_has_merge = requires(const M& m, probe_selection_context& ctx, int h) {
+  { M::merges } -> std::convertible_to<bool>;
+  m.merge(ctx, h);
+};
+}  // namespace detail
+
+/// @brief A merger: folds evicted entries into kept ones before compaction.
+///
+/// Requirements on a type `M`:
+/// 1. `using component_kind = kvcompact::merger_tag;` (opt-in);
+/// 2. `static constexpr bool merges`: false lets backends skip the stage (kvcompact::mergers::drop);
+/// 3. `KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int head) const`: runs after selection (prefill) or
+///    decode-time eviction, reads keep flags, merge targets, scores, keys and values from the
+///    selection context and rewrites keys and values of kept slots;
+/// 4. trivially copyable.
+template <class M>
+concept entry_merger = detail::declares_merger<M> && detail::merger_has_merge<M> && std::is_trivially_copyable_v<M>;
+
+namespace detail {
+/// Static-assert ladder naming the first requirement of entry_merger that @p M misses.
+template <class M>
+constexpr bool check_merger() {
+  static_assert(declares_merger<M>, "kvcompact: the merger type must declare  using component_kind = kvcompact::merger_tag;");
+  static_assert(merger_has_merge<M>, "kvcompact: the merger lacks  static constexpr bool merges  or merge(context, head)");
+  static_assert(std::is_trivially_copyable_v<M>, "kvcompact: the merger type must be trivially copyable");
+  return entry_merger<M>;
+}
+}  // namespace detail
+
+KVCOMPACT_NAMESPACE_END

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Shared machinery of pivot mergers: assigning evicted slots to an adjacent kept slot and
+/// collapsing each run of slots that share a pivot.
+#pragma once
+
+#include <kvcompact/mergers/concepts.hpp>
+
+#include <cmath>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace mergers {
+namespace detail {
+
+/// Cosine similarity of the keys of two slots of head @p h.
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE float key_cosine(Ctx& ctx, int h, index_t a, index_t b) {
+  float dot = 0.0f, a2 = 0.0f, b2 = 0.0f;
+  for (index_t d = 0; d < ctx.head_dim(); ++d) {
+    const float x = ctx.key(h, a, d), y = ctx.key(h, b, d);
+    dot += x * y;
+    a2 += x * x;
+    b2 += y * y;
+  }
+  const float norms = std::sqrt(a2) * std::sqrt(b2);
+  return norms > 0.0f ? dot / norms : 0.0f;
+}
+
+/// Gives every evicted slot without a target the adjacent kept slot (older or newer neighbour in
+/// position order) whose key is more similar, when that similarity is at least @p min_similarity.
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE void assign_adjacent(Ctx& ctx, int h, float min_similarity) {
+  const std::int32_t* order = ctx.order(h);
+  const index_t n = ctx.length(h);
+  index_t previous = -1;
+  for (index_t i = 0; i < n; ++i) {
+    const std::int32_t slot = order[i];
+    if (ctx.kept(h, slot)) {
+      previous = slot;
+      continue;
+    }
+    if (ctx.target(h, slot) >= 0) continue;
+    index_t next = -1;
+    for (index_t k = i + 1; k < n && next < 0; ++k)
+      if (ctx.kept(h, order[k])) next = order[k];
+    const float to_previous = previous >= 0 ? key_cosine(ctx, h, slot, previous) : -2.0f;
+    const float to_next = next >= 0 ? key_cosine(ctx, h, slot, next) : -2.0f;
+    const index_t best = to_previous >= to_next ? previous : next;
+    const float similarity = to_previous >= to_next ? to_previous : to_next;
+    if (best >= 0 && similarity >= min_similarity) ctx.set_target(h, slot, best);
+  }
+}
+
+/// Calls `collapse(pivot, first, last)` for every maximal run order[first..last] (position order) of
+/// slots owned by one pivot (the pivot itself, kept, or evicted slots targeting it) with more than one member.
+template <class Ctx, class Collapse>
+KVCOMPACT_HOST_DEVICE void for_each_run(Ctx& ctx, int h, const Collapse& collapse) {
+  const std::int32_t* order = ctx.order(h);
+  const index_t n = ctx.length(h);
+  auto owner = [&](index_t i) -> index_t { return ctx.kept(h, order[i]) ? order[i] : ctx.target(h, order[i]); };
+  index_t first = 0;
+  while (first < n) {
+    const index_t pivot = owner(first);
+    index_t last = first;
+    while (last + 1 < n && owner(last + 1) == pivot) ++last;
+    if (pivot >= 0 && last > first) collapse(pivot, first, last);
+    first = last + 1;
+  }
+}
+
+}  // namespace detail
+}  // namespace mergers
+
+KVCOMPACT_NAMESPACE_END

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Accumulated-attention scorer (H2O heavy hitters).
+#pragma once
+
+#include <kvcompact/scorers/concepts.hpp>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace scorers {
+
+/// @brief Attention accumulated over every query so far (algorithms.md 6.2): prefill sums the
+/// window rows (pass all prompt queries for the original H2O), each decode step adds the current
+/// query's probability, reduced over the GQA group.
+struct accumulated_attention {
+  using component_kind = scorer_tag;                              ///< opt-in to kvcompact::slot_scorer
+  using state_type = float;                                       ///< accumulated attention
+  static constexpr score_source source = score_source::attention; ///< reads attention
+  static constexpr bool shares_across_kv_heads = false;           ///< one score per KV head
+  reduction rows = reduction::sum;                                ///< over window rows
+  reduction group = reduction::mean;                              ///< over the query heads of a KV head
+
+  /// @brief Term of one query row. @param probability attention probability @return @p probability
+  KVCOMPACT_HOST_DEVICE float row_term(float probability, index_t, index_t) const { return probability; }
+  /// @brief State of a new slot. @return 0 (its own attention is added when it is attended)
+  KVCOMPACT_HOST_DEVICE state_type initial_state(float, index_t) const { return 0.0f; }
+  /// @brief State after prefill. @param score accumulated prefill attention @return @p score
+  KVCOMPACT_HOST_DEVICE state_type state_from_prefill(float score, index_t, index_t) const { return score; }
+  /// @brief Adds the current query's group-reduced probability. @param state accumulator @param term the probability
+  KVCOMPACT_HOST_DEVICE void observe(state_type& state, float term, index_t) const { state += term; }
+  /// @brief Eviction rank. @param state the state @return the accumulated attention
+  KVCOMPACT_HOST_DEVICE float decode_score(const state_type& state, index_t) const { return state; }
+};
+
+}  // namespace scorers
+
+KVCOMPACT_NAMESPACE_END

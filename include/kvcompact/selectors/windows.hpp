@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief WindowKV: keep whole windows of consecutive tokens, indices shared inside a layer group.
+#pragma once
+
+#include <kvcompact/detail/heap_sort.hpp>
+#include <kvcompact/selectors/budgets.hpp>
+#include <kvcompact/selectors/concepts.hpp>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace selectors {
+
+/// @brief WindowKV's task type (algorithms.md 4.8): the engine passes it, the library runs no classifier.
+enum class task_type : std::uint8_t {
+  localization,  ///< question answering: windows scored by the mean of their top `window/2` scores (code's "qa")
+  aggregation,   ///< summarization, code, few-shot: windows scored by their mean score (code's "other")
+};
+
+/// @brief WindowKV selection (algorithms.md 4.5-4.7). The newest `suffix` tokens are always kept; the
+/// others, in position order, form windows of `window` tokens from the oldest; the lowest-scoring
+/// windows are dropped until the review tokens fit the group budget. Layer `l` is a group leader when
+/// `l % group == 0`; it publishes its kept windows and the following layers of its group reuse them.
+/// Scores come from a scorer shared across KV heads (kvcompact::scorers::last_query-style mean over all
+/// query heads), so all heads keep the same windows. Prefill-only: decode appends.
+/// @tparam Schedule a kvcompact::budget_schedule of review tokens (suffix excluded), e.g. budgets::group_pyramid
+template <budget_schedule Schedule>
+struct windows {
+  using component_kind = selector_tag;     ///< opt-in to kvcompact::keep_selector
+  Schedule schedule;                       ///< review-token budget per layer
+  index_t window = 8;                      ///< omega: tokens per window
+  index_t suffix = 32;                     ///< alpha: newest tokens always kept (the observation window)
+  index_t group = 8;                       ///< gamma: layers sharing one leader's windows
+  task_type task = task_type::localization;  ///< selects the window scoring
+  bool strict_budget = false;              ///< drop windows until the kept review tokens fit the budget exactly or below
+
+  /// @brief Slots a head keeps at most (review budget plus suffix, up to window - 1 more in faithful mode).
+  /// @param layer layer @param num_layers layers @param length slots held @return the budget
+  KVCOMPACT_HOST_DEVICE index_t budget(index_t layer, index_t num_layers, index_t length) const {
+    return schedule.budget(layer, num_layers, length) + suffix;
+  }
+
+  /// @brief Prefill selection; leaders decide, followers reuse. @param ctx selection context
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
+    std::int32_t* store = ctx.shared_store();  // [0]: review length R or -1 (keep all); [1]: windows; [2 + k]: kept flag
+    if (ctx.layer() % group == 0) decide(ctx, store);
+    const index_t review = store[0];
+    for (int h = 0; h < ctx.kv_heads(); ++h) {
+      const std::int32_t* order = ctx.order(h);
+      for (index_t i = 0; i < ctx.length(h); ++i)
+        ctx.keep(h, order[i], review < 0 || i >= review || store[2 + i / window] != 0);
+    }
+  }
+
+  /// @brief WindowKV appends during decode: no eviction.
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE void select_decode(Ctx&, int) const {}
+
+ private:
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE float window_score(Ctx& ctx, index_t begin, index_t end) const {
+    const std::int32_t* order = ctx.order(0);
+    if (task == task_type::aggregation) {
+      float sum = 0.0f;
+      for (index_t i = begin; i < end; ++i) sum += ctx.score(0, order[i]);
+      return sum / static_cast<float>(end - begin);
+    }
+    const index_t top = window / 2 < end - begin ? window / 2 : end - begin;
+    float* values = ctx.float_scratch(0) + (ctx.length(0) / window + 1);  // after the window scores
+    float total = 0.0f;
+    for (int g = 0; g < ctx.query_heads(); ++g) {
+      for (index_t i = begin; i < end; ++i) values[i - begin] = ctx.query_score(g, order[i]);
+      detail::heap_sort(values, end - begin, [](float a, float b) { return a > b; });
+      float sum = 0.0f;
+      for (index_t i = 0; i < top; ++i) sum += values[i];
+      total += sum / static_cast<float>(top);
+    }
+    return total / static_cast<float>(ctx.query_heads());
+  }
+
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE void decide(Ctx& ctx, std::int32_t* store) const {
+    const index_t n = ctx.length(0);
+    const index_t review = n - suffix;
+    const index_t b = schedule.budget(ctx.layer(), ctx.num_layers(), n);
+    if (review <= b) {
+      store[0] = -1;
+      return;
+    }
+    const index_t count = (review + window - 1) / window;
+    store[0] = static_cast<std::int32_t>(review);
+    store[1] = static_cast<std::int32_t>(count);
+    float* scores = ctx.float_scratch(0);
+    std::int32_t* ranked = ctx.index_scratch(0, 0);
+    for (index_t k = 0; k < count; ++k) {
+      const index_t end = (k + 1) * window < review ? (k + 1) * window : review;
+      scores[k] = window_score(ctx, k * window, end);
+      ranked[k] = static_cast<std::int32_t>(k);
+      store[2 + k] = 1;
+    }
+    index_t drop = (review - b + window - 1) / window;
+    if (drop * window >= review) {
+      for (index_t k = 0; k < count; ++k) store[2 + k] = 0;
+      return;
+    }
+    // worst first: lower score, and among equal scores the later window (lower index is kept)
+    detail::heap_sort(ranked, count, [&](std::int32_t a, std::int32_t c) { return scores[a] < scores[c] || (scores[a] == scores[c] && a > c); });
+    index_t kept_review = review;
+    for (index_t i = 0; i < count && (i < drop || (strict_budget && kept_review > b)); ++i) {
+      const index_t k = ranked[i];
+      store[2 + k] = 0;
+      kept_review -= ((k + 1) * window < review ? (k + 1) * window : review) - k * window;
+    }
+  }
+};
+
+}  // namespace selectors
+
+KVCOMPACT_NAMESPACE_END
