@@ -6,11 +6,11 @@
 #include <kvcompact/version.hpp>
 
 #if defined(_MSVC_LANG)
-#define KVCOMPACT_CPLUSPLUS _MSVC_LANG
+#define KVCOMPACT_DETAIL_CPLUSPLUS _MSVC_LANG
 #else
-#define KVCOMPACT_CPLUSPLUS __cplusplus
+#define KVCOMPACT_DETAIL_CPLUSPLUS __cplusplus
 #endif
-#if KVCOMPACT_CPLUSPLUS < 202002L
+#if KVCOMPACT_DETAIL_CPLUSPLUS < 202002L
 #error "kvcompact needs C++20: compile with -std=c++20 (nvcc too; see the README for CMake older than 3.25.2)."
 #endif
 
@@ -42,16 +42,16 @@
 #define KVCOMPACT_ARCH_JOIN(list) KVCOMPACT_ARCH_JOIN_(list)
 
 #if defined(__CUDA_ARCH_LIST__)
-#define KVCOMPACT_ABI_TARGET KVCOMPACT_ARCH_JOIN(__CUDA_ARCH_LIST__)
+#define KVCOMPACT_DETAIL_ABI_TARGET KVCOMPACT_ARCH_JOIN(__CUDA_ARCH_LIST__)
 #else
-#define KVCOMPACT_ABI_TARGET _host
+#define KVCOMPACT_DETAIL_ABI_TARGET _host
 #endif
 
 /// @brief Name of the inline ABI namespace: library version plus target list, so two binaries
 /// built from these headers for different GPUs never share one template instantiation.
 #define KVCOMPACT_ABI_NAMESPACE                                                                    \
   KVCOMPACT_PP_CAT(KVCOMPACT_PP_CAT3(v, KVCOMPACT_VERSION_MAJOR, _),                               \
-                   KVCOMPACT_PP_CAT(KVCOMPACT_VERSION_MINOR, KVCOMPACT_ABI_TARGET))
+                   KVCOMPACT_PP_CAT(KVCOMPACT_VERSION_MINOR, KVCOMPACT_DETAIL_ABI_TARGET))
 
 /// @brief Opens namespace kvcompact and its inline ABI namespace.
 #define KVCOMPACT_NAMESPACE_BEGIN                                                                  \

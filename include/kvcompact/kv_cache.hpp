@@ -21,8 +21,11 @@ KVCOMPACT_NAMESPACE_BEGIN
 /// order: decode-time eviction reuses the victim's slot for the new token.
 /// @tparam T storage element (float, kvcompact::half_t, kvcompact::bfloat16_t)
 /// @tparam Layout a kvcompact::kv_layout
-template <storage_element T, kv_layout Layout>
+template <class T, class Layout>
 struct kv_cache {
+  static_assert(storage_element<T>, "kvcompact: kv_cache<T, Layout>: T must be float, kvcompact::half_t or kvcompact::bfloat16_t");
+  static_assert(detail::check_layout<Layout>(), "kvcompact: kv_cache<T, Layout>: Layout is not a kvcompact::kv_layout");
+
   Layout layout;            ///< maps (sequence, layer, head, slot) to element offsets
   T* keys;                  ///< key storage (post-RoPE keys)
   T* values;                ///< value storage

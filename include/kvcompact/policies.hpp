@@ -7,6 +7,7 @@
 #include <kvcompact/mergers/cam.hpp>
 #include <kvcompact/mergers/drop.hpp>
 #include <kvcompact/mergers/gaussian_pivot.hpp>
+#include <kvcompact/error.hpp>
 #include <kvcompact/policy.hpp>
 #include <kvcompact/scorers/accumulated_attention.hpp>
 #include <kvcompact/scorers/key_norm.hpp>

@@ -14,6 +14,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 struct attention_shape {
   index_t query_heads;  ///< query heads per layer (a multiple of the KV heads; GQA group = query_heads / kv_heads)
   float scale = 0.0f;   ///< logit scale; 0 means 1 / sqrt(head_dim)
+  index_t head_dim = 0; ///< head dimension of the queries; checked against the cache's when non-zero (0: the cache's)
 };
 
 /// @brief The last `rows` queries of the prompt (post-RoPE), per sequence, storage layer and query head:
@@ -27,6 +28,7 @@ struct query_window {
   const float* queries = nullptr;            ///< query vectors, fp32
   const std::int32_t* positions = nullptr;   ///< [sequences][rows] logical positions
   index_t rows = 0;                          ///< queries per (sequence, layer, head)
+  index_t head_dim = 0;                      ///< dimension of the query vectors; checked against the cache's when non-zero (0: the cache's)
 
   /// @brief Offset of one query vector.
   /// @param sequence sequence @param layer storage layer @param head query head @param row window row

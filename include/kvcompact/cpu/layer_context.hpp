@@ -29,7 +29,7 @@ struct layer_scratch {
 
 /// @brief Implements the selection context (kvcompact::detail::probe_selection_context) over a kv_cache.
 /// @tparam T storage element @tparam Layout the cache layout
-template <storage_element T, kv_layout Layout>
+template <class T, class Layout>
 class layer_context {
  public:
   /// @brief Binds one sequence and storage layer.

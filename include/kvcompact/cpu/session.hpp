@@ -27,7 +27,7 @@ namespace cpu {
 /// @tparam Policy a kvcompact::compression_policy
 /// @tparam T storage element
 /// @tparam Layout a kvcompact::kv_layout
-template <class Policy, storage_element T, kv_layout Layout>
+template <class Policy, class T, class Layout>
 class session {
   static_assert(compression_policy<Policy>, "kvcompact: cpu::session<Policy, T, Layout>: Policy must be a kvcompact::policy<Scorer, Selector, Merger>");
   static_assert(detail::check_layout<Layout>(), "kvcompact: cpu::session<Policy, T, Layout>: Layout is not a kvcompact::kv_layout");
@@ -63,6 +63,8 @@ class session {
     const index_t kv_heads = cache_.layout.num_kv_heads();
     detail::require(shape.query_heads > 0 && shape.query_heads % kv_heads == 0, "cpu::session", "shape.query_heads",
                     "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads");
+    detail::require(shape.head_dim == 0 || shape.head_dim == cache_.layout.head_dim(), "cpu::session", "shape.head_dim",
+                    "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(cache_.layout.head_dim()));
     detail::require(state.size() >= state_bytes(cache_.layout), "cpu::session", "state",
                     "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)));
     detail::require(workspace.size() >= workspace_bytes(cache_.layout, shape), "cpu::session", "workspace",
@@ -93,6 +95,8 @@ class session {
       detail::require(window.queries != nullptr, "compress_prefill", "window.queries", "null pointer, but the scorer needs attention");
       detail::require(window.positions != nullptr, "compress_prefill", "window.positions", "null pointer");
       detail::require(window.rows > 0, "compress_prefill", "window.rows", "must be positive");
+      detail::require(window.head_dim == 0 || window.head_dim == head_dim(), "compress_prefill", "window.head_dim",
+                      "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()));
     }
     cache_.validate("compress_prefill");
     for (index_t s = 0; s < cache_.layout.num_sequences(); ++s) {
@@ -259,7 +263,8 @@ class session {
       row[j] = std::exp(row[j] - max_logit);
       sum += row[j];
     }
-    for (index_t j = 0; j < length; ++j) row[j] = row[j] / sum;
+    if (count > 0)  // no visible key (a reads-ahead layer's first token): the output is zero
+      for (index_t j = 0; j < length; ++j) row[j] = row[j] / sum;
     return count;
   }
 
@@ -338,8 +343,8 @@ class session {
     for (index_t j = 0; j < ctx.length(h); ++j) {
       if (!ctx.kept(h, j)) continue;
       const index_t position = ctx.position(h, j);
+      if (kept != j) move_slot(ctx.sequence(), ctx.layer(), h, j, kept);  // before the state write: move_slot copies the old state
       slot_state_[head * capacity() + kept] = policy_.scorer.state_from_prefill(scratch_.scores[h * capacity() + j], position, step);
-      if (kept != j) move_slot(ctx.sequence(), ctx.layer(), h, j, kept);
       ++kept;
     }
     cache_.lengths[head] = static_cast<std::int32_t>(kept);

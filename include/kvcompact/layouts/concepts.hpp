@@ -50,8 +50,8 @@ template <class L>
 constexpr bool check_layout() {
   static_assert(layout_has_extents<L>,
                 "kvcompact: the layout type lacks one of num_sequences(), num_layers(), num_kv_heads(), capacity(), head_dim()");
-  static_assert(layout_has_offset<L>, "kvcompact: the layout type lacks offset(sequence, layer, kv_head, slot) or dim_stride()");
-  static_assert(layout_is_trivially_copyable<L>, "kvcompact: the layout type must be trivially copyable (it is passed to kernels by value)");
+  static_assert(!(layout_has_extents<L>) || layout_has_offset<L>, "kvcompact: the layout type lacks offset(sequence, layer, kv_head, slot) or dim_stride()");
+  static_assert(!(layout_has_extents<L> && layout_has_offset<L>) || layout_is_trivially_copyable<L>, "kvcompact: the layout type must be trivially copyable (it is passed to kernels by value)");
   return kv_layout<L>;
 }
 }  // namespace detail

@@ -49,11 +49,13 @@ struct layer_map {
       if (entry.back() == 's') {
         is_sliding = true;
         entry.remove_suffix(1);
+        detail::require(!entry.empty(), "layer_map::parse", "spec", "entry \"s\" has no layer number in \"" + std::string(spec) + "\"");
       }
       int value = 0;
       for (char c : entry) {
         detail::require(c >= '0' && c <= '9', "layer_map::parse", "spec", "entry \"" + std::string(entry) + "\" is not a layer number");
         value = value * 10 + (c - '0');
+        detail::require(value < max_layers, "layer_map::parse", "spec", "entry \"" + std::string(entry) + "\" is beyond the 256-layer limit");
       }
       m.source[m.model_layers] = static_cast<std::int16_t>(value);
       m.sliding[m.model_layers] = is_sliding;
@@ -138,8 +140,10 @@ struct layer_map {
 /// @brief A layer-condensed layout: storage layers are the cache layers of a kvcompact::layouts::layer_map,
 /// stored through any inner layout (which must have `map.cache_layers` layers).
 /// @tparam Inner the layout of the cache layers
-template <kv_layout Inner>
+template <class Inner>
 struct layer_condensed {
+  static_assert(detail::check_layout<Inner>(), "kvcompact: layer_condensed<Inner>: Inner is not a kvcompact::kv_layout");
+
   Inner inner;    ///< layout of the storage (cache) layers
   layer_map map;  ///< model layer to cache layer map
 

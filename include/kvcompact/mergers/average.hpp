@@ -21,11 +21,12 @@ struct average {
   KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
     detail::assign_adjacent(ctx, h, min_similarity);
     const std::int32_t* order = ctx.order(h);
-    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last) {
-      const float size = static_cast<float>(last - first + 1);
+    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last, index_t members) {
+      const float size = static_cast<float>(members);
       for (index_t d = 0; d < ctx.head_dim(); ++d) {
         float k = 0.0f, v = 0.0f;
         for (index_t i = first; i <= last; ++i) {
+          if (!detail::in_set(ctx, h, order[i], pivot)) continue;
           k += ctx.key(h, order[i], d);
           v += ctx.value(h, order[i], d);
         }

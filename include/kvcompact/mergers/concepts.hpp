@@ -40,8 +40,8 @@ namespace detail {
 template <class M>
 constexpr bool check_merger() {
   static_assert(declares_merger<M>, "kvcompact: the merger type must declare  using component_kind = kvcompact::merger_tag;");
-  static_assert(merger_has_merge<M>, "kvcompact: the merger lacks  static constexpr bool merges  or merge(context, head)");
-  static_assert(std::is_trivially_copyable_v<M>, "kvcompact: the merger type must be trivially copyable");
+  static_assert(!(declares_merger<M>) || merger_has_merge<M>, "kvcompact: the merger lacks  static constexpr bool merges  or merge(context, head)");
+  static_assert(!(declares_merger<M> && merger_has_merge<M>) || std::is_trivially_copyable_v<M>, "kvcompact: the merger type must be trivially copyable");
   return entry_merger<M>;
 }
 }  // namespace detail

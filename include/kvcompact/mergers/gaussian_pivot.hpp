@@ -16,8 +16,8 @@ namespace mergers {
 /// `V* = scale * sum w V` with scale `|S|` (paper) or 1; the result is stored in the pivot's slot.
 /// Sets come from the selector's merge targets (kvcompact::selectors::merging_sets); evicted slots
 /// without a target join the more similar adjacent kept slot when their cosine is at least
-/// `min_similarity`, so the merger also composes with other selectors. Targets must form runs of
-/// consecutive positions around their pivot.
+/// `min_similarity`, so the merger also composes with other selectors. A set's evicted members must lie
+/// between its pivot's kept neighbours in position order (they need not be contiguous).
 struct gaussian_pivot {
   /// @brief How sigma is chosen.
   enum class sigma_rule : std::uint8_t {
@@ -41,7 +41,7 @@ struct gaussian_pivot {
   KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
     detail::assign_adjacent(ctx, h, min_similarity);
     const std::int32_t* order = ctx.order(h);
-    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last) {
+    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last, index_t members) {
       auto distance2 = [&](index_t slot) {
         float sum = 0.0f;
         for (index_t d = 0; d < ctx.head_dim(); ++d) {
@@ -50,16 +50,18 @@ struct gaussian_pivot {
         }
         return sum;
       };
-      const float size = static_cast<float>(last - first + 1);
+      const float size = static_cast<float>(members);
       float width = sigma;
       if (sigma_mode == sigma_rule::mean_distance) {
         float total = 0.0f;
-        for (index_t i = first; i <= last; ++i) total += std::sqrt(distance2(order[i]));
+        for (index_t i = first; i <= last; ++i)
+          if (detail::in_set(ctx, h, order[i], pivot)) total += std::sqrt(distance2(order[i]));
         width = total / (std::sqrt(2.0f) * size);
       }
       float* weight = ctx.float_scratch(h);
       float norm = 0.0f;
       for (index_t i = first; i <= last; ++i) {
+        if (!detail::in_set(ctx, h, order[i], pivot)) continue;
         const float d2 = distance2(order[i]);
         weight[i - first] = width > 0.0f ? std::exp(-d2 / (2.0f * width * width)) : (d2 == 0.0f ? 1.0f : 0.0f);
         norm += weight[i - first];
@@ -68,6 +70,7 @@ struct gaussian_pivot {
       for (index_t d = 0; d < ctx.head_dim(); ++d) {
         float k = 0.0f, v = 0.0f;
         for (index_t i = first; i <= last; ++i) {
+          if (!detail::in_set(ctx, h, order[i], pivot)) continue;
           k += weight[i - first] * ctx.key(h, order[i], d);
           v += weight[i - first] * ctx.value(h, order[i], d);
         }

@@ -52,20 +52,29 @@ KVCOMPACT_HOST_DEVICE void assign_adjacent(Ctx& ctx, int h, float min_similarity
   }
 }
 
-/// Calls `collapse(pivot, first, last)` for every maximal run order[first..last] (position order) of
-/// slots owned by one pivot (the pivot itself, kept, or evicted slots targeting it) with more than one member.
+/// True when the slot belongs to the set of @p pivot: the pivot itself or an evicted slot targeting it.
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE bool in_set(Ctx& ctx, int h, index_t slot, index_t pivot) {
+  return slot == pivot || (!ctx.kept(h, slot) && ctx.target(h, slot) == pivot);
+}
+
+/// Calls `collapse(pivot, first, last, size)` for every kept slot whose set (the pivot and the evicted
+/// slots targeting it, which must lie between the pivot's kept neighbours in position order) has
+/// `size > 1` members; order[first..last] spans the set and may contain slots of other sets (evicted
+/// neighbours can choose different pivots), so callers visit only the slots for which in_set() holds.
 template <class Ctx, class Collapse>
 KVCOMPACT_HOST_DEVICE void for_each_run(Ctx& ctx, int h, const Collapse& collapse) {
   const std::int32_t* order = ctx.order(h);
   const index_t n = ctx.length(h);
-  auto owner = [&](index_t i) -> index_t { return ctx.kept(h, order[i]) ? order[i] : ctx.target(h, order[i]); };
-  index_t first = 0;
-  while (first < n) {
-    const index_t pivot = owner(first);
-    index_t last = first;
-    while (last + 1 < n && owner(last + 1) == pivot) ++last;
-    if (pivot >= 0 && last > first) collapse(pivot, first, last);
-    first = last + 1;
+  for (index_t i = 0; i < n; ++i) {
+    const index_t pivot = order[i];
+    if (!ctx.kept(h, pivot)) continue;
+    index_t first = i, last = i, size = 1;
+    for (index_t k = i - 1; k >= 0 && !ctx.kept(h, order[k]); --k)
+      if (ctx.target(h, order[k]) == pivot) first = k, ++size;
+    for (index_t k = i + 1; k < n && !ctx.kept(h, order[k]); ++k)
+      if (ctx.target(h, order[k]) == pivot) last = k, ++size;
+    if (size > 1) collapse(pivot, first, last, size);
   }
 }
 

@@ -74,14 +74,14 @@ namespace detail {
 template <class S>
 constexpr bool check_scorer() {
   static_assert(declares_scorer<S>, "kvcompact: the scorer type must declare  using component_kind = kvcompact::scorer_tag;");
-  static_assert(scorer_has_source<S>, "kvcompact: the scorer type must declare  static constexpr kvcompact::score_source source");
-  static_assert(scorer_has_math<S>,
+  static_assert(!(declares_scorer<S>) || scorer_has_source<S>, "kvcompact: the scorer type must declare  static constexpr kvcompact::score_source source");
+  static_assert(!(declares_scorer<S> && scorer_has_source<S>) || scorer_has_math<S>,
                 "kvcompact: the scorer lacks its scoring math: slot_score(key, dims, position) for score_source::slot, or rows, group, "
                 "shares_across_kv_heads and row_term(probability, visible_keys, query_position) for score_source::attention");
-  static_assert(scorer_has_state<S>, "kvcompact: the scorer must declare a trivially copyable state_type");
-  static_assert(scorer_has_decode<S>,
+  static_assert(!(declares_scorer<S> && scorer_has_source<S> && scorer_has_math<S>) || scorer_has_state<S>, "kvcompact: the scorer must declare a trivially copyable state_type");
+  static_assert(!(declares_scorer<S> && scorer_has_source<S> && scorer_has_math<S> && scorer_has_state<S>) || scorer_has_decode<S>,
                 "kvcompact: the scorer lacks initial_state, state_from_prefill, observe or decode_score");
-  static_assert(std::is_trivially_copyable_v<S>, "kvcompact: the scorer type must be trivially copyable");
+  static_assert(!(declares_scorer<S> && scorer_has_source<S> && scorer_has_math<S> && scorer_has_state<S> && scorer_has_decode<S>) || std::is_trivially_copyable_v<S>, "kvcompact: the scorer type must be trivially copyable");
   return slot_scorer<S>;
 }
 }  // namespace detail

@@ -76,9 +76,9 @@ namespace detail {
 template <class S>
 constexpr bool check_selector() {
   static_assert(declares_selector<S>, "kvcompact: the selector type must declare  using component_kind = kvcompact::selector_tag;");
-  static_assert(selector_has_select<S>,
+  static_assert(!(declares_selector<S>) || selector_has_select<S>,
                 "kvcompact: the selector lacks select(context), select_decode(context, head) or budget(layer, num_layers, length)");
-  static_assert(std::is_trivially_copyable_v<S>, "kvcompact: the selector type must be trivially copyable");
+  static_assert(!(declares_selector<S> && selector_has_select<S>) || std::is_trivially_copyable_v<S>, "kvcompact: the selector type must be trivially copyable");
   return keep_selector<S>;
 }
 

@@ -66,11 +66,15 @@ struct windows {
       for (index_t i = begin; i < end; ++i) sum += ctx.score(0, order[i]);
       return sum / static_cast<float>(end - begin);
     }
-    const index_t top = window / 2 < end - begin ? window / 2 : end - begin;
-    float* values = ctx.float_scratch(0) + (ctx.length(0) / window + 1);  // after the window scores
+    const index_t p = window / 2 > 0 ? window / 2 : 1;  // top count p = omega / 2, at least 1
+    const index_t top = p < end - begin ? p : end - begin;
+    // The window's own order range: above every window score written so far (scores[k] sits at k <= begin).
+    float* values = ctx.float_scratch(0) + begin;
+    const int group_size = ctx.query_heads() / ctx.kv_heads();
     float total = 0.0f;
     for (int g = 0; g < ctx.query_heads(); ++g) {
-      for (index_t i = begin; i < end; ++i) values[i - begin] = ctx.query_score(g, order[i]);
+      const std::int32_t* own = ctx.order(g / group_size);  // query head g's scores are indexed by its KV head's slots
+      for (index_t i = begin; i < end; ++i) values[i - begin] = ctx.query_score(g, own[i]);
       detail::heap_sort(values, end - begin, [](float a, float b) { return a > b; });
       float sum = 0.0f;
       for (index_t i = 0; i < top; ++i) sum += values[i];

