@@ -279,6 +279,9 @@ class session {
       for (index_t h = 0; h < kv_heads; ++h)
         for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j)
           scratch_.scores[h * capacity() + j] = slot_score(sequence, layer, h, j);
+      for (index_t g = 0; g < shape_.query_heads; ++g)  // per-query-head view for window selectors: its KV head's score
+        for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, g / group())]; ++j)
+          scratch_.query_scores[g * capacity() + j] = scratch_.scores[(g / group()) * capacity() + j];
     } else {
       for (index_t g = 0; g < shape_.query_heads; ++g) {
         const index_t h = g / group();
