@@ -107,16 +107,58 @@ inline auto windowkv(index_t average, index_t group, selectors::task_type task =
   return policy<scorers::last_query, selector>{{}, selector{budgets::group_pyramid{average, group}, window, suffix, group, task}, {}};
 }
 
-/// @brief KVMerger (2), budgeted mode: merging sets chosen per head to fit `fraction` of the length,
-/// Gaussian-kernel merge into the pivot. Pass every prompt query (aggregated attention).
-/// @param fraction kept fraction @param recent_fraction rho_r @param top_fraction rho_a @return the policy
-inline auto kvmerger(double fraction, double recent_fraction = 0.17, double top_fraction = 0.12) {
+/// @brief Protected shares of the context in KVMerger (algorithms.md 2.6): tokens exempt from merging.
+struct merge_protection {
+  double recent;  ///< rho_r: newest tokens, as a fraction of the context
+  double top;     ///< rho_a: best-scoring tokens (aggregated attention), as a fraction of the context
+};
+
+/// @brief The protected shares kvmerger(double) uses at kept fraction @p fraction.
+///
+/// The paper's settings (algorithms.md 2.6) are the anchors: 0.17 / 0.12 at a 50 % budget and
+/// 0.08 / 0.02 at 35 %. Between 35 % and 50 % both shares are interpolated linearly; above 50 % the
+/// 50 % shares are used; below 35 % the 35 % shares are scaled by `fraction / 0.35`, so the protected
+/// tokens stay 2/7 (about 29 %) of the budget and the rest of the budget holds merged sets.
+/// @param fraction kept fraction in (0, 1]
+/// @return rho_r and rho_a
+/// @throws kvcompact::error when @p fraction is outside (0, 1]
+inline merge_protection kvmerger_protection(double fraction) {
+  detail::require(fraction > 0.0 && fraction <= 1.0, "kvmerger_protection", "fraction", "must be in (0, 1], got " + std::to_string(fraction));
+  constexpr merge_protection at35{0.08, 0.02}, at50{0.17, 0.12};
+  if (fraction >= 0.5) return at50;
+  if (fraction >= 0.35) {
+    const double t = (fraction - 0.35) / 0.15;
+    return {at35.recent + t * (at50.recent - at35.recent), at35.top + t * (at50.top - at35.top)};
+  }
+  const double scale = fraction / 0.35;
+  return {at35.recent * scale, at35.top * scale};
+}
+
+/// @brief KVMerger (2), budgeted mode: merging sets chosen per head so that no head keeps more than
+/// `fraction` of its length, in every layer; Gaussian-kernel merge into the pivot. Pass every prompt
+/// query (aggregated attention).
+/// @param fraction kept fraction in (0, 1] @param recent_fraction rho_r in [0, 1] @param top_fraction rho_a in [0, 1]
+/// @return the policy
+/// @throws kvcompact::error when an argument is out of range
+inline auto kvmerger(double fraction, double recent_fraction, double top_fraction) {
+  detail::require(fraction > 0.0 && fraction <= 1.0, "kvmerger", "fraction", "must be in (0, 1], got " + std::to_string(fraction));
+  detail::require(recent_fraction >= 0.0 && recent_fraction <= 1.0, "kvmerger", "recent_fraction",
+                  "must be in [0, 1], got " + std::to_string(recent_fraction));
+  detail::require(top_fraction >= 0.0 && top_fraction <= 1.0, "kvmerger", "top_fraction", "must be in [0, 1], got " + std::to_string(top_fraction));
   using selector = selectors::merging_sets<budgets::fraction>;
   selector s{budgets::fraction{fraction}};
   s.recent_fraction = recent_fraction;
   s.top_fraction = top_fraction;
   s.budgeted = true;
   return policy<scorers::accumulated_attention, selector, mergers::gaussian_pivot>{{}, s, {}};
+}
+
+/// @brief KVMerger (2), budgeted mode, with the protected shares of kvmerger_protection(@p fraction).
+/// @param fraction kept fraction in (0, 1] @return the policy
+/// @throws kvcompact::error when @p fraction is outside (0, 1]
+inline auto kvmerger(double fraction) {
+  const merge_protection p = kvmerger_protection(fraction);
+  return kvmerger(fraction, p.recent, p.top);
 }
 
 /// @brief CaM (3) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens

@@ -152,12 +152,11 @@ std::vector<std::vector<index_t>> check_preset(const std::string& name, const Po
             }
             auto [it, fresh] = windowkv_sets.try_emplace({s, l / LAYER_GROUP}, reviewed);
             if (!fresh) BOOST_TEST((it->second == reviewed));  // the group shares its leader's windows
-          } else if (name == "kvmerger") {
-            const bool skipped = l < 2 || l == L - 1;
-            const index_t limit = static_cast<index_t>(static_cast<double>(BUDGET) / 64.0 * static_cast<double>(T0) + 0.5);
-            const index_t recent = static_cast<index_t>(0.17 * static_cast<double>(T0));
-            if (skipped) BOOST_TEST(n == T0);
-            else BOOST_TEST((n <= limit && n < T0));
+          } else if (name == "kvmerger") {  // budgeted: every layer, the protected recent share capped to the budget
+            const double fraction = static_cast<double>(BUDGET) / 64.0;
+            const index_t limit = static_cast<index_t>(fraction * static_cast<double>(T0) + 0.5);
+            const index_t recent = std::min(limit, static_cast<index_t>(kc::policies::kvmerger_protection(fraction).recent * static_cast<double>(T0)));
+            BOOST_TEST(n <= limit);
             BOOST_TEST(kept_range(T0 - recent, T0));
           } else {
             BOOST_ERROR("preset " << name << " has no budget rule in this test");

@@ -303,6 +303,18 @@ BOOST_AUTO_TEST_CASE(unknown_preset_and_bad_preset_budget) {
   for (auto name : kc::policies::preset_names) BOOST_CHECK_NO_THROW(kc::policies::with_preset(name, {16, 64}, ignore));
 }
 
+BOOST_AUTO_TEST_CASE(kvmerger_preset_arguments) {
+  for (double f : {0.0, -0.2, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    expect_error([&] { (void)kc::policies::kvmerger(f); }, "fraction");
+    expect_error([&] { (void)kc::policies::kvmerger_protection(f); }, "fraction");
+    expect_error([&] { (void)kc::policies::kvmerger(f, 0.1, 0.1); }, "fraction");
+  }
+  expect_error([&] { (void)kc::policies::kvmerger(0.5, -0.1, 0.1); }, "recent_fraction");
+  expect_error([&] { (void)kc::policies::kvmerger(0.5, 1.1, 0.1); }, "recent_fraction");
+  expect_error([&] { (void)kc::policies::kvmerger(0.5, 0.1, 2.0); }, "top_fraction");
+  BOOST_CHECK_NO_THROW((void)kc::policies::kvmerger(1.0, 0.0, 1.0));
+}
+
 BOOST_AUTO_TEST_CASE(sequence_and_layer_out_of_range_in_decode_calls) {
   auto cache = small_cache();
   const auto policy = kc::policies::h2o(14, 2);

@@ -941,10 +941,11 @@ double cosine(const std::vector<double>& a, const std::vector<double>& b) {
 }
 
 // Protected ranks: the floor(rho_r n) newest, then the floor(rho_a n) best scores among the rest (P5 order).
-// (2.6 does not say how rho * T is rounded; the library floors, the reference does the same.)
-std::vector<bool> ref_merge_protected(const merge_data& m, double rho_r, double rho_a) {
-  const index_t recent = static_cast<index_t>(std::floor(rho_r * static_cast<double>(m.n)));
-  const index_t top = static_cast<index_t>(std::floor(rho_a * static_cast<double>(m.n)));
+// (2.6 does not say how rho * T is rounded; the library floors, the reference does the same.) At most
+// `cap` in all (the budgeted mode's budget): the recent ones first, then the top-scoring ones.
+std::vector<bool> ref_merge_protected(const merge_data& m, double rho_r, double rho_a, index_t cap) {
+  const index_t recent = std::min(static_cast<index_t>(std::floor(rho_r * static_cast<double>(m.n))), cap);
+  const index_t top = std::min(static_cast<index_t>(std::floor(rho_a * static_cast<double>(m.n))), cap - recent);
   std::vector<bool> prot(static_cast<std::size_t>(m.n), false);
   std::vector<cand> rest;
   for (index_t i = 0; i < m.n; ++i) {
@@ -1031,6 +1032,50 @@ std::vector<double> link_sims(const merge_data& m) {
   return sim;
 }
 
+// Budgeted mode (2.6 [ext]) for budget B >= P (P = protected count, already capped to B): the largest eps
+// whose set count + P fits B. With distinct link similarities the set count at eps is
+// U - #{eligible links with sim >= eps} (U unprotected tokens, eligible = both ends unprotected), so the
+// largest fitting eps is the k-th largest eligible similarity, k = U - (B - P): exactly B slots stay, and
+// any eps above it (one link fewer) would not fit. If fewer than k eligible links reach eps_min, the sets
+// at eps_min are built and the lowest-pivot ones dropped whole down to B - P. `resolvable` is false when
+// the k-th and (k+1)-th similarities are too close for the fp32 bisection to separate them.
+struct budgeted_expect {
+  merge_expect e;
+  enum class kind { nothing_merged, exact, fallback } how;
+  bool resolvable = true;
+};
+budgeted_expect ref_budgeted(const merge_data& m, const std::vector<double>& sim, const std::vector<bool>& prot, index_t B, double eps_min) {
+  const index_t n = m.n, P = std::count(prot.begin(), prot.end(), true), U = n - P;
+  std::vector<double> eligible;
+  for (index_t i = 0; i + 1 < n; ++i)
+    if (!prot[static_cast<std::size_t>(i)] && !prot[static_cast<std::size_t>(i + 1)]) eligible.push_back(sim[static_cast<std::size_t>(i)]);
+  std::sort(eligible.begin(), eligible.end(), std::greater<>());
+  const index_t k = U - (B - P);  // links that must chain
+  index_t usable = 0;
+  for (double s : eligible) usable += s >= eps_min;
+  std::vector<bool> chains(sim.size(), false);
+  budgeted_expect out;
+  if (k <= 0) {
+    out.e = expect_from_sets(m, prot, ref_sets(n, prot, chains), n);
+    out.how = budgeted_expect::kind::nothing_merged;
+  } else if (k <= usable) {
+    const double threshold = eligible[static_cast<std::size_t>(k - 1)];
+    out.resolvable = k == static_cast<index_t>(eligible.size()) || threshold - eligible[static_cast<std::size_t>(k)] > boundary_margin;
+    for (std::size_t i = 0; i < sim.size(); ++i) chains[i] = sim[i] >= threshold;
+    out.e = expect_from_sets(m, prot, ref_sets(n, prot, chains), n);
+    BOOST_TEST(out.e.unprotected_sets + P == B);  // fits, and exactly
+    std::vector<bool> stricter(sim.size());        // eps just above the threshold: one link fewer, does not fit
+    for (std::size_t i = 0; i < sim.size(); ++i) stricter[i] = sim[i] > threshold;
+    BOOST_TEST(expect_from_sets(m, prot, ref_sets(n, prot, stricter), n).unprotected_sets + P > B);
+    out.how = budgeted_expect::kind::exact;
+  } else {
+    for (std::size_t i = 0; i < sim.size(); ++i) chains[i] = sim[i] >= eps_min;
+    out.e = expect_from_sets(m, prot, ref_sets(n, prot, chains), B - P);
+    out.how = budgeted_expect::kind::fallback;
+  }
+  return out;
+}
+
 using merge_selector = kvc::selectors::merging_sets<kvc::budgets::fixed>;
 
 }  // namespace
@@ -1044,22 +1089,25 @@ BOOST_AUTO_TEST_CASE(faithful_sets_pivots_and_targets) {
     const auto sim = link_sims(m);
     const double eps = 0.75;
     for (double s : sim) BOOST_TEST_REQUIRE(std::abs(s - eps) > boundary_margin);
-    selection_harness ctx(1, 1, n + 3, 8);
-    load_merge(ctx, 0, m);
-    ctx.set_step(m.pos.back());
-    ctx.set_layer(3, 8);
     merge_selector sel{kvc::budgets::fixed{n}};
     sel.eps = static_cast<float>(eps);
-    ctx.begin_prefill();
-    sel.select(ctx);
-    const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction);
+    const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction, n);
     std::vector<bool> chains;
     for (double s : sim) chains.push_back(s >= eps);
     const auto sets = ref_sets(n, prot, chains);
     const auto e = expect_from_sets(m, prot, sets, n);
-    check_against(ctx, 0, m, e, "seed " + std::to_string(seed));
+    for (index_t schedule : {n, index_t{1}}) {  // faithful mode ignores the schedule's budget
+      sel.schedule = kvc::budgets::fixed{schedule};
+      selection_harness ctx(1, 1, n + 3, 8);
+      load_merge(ctx, 0, m);
+      ctx.set_step(m.pos.back());
+      ctx.set_layer(3, 8);
+      ctx.begin_prefill();
+      sel.select(ctx);
+      check_against(ctx, 0, m, e, "seed " + std::to_string(seed) + " schedule " + std::to_string(schedule));
+      BOOST_TEST(ctx.scratch_intact());
+    }
     for (const auto& s : sets) merged_sets += s.size() > 1;
-    BOOST_TEST(ctx.scratch_intact());
   }
   BOOST_TEST(merged_sets > 40);
 }
@@ -1079,7 +1127,7 @@ BOOST_AUTO_TEST_CASE(pivot_ties_go_to_the_lower_position) {
   merge_selector sel{kvc::budgets::fixed{n}};
   ctx.begin_prefill();
   sel.select(ctx);
-  const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction);
+  const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction, n);
   for (index_t i = 0; i < static_cast<index_t>(std::floor(sel.top_fraction * n)); ++i) BOOST_TEST(prot[static_cast<std::size_t>(i)]);
   std::vector<bool> chains;
   for (double s : sim) chains.push_back(s >= 0.75);
@@ -1094,7 +1142,8 @@ BOOST_AUTO_TEST_CASE(pivot_ties_go_to_the_lower_position) {
   check_against(ctx, 0, m, expect_from_sets(m, prot, sets, n), "ties");
 }
 
-BOOST_AUTO_TEST_CASE(skipped_layers_are_untouched) {
+// Faithful mode only: the budgeted mode applies its budget in every layer (next tests).
+BOOST_AUTO_TEST_CASE(faithful_mode_leaves_skipped_layers_untouched) {
   std::mt19937 rng(1602);
   const index_t n = 40;
   const merge_data m = make_merge_data(rng, n, 8, 0.9);
@@ -1105,7 +1154,6 @@ BOOST_AUTO_TEST_CASE(skipped_layers_are_untouched) {
     ctx.set_step(m.pos.back());
     ctx.set_layer(layer, 8);
     merge_selector sel{kvc::budgets::fixed{5}};
-    sel.budgeted = layer == 7;  // even the budgeted mode leaves skipped layers alone
     ctx.begin_prefill();
     sel.select(ctx);
     for (int h = 0; h < 2; ++h)
@@ -1124,10 +1172,8 @@ BOOST_AUTO_TEST_CASE(skipped_layers_are_untouched) {
   BOOST_TEST(ctx.kept_count(0) < n);
 }
 
-// Budgeted mode: the largest eps whose set count + protected fits B. With distinct link similarities the
-// set count at eps is U - #{eligible links with sim >= eps} (U unprotected tokens), so the largest
-// fitting eps is the k-th largest eligible similarity, k = U - (B - P): exactly B slots stay, and any eps
-// above it (one link fewer) would not fit. Fallback (eps_min too high): drop the lowest-pivot sets whole.
+// Budgeted mode, budgets between the protected count and the length (see ref_budgeted): the bisection
+// finds the exact eps, or the fallback (eps_min too high) drops the lowest-pivot sets whole.
 BOOST_AUTO_TEST_CASE(budgeted_bisection_and_fallback) {
   int exact = 0, fallback = 0;
   for (std::uint32_t seed = 1; seed <= 30; ++seed) {
@@ -1135,55 +1181,118 @@ BOOST_AUTO_TEST_CASE(budgeted_bisection_and_fallback) {
     const index_t n = uniform_int(rng, 30, 80);
     const merge_data m = make_merge_data(rng, n, 8, 0.6);
     const auto sim = link_sims(m);
-    const bool high_floor = seed % 3 == 0;
-    const double eps_min = high_floor ? 0.9 : -1.0;
+    const double eps_min = seed % 3 == 0 ? 0.9 : -1.0;
     merge_selector sel{kvc::budgets::fixed{0}};
     sel.budgeted = true;
     sel.eps_min = static_cast<float>(eps_min);
-    const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction);
-    const index_t P = std::count(prot.begin(), prot.end(), true), U = n - P;
+    const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction, n);
+    const index_t P = std::count(prot.begin(), prot.end(), true);
     const index_t B = uniform_int(rng, P + 1, n - 1);
     sel.schedule = kvc::budgets::fixed{B};
-    std::vector<double> eligible;
-    for (index_t i = 0; i + 1 < n; ++i)
-      if (!prot[static_cast<std::size_t>(i)] && !prot[static_cast<std::size_t>(i + 1)]) eligible.push_back(sim[static_cast<std::size_t>(i)]);
-    std::sort(eligible.begin(), eligible.end(), std::greater<>());
-    const index_t k = U - (B - P);  // links that must chain
-    index_t usable = 0;
-    for (double s : eligible) usable += s >= eps_min;
-    std::vector<bool> chains(sim.size(), false);
-    merge_expect e;
-    if (k <= 0) {
-      e = expect_from_sets(m, prot, ref_sets(n, prot, chains), n);
-    } else if (k <= usable) {
-      const double threshold = eligible[static_cast<std::size_t>(k - 1)];
-      if (k < static_cast<index_t>(eligible.size()))
-        BOOST_TEST_REQUIRE(threshold - eligible[static_cast<std::size_t>(k)] > boundary_margin);  // fp32 bisection resolves the gap
-      for (std::size_t i = 0; i < sim.size(); ++i) chains[i] = sim[i] >= threshold;
-      const auto sets = ref_sets(n, prot, chains);
-      e = expect_from_sets(m, prot, sets, n);
-      BOOST_TEST(e.unprotected_sets + P == B);  // fits, and exactly
-      std::vector<bool> stricter(sim.size());  // eps just above the threshold: one link fewer, does not fit
-      for (std::size_t i = 0; i < sim.size(); ++i) stricter[i] = sim[i] > threshold;
-      BOOST_TEST(expect_from_sets(m, prot, ref_sets(n, prot, stricter), n).unprotected_sets + P > B);
-      ++exact;
-    } else {
-      for (std::size_t i = 0; i < sim.size(); ++i) chains[i] = sim[i] >= eps_min;
-      e = expect_from_sets(m, prot, ref_sets(n, prot, chains), B - P);
-      ++fallback;
-    }
+    const auto want = ref_budgeted(m, sim, prot, B, eps_min);
+    BOOST_TEST_REQUIRE(want.resolvable);  // fp32 bisection resolves the gap
+    exact += want.how == budgeted_expect::kind::exact;
+    fallback += want.how == budgeted_expect::kind::fallback;
     selection_harness ctx(1, 1, n, 8);
     load_merge(ctx, 0, m);
     ctx.set_step(m.pos.back());
     ctx.set_layer(4, 10);
     ctx.begin_prefill();
     sel.select(ctx);
-    check_against(ctx, 0, m, e, "seed " + std::to_string(seed) + " B " + std::to_string(B));
+    check_against(ctx, 0, m, want.e, "seed " + std::to_string(seed) + " B " + std::to_string(B));
     BOOST_TEST(ctx.kept_count(0) <= B);
     BOOST_TEST(ctx.scratch_intact());
   }
   BOOST_TEST(exact > 5);
   BOOST_TEST(fallback > 2);
+}
+
+// Budgeted mode with a fraction schedule, including budgets far below the protected shares 0.17 + 0.12
+// and the layers faithful mode skips (0, 1, L-1): every head keeps at most round(f n) slots, the protected
+// tokens are capped to the budget (recent first, then top), and keep flags and targets match the plain
+// reference. Budget rounding (budgets::fraction): round half up, at least 1.
+BOOST_AUTO_TEST_CASE(budgeted_mode_meets_every_budget_in_every_layer) {
+  using fraction_selector = kvc::selectors::merging_sets<kvc::budgets::fraction>;
+  constexpr int layers = 6;
+  int checked = 0, capped = 0, only_protected = 0, merged = 0, unresolved = 0;
+  std::uint32_t seed = 0;
+  for (double f : {0.01, 0.05, 0.1, 0.2, 0.3, 0.35, 0.5, 0.8, 1.0})
+    for (int layer : {0, 1, 3, layers - 1}) {
+      std::mt19937 rng(1800 + ++seed);
+      const index_t n = uniform_int(rng, 40, 120);
+      const merge_data m = make_merge_data(rng, n, 8, 0.7);
+      const auto sim = link_sims(m);
+      const double eps_min = seed % 4 == 0 ? 0.9 : -1.0;
+      fraction_selector sel{kvc::budgets::fraction{f}};
+      sel.budgeted = true;
+      sel.eps_min = static_cast<float>(eps_min);
+      const index_t B = std::max<index_t>(1, static_cast<index_t>(std::floor(f * static_cast<double>(n) + 0.5)));
+      const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction, B);
+      const index_t P = std::count(prot.begin(), prot.end(), true);
+      const index_t uncapped = static_cast<index_t>(std::floor(sel.recent_fraction * n)) + static_cast<index_t>(std::floor(sel.top_fraction * n));
+      capped += uncapped > B;
+      only_protected += P == B;
+      const auto want = ref_budgeted(m, sim, prot, B, eps_min);
+      selection_harness ctx(1, 1, n, 8);
+      load_merge(ctx, 0, m);
+      ctx.set_step(m.pos.back());
+      ctx.set_layer(layer, layers);
+      ctx.begin_prefill();
+      sel.select(ctx);
+      const std::string what = "f " + std::to_string(f) + " layer " + std::to_string(layer) + " n " + std::to_string(n);
+      BOOST_TEST(ctx.kept_count(0) <= B, what);
+      const index_t recent = std::min(static_cast<index_t>(std::floor(sel.recent_fraction * n)), B);
+      for (index_t i = n - recent; i < n; ++i) BOOST_TEST(ctx.kept(0, m.slot_of[static_cast<std::size_t>(i)]), what << " recent rank " << i);
+      if (want.resolvable) {
+        check_against(ctx, 0, m, want.e, what);
+        ++checked;
+      } else {
+        ++unresolved;
+      }
+      for (index_t t : want.e.target_rank) merged += t >= 0;
+      BOOST_TEST(ctx.scratch_intact());
+    }
+  BOOST_TEST_MESSAGE("budgeted KVMerger: " << checked << " heads checked exactly, " << unresolved << " unresolved, " << capped
+                                            << " with capped protection, " << only_protected << " filled by it, " << merged << " merged tokens");
+  BOOST_TEST(checked >= 30);
+  BOOST_TEST(unresolved <= 2);
+  BOOST_TEST(capped >= 8);          // protection alone exceeded the budget
+  BOOST_TEST(only_protected >= 4);  // and filled it
+  BOOST_TEST(merged > 100);
+}
+
+// The kvmerger preset's protected shares (policies::kvmerger_protection): the paper's two settings
+// (2.6: 0.17 / 0.12 at 50 %, 0.08 / 0.02 at 35 %), linear between them, the 50 % setting above, the 35 %
+// setting scaled by f / 0.35 below; the protected share always leaves room in the budget for merged sets.
+BOOST_AUTO_TEST_CASE(kvmerger_preset_protection_rule) {
+  auto close = [](double a, double b) { return std::abs(a - b) <= 1e-12; };
+  auto check = [&](double f, double recent, double top) {
+    const auto p = kvc::policies::kvmerger_protection(f);
+    BOOST_TEST(close(p.recent, recent), "f " << f << ": recent " << p.recent << " != " << recent);
+    BOOST_TEST(close(p.top, top), "f " << f << ": top " << p.top << " != " << top);
+    const auto preset = kvc::policies::kvmerger(f);
+    BOOST_TEST(preset.selector.budgeted);
+    BOOST_TEST(preset.selector.recent_fraction == p.recent);
+    BOOST_TEST(preset.selector.top_fraction == p.top);
+    BOOST_TEST(preset.selector.schedule.ratio == f);
+  };
+  check(0.5, 0.17, 0.12);
+  check(0.35, 0.08, 0.02);
+  check(1.0, 0.17, 0.12);
+  check(0.7, 0.17, 0.12);
+  check(0.425, 0.125, 0.07);               // midway between the paper's settings
+  check(0.4, 0.08 + 0.09 / 3, 0.02 + 0.1 / 3);
+  check(0.1, 0.08 / 3.5, 0.02 / 3.5);
+  check(0.2, 0.16 / 3.5, 0.04 / 3.5);
+  double previous = 0.0;
+  for (int i = 1; i <= 100; ++i) {
+    const double f = i / 100.0;
+    const auto p = kvc::policies::kvmerger_protection(f);
+    const double share = p.recent + p.top;
+    BOOST_TEST(share <= 0.6 * f, "f " << f << ": protected " << share);  // at least 40 % of the budget for sets
+    BOOST_TEST(share >= previous - 1e-12, "f " << f);                     // never decreases with the budget
+    previous = share;
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

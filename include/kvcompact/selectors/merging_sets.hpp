@@ -15,15 +15,22 @@ namespace selectors {
 
 /// @brief KVMerger (algorithms.md 2.4, 2.6). Protected: the newest `recent_fraction` of the tokens and
 /// the `top_fraction` best-scoring of the others (aggregated attention, e.g.
-/// kvcompact::scorers::accumulated_attention over all prompt queries). The rest is scanned from the newest
-/// token to the oldest; a token joins its newer neighbour's set when the cosine similarity of their
-/// keys is at least `eps`. Each set keeps its pivot, the member with the highest score (lower position
-/// on ties), and every other member gets the pivot as merge target (pair with
-/// kvcompact::mergers::gaussian_pivot). Layers `[0, skip_first)` and the last `skip_last` are untouched.
+/// kvcompact::scorers::accumulated_attention over all prompt queries); both counts are rounded down.
+/// The rest is scanned from the newest token to the oldest; a token joins its newer neighbour's set
+/// when the cosine similarity of their keys is at least `eps`. Each set keeps its pivot, the member
+/// with the highest score (lower position on ties), and every other member gets the pivot as merge
+/// target (pair with kvcompact::mergers::gaussian_pivot).
 ///
-/// Budgeted mode [ext]: per head, the largest `eps` in `[eps_min, 1]` whose set count plus protected
-/// count fits the schedule's budget (found by bisection); if even `eps_min` does not fit, the sets with
-/// the lowest pivot scores are dropped whole. Prefill-only: decode appends.
+/// Faithful mode (`budgeted = false`): fixed `eps`; layers `[0, skip_first)` and the last `skip_last`
+/// are untouched (the paper leaves the first two and the last layer alone); the schedule is not used
+/// and the kept size is data-dependent.
+///
+/// Budgeted mode [ext]: a head never keeps more than the schedule's budget `B`, in every layer
+/// (`skip_first` / `skip_last` do not apply). The protected counts are capped to `B`, the recent ones
+/// first, then the top-scoring ones. Then the largest `eps` in `[eps_min, 1]` whose set count plus
+/// protected count fits `B` is found by bisection; if even `eps_min` does not fit, the sets with the
+/// lowest pivot scores are dropped whole. A head holding at most `B` slots keeps everything.
+/// Prefill-only: decode appends.
 /// @tparam Schedule a kvcompact::budget_schedule used by the budgeted mode
 template <budget_schedule Schedule>
 struct merging_sets {
@@ -32,8 +39,8 @@ struct merging_sets {
   float eps = 0.75f;                    ///< cosine threshold (faithful mode)
   double recent_fraction = 0.17;        ///< rho_r: newest tokens protected
   double top_fraction = 0.12;           ///< rho_a: best-scoring tokens protected
-  index_t skip_first = 2;               ///< bottom layers left untouched
-  index_t skip_last = 1;                ///< top layers left untouched
+  index_t skip_first = 2;               ///< bottom layers left untouched (faithful mode)
+  index_t skip_last = 1;                ///< top layers left untouched (faithful mode)
   bool budgeted = false;                ///< meet the schedule's budget by choosing eps per head
   float eps_min = -1.0f;                ///< lowest eps the budgeted mode may use
 
@@ -45,22 +52,19 @@ struct merging_sets {
   /// @brief Prefill: sets, pivots and merge targets for every head. @param ctx selection context
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
-    const bool skipped = ctx.layer() < skip_first || ctx.layer() >= ctx.num_layers() - skip_last;
+    const bool skipped = !budgeted && (ctx.layer() < skip_first || ctx.layer() >= ctx.num_layers() - skip_last);
     for (int h = 0; h < ctx.kv_heads(); ++h) {
       const index_t n = ctx.length(h);
-      if (skipped || n < 2) {
+      const index_t wanted = budgeted ? budget(ctx.layer(), ctx.num_layers(), n) : n;
+      const index_t limit = wanted > 0 ? wanted : 0;
+      if (skipped || n < 2 || (budgeted && limit >= n)) {
         for (index_t j = 0; j < n; ++j) ctx.keep(h, j, true);
         continue;
       }
-      const index_t protected_count = mark_protected(ctx, h);
+      const index_t protected_count = mark_protected(ctx, h, limit);
       similarities(ctx, h);
-      float used = eps;
-      index_t limit = n;
-      if (budgeted) {
-        limit = budget(ctx.layer(), ctx.num_layers(), n);
-        used = choose_eps(ctx, h, limit - protected_count);
-      }
-      build_sets(ctx, h, used, limit - protected_count);
+      const index_t room = limit - protected_count;
+      build_sets(ctx, h, budgeted ? choose_eps(ctx, h, room) : eps, room);
     }
   }
 
@@ -69,15 +73,18 @@ struct merging_sets {
   KVCOMPACT_HOST_DEVICE void select_decode(Ctx&, int) const {}
 
  private:
-  // index_scratch(h, 1)[slot] = 1 for protected slots; they are kept and form singleton sets.
+  // index_scratch(h, 1)[slot] = 1 for protected slots; they are kept and form singleton sets. At most
+  // `limit` are protected: the recent ones first, then the top-scoring ones.
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE index_t mark_protected(Ctx& ctx, int h) const {
+  KVCOMPACT_HOST_DEVICE index_t mark_protected(Ctx& ctx, int h, index_t limit) const {
     const index_t n = ctx.length(h);
     const std::int32_t* order = ctx.order(h);
     std::int32_t* flag = ctx.index_scratch(h, 1);
     std::int32_t* rest = ctx.index_scratch(h, 0);
-    const index_t recent = static_cast<index_t>(recent_fraction * static_cast<double>(n));
-    const index_t top = static_cast<index_t>(top_fraction * static_cast<double>(n));
+    index_t recent = static_cast<index_t>(recent_fraction * static_cast<double>(n));
+    index_t top = static_cast<index_t>(top_fraction * static_cast<double>(n));
+    if (recent > limit) recent = limit;
+    if (top > limit - recent) top = limit - recent;
     index_t count = 0;
     for (index_t i = 0; i < n; ++i) {
       flag[order[i]] = i >= n - recent;
