@@ -10,10 +10,21 @@
 /// sweep costs one prefill per prompt.
 ///
 /// Usage: kv_quality --essays DIR [--model FILE] [--tasks ppl,needle]
-///                   [--presets a,b,...] [--budgets 0.1,0.2,0.3,0.5]
+///                   [--presets a,b,...] [--budgets 0.1,0.2,0.3,0.35,0.5]
+///                   [--extra preset:budget,...]
 ///                   [--ppl-context 1024] [--continuation 64]
 ///                   [--needle-contexts 2048,4096] [--depths 0.1,0.5,0.9]
 ///                   [--window 32] [--max-window-rows 512] [--csv FILE] [--threads N]
+///
+/// Besides kvcompact::policies::preset_names, --presets and --extra accept the bench-only variant
+/// kvmerger_unscaled: the kvmerger preset with merged values left as the Gaussian-weighted average
+/// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule).
+///
+/// --extra adds single (preset, budget) configurations to the presets x budgets grid
+/// (e.g. windowkv:0.12). CSV rows (no header):
+///   ppl,preset,budget,ppl,kv_kept,err_layer0,...,err_layer{L-1}
+///   needle,preset,budget,context,depth,hit,kv_kept
+/// where kv_kept is the occupied share of an uncompressed cache after the last decode step.
 
 #include <algorithm>
 #include <chrono>
@@ -25,6 +36,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #ifdef _OPENMP
@@ -49,7 +61,8 @@ struct options {
     std::string essays_dir;
     bool ppl = true, needle = true;
     std::vector<std::string> presets{kvcompact::policies::preset_names.begin(), kvcompact::policies::preset_names.end()};
-    std::vector<double> budgets{0.1, 0.2, 0.3, 0.5};
+    std::vector<double> budgets{0.1, 0.2, 0.3, 0.35, 0.5};
+    std::vector<std::pair<std::string, double>> extra;  ///< single configurations beyond the grid
     int ppl_context = 1024;
     int continuation = 64;
     std::vector<double> needle_contexts{2048};
@@ -92,6 +105,16 @@ options parse(int argc, char** argv) {
         }
         else if (a == "--presets") o.presets = split(v);
         else if (a == "--budgets") o.budgets = split_numbers(v);
+        else if (a == "--extra") {
+            for (const auto& item : split(v)) {
+                const auto colon = item.find(':');
+                if (colon == std::string::npos) {
+                    std::fprintf(stderr, "kv_quality: --extra wants preset:budget items, got \"%s\"\n", item.c_str());
+                    std::exit(2);
+                }
+                o.extra.emplace_back(item.substr(0, colon), std::stod(item.substr(colon + 1)));
+            }
+        }
         else if (a == "--ppl-context") o.ppl_context = std::stoi(v);
         else if (a == "--continuation") o.continuation = std::stoi(v);
         else if (a == "--needle-contexts") o.needle_contexts = split_numbers(v);
@@ -232,11 +255,15 @@ std::vector<config> configs(const options& o) {
     std::vector<config> out{{"full", 1.0}};
     for (const auto& p : o.presets)
         for (double b : o.budgets) out.push_back({p, b});
+    for (const auto& [p, b] : o.extra) out.push_back({p, b});
     return out;
 }
 
+constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
+
 int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
-    return preset_wants_all_queries(preset) ? std::min(prompt_length, o.max_window_rows) : o.window;
+    const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled;
+    return all_queries ? std::min(prompt_length, o.max_window_rows) : o.window;
 }
 
 /// Restores @p snap into a fresh backend for @p cfg and compresses it.
@@ -250,12 +277,25 @@ std::unique_ptr<kv_backend> compressed_backend(const options& o, const model_bun
         return b;
     }
     const long budget = std::max(1L, std::lround(cfg.budget * snap.tokens));
-    b = make_kvcompact_backend(cfg.preset, budget, snap.tokens, o.window, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads,
-                               m.c.head_dim, capacity);
+    if (cfg.preset == kvmerger_unscaled) {
+        auto policy = kvcompact::policies::kvmerger(std::min(1.0, static_cast<double>(budget) / snap.tokens));
+        policy.merger.value_scale = kvcompact::mergers::gaussian_pivot::value_rule::one;
+        b = std::make_unique<kvcompact_backend<decltype(policy)>>(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads,
+                                                                   m.c.head_dim, capacity);
+    } else {
+        b = make_kvcompact_backend(cfg.preset, budget, snap.tokens, o.window, m.c.n_layers, m.c.n_heads,
+                                   m.c.n_kv_heads, m.c.head_dim, capacity);
+    }
     b->restore(snap.cache);
     b->finish_prefill(last_rows(snap.window, window_rows_for(o, cfg.preset, snap.tokens), m.c.n_layers, m.c.n_heads,
                                 m.c.head_dim));
     return b;
+}
+
+/// @return the share of an uncompressed cache for every token @p eng has seen that @p backend occupies.
+double kept_share(const kv_backend& backend, const engine& eng) {
+    return static_cast<double>(backend.cache().occupied_bytes()) /
+           static_cast<double>(backend.cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen())));
 }
 
 /// @return -log softmax(logits)[target].
@@ -295,13 +335,12 @@ void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id
             for (double e : err) mean += e;
             mean /= static_cast<double>(err.size());
             const auto worst = std::max_element(err.begin(), err.end()) - err.begin();
-            const double kept = static_cast<double>(backend->cache().occupied_bytes()) /
-                                static_cast<double>(backend->cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen())));
+            const double kept = kept_share(*backend, eng);
             std::printf("| %s | %.0f%% | %.3f | %.3f | %.4f | %ld (%.4f) | %.1f%% | %.1f |\n", cfg.preset.c_str(),
                         100 * cfg.budget, ppl, ppl / full_ppl, mean, static_cast<long>(worst), err[worst], 100 * kept,
                         seconds_since(t0));
             if (csv) {
-                std::fprintf(csv, "ppl,%s,%.2f,%.5f", cfg.preset.c_str(), cfg.budget, ppl);
+                std::fprintf(csv, "ppl,%s,%.2f,%.5f,%.5f", cfg.preset.c_str(), cfg.budget, ppl, kept);
                 for (double e : err) std::fprintf(csv, ",%.6f", e);
                 std::fprintf(csv, "\n");
             }
@@ -333,6 +372,14 @@ std::vector<token_id> needle_prompt(const model_bundle& m, const std::vector<tok
     return p;
 }
 
+/// @return a 5-digit pass key that depends only on @p context and @p depth, so runs split by context
+/// or depth use the same keys as one combined run.
+std::string pass_key(int context, double depth) {
+    auto seed = 12345u + static_cast<unsigned>(context) * 7919u + static_cast<unsigned>(std::lround(depth * 1000.0));
+    for (int i = 0; i < 3; ++i) seed = seed * 1103515245u + 12345u;
+    return std::to_string(10000 + (seed >> 8) % 90000);
+}
+
 void run_needle(const options& o, const model_bundle& m, const std::vector<token_id>& hay, std::FILE* csv) {
     constexpr int answer_tokens = 6;
     const auto cfgs = configs(o);
@@ -340,18 +387,18 @@ void run_needle(const options& o, const model_bundle& m, const std::vector<token
     std::printf("\n## Cued pass-key retrieval (5-digit key, first digit given; depths");
     for (double d : o.depths) std::printf(" %.0f%%", 100 * d);
     std::printf(")\n\n");
-    unsigned seed = 12345;
     for (std::size_t ci = 0; ci < o.needle_contexts.size(); ++ci) {
         const int context = static_cast<int>(o.needle_contexts[ci]);
         for (double depth : o.depths) {
-            seed = seed * 1103515245u + 12345u;
-            const std::string key = std::to_string(10000 + (seed >> 8) % 90000);
+            const std::string key = pass_key(context, depth);
             const auto prompt = needle_prompt(m, hay, context, depth, key);
             const auto snap = prefill(m, prompt, answer_tokens, std::min(context, std::max(o.window, o.max_window_rows)));
             std::fprintf(stderr, "needle context %d depth %.2f key %s: prefill %.1f s\n", context, depth, key.c_str(),
                          snap.seconds);
             for (std::size_t k = 0; k < cfgs.size(); ++k) {
                 std::string answer;
+                double kept = NAN;
+                const auto t0 = clock_type::now();
                 try {
                     auto backend = compressed_backend(o, m, cfgs[k], snap);
                     engine eng(m.c, m.w, *backend, snap.tokens);
@@ -363,15 +410,17 @@ void run_needle(const options& o, const model_bundle& m, const std::vector<token
                         const token_id one[1] = {t};
                         logits = eng.forward(one);
                     }
+                    kept = kept_share(*backend, eng);
                 } catch (const std::exception& e) {
                     answer = std::string("error: ") + e.what();
                 }
                 const bool hit = answer.rfind(key.substr(1), 0) == 0;  // the 4 digits after the cue, first
-                if (cfgs[k].preset == "full") std::fprintf(stderr, "  full-cache answer: %s\n", answer.c_str());
+                std::fprintf(stderr, "  %s %.0f%%: \"%s\" %s (%.1f s)\n", cfgs[k].preset.c_str(), 100 * cfgs[k].budget,
+                             answer.c_str(), hit ? "hit" : "miss", seconds_since(t0));
                 hits[k][ci] += hit ? 1 : 0;
                 if (csv)
-                    std::fprintf(csv, "needle,%s,%.2f,%d,%.2f,%d\n", cfgs[k].preset.c_str(), cfgs[k].budget, context, depth,
-                                 hit ? 1 : 0);
+                    std::fprintf(csv, "needle,%s,%.2f,%d,%.2f,%d,%.5f\n", cfgs[k].preset.c_str(), cfgs[k].budget, context,
+                                 depth, hit ? 1 : 0, kept);
             }
         }
     }
@@ -403,6 +452,8 @@ int main(int argc, char** argv) try {
     const auto text = tok.encode(load_essays(o.essays_dir), false);
     std::printf("# kvcompact quality on SmolLM2-135M-Instruct (%zu essay tokens)\n", text.size());
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> csv(o.csv.empty() ? nullptr : std::fopen(o.csv.c_str(), "w"), &std::fclose);
+    if (!o.csv.empty() && !csv) throw std::runtime_error("cannot write --csv " + o.csv);
+    if (csv) std::setvbuf(csv.get(), nullptr, _IOLBF, 0);  // rows survive an interrupted sweep
     if (o.ppl) {
         if (static_cast<std::size_t>(o.ppl_context + o.continuation) > text.size()) throw std::runtime_error("essays too short");
         run_ppl(o, m, text, csv.get());
