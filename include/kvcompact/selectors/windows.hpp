@@ -21,8 +21,10 @@ enum class task_type : std::uint8_t {
 /// others, in position order, form windows of `window` tokens from the oldest; the lowest-scoring
 /// windows are dropped until the review tokens fit the group budget. Layer `l` is a group leader when
 /// `l % group == 0`; it publishes its kept windows and the following layers of its group reuse them.
-/// Scores come from a scorer shared across KV heads (kvcompact::scorers::last_query-style mean over all
-/// query heads), so all heads keep the same windows. Prefill-only: decode appends.
+/// A window's score averages the row-reduced scores of ALL query heads of the layer
+/// (`ctx.query_score`), so every KV head keeps the same windows whatever the scorer (WindowKV's own is
+/// kvcompact::scorers::last_query; slot scorers such as KNorm give every query head its KV head's
+/// score). Prefill-only: decode appends.
 /// @tparam Schedule a kvcompact::budget_schedule of review tokens (suffix excluded), e.g. budgets::group_pyramid
 template <budget_schedule Schedule>
 struct windows {
@@ -58,20 +60,26 @@ struct windows {
   KVCOMPACT_HOST_DEVICE void select_decode(Ctx&, int) const {}
 
  private:
+  // Both modes average over ALL query heads of the layer (algorithms.md 4.5) using ctx.query_score, so
+  // they agree for any scorer; ctx.score(0, ...) would be only KV head 0's group for a scorer that is
+  // not shared across KV heads (KNorm, SnapKV-style, CORM).
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE float window_score(Ctx& ctx, index_t begin, index_t end) const {
-    const std::int32_t* order = ctx.order(0);
+    const int group_size = ctx.query_heads() / ctx.kv_heads();
+    float total = 0.0f;
     if (task == task_type::aggregation) {
-      float sum = 0.0f;
-      for (index_t i = begin; i < end; ++i) sum += ctx.score(0, order[i]);
-      return sum / static_cast<float>(end - begin);
+      for (int g = 0; g < ctx.query_heads(); ++g) {
+        const std::int32_t* own = ctx.order(g / group_size);
+        float sum = 0.0f;
+        for (index_t i = begin; i < end; ++i) sum += ctx.query_score(g, own[i]);
+        total += sum / static_cast<float>(end - begin);
+      }
+      return total / static_cast<float>(ctx.query_heads());
     }
     const index_t p = window / 2 > 0 ? window / 2 : 1;  // top count p = omega / 2, at least 1
     const index_t top = p < end - begin ? p : end - begin;
     // The window's own order range: above every window score written so far (scores[k] sits at k <= begin).
     float* values = ctx.float_scratch(0) + begin;
-    const int group_size = ctx.query_heads() / ctx.kv_heads();
-    float total = 0.0f;
     for (int g = 0; g < ctx.query_heads(); ++g) {
       const std::int32_t* own = ctx.order(g / group_size);  // query head g's scores are indexed by its KV head's slots
       for (index_t i = begin; i < end; ++i) values[i - begin] = ctx.query_score(g, own[i]);
