@@ -2,7 +2,8 @@
 # ctest driver (cmake -P): the essential steps of ports/kvcompact/portfile.cmake without vcpkg.
 # Configures SOURCE_DIR with the -DKVCOMPACT_...=... options the portfile passes (read from the
 # portfile itself), installs into a prefix, and checks the layout vcpkg_cmake_config_fixup() expects
-# (config in share/kvcompact, headers in include/kvcompact, no binaries, no absolute build paths).
+# (config in share/kvcompact, headers in include/kvcompact, no binaries, no absolute build paths), then
+# builds and runs the find_package consumer CONSUMER_DIR (if given) against that install tree.
 cmake_minimum_required(VERSION 3.25)
 set(port_dir "${SOURCE_DIR}/ports/kvcompact")
 foreach(f vcpkg.json portfile.cmake usage)
@@ -74,4 +75,14 @@ foreach(f IN LISTS cfg_files)
     endif()
   endforeach()
 endforeach()
+# What a vcpkg user does next: find_package(kvcompact CONFIG REQUIRED) from the port's install tree.
+if(CONSUMER_DIR)
+  string(REGEX MATCH "^([0-9]+)\\.([0-9]+)" _ "${VERSION}")
+  run("configure consumer against the port's install tree" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/consumer"
+      -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_PREFIX_PATH=${prefix}
+      -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON
+      -DREQUESTED_VERSION=${CMAKE_MATCH_1}.${CMAKE_MATCH_2} -DEXPECTED_MAJOR=${CMAKE_MATCH_1} -DEXPECTED_MINOR=${CMAKE_MATCH_2})
+  run("build consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/consumer")
+  run("run consumer" "${WORK_DIR}/consumer/kvcompact_consumer")
+endif()
 message("port test: OK (${prefix})")
