@@ -24,6 +24,14 @@
 #define KVCOMPACT_DEVICE
 #endif
 
+#if defined(__CUDACC__) && !defined(__clang__)
+/// @brief Placed before a host-device template that calls a callable it is given: nvcc then does not
+/// object when host code instantiates it with a host-only callable.
+#define KVCOMPACT_EXEC_CHECK_DISABLE _Pragma("nv_exec_check_disable")
+#else
+#define KVCOMPACT_EXEC_CHECK_DISABLE
+#endif
+
 #define KVCOMPACT_PP_CAT_(a, b) a##b
 #define KVCOMPACT_PP_CAT(a, b) KVCOMPACT_PP_CAT_(a, b)
 #define KVCOMPACT_PP_CAT3(a, b, c) KVCOMPACT_PP_CAT(KVCOMPACT_PP_CAT(a, b), c)

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -37,6 +38,12 @@ namespace detail {
 /// Throws kvcompact::error unless @p condition holds.
 inline void require(bool condition, std::string_view where, std::string_view argument, std::string_view what) {
   if (!condition) throw error(where, argument, what);
+}
+/// Same, with the message built by `what()` only when the condition fails (no allocation otherwise).
+template <class Message>
+  requires std::is_invocable_r_v<std::string, const Message&>
+void require(bool condition, std::string_view where, std::string_view argument, const Message& what) {
+  if (!condition) throw error(where, argument, what());
 }
 }  // namespace detail
 

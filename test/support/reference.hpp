@@ -203,6 +203,27 @@ random_cache<T> make_random_cache(const cache_shape& shape, const fill_options& 
   return c;
 }
 
+/// @brief Rounds keys and values to multiples of 1/64 (in [-2, 2) for caches filled with scale 1):
+/// at most 8 significant bits, exactly representable in fp32, fp16 and bf16, so a cache converted
+/// with convert_cache holds the same numbers in all three storage types.
+inline void round_to_exact_values(random_cache<float>& c) {
+  for (auto* v : {&c.keys, &c.values})
+    for (auto& x : *v) x = std::round(x * 128.0f) / 64.0f;
+}
+
+/// @brief The same cache stored as @p T (lengths and positions copied).
+template <class T>
+random_cache<T> convert_cache(const random_cache<float>& c) {
+  random_cache<T> out(c.shape);
+  out.lengths = c.lengths;
+  out.positions = c.positions;
+  for (std::size_t i = 0; i < c.keys.size(); ++i) {
+    out.keys[i] = from_float_test<T>(c.keys[i]);
+    out.values[i] = from_float_test<T>(c.values[i]);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random observation window
 // ---------------------------------------------------------------------------------------------

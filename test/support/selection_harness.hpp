@@ -20,7 +20,7 @@
 ///   BOOST_TEST(ctx.scratch_intact());            // selector stayed inside its scratch arrays
 /// @endcode
 ///
-/// Scratch sizes follow kvcompact::cpu::layer_context: per KV head `capacity` floats and two arrays of
+/// Scratch sizes follow kvcompact::layer_context: per KV head `capacity` floats and two arrays of
 /// `capacity` indices, one shared store of `capacity + 2` indices. Each array is followed by guard
 /// entries; scratch_intact() reports whether any was overwritten (out-of-bounds write).
 /// The shared store persists across begin_prefill() calls (like one compress_prefill call over the

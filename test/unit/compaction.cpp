@@ -33,23 +33,10 @@ kvtest::random_cache<float> exact_cache(std::uint32_t seed) {
   kvtest::fill_options fill;
   fill.min_length = fill.max_length = prompt_length(0);
   auto c = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, seed);
-  for (auto* v : {&c.keys, &c.values})
-    for (auto& x : *v) x = std::round(x * 128.0f) / 64.0f;
+  kvtest::round_to_exact_values(c);
   for (index_t l = 0; l < L; ++l)
     for (index_t h = 0; h < H; ++h) c.lengths[static_cast<std::size_t>(c.head_index(1, l, h))] = static_cast<std::int32_t>(prompt_length(1));
   return c;
-}
-
-template <class T>
-kvtest::random_cache<T> convert(const kvtest::random_cache<float>& c) {
-  kvtest::random_cache<T> out(c.shape);
-  out.lengths = c.lengths;
-  out.positions = c.positions;
-  for (std::size_t i = 0; i < c.keys.size(); ++i) {
-    out.keys[i] = kc::from_float<T>(c.keys[i]);
-    out.values[i] = kc::from_float<T>(c.values[i]);
-  }
-  return out;
 }
 
 // Independent budget schedules (algorithms.md 6.5 PyramidKV, 4.4 WindowKV group pyramid).
@@ -89,7 +76,7 @@ std::vector<std::vector<index_t>> kept_positions(const kvtest::random_cache<T>& 
 template <class T, class Policy>
 std::vector<std::vector<index_t>> check_preset(const std::string& name, const Policy& policy, const kvtest::random_cache<float>& exact,
                                                const kvtest::random_window& window) {
-  const kvtest::random_cache<T> original = convert<T>(exact);
+  const kvtest::random_cache<T> original = kvtest::convert_cache<T>(exact);
   kvtest::random_cache<T> c = original;
   kvtest::run_prefill(policy, c.view(), kc::attention_shape{G}, window.view());
   const auto kept = kept_positions(c);

@@ -3,7 +3,8 @@
 /// @brief The CPU backend: prefill compression, decode attention with scoring, decode-time eviction.
 #pragma once
 
-#include <kvcompact/cpu/layer_context.hpp>
+#include <kvcompact/detail/slot_ops.hpp>
+#include <kvcompact/layer_context.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/policy.hpp>
 #include <kvcompact/query_window.hpp>
@@ -62,14 +63,14 @@ class session {
     cache_.validate("cpu::session");
     const index_t kv_heads = cache_.layout.num_kv_heads();
     detail::require(shape.query_heads > 0 && shape.query_heads % kv_heads == 0, "cpu::session", "shape.query_heads",
-                    "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads");
+                    [&] { return "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads"; });
     detail::require(shape.head_dim == 0 || shape.head_dim == cache_.layout.head_dim(), "cpu::session", "shape.head_dim",
-                    "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(cache_.layout.head_dim()));
+                    [&] { return "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(cache_.layout.head_dim()); });
     detail::require(state.size() >= state_bytes(cache_.layout), "cpu::session", "state",
-                    "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)));
+                    [&] { return "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)); });
     detail::require(workspace.size() >= workspace_bytes(cache_.layout, shape), "cpu::session", "workspace",
-                    "has " + std::to_string(workspace.size()) + " bytes, workspace_bytes() asks for " +
-                        std::to_string(workspace_bytes(cache_.layout, shape)));
+                    [&] { return "has " + std::to_string(workspace.size()) + " bytes, workspace_bytes() asks for " +
+                        std::to_string(workspace_bytes(cache_.layout, shape)); });
     detail::require(reinterpret_cast<std::uintptr_t>(state.data()) % alignof(std::int32_t) == 0, "cpu::session", "state", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(std::int32_t) == 0, "cpu::session", "workspace",
                     "misaligned");
@@ -96,7 +97,7 @@ class session {
       detail::require(window.positions != nullptr, "compress_prefill", "window.positions", "null pointer");
       detail::require(window.rows > 0, "compress_prefill", "window.rows", "must be positive");
       detail::require(window.head_dim == 0 || window.head_dim == head_dim(), "compress_prefill", "window.head_dim",
-                      "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()));
+                      [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
     }
     cache_.validate("compress_prefill");
     for (index_t s = 0; s < cache_.layout.num_sequences(); ++s) {
@@ -129,17 +130,10 @@ class session {
       }
       policy_.selector.select_decode(ctx, h);
       if constexpr (Policy::merges) policy_.merger.merge(ctx, h);
-      index_t slot = -1;
-      for (index_t j = 0; j < length && slot < 0; ++j)
-        if (!ctx.kept(h, j)) slot = j;
-      if (slot >= 0) {
-        fill_holes(ctx, h, slot + 1);
-      } else {
-        if (length >= capacity())
-          throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
-                                             std::to_string(capacity()) + ") and the policy evicted nothing");
-        slot = length++;
-      }
+      const index_t slot = detail::claim_slot(ctx, h, length, capacity(), [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
+      if (slot < 0)
+        throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
+                                           std::to_string(capacity()) + ") and the policy evicted nothing");
       const index_t base = cache_.layout.offset(sequence, layer, h, slot);
       for (index_t d = 0; d < head_dim(); ++d) {
         cache_.keys[base + d * cache_.layout.dim_stride()] = keys[h * head_dim() + d];
@@ -217,26 +211,15 @@ class session {
   }
 
   layer_context<T, Layout> context(index_t sequence, index_t layer, index_t step) {
-    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) scratch_.budgets[h] = budgets_[cache_.head_index(sequence, layer, h)];
+    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
+      scratch_.budgets[h] = budgets_[cache_.head_index(sequence, layer, h)];
+      scratch_.order_ready[h] = 0;
+    }
     return layer_context<T, Layout>(cache_, scratch_, sequence, layer, shape_.query_heads, step);
   }
 
-  // Initial state of a slot just written (slot scorers score its key and position).
   state_type new_state(index_t sequence, index_t layer, index_t h, index_t slot) const {
-    const index_t position = cache_.positions[cache_.slot_index(sequence, layer, h, slot)];
-    return policy_.scorer.initial_state(slot_score(sequence, layer, h, slot), position);
-  }
-
-  float slot_score(index_t sequence, index_t layer, index_t h, index_t slot) const {
-    if constexpr (Policy::needs_attention) {
-      return 0.0f;
-    } else {
-      const index_t base = cache_.layout.offset(sequence, layer, h, slot);
-      const index_t stride = cache_.layout.dim_stride();
-      const T* keys = cache_.keys;
-      auto key = [&](index_t d) { return to_float(keys[base + d * stride]); };
-      return policy_.scorer.slot_score(key, head_dim(), cache_.positions[cache_.slot_index(sequence, layer, h, slot)]);
-    }
+    return detail::new_slot_state(policy_, cache_, sequence, layer, h, slot);
   }
 
   // Softmax probabilities of one query over the slots of a head that pass `visible` (others get 0).
@@ -278,7 +261,7 @@ class session {
     if constexpr (!Policy::needs_attention) {
       for (index_t h = 0; h < kv_heads; ++h)
         for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j)
-          scratch_.scores[h * capacity() + j] = slot_score(sequence, layer, h, j);
+          scratch_.scores[h * capacity() + j] = detail::slot_score(policy_, cache_, sequence, layer, h, j);
       for (index_t g = 0; g < shape_.query_heads; ++g)  // per-query-head view for window selectors: its KV head's score
         for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, g / group())]; ++j)
           scratch_.query_scores[g * capacity() + j] = scratch_.scores[(g / group()) * capacity() + j];
@@ -353,44 +336,17 @@ class session {
     cache_.lengths[head] = static_cast<std::int32_t>(kept);
   }
 
-  // Fills evicted slots from index `from` on with the last valid slots (swap-remove), O(evicted).
-  void fill_holes(layer_context<T, Layout>& ctx, int h, index_t from) {
-    std::int32_t& length = cache_.lengths[cache_.head_index(ctx.sequence(), ctx.layer(), h)];
-    for (index_t j = from; j < length; ++j) {
-      if (ctx.kept(h, j)) continue;
-      while (length - 1 > j && !ctx.kept(h, length - 1)) --length;
-      if (length - 1 > j) {
-        move_slot(ctx.sequence(), ctx.layer(), h, length - 1, j);
-        ctx.keep(h, j, true);
-      }
-      --length;
-    }
-  }
-
   void move_slot(index_t sequence, index_t layer, index_t h, index_t from, index_t to) {
-    const index_t src = cache_.layout.offset(sequence, layer, h, from), dst = cache_.layout.offset(sequence, layer, h, to);
-    for (index_t d = 0; d < head_dim(); ++d) {
-      const index_t o = d * cache_.layout.dim_stride();
-      cache_.keys[dst + o] = cache_.keys[src + o];
-      cache_.values[dst + o] = cache_.values[src + o];
-    }
-    const index_t head = cache_.head_index(sequence, layer, h);
-    cache_.positions[head * capacity() + to] = cache_.positions[head * capacity() + from];
-    slot_state_[head * capacity() + to] = slot_state_[head * capacity() + from];
+    detail::move_slot(cache_, slot_state_, sequence, layer, h, from, to);
   }
 
   void run_attention(index_t sequence, index_t layer, const float* queries, index_t position, float* output) {
     detail::require(queries != nullptr, output ? "attend" : "observe", "queries", "null pointer");
-    index_t storage = layer;
-    if constexpr (layer_mapped_layout<Layout>) {
+    if constexpr (layer_mapped_layout<Layout>)
       detail::require(layer >= 0 && layer < cache_.layout.num_model_layers(), output ? "attend" : "observe", "layer", "out of range");
-      storage = cache_.layout.storage_layer(layer);
-    }
+    const index_t storage = detail::storage_layer_of(cache_.layout, layer);
     check_indices(output ? "attend" : "observe", sequence, storage);
-    auto visible = [&](index_t key_position) {
-      if constexpr (layer_mapped_layout<Layout>) return cache_.layout.visible(layer, key_position, position);
-      else return key_position <= position;
-    };
+    auto visible = [&](index_t key_position) { return detail::attends(cache_.layout, layer, key_position, position); };
     const auto& scorer = policy_.scorer;
     for (index_t g = 0; g < shape_.query_heads; ++g) {
       const index_t h = g / group();

@@ -28,6 +28,27 @@ template <class L>
 concept layout_is_trivially_copyable = std::is_trivially_copyable_v<L>;
 template <class L>
 concept layout_has_validate = requires(const L& l, const char* where) { l.validate(where); };
+template <class L>
+concept layout_has_validate_extents = requires(const L& l, const char* where) { l.validate_extents(where); };
+template <class L>
+concept layout_has_slot_check = requires(const L& l, index_t i) {
+  { l.slot_in_range(i, i) } -> std::convertible_to<bool>;
+};
+
+/// Checks what a layout can check without reading its own data (device backends): validate_extents()
+/// when the layout has it, else validate().
+template <class L>
+void validate_layout_extents(const L& layout, const char* where) {
+  if constexpr (layout_has_validate_extents<L>) layout.validate_extents(where);
+  else if constexpr (layout_has_validate<L>) layout.validate(where);
+}
+
+/// Whether a slot of a sequence maps into storage: the layout's own slot_in_range() when it has one.
+template <class L>
+KVCOMPACT_HOST_DEVICE bool slot_in_range(const L& layout, index_t sequence, index_t slot) {
+  if constexpr (layout_has_slot_check<L>) return layout.slot_in_range(sequence, slot);
+  else return true;
+}
 }  // namespace detail
 
 /// @brief A cache layout: maps (sequence, layer, kv head, slot) to the element offset of dimension 0,
@@ -40,7 +61,10 @@ concept layout_has_validate = requires(const L& l, const char* where) { l.valida
 /// 3. `L` is trivially copyable, so it can be passed to a kernel by value.
 ///
 /// Optionally `validate(const char* where)` checks the layout's own data (a page table, say) and
-/// throws kvcompact::error; the backends call it before they touch memory.
+/// throws kvcompact::error; the backends call it before they touch memory. A layout whose data may
+/// live in device memory also offers `validate_extents(where)` (checks without reading that data,
+/// used by the CUDA backend) and `KVCOMPACT_HOST_DEVICE bool slot_in_range(sequence, slot)`, which
+/// device kernels test before every access.
 template <class L>
 concept kv_layout = detail::layout_has_extents<L> && detail::layout_has_offset<L> && detail::layout_is_trivially_copyable<L>;
 

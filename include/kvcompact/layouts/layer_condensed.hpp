@@ -177,13 +177,28 @@ struct layer_condensed {
   KVCOMPACT_HOST_DEVICE bool visible(index_t model_layer, index_t key_position, index_t query_position) const {
     return map.visible(static_cast<int>(model_layer), key_position, query_position);
   }
+  /// @brief Whether a slot maps into storage (forwards the inner layout's check; true without one).
+  /// @param sequence sequence index @param slot slot index @return the inner layout's answer
+  KVCOMPACT_HOST_DEVICE bool slot_in_range(index_t sequence, index_t slot) const { return detail::slot_in_range(inner, sequence, slot); }
+  /// @brief Checks the inner layout's extents (without reading device-resident data) and the map.
+  /// @param where name of the calling entry point
+  void validate_extents(const char* where) const {
+    detail::validate_layout_extents(inner, where);
+    check_map(where);
+  }
   /// @brief Checks the inner layout and that it has one layer per cache layer of the map.
   /// @param where name of the calling entry point
   void validate(const char* where) const {
     if constexpr (detail::layout_has_validate<Inner>) inner.validate(where);
-    detail::require(inner.num_layers() == map.cache_layers, where, "layout.map",
-                    "the inner layout has " + std::to_string(inner.num_layers()) + " layers but the map has " +
-                        std::to_string(map.cache_layers) + " cache layers");
+    check_map(where);
+  }
+
+ private:
+  void check_map(const char* where) const {
+    if (inner.num_layers() != map.cache_layers)  // message built only on failure: validate() runs on every compress_prefill
+      throw error(where, "layout.map",
+                  "the inner layout has " + std::to_string(inner.num_layers()) + " layers but the map has " +
+                      std::to_string(map.cache_layers) + " cache layers");
   }
 };
 
@@ -197,5 +212,21 @@ concept layer_mapped_layout = kv_layout<L> && requires(const L& l, index_t i) {
   { l.storage_layer(i) } -> std::convertible_to<index_t>;
   { l.visible(i, i, i) } -> std::convertible_to<bool>;
 };
+
+namespace detail {
+/// Whether a query of @p layer at @p query_position attends the key at @p key_position: the layout's
+/// visibility rule for layer-mapped layouts, plain causality otherwise.
+template <class Layout>
+KVCOMPACT_HOST_DEVICE bool attends(const Layout& layout, index_t layer, index_t key_position, index_t query_position) {
+  if constexpr (layer_mapped_layout<Layout>) return layout.visible(layer, key_position, query_position);
+  else return key_position <= query_position;
+}
+/// The storage layer a query of @p layer reads: the layout's map for layer-mapped layouts, @p layer otherwise.
+template <class Layout>
+KVCOMPACT_HOST_DEVICE index_t storage_layer_of(const Layout& layout, index_t layer) {
+  if constexpr (layer_mapped_layout<Layout>) return layout.storage_layer(layer);
+  else return layer;
+}
+}  // namespace detail
 
 KVCOMPACT_NAMESPACE_END

@@ -61,9 +61,19 @@ struct paged {
     const index_t inner = format == page_format::nhd ? (in_page * kv_heads + kv_head) * dims : (kv_head * page_size + in_page) * dims;
     return layer * layer_stride + page * page_elements() + inner;
   }
-  /// @brief Checks extents, the page-table pointer and (host-readable tables only) every entry.
+  /// @brief Whether a slot's page-table entry names a page of the pool (device kernels check every
+  /// slot they touch with it, since a device-resident table cannot be validated on the host).
+  /// @param sequence sequence index @param slot slot index within the sequence
+  /// @return true when the slot maps into the pool
+  KVCOMPACT_HOST_DEVICE bool slot_in_range(index_t sequence, index_t slot) const {
+    if (slot < 0 || slot / page_size >= pages_per_sequence) return false;
+    const index_t page = block_table[sequence * table_stride + slot / page_size];
+    return page >= 0 && page < num_pages;
+  }
+  /// @brief Checks extents and the page-table pointer without reading the table (which may live in
+  /// device memory).
   /// @param where name of the calling entry point, used in the error message
-  void validate(const char* where) const {
+  void validate_extents(const char* where) const {
     detail::require(sequences > 0 && layers > 0 && kv_heads > 0 && dims > 0 && page_size > 0 && num_pages > 0, where, "layout",
                     "every extent of a paged layout must be positive");
     detail::require(pages_per_sequence > 0 && pages_per_sequence <= table_stride, where, "layout.pages_per_sequence",
@@ -71,6 +81,11 @@ struct paged {
     detail::require(layer_stride >= num_pages * page_elements() || layers == 1, where, "layout.layer_stride",
                     "layer pools overlap: layer_stride is smaller than num_pages * page_size * kv_heads * head_dim");
     detail::require(block_table != nullptr, where, "layout.block_table", "null pointer");
+  }
+  /// @brief Checks extents, the page-table pointer and every entry of a host-readable table.
+  /// @param where name of the calling entry point, used in the error message
+  void validate(const char* where) const {
+    validate_extents(where);
     for (index_t s = 0; s < sequences; ++s) {
       for (index_t p = 0; p < pages_per_sequence; ++p) {
         const index_t page = block_table[s * table_stride + p];

@@ -44,21 +44,26 @@ struct candidate_rule {
     index_t count = 0;
     for (index_t i = 0; i < n; ++i)
       if (!protects(ctx.position(h, order[i]), ctx.step())) candidates[count++] = order[i];
-    const index_t half = pool == pooling::none ? 0 : kernel / 2;
-    for (index_t i = 0; i < count; ++i) {
-      if (half == 0) {
-        pooled[candidates[i]] = ctx.score(h, candidates[i]);
-        continue;
-      }
-      float acc = pool == pooling::max ? ctx.score(h, candidates[i]) : 0.0f;
-      for (index_t o = i - half; o <= i + half; ++o) {
-        if (o < 0 || o >= count) continue;  // zero padding: adds nothing to the sum, ignored by max
-        const float s = ctx.score(h, candidates[o]);
-        acc = pool == pooling::max ? (s > acc ? s : acc) : acc + s;
-      }
-      pooled[candidates[i]] = pool == pooling::max ? acc : acc / static_cast<float>(kernel);
-    }
+    for (index_t i = 0; i < count; ++i)
+      pooled[candidates[i]] = pooled_score(i, count, [&](index_t c) { return ctx.score(h, candidates[c]); });
     return count;
+  }
+
+  /// @brief Pooled score of candidate @p i of @p count (candidates in position order).
+  /// @param i candidate index @param count number of candidates
+  /// @param score_of `score_of(c)` returns the raw score of candidate c
+  /// @return the raw score without pooling, else the pooled value over the kernel around @p i
+  template <class ScoreOf>
+  KVCOMPACT_HOST_DEVICE float pooled_score(index_t i, index_t count, const ScoreOf& score_of) const {
+    const index_t half = pool == pooling::none ? 0 : kernel / 2;
+    if (half == 0) return score_of(i);
+    float acc = pool == pooling::max ? score_of(i) : 0.0f;
+    for (index_t o = i - half; o <= i + half; ++o) {
+      if (o < 0 || o >= count) continue;  // zero padding: adds nothing to the sum, ignored by max
+      const float s = score_of(o);
+      acc = pool == pooling::max ? (s > acc ? s : acc) : acc + s;
+    }
+    return pool == pooling::max ? acc : acc / static_cast<float>(kernel);
   }
 
   /// @brief Sorts gathered candidates best-first by pooled score, lower position first on ties.

@@ -25,22 +25,27 @@ struct hit_window {
   /// @brief Budget-free: the budget is the length. @param length slots held @return @p length
   KVCOMPACT_HOST_DEVICE index_t budget(index_t, index_t, index_t length) const { return length; }
 
+  /// @brief Whether a slot stays at step @p t: protected, or hit by one of the last `window` queries.
+  /// Each slot's decision is independent of the others (backends may take them in parallel).
+  /// @param last_hit the slot's score (latest important query position) @param position its position
+  /// @param t the newest position @return true when kept
+  KVCOMPACT_HOST_DEVICE bool keeps(float last_hit, index_t position, index_t t) const {
+    return detail::is_protected(position, t, sinks, recent) || last_hit > static_cast<float>(t - window);
+  }
+
   /// @brief Prefill: keep protected slots and those hit within the window. @param ctx selection context
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
-    const index_t t = ctx.step();
     for (int h = 0; h < ctx.kv_heads(); ++h)
-      for (index_t j = 0; j < ctx.length(h); ++j)
-        ctx.keep(h, j, detail::is_protected(ctx.position(h, j), t, sinks, recent) || ctx.score(h, j) > static_cast<float>(t - window));
+      for (index_t j = 0; j < ctx.length(h); ++j) ctx.keep(h, j, keeps(ctx.score(h, j), ctx.position(h, j), ctx.step()));
   }
 
-  /// @brief Decode: evict the slots no recent query found important. @param ctx selection context @param h KV head
+  /// @brief Decode: evict the slots no recent query found important (CORM's decision for the step
+  /// before the incoming token). @param ctx selection context @param h KV head
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE void select_decode(Ctx& ctx, int h) const {
-    const index_t t = ctx.step() - 1;
     for (index_t j = 0; j < ctx.length(h); ++j)
-      if (!detail::is_protected(ctx.position(h, j), t, sinks, recent) && ctx.score(h, j) <= static_cast<float>(t - window))
-        ctx.keep(h, j, false);
+      if (!keeps(ctx.score(h, j), ctx.position(h, j), ctx.step() - 1)) ctx.keep(h, j, false);
   }
 };
 

@@ -19,6 +19,7 @@ namespace selectors {
 template <budget_schedule Schedule>
 struct top_k {
   using component_kind = selector_tag;  ///< opt-in to kvcompact::keep_selector
+  using schedule_type = Schedule;       ///< the budget schedule
   Schedule schedule;                    ///< slots per head, protected included
   candidate_rule rule{};                ///< protected tokens and pooling
   float min_score = -FLT_MAX;           ///< candidates scoring below are never kept (budgeted CORM uses alpha)

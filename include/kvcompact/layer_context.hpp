@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief The CPU backend's selection context: one sequence and storage layer of a cache, with the
-/// scratch space selectors and mergers work in.
+/// @brief The selection context both backends hand to selectors and mergers: one sequence and
+/// storage layer of a cache, with the scratch space they work in (host and device code).
 #pragma once
 
 #include <kvcompact/detail/heap_sort.hpp>
@@ -10,8 +10,6 @@
 #include <cstdint>
 
 KVCOMPACT_NAMESPACE_BEGIN
-
-namespace cpu {
 
 /// @brief Scratch arrays of one layer context, carved from caller-provided workspace.
 struct layer_scratch {
@@ -32,49 +30,48 @@ struct layer_scratch {
 template <class T, class Layout>
 class layer_context {
  public:
-  /// @brief Binds one sequence and storage layer.
+  /// @brief Binds one sequence and storage layer. `scratch.order_ready` is taken as it is: clear it
+  /// whenever slots moved since the order was computed.
   /// @param cache the cache @param scratch workspace arrays @param sequence sequence @param layer storage layer
   /// @param query_heads query heads @param step newest position
-  layer_context(const kv_cache<T, Layout>& cache, const layer_scratch& scratch, index_t sequence, index_t layer, index_t query_heads,
+  KVCOMPACT_HOST_DEVICE layer_context(const kv_cache<T, Layout>& cache, const layer_scratch& scratch, index_t sequence, index_t layer, index_t query_heads,
                 index_t step)
-      : cache_(cache), scratch_(scratch), sequence_(sequence), layer_(layer), query_heads_(query_heads), step_(step) {
-    for (int h = 0; h < kv_heads(); ++h) scratch_.order_ready[h] = 0;
-  }
+      : cache_(cache), scratch_(scratch), sequence_(sequence), layer_(layer), query_heads_(query_heads), step_(step) {}
 
   /// @brief KV heads. @return the count
-  int kv_heads() const { return static_cast<int>(cache_.layout.num_kv_heads()); }
+  KVCOMPACT_HOST_DEVICE int kv_heads() const { return static_cast<int>(cache_.layout.num_kv_heads()); }
   /// @brief Query heads. @return the count
-  int query_heads() const { return static_cast<int>(query_heads_); }
+  KVCOMPACT_HOST_DEVICE int query_heads() const { return static_cast<int>(query_heads_); }
   /// @brief Storage layer. @return the layer
-  int layer() const { return static_cast<int>(layer_); }
+  KVCOMPACT_HOST_DEVICE int layer() const { return static_cast<int>(layer_); }
   /// @brief Storage layers. @return the count
-  int num_layers() const { return static_cast<int>(cache_.layout.num_layers()); }
+  KVCOMPACT_HOST_DEVICE int num_layers() const { return static_cast<int>(cache_.layout.num_layers()); }
   /// @brief Sequence. @return the index
-  int sequence() const { return static_cast<int>(sequence_); }
+  KVCOMPACT_HOST_DEVICE int sequence() const { return static_cast<int>(sequence_); }
   /// @brief Newest position (last prompt token at prefill, incoming token at decode). @return the position
-  index_t step() const { return step_; }
+  KVCOMPACT_HOST_DEVICE index_t step() const { return step_; }
   /// @brief Head dimension. @return the dimension
-  index_t head_dim() const { return cache_.layout.head_dim(); }
+  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return cache_.layout.head_dim(); }
   /// @brief Valid slots of a head. @param h KV head @return the length
-  index_t length(int h) const { return cache_.lengths[cache_.head_index(sequence_, layer_, h)]; }
+  KVCOMPACT_HOST_DEVICE index_t length(int h) const { return cache_.lengths[cache_.head_index(sequence_, layer_, h)]; }
   /// @brief Logical position of a slot. @param h KV head @param slot slot @return the position
-  index_t position(int h, index_t slot) const { return cache_.positions[cache_.slot_index(sequence_, layer_, h, slot)]; }
+  KVCOMPACT_HOST_DEVICE index_t position(int h, index_t slot) const { return cache_.positions[cache_.slot_index(sequence_, layer_, h, slot)]; }
   /// @brief Score of a slot. @param h KV head @param slot slot @return the score
-  float score(int h, index_t slot) const { return scratch_.scores[h * capacity() + slot]; }
+  KVCOMPACT_HOST_DEVICE float score(int h, index_t slot) const { return scratch_.scores[h * capacity() + slot]; }
   /// @brief Row-reduced score of a slot for one query head. @param g query head @param slot slot @return the score
-  float query_score(int g, index_t slot) const { return scratch_.query_scores[g * capacity() + slot]; }
+  KVCOMPACT_HOST_DEVICE float query_score(int g, index_t slot) const { return scratch_.query_scores[g * capacity() + slot]; }
   /// @brief Decode budget of a head. @param h KV head @return the budget
-  index_t budget(int h) const { return scratch_.budgets[h]; }
+  KVCOMPACT_HOST_DEVICE index_t budget(int h) const { return scratch_.budgets[h]; }
   /// @brief Keep flag. @param h KV head @param slot slot @return true when kept
-  bool kept(int h, index_t slot) const { return scratch_.keep[h * capacity() + slot] != 0; }
+  KVCOMPACT_HOST_DEVICE bool kept(int h, index_t slot) const { return scratch_.keep[h * capacity() + slot] != 0; }
   /// @brief Sets a keep flag. @param h KV head @param slot slot @param value the flag
-  void keep(int h, index_t slot, bool value) const { scratch_.keep[h * capacity() + slot] = value ? 1 : 0; }
+  KVCOMPACT_HOST_DEVICE void keep(int h, index_t slot, bool value) const { scratch_.keep[h * capacity() + slot] = value ? 1 : 0; }
   /// @brief Merge target of a slot (-1: none). @param h KV head @param slot slot @return the target slot
-  index_t target(int h, index_t slot) const { return scratch_.targets[h * capacity() + slot]; }
+  KVCOMPACT_HOST_DEVICE index_t target(int h, index_t slot) const { return scratch_.targets[h * capacity() + slot]; }
   /// @brief Sets a merge target. @param h KV head @param slot slot @param pivot target slot or -1
-  void set_target(int h, index_t slot, index_t pivot) const { scratch_.targets[h * capacity() + slot] = static_cast<std::int32_t>(pivot); }
+  KVCOMPACT_HOST_DEVICE void set_target(int h, index_t slot, index_t pivot) const { scratch_.targets[h * capacity() + slot] = static_cast<std::int32_t>(pivot); }
   /// @brief Slots of a head in ascending position (computed on first use). @param h KV head @return the slot list
-  const std::int32_t* order(int h) const {
+  KVCOMPACT_HOST_DEVICE const std::int32_t* order(int h) const {
     std::int32_t* slots = scratch_.order + h * capacity();
     if (!scratch_.order_ready[h]) {
       for (index_t j = 0; j < length(h); ++j) slots[j] = static_cast<std::int32_t>(j);
@@ -84,23 +81,23 @@ class layer_context {
     return slots;
   }
   /// @brief Float scratch of a head (capacity entries). @param h KV head @return the array
-  float* float_scratch(int h) const { return scratch_.floats + h * capacity(); }
+  KVCOMPACT_HOST_DEVICE float* float_scratch(int h) const { return scratch_.floats + h * capacity(); }
   /// @brief Index scratch of a head (two arrays of capacity entries). @param h KV head @param which 0 or 1 @return the array
-  std::int32_t* index_scratch(int h, int which) const { return scratch_.indices + (2 * h + which) * capacity(); }
+  KVCOMPACT_HOST_DEVICE std::int32_t* index_scratch(int h, int which) const { return scratch_.indices + (2 * h + which) * capacity(); }
   /// @brief Store shared by the layers of one sequence in one compression call. @return the array
-  std::int32_t* shared_store() const { return scratch_.shared; }
+  KVCOMPACT_HOST_DEVICE std::int32_t* shared_store() const { return scratch_.shared; }
   /// @brief Key element as float. @param h KV head @param slot slot @param d dimension @return the value
-  float key(int h, index_t slot, index_t d) const { return to_float(cache_.keys[element(h, slot, d)]); }
+  KVCOMPACT_HOST_DEVICE float key(int h, index_t slot, index_t d) const { return to_float(cache_.keys[element(h, slot, d)]); }
   /// @brief Value element as float. @param h KV head @param slot slot @param d dimension @return the value
-  float value(int h, index_t slot, index_t d) const { return to_float(cache_.values[element(h, slot, d)]); }
+  KVCOMPACT_HOST_DEVICE float value(int h, index_t slot, index_t d) const { return to_float(cache_.values[element(h, slot, d)]); }
   /// @brief Writes a key element. @param h KV head @param slot slot @param d dimension @param x the value
-  void set_key(int h, index_t slot, index_t d, float x) const { cache_.keys[element(h, slot, d)] = from_float<T>(x); }
+  KVCOMPACT_HOST_DEVICE void set_key(int h, index_t slot, index_t d, float x) const { cache_.keys[element(h, slot, d)] = from_float<T>(x); }
   /// @brief Writes a value element. @param h KV head @param slot slot @param d dimension @param x the value
-  void set_value(int h, index_t slot, index_t d, float x) const { cache_.values[element(h, slot, d)] = from_float<T>(x); }
+  KVCOMPACT_HOST_DEVICE void set_value(int h, index_t slot, index_t d, float x) const { cache_.values[element(h, slot, d)] = from_float<T>(x); }
 
  private:
-  index_t capacity() const { return cache_.layout.capacity(); }
-  index_t element(int h, index_t slot, index_t d) const {
+  KVCOMPACT_HOST_DEVICE index_t capacity() const { return cache_.layout.capacity(); }
+  KVCOMPACT_HOST_DEVICE index_t element(int h, index_t slot, index_t d) const {
     return cache_.layout.offset(sequence_, layer_, h, slot) + d * cache_.layout.dim_stride();
   }
 
@@ -111,7 +108,5 @@ class layer_context {
   index_t query_heads_;
   index_t step_;
 };
-
-}  // namespace cpu
 
 KVCOMPACT_NAMESPACE_END

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Per-slot operations shared by the backends: a slot's score and initial state, moving a
+/// slot, and where an incoming token goes after decode-time eviction.
+#pragma once
+
+#include <kvcompact/kv_cache.hpp>
+#include <kvcompact/policy.hpp>
+
+#include <cstdint>
+
+KVCOMPACT_NAMESPACE_BEGIN
+namespace detail {
+
+/// Score of a slot for slot scorers (its key and position); 0 for attention scorers, whose scores
+/// come from queries.
+template <class Policy, class T, class Layout>
+KVCOMPACT_HOST_DEVICE float slot_score(const Policy& policy, const kv_cache<T, Layout>& cache, index_t sequence, index_t layer, index_t head,
+                                       index_t slot) {
+  if constexpr (Policy::needs_attention) {
+    return 0.0f;
+  } else {
+    const index_t base = cache.layout.offset(sequence, layer, head, slot);
+    const index_t stride = cache.layout.dim_stride();
+    auto key = [&](index_t d) { return to_float(cache.keys[base + d * stride]); };
+    return policy.scorer.slot_score(key, cache.layout.head_dim(), cache.positions[cache.slot_index(sequence, layer, head, slot)]);
+  }
+}
+
+/// Decode state of a slot just written.
+template <class Policy, class T, class Layout>
+KVCOMPACT_HOST_DEVICE typename Policy::scorer_type::state_type new_slot_state(const Policy& policy, const kv_cache<T, Layout>& cache,
+                                                                             index_t sequence, index_t layer, index_t head, index_t slot) {
+  const index_t position = cache.positions[cache.slot_index(sequence, layer, head, slot)];
+  return policy.scorer.initial_state(slot_score(policy, cache, sequence, layer, head, slot), position);
+}
+
+/// Moves slot @p from of a head to slot @p to: K and V (bit-identical), position and decode state.
+/// Returns false, moving nothing, when the layout says one of the slots does not map into storage.
+template <class T, class Layout, class State>
+KVCOMPACT_HOST_DEVICE bool move_slot(const kv_cache<T, Layout>& cache, State* states, index_t sequence, index_t layer, index_t head,
+                                     index_t from, index_t to) {
+  if (!slot_in_range(cache.layout, sequence, from) || !slot_in_range(cache.layout, sequence, to)) return false;
+  const index_t src = cache.layout.offset(sequence, layer, head, from), dst = cache.layout.offset(sequence, layer, head, to);
+  for (index_t d = 0; d < cache.layout.head_dim(); ++d) {
+    const index_t o = d * cache.layout.dim_stride();
+    cache.keys[dst + o] = cache.keys[src + o];
+    cache.values[dst + o] = cache.values[src + o];
+  }
+  const index_t first = cache.slot_index(sequence, layer, head, 0);
+  cache.positions[first + to] = cache.positions[first + from];
+  states[first + to] = states[first + from];
+  return true;
+}
+
+/// Picks the slot an incoming token takes once decode-time eviction has cleared the keep flags of
+/// its victims: the first evicted slot in slot order. Later evicted slots are filled with the last
+/// valid slots (swap-remove: O(evicted) calls of `move(from, to)`, which must move K, V, position and
+/// state), and @p length shrinks accordingly. Without a victim the token goes after the last slot.
+/// Returns -1 (nothing changed) when the head is full and nothing was evicted.
+KVCOMPACT_EXEC_CHECK_DISABLE
+template <class Ctx, class Move>
+KVCOMPACT_HOST_DEVICE index_t claim_slot(Ctx& ctx, int h, std::int32_t& length, index_t capacity, const Move& move) {
+  index_t slot = -1;
+  for (index_t j = 0; j < length && slot < 0; ++j)
+    if (!ctx.kept(h, j)) slot = j;
+  if (slot < 0) return length < capacity ? length++ : -1;
+  for (index_t j = slot + 1; j < length; ++j) {
+    if (ctx.kept(h, j)) continue;
+    while (length - 1 > j && !ctx.kept(h, length - 1)) --length;
+    if (length - 1 > j) {
+      move(length - 1, j);
+      ctx.keep(h, j, true);
+    }
+    --length;
+  }
+  return slot;
+}
+
+}  // namespace detail
+KVCOMPACT_NAMESPACE_END
