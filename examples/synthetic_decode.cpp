@@ -1,9 +1,9 @@
 // Synthetic decode loop: prefill a cache, compress it with every preset, decode, and compare the
 // attention output of the compressed cache with the full cache. Prints KV memory and error per policy.
-//
-// The "model" is synthetic: keys are Gaussian with a slowly drifting topic direction, and each query
-// is built from a handful of earlier keys (so attention is peaked, as in real models) plus noise.
+// The token stream is synthetic (synthetic_model.hpp).
 #include <kvcompact/kvcompact.hpp>
+
+#include "synthetic_model.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -17,44 +17,8 @@ namespace {
 
 constexpr int layers = 4, kv_heads = 2, query_heads = 8, head_dim = 64;
 constexpr int prompt = 1024, window = 32, decode_steps = 64, capacity = prompt + decode_steps;
-
-// Deterministic synthetic token stream: K, V per (layer, kv head) and Q per (layer, query head).
-struct synthetic_model {
-  std::vector<float> keys, values, queries;  // [token][layer][head][dim]
-
-  explicit synthetic_model(unsigned seed) {
-    const int tokens = prompt + decode_steps;
-    std::mt19937 gen(seed);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    keys.resize(static_cast<std::size_t>(tokens) * layers * kv_heads * head_dim);
-    values.resize(keys.size());
-    queries.resize(static_cast<std::size_t>(tokens) * layers * query_heads * head_dim);
-    std::vector<float> topic(head_dim);
-    for (int t = 0; t < tokens; ++t) {
-      if (t % 64 == 0)
-        for (float& x : topic) x = normal(gen);
-      for (int i = 0; i < layers * kv_heads; ++i)
-        for (int d = 0; d < head_dim; ++d) {
-          keys[(static_cast<std::size_t>(t) * layers * kv_heads + i) * head_dim + d] = normal(gen) + 0.5f * topic[d];
-          values[(static_cast<std::size_t>(t) * layers * kv_heads + i) * head_dim + d] = normal(gen);
-        }
-      for (int l = 0; l < layers; ++l)
-        for (int g = 0; g < query_heads; ++g) {
-          float* q = &queries[((static_cast<std::size_t>(t) * layers + l) * query_heads + g) * head_dim];
-          const int h = g / (query_heads / kv_heads);
-          for (int d = 0; d < head_dim; ++d) q[d] = 0.3f * normal(gen);
-          for (int pick = 0; pick < 4 && t > 0; ++pick) {  // echo a few earlier keys (heavy hitters favour early tokens)
-            const int source = static_cast<int>(std::pow(std::uniform_real_distribution<float>(0, 1)(gen), 2.0f) * t);
-            const float* k = key(source, l, h);
-            for (int d = 0; d < head_dim; ++d) q[d] += 0.6f * k[d];
-          }
-        }
-    }
-  }
-  const float* key(int t, int l, int h) const { return &keys[((static_cast<std::size_t>(t) * layers + l) * kv_heads + h) * head_dim]; }
-  const float* value(int t, int l, int h) const { return &values[((static_cast<std::size_t>(t) * layers + l) * kv_heads + h) * head_dim]; }
-  const float* query(int t, int l) const { return &queries[(static_cast<std::size_t>(t) * layers + l) * query_heads * head_dim]; }
-};
+using example::relative_error;
+using example::synthetic_model;
 
 // An engine-owned cache: [layer][head][slot][dim] floats plus lengths and positions.
 struct engine_cache {
@@ -120,19 +84,10 @@ std::vector<float> run(const Policy& policy, const synthetic_model& model, engin
   return outputs;
 }
 
-double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
 }  // namespace
 
 int main() {
-  const synthetic_model model(2026);
+  const synthetic_model model(layers, kv_heads, query_heads, head_dim, prompt + decode_steps, 2026);
   engine_cache full_cache(model);
   const std::vector<float> reference = run(kc::policies::streaming_llm(capacity), model, full_cache, false);
   std::printf("synthetic decode: %d layers, %d query heads, %d KV heads, head_dim %d, prompt %d, %d decode steps\n", layers, query_heads,

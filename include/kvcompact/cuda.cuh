@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Umbrella header of the CUDA backend (needs nvcc): the host library plus CUDA error checking.
+/// @brief Umbrella header of the CUDA backend (needs nvcc): the host library, CUDA error checking and kvcompact::cuda::session.
 #pragma once
 
 #include <kvcompact/cuda/check.cuh>
+#include <kvcompact/cuda/session.cuh>
 #include <kvcompact/kvcompact.hpp>

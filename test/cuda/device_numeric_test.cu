@@ -4,6 +4,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <kvcompact/cuda.cuh>
+#include <kvcompact/cuda/detail/launch.cuh>
 
 #include <random>
 #include <vector>
@@ -35,7 +36,7 @@ void check_round_trip() {
   KVCOMPACT_CUDA_CHECK(cudaMalloc(&d_in, n * sizeof(float)));
   KVCOMPACT_CUDA_CHECK(cudaMalloc(&d_out, n * sizeof(float)));
   KVCOMPACT_CUDA_CHECK(cudaMemcpy(d_in, in.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-  round_trip<T><<<n / 256, 256>>>(d_in, d_out, n);
+  kc::cuda::detail::launch(&round_trip<T>, dim3(n / 256), dim3(256), 0, nullptr, d_in, d_out, n);
   KVCOMPACT_CUDA_CHECK(cudaGetLastError());
   KVCOMPACT_CUDA_CHECK(cudaMemcpy(out.data(), d_out, n * sizeof(float), cudaMemcpyDeviceToHost));
   KVCOMPACT_CUDA_CHECK(cudaFree(d_in));
@@ -54,7 +55,7 @@ BOOST_AUTO_TEST_CASE(device_offsets_match_host) {
   const auto layout = kc::layouts::bshd(2, 3, 4, 16, 8);
   kc::index_t* d_out = nullptr;
   KVCOMPACT_CUDA_CHECK(cudaMalloc(&d_out, 32 * sizeof(kc::index_t)));
-  offsets<<<1, 32>>>(layout, d_out);
+  kc::cuda::detail::launch(&offsets<kc::layouts::strided>, dim3(1), dim3(32), 0, nullptr, layout, d_out);
   KVCOMPACT_CUDA_CHECK(cudaGetLastError());
   std::vector<kc::index_t> out(32);
   KVCOMPACT_CUDA_CHECK(cudaMemcpy(out.data(), d_out, 32 * sizeof(kc::index_t), cudaMemcpyDeviceToHost));

@@ -5,7 +5,7 @@
 
 #include <kvcompact/error.hpp>
 
-#include <cuda_runtime.h>
+#include <kvcompact/cuda/detail/execution.cuh>
 
 #include <string>
 

@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: Apache-2.0
+// Benchmark of the CUDA backend on one Llama-3.1-8B attention layer (32 query heads, 8 KV heads,
+// head_dim 128, bf16, BHSD), N = 8k, 32k, 128k cached tokens, batch 1 and 8:
+//  - decode attention alone (a policy without scoring) and fused with H2O's score update,
+//  - decode-time eviction (append with H2O at its budget),
+//  - prefill compression of the layer to 25% (SnapKV window 64, TOVA, StreamingLLM, KNorm), and of a
+//    whole 32-layer cache in one call (SnapKV, time per layer),
+//  - the device copy bandwidth (cudaMemcpy device to device, bytes read + written).
+// Each time is the median of CUDA-event timings after warm-up. "% copy" is the bytes an operation
+// must move divided by its time, as a share of the copy bandwidth; "x floor" is its time over the
+// time those bytes take at copy bandwidth. Bytes: attention reads K and V; compression reads K once
+// and reads and writes the kept 25% of K and V (the floor of ../shared/anchors.md).
+//
+//   kernel_bench [--quick] [--reps N] [--csv FILE]
+#include <kvcompact/cuda.cuh>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace kc = kvcompact;
+using kc::index_t;
+
+namespace {
+
+constexpr index_t query_heads = 32, kv_heads = 8, head_dim = 128, window_rows = 64;
+using element = kc::bfloat16_t;
+
+/// Deterministic pseudo-random values in [-1, 1) (bf16 cache entries or fp32 window queries).
+template <class Value>
+__global__ void fill_random(Value* data, index_t count, std::uint32_t seed) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
+    std::uint32_t x = static_cast<std::uint32_t>(i) * 2654435761u ^ seed;
+    x ^= x >> 15;
+    x *= 2246822519u;
+    x ^= x >> 13;
+    const float value = static_cast<float>(x & 0xffffu) / 32768.0f - 1.0f;
+    if constexpr (std::is_same_v<Value, float>) data[i] = value;
+    else data[i] = kc::from_float<Value>(value);
+  }
+}
+
+template <class T>
+struct buffer {
+  T* data = nullptr;
+  std::size_t count = 0;
+  explicit buffer(std::size_t n) : count(n) { KVCOMPACT_CUDA_CHECK(cudaMalloc(&data, n * sizeof(T))); }
+  buffer(const buffer&) = delete;
+  buffer& operator=(const buffer&) = delete;
+  ~buffer() { (void)cudaFree(data); }
+  std::span<std::byte> bytes() const { return {reinterpret_cast<std::byte*>(data), count * sizeof(T)}; }
+};
+
+/// Median milliseconds of `reps` runs of `work` (after `warm` runs); `before` runs untimed before each.
+template <class Work, class Before>
+double median_ms(int reps, int warm, Work&& work, Before&& before) {
+  cudaEvent_t start, stop;
+  KVCOMPACT_CUDA_CHECK(cudaEventCreate(&start));
+  KVCOMPACT_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int i = 0; i < warm + reps; ++i) {
+    before();
+    KVCOMPACT_CUDA_CHECK(cudaEventRecord(start));
+    work();
+    KVCOMPACT_CUDA_CHECK(cudaEventRecord(stop));
+    KVCOMPACT_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    KVCOMPACT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (i >= warm) times.push_back(ms);
+  }
+  KVCOMPACT_CUDA_CHECK(cudaEventDestroy(start));
+  KVCOMPACT_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct row {
+  std::string kernel;
+  index_t tokens, batch;
+  double us, bytes, copy_bandwidth;  // bytes per second
+};
+
+void print(const row& r, std::FILE* out) {
+  const double seconds = r.us * 1e-6;
+  const double floor_us = r.bytes / r.copy_bandwidth * 1e6;
+  std::fprintf(out, "| %-34s | %6lld | %2lld | %10.1f | %8.0f | %6.1f%% | %6.2fx |\n", r.kernel.c_str(), static_cast<long long>(r.tokens),
+               static_cast<long long>(r.batch), r.us, r.bytes / seconds / 1e9, 100.0 * r.bytes / seconds / r.copy_bandwidth, r.us / floor_us);
+}
+
+/// A cache of `batch` sequences x `layers` layers x N slots, filled and full.
+struct layer_cache {
+  index_t batch, tokens, layers;
+  kc::layouts::strided layout;
+  buffer<element> keys, values;
+  buffer<std::int32_t> lengths, positions, pristine_lengths, pristine_positions;
+  layer_cache(index_t b, index_t n, index_t l = 1)
+      : batch(b),
+        tokens(n),
+        layers(l),
+        layout(kc::layouts::bhsd(b, l, kv_heads, n, head_dim)),
+        keys(static_cast<std::size_t>(b * l * kv_heads * n * head_dim)),
+        values(keys.count),
+        lengths(static_cast<std::size_t>(b * l * kv_heads)),
+        positions(static_cast<std::size_t>(b * l * kv_heads * n)),
+        pristine_lengths(lengths.count),
+        pristine_positions(positions.count) {
+    fill_random<<<1024, 256>>>(keys.data, static_cast<index_t>(keys.count), 1);
+    fill_random<<<1024, 256>>>(values.data, static_cast<index_t>(values.count), 2);
+    KVCOMPACT_CUDA_CHECK(cudaGetLastError());
+    std::vector<std::int32_t> len(lengths.count, static_cast<std::int32_t>(n)), pos(positions.count);
+    for (std::size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(n));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(pristine_lengths.data, len.data(), len.size() * 4, cudaMemcpyHostToDevice));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(pristine_positions.data, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
+    restore();
+    KVCOMPACT_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  void restore() {
+    KVCOMPACT_CUDA_CHECK(cudaMemcpyAsync(lengths.data, pristine_lengths.data, lengths.count * 4, cudaMemcpyDeviceToDevice));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpyAsync(positions.data, pristine_positions.data, positions.count * 4, cudaMemcpyDeviceToDevice));
+  }
+  kc::kv_cache<element, kc::layouts::strided> view() { return {layout, keys.data, values.data, lengths.data, positions.data}; }
+  double kv_bytes() const { return 2.0 * static_cast<double>(keys.count) * sizeof(element); }
+};
+
+template <class Policy>
+struct bench_session {
+  using type = kc::cuda::session<Policy, element, kc::layouts::strided>;
+  buffer<std::byte> state, workspace;
+  type session;
+  bench_session(const Policy& policy, layer_cache& cache)
+      : state(type::state_bytes(cache.layout)),
+        workspace(type::workspace_bytes(cache.layout, kc::attention_shape{query_heads}, window_rows)),
+        session(policy, cache.view(), kc::attention_shape{query_heads}, state.bytes(), workspace.bytes(), nullptr, window_rows) {}
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  int reps = 20;
+  std::string csv;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: kernel_bench [--quick] [--reps N] [--csv FILE]\n");
+      return 2;
+    }
+  }
+  if (kc::cuda::device_count() == 0) {
+    std::puts("kernel_bench: no CUDA device present; nothing measured.");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  KVCOMPACT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+
+  // Copy bandwidth: 1 GiB device to device, read + write.
+  const std::size_t copy_bytes = std::size_t{1} << 30;
+  buffer<unsigned char> from(copy_bytes), to(copy_bytes);
+  KVCOMPACT_CUDA_CHECK(cudaMemset(from.data, 1, copy_bytes));
+  const double copy_ms = median_ms(
+      reps, 3, [&] { KVCOMPACT_CUDA_CHECK(cudaMemcpyAsync(to.data, from.data, copy_bytes, cudaMemcpyDeviceToDevice)); }, [] {});
+  const double bandwidth = 2.0 * static_cast<double>(copy_bytes) / (copy_ms * 1e-3);
+  std::printf("device: %s, %d SMs; copy bandwidth (read + write) %.2f TB/s\n\n", prop.name, prop.multiProcessorCount, bandwidth / 1e12);
+  std::printf("| %-34s | %6s | %2s | %10s | %8s | %7s | %7s |\n", "kernel", "N", "B", "median us", "GB/s", "% copy", "x floor");
+  std::printf("|%s|%s|%s|%s|%s|%s|%s|\n", std::string(36, '-').c_str(), std::string(8, '-').c_str(), std::string(4, '-').c_str(),
+              std::string(12, '-').c_str(), std::string(10, '-').c_str(), std::string(9, '-').c_str(), std::string(9, '-').c_str());
+  std::vector<row> rows;
+  auto emit = [&](row r) {
+    print(r, stdout);
+    std::fflush(stdout);
+    rows.push_back(std::move(r));
+  };
+
+  const std::vector<index_t> token_counts = quick ? std::vector<index_t>{8192} : std::vector<index_t>{8192, 32768, 131072};
+  for (index_t n : token_counts)
+    for (index_t batch : {index_t{1}, index_t{8}}) {
+      layer_cache cache(batch, n);
+      buffer<element> queries(static_cast<std::size_t>(batch * query_heads * head_dim)), output(queries.count);
+      buffer<element> new_kv(static_cast<std::size_t>(batch * kv_heads * head_dim));
+      fill_random<<<64, 256>>>(queries.data, static_cast<index_t>(queries.count), 3);
+      fill_random<<<64, 256>>>(new_kv.data, static_cast<index_t>(new_kv.count), 4);
+      std::vector<std::int32_t> pos(static_cast<std::size_t>(batch), static_cast<std::int32_t>(n));
+      buffer<std::int32_t> positions(pos.size());
+      KVCOMPACT_CUDA_CHECK(cudaMemcpy(positions.data, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
+
+      {  // decode attention without scoring
+        bench_session plain(kc::policies::streaming_llm(n), cache);
+        const double ms = median_ms(reps, 3, [&] { plain.session.attend(0, queries.data, positions.data, output.data); }, [] {});
+        emit({"decode attention", n, batch, ms * 1e3, cache.kv_bytes(), bandwidth});
+      }
+      {  // decode attention + fused H2O update, then decode-time eviction at the budget
+        bench_session h2o(kc::policies::h2o(n, 64), cache);
+        const double ms = median_ms(reps, 3, [&] { h2o.session.attend(0, queries.data, positions.data, output.data); }, [] {});
+        emit({"decode attention + H2O update", n, batch, ms * 1e3, cache.kv_bytes(), bandwidth});
+        const double append_ms = median_ms(
+            reps, 3, [&] { h2o.session.append(0, new_kv.data, new_kv.data, positions.data); }, [&] { cache.restore(); });
+        emit({"append with H2O eviction", n, batch, append_ms * 1e3, static_cast<double>(batch * kv_heads * n) * 4.0, bandwidth});
+        h2o.session.check("kernel_bench");
+      }
+      // Prefill compression to 25%: reads K once, moves the kept quarter of K and V.
+      buffer<float> window_queries(static_cast<std::size_t>(batch * query_heads * window_rows * head_dim));
+      fill_random<<<256, 256>>>(window_queries.data, static_cast<index_t>(window_queries.count), 5);
+      std::vector<std::int32_t> rows_pos(static_cast<std::size_t>(batch * window_rows));
+      for (std::size_t i = 0; i < rows_pos.size(); ++i)
+        rows_pos[i] = static_cast<std::int32_t>(n - window_rows + static_cast<index_t>(i % window_rows));
+      buffer<std::int32_t> window_positions(rows_pos.size());
+      KVCOMPACT_CUDA_CHECK(cudaMemcpy(window_positions.data, rows_pos.data(), rows_pos.size() * 4, cudaMemcpyHostToDevice));
+      const kc::query_window window{window_queries.data, window_positions.data, window_rows};
+      const double floor_bytes = cache.kv_bytes() / 2.0 + 2.0 * 0.25 * cache.kv_bytes();
+      auto compress = [&](const char* name, const auto& policy, const kc::query_window& w) {
+        bench_session s(policy, cache);
+        const double ms = median_ms(reps, 2, [&] { s.session.compress_prefill(w); }, [&] { cache.restore(); });
+        emit({name, n, batch, ms * 1e3, floor_bytes, bandwidth});
+        s.session.check("kernel_bench");
+      };
+      compress("compress SnapKV (window 64) to 25%", kc::policies::snapkv(n / 4, window_rows), window);
+      // TOVA scores with the last prompt query only: a one-row window.
+      buffer<float> last_queries(static_cast<std::size_t>(batch * query_heads * head_dim));
+      fill_random<<<64, 256>>>(last_queries.data, static_cast<index_t>(last_queries.count), 6);
+      const std::vector<std::int32_t> last_pos(static_cast<std::size_t>(batch), static_cast<std::int32_t>(n - 1));
+      buffer<std::int32_t> last_positions(last_pos.size());
+      KVCOMPACT_CUDA_CHECK(cudaMemcpy(last_positions.data, last_pos.data(), last_pos.size() * 4, cudaMemcpyHostToDevice));
+      compress("compress TOVA to 25%", kc::policies::tova(n / 4), kc::query_window{last_queries.data, last_positions.data, 1});
+      compress("compress StreamingLLM to 25%", kc::policies::streaming_llm(n / 4), kc::query_window{});
+      compress("compress KNorm to 25%", kc::policies::knorm(n / 4), kc::query_window{});
+    }
+  // An engine compresses its whole cache after prefill: 32 layers in one call, reported per layer.
+  for (index_t n : token_counts) {
+    constexpr index_t model_layers = 32;
+    layer_cache cache(1, n, model_layers);
+    buffer<float> window_queries(static_cast<std::size_t>(model_layers * query_heads * window_rows * head_dim));
+    fill_random<<<256, 256>>>(window_queries.data, static_cast<index_t>(window_queries.count), 7);
+    std::vector<std::int32_t> rows_pos(static_cast<std::size_t>(window_rows));
+    for (std::size_t i = 0; i < rows_pos.size(); ++i) rows_pos[i] = static_cast<std::int32_t>(n - window_rows + static_cast<index_t>(i));
+    buffer<std::int32_t> window_positions(rows_pos.size());
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(window_positions.data, rows_pos.data(), rows_pos.size() * 4, cudaMemcpyHostToDevice));
+    bench_session s(kc::policies::snapkv(n / 4, window_rows), cache);
+    const double ms = median_ms(reps, 2, [&] { s.session.compress_prefill({window_queries.data, window_positions.data, window_rows}); },
+                                [&] { cache.restore(); });
+    const double per_layer_bytes = (cache.kv_bytes() / 2.0 + 2.0 * 0.25 * cache.kv_bytes()) / model_layers;
+    emit({"compress SnapKV 25%, 32 layers/call", n, 1, ms * 1e3 / model_layers, per_layer_bytes, bandwidth});
+    s.session.check("kernel_bench");
+  }
+  if (!csv.empty()) {
+    std::ofstream out(csv);
+    out << "kernel,tokens,batch,median_us,gb_per_s,percent_copy,x_floor\n";
+    for (const row& r : rows)
+      out << r.kernel << ',' << r.tokens << ',' << r.batch << ',' << r.us << ',' << r.bytes / (r.us * 1e-6) / 1e9 << ','
+          << 100.0 * r.bytes / (r.us * 1e-6) / r.copy_bandwidth << ',' << r.us / (r.bytes / r.copy_bandwidth * 1e6) << '\n';
+  }
+  return 0;
+}

@@ -1,0 +1,417 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief The CUDA backend: prefill compression of the whole cache in a few launches, fused decode
+/// attention with the scorer's state update, and decode-time eviction, all on one stream without
+/// host synchronisation.
+#pragma once
+
+#include <kvcompact/cuda/check.cuh>
+#include <kvcompact/cuda/detail/append_kernel.cuh>
+#include <kvcompact/cuda/detail/decode_kernels.cuh>
+#include <kvcompact/cuda/detail/device_status.cuh>
+#include <kvcompact/cuda/detail/launch.cuh>
+#include <kvcompact/cuda/detail/prefill_problem.cuh>
+#include <kvcompact/cuda/detail/score_kernels.cuh>
+#include <kvcompact/cuda/detail/select_kernels.cuh>
+#include <kvcompact/cuda/detail/workspace.cuh>
+#include <kvcompact/kv_cache.hpp>
+#include <kvcompact/layouts/layer_condensed.hpp>
+#include <kvcompact/policy.hpp>
+#include <kvcompact/query_window.hpp>
+
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+
+KVCOMPACT_NAMESPACE_BEGIN
+namespace cuda {
+
+namespace detail {
+template <class Selector>
+struct is_top_k : std::false_type {};
+template <class Schedule>
+struct is_top_k<selectors::top_k<Schedule>> : std::true_type {};
+
+/// Grid (Hkv, S x L): initial decode budgets and slot states of a filled cache; checks every slot's
+/// mapping into storage.
+template <class Policy, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
+    initialise_kernel(kv_cache<T, Layout> cache, Policy policy, State* states, std::int32_t* budgets, device_status* status) {
+  const index_t layers = cache.layout.num_layers(), capacity = cache.layout.capacity();
+  const index_t h = blockIdx.x, s = blockIdx.y / layers, l = blockIdx.y % layers;
+  const index_t head = cache.head_index(s, l, h);
+  if (threadIdx.x == 0) budgets[head] = static_cast<std::int32_t>(policy.selector.budget(l, layers, capacity));
+  const index_t n = checked_length(cache.lengths[head], capacity, status, s, l, h);
+  for (index_t j = threadIdx.x; j < n; j += blockDim.x)
+    if (checked_offset(cache.layout, s, l, h, j, status) >= 0)
+      states[head * capacity + j] = ::kvcompact::detail::new_slot_state(policy, cache, s, l, h, j);
+}
+
+/// Sets @p count values starting at @p first to @p value.
+template <class Value>
+KVCOMPACT_KERNEL void fill_kernel(Value* first, index_t count, Value value) {
+  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) first[i] = value;
+}
+}  // namespace detail
+
+/// @brief Runs a policy over an engine's cache in GPU memory. Same component math and results as
+/// kvcompact::cpu::session (keep-sets identical up to ties within rounding of the scores), same
+/// caller-owned memory model: `state` (kept between calls) and `workspace` (scratch) are device
+/// buffers sized by state_bytes() and workspace_bytes(). Every call is asynchronous on the
+/// session's stream; errors found inside kernels (NaN scores, page-table entries outside the pool,
+/// full heads, bad lengths) are recorded on the device, the affected head or layer is left
+/// unchanged, and check() raises them as kvcompact::error.
+///
+/// Decode is batched: append(), attend() and observe() handle one layer of every sequence at once;
+/// a sequence whose position is negative takes no part in the step.
+/// @tparam Policy a kvcompact::compression_policy
+/// @tparam T storage element (float, kvcompact::half_t, kvcompact::bfloat16_t)
+/// @tparam Layout a kvcompact::kv_layout whose data is device-readable
+template <class Policy, class T, class Layout>
+class session {
+  static_assert(compression_policy<Policy>, "kvcompact: cuda::session<Policy, T, Layout>: Policy must be a kvcompact::policy<Scorer, Selector, Merger>");
+  static_assert(::kvcompact::detail::check_layout<Layout>(), "kvcompact: cuda::session<Policy, T, Layout>: Layout is not a kvcompact::kv_layout");
+
+ public:
+  using state_type = typename Policy::scorer_type::state_type;  ///< per-slot decode state of the scorer
+
+  /// @brief Bytes of device state: per-slot scorer state, per-head decode budgets, fault record.
+  /// @param layout the cache layout @return the size in bytes
+  [[nodiscard]] static std::size_t state_bytes(const Layout& layout) {
+    const auto heads = static_cast<std::size_t>(layout.num_sequences() * layout.num_layers() * layout.num_kv_heads());
+    return round_up(heads * static_cast<std::size_t>(layout.capacity()) * sizeof(state_type)) + round_up(heads * sizeof(std::int32_t)) +
+           round_up(sizeof(detail::device_status));
+  }
+  /// @brief Bytes of device workspace (scratch reused by every call).
+  /// @param layout the cache layout @param shape attention shape
+  /// @param window_rows most observation-window rows compress_prefill() will be given
+  /// @return the size in bytes
+  [[nodiscard]] static std::size_t workspace_bytes(const Layout& layout, const attention_shape& shape, index_t window_rows = 64) {
+    return plan(layout, shape, window_rows).total;
+  }
+
+  /// @brief Binds a policy to a cache in device memory, checks every argument and initialises the
+  /// decode state (one synchronisation of @p stream, to report a bad page table or length now).
+  /// @param policy the policy @param cache the engine's cache (device pointers)
+  /// @param shape query heads and scale @param state state_bytes() bytes of device memory, kept between calls
+  /// @param workspace workspace_bytes() bytes of device memory
+  /// @param stream the stream every call runs on
+  /// @param window_rows most observation-window rows compress_prefill() will be given (as passed to workspace_bytes())
+  /// @throws kvcompact::error naming the bad argument; kvcompact::cuda::cuda_error when a CUDA call fails
+  session(const Policy& policy, const kv_cache<T, Layout>& cache, const attention_shape& shape, std::span<std::byte> state,
+          std::span<std::byte> workspace, cudaStream_t stream = nullptr, index_t window_rows = 64)
+      : policy_(policy), cache_(cache), shape_(shape), stream_(stream), window_rows_(window_rows) {
+    constexpr const char* where = "cuda::session";
+    using ::kvcompact::detail::require;
+    ::kvcompact::detail::validate_layout_extents(cache_.layout, where);
+    require(cache_.keys != nullptr, where, "cache.keys", "null pointer");
+    require(cache_.values != nullptr, where, "cache.values", "null pointer");
+    require(cache_.lengths != nullptr, where, "cache.lengths", "null pointer");
+    require(cache_.positions != nullptr, where, "cache.positions", "null pointer");
+    require(reinterpret_cast<std::uintptr_t>(cache_.keys) % alignof(T) == 0, where, "cache.keys", "misaligned for the element type");
+    require(reinterpret_cast<std::uintptr_t>(cache_.values) % alignof(T) == 0, where, "cache.values", "misaligned for the element type");
+    require(reinterpret_cast<std::uintptr_t>(cache_.lengths) % 4 == 0, where, "cache.lengths", "misaligned");
+    require(reinterpret_cast<std::uintptr_t>(cache_.positions) % 4 == 0, where, "cache.positions", "misaligned");
+    const index_t kv_heads = cache_.layout.num_kv_heads();
+    require(shape.query_heads > 0 && shape.query_heads % kv_heads == 0, where, "shape.query_heads",
+            [&] { return "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads"; });
+    require(shape.head_dim == 0 || shape.head_dim == head_dim(), where, "shape.head_dim",
+            [&] { return "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
+    require(group() * head_dim() <= detail::decode_max_outputs_per_thread * detail::decode_threads, where, "shape.query_heads",
+            [&] { return "GQA group x head_dim = " + std::to_string(group() * head_dim()) + " exceeds the " +
+                std::to_string(detail::decode_max_outputs_per_thread * detail::decode_threads) + " the CUDA decode kernel handles"; });
+    require(window_rows > 0, where, "window_rows", "must be positive");
+    require(state.size() >= state_bytes(cache_.layout), where, "state",
+            [&] { return "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)); });
+    require(workspace.size() >= workspace_bytes(cache_.layout, shape, window_rows), where, "workspace",
+            [&] { return "has " + std::to_string(workspace.size()) + " bytes, workspace_bytes() asks for " +
+                std::to_string(workspace_bytes(cache_.layout, shape, window_rows)); });
+    require(state.data() != nullptr && reinterpret_cast<std::uintptr_t>(state.data()) % 256 == 0, where, "state",
+            "null or not 256-byte aligned (cudaMalloc memory is)");
+    require(workspace.data() != nullptr && reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 == 0, where, "workspace",
+            "null or not 256-byte aligned (cudaMalloc memory is)");
+    scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(head_dim()));
+    const std::size_t heads = static_cast<std::size_t>(cache_.head_count());
+    states_ = reinterpret_cast<state_type*>(state.data());
+    budgets_ = reinterpret_cast<std::int32_t*>(state.data() + round_up(heads * static_cast<std::size_t>(capacity()) * sizeof(state_type)));
+    status_ = reinterpret_cast<detail::device_status*>(reinterpret_cast<std::byte*>(budgets_) + round_up(heads * sizeof(std::int32_t)));
+    workspace_ = workspace.data();
+    plan_ = plan(cache_.layout, shape, window_rows);
+    int device = 0, multiprocessors = 0;
+    cuda::check(cudaGetDevice(&device), where, "cudaGetDevice");
+    cuda::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device), where, "cudaDeviceGetAttribute");
+    multiprocessors_ = multiprocessors;
+    cuda::check(cudaMemsetAsync(status_, 0, sizeof(detail::device_status), stream_), where, "cudaMemsetAsync(status)");
+    detail::launch(&detail::initialise_kernel<Policy, T, Layout, state_type>, dim3(static_cast<unsigned>(kv_heads), layer_blocks(where)),
+                   detail::prefill_threads, 0, stream_, cache_, policy_, states_, budgets_, status_);
+    detail::check_launch(where, "initialise_kernel");
+    this->check(where);
+  }
+
+  /// @brief Compresses every sequence and storage layer of a prefilled cache: scores, selects, merges
+  /// and compacts in place; lengths, positions, decode state and budgets are updated on the device.
+  /// Scoring runs the observation window's softmax in two passes over K without materialising the
+  /// window x N matrix; top-k selection is a parallel radix select and CORM's budget-free rule runs
+  /// per slot; other selectors and mergers run their own code serially per sequence.
+  /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
+  /// @throws kvcompact::error on a bad window; faults inside kernels surface in check()
+  void compress_prefill(const query_window& window = {}) {
+    constexpr const char* where = "compress_prefill";
+    using ::kvcompact::detail::require;
+    if constexpr (Policy::needs_attention) {
+      require(window.queries != nullptr, where, "window.queries", "null pointer, but the scorer needs attention");
+      require(window.positions != nullptr, where, "window.positions", "null pointer");
+      require(window.rows > 0, where, "window.rows", "must be positive");
+      require(window.rows <= window_rows_, where, "window.rows",
+              [&] { return std::to_string(window.rows) + " exceeds the " + std::to_string(window_rows_) + " rows the workspace was sized for"; });
+      require(window.head_dim == 0 || window.head_dim == head_dim(), where, "window.head_dim",
+              [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
+    }
+    auto p = prefill(window);
+    const index_t layers = cache_.layout.num_layers(), sequences = cache_.layout.num_sequences();
+    const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads());
+    const unsigned layer_grid = layer_blocks(where);
+    cuda::check(cudaMemsetAsync(p.step, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(step)");
+    cuda::check(cudaMemsetAsync(p.layer_faults, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(faults)");
+    detail::launch(&detail::prepare_kernel<T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads, 0, stream_, p);
+    detail::check_launch(where, "prepare_kernel");
+    const unsigned slot_tiles = static_cast<unsigned>(detail::ceil_div(capacity(), detail::prefill_threads));
+    if constexpr (Policy::needs_attention) {
+      const std::size_t bytes = detail::window_shared_bytes<T>(head_dim());
+      const dim3 grid(static_cast<unsigned>(p.chunks), heads, layer_grid);
+      detail::allow_shared_memory(&detail::window_statistics_kernel<T, Layout, state_type>, bytes, where);
+      detail::launch(&detail::window_statistics_kernel<T, Layout, state_type>, grid, detail::prefill_threads, bytes, stream_, p);
+      detail::check_launch(where, "window_statistics_kernel");
+      using scorer_type = typename Policy::scorer_type;
+      detail::allow_shared_memory(&detail::window_scores_kernel<scorer_type, T, Layout, state_type>, bytes, where);
+      detail::launch(&detail::window_scores_kernel<scorer_type, T, Layout, state_type>, grid, detail::prefill_threads, bytes, stream_, p,
+                     policy_.scorer);
+      detail::check_launch(where, "window_scores_kernel");
+      detail::launch(&detail::group_scores_kernel<scorer_type, T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid),
+                     detail::prefill_threads, 0, stream_, p, policy_.scorer);
+      detail::check_launch(where, "group_scores_kernel");
+    } else {
+      detail::launch(&detail::slot_score_kernel<Policy, T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid), detail::prefill_threads,
+                     0, stream_, p, policy_);
+      detail::check_launch(where, "slot_score_kernel");
+    }
+    using selector_type = typename Policy::selector_type;
+    if constexpr (detail::is_top_k<selector_type>::value || std::is_same_v<selector_type, selectors::hit_window>) {
+      if constexpr (std::is_same_v<selector_type, selectors::hit_window>) {
+        detail::launch(&detail::hit_window_select_kernel<T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid), detail::prefill_threads, 0,
+                       stream_, p, policy_.selector);
+        detail::check_launch(where, "hit_window_select_kernel");
+      } else {
+        detail::launch(&detail::top_k_select_kernel<typename selector_type::schedule_type, T, Layout, state_type>, dim3(heads, layer_grid),
+                       detail::prefill_threads, 0, stream_, p, policy_.selector);
+        detail::check_launch(where, "top_k_select_kernel");
+      }
+      if constexpr (Policy::merges) {
+        detail::launch(&detail::merge_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), 1, 0, stream_, p, policy_);
+        detail::check_launch(where, "merge_kernel");
+      }
+    } else {
+      detail::launch(&detail::serial_select_kernel<Policy, T, Layout, state_type>, dim3(static_cast<unsigned>(sequences)), 1, 0, stream_, p,
+                     policy_);
+      detail::check_launch(where, "serial_select_kernel");
+    }
+    const index_t tile = detail::compaction_tile(head_dim(), sizeof(T));
+    detail::launch(&detail::compact_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads,
+                   static_cast<std::size_t>(tile * 2 * head_dim()) * sizeof(T), stream_, p, policy_, tile);
+    detail::check_launch(where, "compact_kernel");
+  }
+
+  /// @brief Inserts one token's K and V into every KV head of a storage layer, for every sequence. A
+  /// head at its budget first evicts by the policy (victims merged if the merger wants) and the
+  /// token reuses a freed slot.
+  /// @param layer storage layer
+  /// @param keys [sequences][kv_heads][head_dim] new keys (post-RoPE), device memory
+  /// @param values [sequences][kv_heads][head_dim] new values, device memory
+  /// @param positions [sequences] the tokens' logical positions, device memory; negative: no token
+  /// @throws kvcompact::error on bad arguments; a full head surfaces in check()
+  void append(index_t layer, const T* keys, const T* values, const std::int32_t* positions) {
+    constexpr const char* where = "append";
+    ::kvcompact::detail::require(layer >= 0 && layer < cache_.layout.num_layers(), where, "layer", "out of range");
+    ::kvcompact::detail::require(keys != nullptr, where, "keys", "null pointer");
+    ::kvcompact::detail::require(values != nullptr, where, "values", "null pointer");
+    ::kvcompact::detail::require(positions != nullptr, where, "positions", "null pointer");
+    std::byte* w = workspace_;
+    const detail::decode_scratch scratch{detail::at_offset<float>(w, plan_.scores),    detail::at_offset<float>(w, plan_.floats),
+                                         detail::at_offset<std::int32_t>(w, plan_.indices), detail::at_offset<std::int32_t>(w, plan_.order),
+                                         detail::at_offset<std::uint8_t>(w, plan_.keep), detail::at_offset<std::int32_t>(w, plan_.targets),
+                                         detail::at_offset<std::uint8_t>(w, plan_.decode_order_ready),
+                                         detail::at_offset<std::int32_t>(w, plan_.shared)};
+    const detail::append_problem<T, Layout, state_type> problem{cache_, layer,   shape_.query_heads, keys,   values,
+                                                                positions, states_, budgets_,        scratch, status_};
+    detail::launch(&detail::append_kernel<Policy, T, Layout>,
+                   dim3(static_cast<unsigned>(cache_.layout.num_kv_heads()), detail::grid_extent(cache_.layout.num_sequences(), where, "sequences")),
+                   detail::append_threads, 0, stream_, problem, policy_);
+    detail::check_launch(where, "append_kernel");
+  }
+
+  /// @brief Decode attention of one token's queries per sequence, with the scorer's state update fused
+  /// into the pass over K.
+  /// @param layer attending layer (model layer for layer-mapped layouts)
+  /// @param queries [sequences][query_heads][head_dim] queries, device memory
+  /// @param positions [sequences] the tokens' positions, device memory; negative: skip the sequence
+  /// @param output [sequences][query_heads][head_dim] attention output, device memory
+  void attend(index_t layer, const T* queries, const std::int32_t* positions, T* output) {
+    ::kvcompact::detail::require(output != nullptr, "attend", "output", "null pointer");
+    run_attention("attend", layer, queries, positions, output);
+  }
+
+  /// @brief The scorer's state update only, for engines with their own attention kernel (one extra
+  /// read of K; nothing to do for scorers that need no attention).
+  /// @param layer attending layer @param queries [sequences][query_heads][head_dim] queries, device memory
+  /// @param positions [sequences] the tokens' positions, device memory
+  void observe(index_t layer, const T* queries, const std::int32_t* positions) {
+    if constexpr (Policy::needs_attention) run_attention("observe", layer, queries, positions, nullptr);
+  }
+
+  /// @brief Sets the decode budget of every head of a sequence.
+  /// @param sequence sequence @param slots the budget
+  /// @throws kvcompact::error when either is out of range
+  void set_budget(index_t sequence, index_t slots) {
+    ::kvcompact::detail::require(sequence >= 0 && sequence < cache_.layout.num_sequences(), "set_budget", "sequence", "out of range");
+    ::kvcompact::detail::require(slots > 0 && slots <= capacity(), "set_budget", "slots", "must be in [1, capacity]");
+    const index_t count = cache_.layout.num_layers() * cache_.layout.num_kv_heads();
+    detail::launch(&detail::fill_kernel<std::int32_t>, dim3(static_cast<unsigned>(detail::ceil_div(count, 256))), 256, 0, stream_,
+                   budgets_ + cache_.head_index(sequence, 0, 0), count, static_cast<std::int32_t>(slots));
+    detail::check_launch("set_budget", "fill_kernel");
+  }
+
+  /// @brief Waits for the stream and raises the first fault a kernel recorded since the last check.
+  /// @param where name used in the error message
+  /// @throws kvcompact::error describing the fault; kvcompact::cuda::cuda_error when the stream failed
+  void check(const char* where = "cuda::session") const {
+    cuda::check(cudaStreamSynchronize(stream_), where, "cudaStreamSynchronize");
+    detail::device_status status{};
+    cuda::check(cudaMemcpy(&status, status_, sizeof(status), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
+    if (status.fault != 0) {
+      cuda::check(cudaMemset(status_, 0, sizeof(detail::device_status)), where, "cudaMemset(status)");
+      detail::raise(status, where);
+    }
+  }
+
+  /// @brief The stream every call runs on. @return the stream
+  [[nodiscard]] cudaStream_t stream() const { return stream_; }
+  /// @brief The policy. @return the policy
+  [[nodiscard]] const Policy& policy() const { return policy_; }
+  /// @brief The cache view. @return the cache
+  [[nodiscard]] const kv_cache<T, Layout>& cache() const { return cache_; }
+  /// @brief Device array of the per-slot decode states, `[sequences][layers][kv_heads][capacity]`.
+  /// @return the array
+  [[nodiscard]] const state_type* slot_states() const { return states_; }
+  /// @brief Device array of the decode budgets, `[sequences][layers][kv_heads]`. @return the array
+  [[nodiscard]] const std::int32_t* budgets() const { return budgets_; }
+
+ private:
+  static std::size_t round_up(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+  static detail::workspace_plan plan(const Layout& layout, const attention_shape& shape, index_t window_rows) {
+    return detail::workspace_plan::make(layout.num_sequences(), layout.num_layers(), layout.num_kv_heads(), layout.capacity(),
+                                        layout.head_dim(), shape.query_heads, window_rows);
+  }
+  index_t capacity() const { return cache_.layout.capacity(); }
+  index_t head_dim() const { return cache_.layout.head_dim(); }
+  index_t group() const { return shape_.query_heads / cache_.layout.num_kv_heads(); }
+  unsigned layer_blocks(const char* where) const {
+    return detail::grid_extent(cache_.layout.num_sequences() * cache_.layout.num_layers(), where, "sequences x layers");
+  }
+
+  detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window) const {
+    std::byte* w = workspace_;
+    return {cache_,
+            shape_.query_heads,
+            scale_,
+            window,
+            detail::at_offset<float>(w, plan_.scores),
+            detail::at_offset<float>(w, plan_.floats),
+            detail::at_offset<std::int32_t>(w, plan_.indices),
+            detail::at_offset<std::int32_t>(w, plan_.order),
+            detail::at_offset<std::int32_t>(w, plan_.targets),
+            detail::at_offset<std::uint8_t>(w, plan_.keep),
+            detail::at_offset<float>(w, plan_.query_scores),
+            detail::at_offset<std::uint8_t>(w, plan_.order_ready),
+            detail::at_offset<std::int32_t>(w, plan_.shared),
+            detail::at_offset<std::int32_t>(w, plan_.step),
+            detail::at_offset<std::int32_t>(w, plan_.layer_faults),
+            detail::at_offset<float>(w, plan_.stats),
+            detail::ceil_div(capacity(), detail::window_key_chunk),
+            states_,
+            budgets_,
+            status_};
+  }
+
+  void run_attention(const char* where, index_t layer, const T* queries, const std::int32_t* positions, T* output) {
+    using ::kvcompact::detail::require;
+    if constexpr (layer_mapped_layout<Layout>)
+      require(layer >= 0 && layer < cache_.layout.num_model_layers(), where, "layer", "out of range");
+    const index_t storage = ::kvcompact::detail::storage_layer_of(cache_.layout, layer);
+    require(storage >= 0 && storage < cache_.layout.num_layers(), where, "layer", "out of range");
+    require(queries != nullptr, where, "queries", "null pointer");
+    require(positions != nullptr, where, "positions", "null pointer");
+    const index_t sequences = cache_.layout.num_sequences(), kv_heads = cache_.layout.num_kv_heads();
+    const index_t wanted = detail::ceil_div(2 * multiprocessors_, sequences * kv_heads);
+    const index_t most = detail::ceil_div(capacity(), 4 * detail::decode_tile);
+    index_t splits = wanted < most ? wanted : most;
+    splits = splits < 1 ? 1 : (splits > detail::max_decode_splits ? detail::max_decode_splits : splits);
+    std::byte* w = workspace_;
+    const detail::decode_problem<T, Layout> problem{cache_,
+                                                    storage,
+                                                    layer,
+                                                    shape_.query_heads,
+                                                    scale_,
+                                                    queries,
+                                                    positions,
+                                                    output,
+                                                    splits,
+                                                    detail::at_offset<float>(w, plan_.logits),
+                                                    detail::at_offset<float>(w, plan_.partial_out),
+                                                    detail::at_offset<float>(w, plan_.partial_max),
+                                                    detail::at_offset<float>(w, plan_.partial_sum),
+                                                    detail::at_offset<std::int32_t>(w, plan_.partial_count),
+                                                    status_};
+    const unsigned sequence_grid = detail::grid_extent(sequences, where, "sequences");
+    const std::size_t bytes = detail::decode_shared_bytes(group(), head_dim());
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kv_heads), sequence_grid);
+    detail::allow_shared_memory(&detail::decode_partial_kernel<Policy::needs_attention, T, Layout>, bytes, where);
+    detail::launch(&detail::decode_partial_kernel<Policy::needs_attention, T, Layout>, grid, detail::decode_threads, bytes, stream_, problem);
+    detail::check_launch(where, "decode_partial_kernel");
+    if (output != nullptr) {
+      detail::launch(&detail::decode_combine_kernel<T, Layout>, dim3(static_cast<unsigned>(kv_heads), sequence_grid), detail::decode_threads, 0,
+                     stream_, problem);
+      detail::check_launch(where, "decode_combine_kernel");
+    }
+    if constexpr (Policy::needs_attention) {
+      using scorer_type = typename Policy::scorer_type;
+      const index_t reduced = scorer_type::shares_across_kv_heads ? shape_.query_heads : group();
+      const std::size_t update_bytes = static_cast<std::size_t>(2 * reduced) * sizeof(float) + static_cast<std::size_t>(kv_heads) * sizeof(std::int32_t);
+      const dim3 update_grid(static_cast<unsigned>(detail::ceil_div(capacity(), detail::update_threads)),
+                             scorer_type::shares_across_kv_heads ? 1u : static_cast<unsigned>(kv_heads), sequence_grid);
+      detail::launch(&detail::decode_update_kernel<scorer_type, T, Layout>, update_grid, detail::update_threads, update_bytes, stream_, problem,
+                     policy_.scorer, states_);
+      detail::check_launch(where, "decode_update_kernel");
+    }
+  }
+
+  Policy policy_;
+  kv_cache<T, Layout> cache_;
+  attention_shape shape_;
+  cudaStream_t stream_;
+  index_t window_rows_;
+  float scale_ = 1.0f;
+  int multiprocessors_ = 1;
+  state_type* states_ = nullptr;
+  std::int32_t* budgets_ = nullptr;
+  detail::device_status* status_ = nullptr;
+  std::byte* workspace_ = nullptr;
+  detail::workspace_plan plan_{};
+};
+
+}  // namespace cuda
+KVCOMPACT_NAMESPACE_END

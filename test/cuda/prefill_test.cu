@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+// GPU test: kvcompact::cuda::session::compress_prefill leaves the cache exactly as
+// kvcompact::cpu::session does (keep-sets, positions, bit-identical K/V, budgets, decode states; ties
+// within rounding allowed as support/backend_comparison.hpp describes), for every preset on a BHSD
+// bf16 cache, and for a selection of presets on fp16 BSHD, fp32 paged (NHD and HND, device page
+// table), layer-condensed and a user-defined layout written in this file.
+#define BOOST_TEST_NO_MAIN
+#define BOOST_TEST_ALTERNATIVE_INIT_API
+#include <boost/test/unit_test.hpp>
+
+#include <kvcompact/cuda.cuh>
+
+#include "support/backend_comparison.hpp"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace kc = kvcompact;
+using kc::index_t;
+
+/// A user layout outside namespace kvcompact, usable in device code: memory order
+/// [kv_head][layer][sequence][slot][dim] with three padding elements after every slot.
+struct head_major_padded {
+  index_t sequences, layers, kv_heads, slots, dims;
+  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
+  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
+  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
+  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
+  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
+  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return 1; }
+  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
+    return (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 3);
+  }
+};
+static_assert(kc::kv_layout<head_major_padded>);
+
+namespace {
+
+constexpr index_t S = 2, L = 4, H = 2, G = 2, CAP = 96, D = 32, ROWS = 8;
+constexpr index_t BUDGET = 40, WINDOW = 8;
+constexpr index_t prompt_length(index_t s) { return s == 0 ? 96 : 77; }
+
+// Keys and values are multiples of 1/64 in [-2, 2), exact in fp32, fp16 and bf16.
+kvtest::random_cache<float> prompt_cache(std::uint32_t seed, index_t layers = L) {
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = prompt_length(0);
+  auto c = kvtest::make_random_cache<float>({S, layers, H, CAP, D}, fill, seed);
+  kvtest::round_to_exact_values(c);
+  for (index_t l = 0; l < layers; ++l)
+    for (index_t h = 0; h < H; ++h) c.lengths[static_cast<std::size_t>(c.head_index(1, l, h))] = static_cast<std::int32_t>(prompt_length(1));
+  return c;
+}
+
+kvtest::random_window prompt_window(index_t layers, std::uint32_t seed) {
+  return kvtest::make_random_window(S, layers, H * G, ROWS, D, {prompt_length(0) - 1, prompt_length(1) - 1}, 1.0, seed);
+}
+
+// Calls f(name, policy) for every preset of policies::preset_names, with the test's budgets.
+template <class F>
+void for_each_preset(F&& f) {
+  namespace p = kc::policies;
+  f("streaming_llm", p::streaming_llm(BUDGET, 4));
+  f("h2o", p::h2o(BUDGET, WINDOW));
+  f("tova", p::tova(BUDGET));
+  f("snapkv", p::snapkv(BUDGET, WINDOW));
+  f("pyramidkv", p::pyramidkv(BUDGET, WINDOW));
+  f("adakv", p::adakv(BUDGET, WINDOW));
+  f("knorm", p::knorm(BUDGET));
+  f("corm", p::corm(WINDOW, WINDOW));
+  f("corm_budgeted", p::corm_budgeted(BUDGET, WINDOW));
+  f("windowkv", p::windowkv(BUDGET - WINDOW, 2, kc::selectors::task_type::localization, 8, WINDOW));
+  f("kvmerger", p::kvmerger(0.5));
+  f("cam", p::cam(BUDGET, 4));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(every_preset_matches_the_cpu_backend_on_bhsd_bf16) {
+  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(prompt_cache(11)), kc::layouts::bhsd(S, L, H, CAP, D));
+  const auto window = prompt_window(L, 12);
+  for_each_preset([&](const char* name, const auto& policy) { kvtest::check_prefill_matches(name, policy, cache, window, H * G); });
+}
+
+BOOST_AUTO_TEST_CASE(fp16_bshd_matches_the_cpu_backend) {
+  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::half_t>(prompt_cache(21)), kc::layouts::bshd(S, L, H, CAP, D));
+  const auto window = prompt_window(L, 22);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("snapkv", p::snapkv(BUDGET, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("h2o", p::h2o(BUDGET, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("kvmerger", p::kvmerger(0.35), cache, window, H * G);
+}
+
+BOOST_AUTO_TEST_CASE(fp32_paged_with_a_device_page_table_matches_the_cpu_backend) {
+  const auto source = prompt_cache(31);
+  const auto window = prompt_window(L, 32);
+  namespace p = kc::policies;
+  for (const auto format : {kc::layouts::page_format::nhd, kc::layouts::page_format::hnd}) {
+    kvtest::random_paging paging;
+    kvtest::make_random_paging(paging, source.shape, 16, format, 3, 33);
+    const auto cache = kvtest::copy_into(source, paging.layout);
+    kvtest::check_prefill_matches("snapkv", p::snapkv(BUDGET, WINDOW), cache, window, H * G);
+    kvtest::check_prefill_matches("adakv", p::adakv(BUDGET, WINDOW), cache, window, H * G);
+    kvtest::check_prefill_matches("windowkv", p::windowkv(BUDGET - WINDOW, 2, kc::selectors::task_type::aggregation, 8, WINDOW), cache, window,
+                                  H * G);
+    kvtest::check_prefill_matches("cam", p::cam(BUDGET, 4), cache, window, H * G);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(layer_condensed_matches_the_cpu_backend) {
+  // LCKV with 6 model layers, warm-up 1 bottom + 1 top: cache layers {0, 4, 5}.
+  const auto map = kc::layouts::layer_map::lckv(6, 1, 1);
+  const index_t cache_layers = map.cache_layers;
+  const kc::layouts::layer_condensed<kc::layouts::strided> layout{kc::layouts::bhsd(S, cache_layers, H, CAP, D), map};
+  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(prompt_cache(41, cache_layers)), layout);
+  const auto window = prompt_window(cache_layers, 42);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("snapkv", p::snapkv(BUDGET, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("tova", p::tova(BUDGET), cache, window, H * G);
+}
+
+BOOST_AUTO_TEST_CASE(long_prompts_span_several_key_chunks_and_scan_blocks) {
+  // 1100 slots: three window-kernel key chunks (512 keys each), five 256-slot scan blocks.
+  constexpr index_t long_capacity = 1100;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = long_capacity;
+  auto source = kvtest::make_random_cache<float>({1, 1, H, long_capacity, D}, fill, 61);
+  kvtest::round_to_exact_values(source);
+  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(source), kc::layouts::bhsd(1, 1, H, long_capacity, D));
+  const auto window = kvtest::make_random_window(1, 1, H * G, ROWS, D, {long_capacity - 1}, 1.0, 62);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("snapkv", p::snapkv(300, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("h2o", p::h2o(300, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("corm", p::corm(WINDOW, WINDOW), cache, window, H * G);
+}
+
+BOOST_AUTO_TEST_CASE(a_user_layout_matches_the_cpu_backend) {
+  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(prompt_cache(51)), head_major_padded{S, L, H, CAP, D});
+  const auto window = prompt_window(L, 52);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("snapkv", p::snapkv(BUDGET, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("knorm", p::knorm(BUDGET), cache, window, H * G);
+  kvtest::check_prefill_matches("corm", p::corm(WINDOW, WINDOW), cache, window, H * G);
+}
+
+#include "support/gpu_main.hpp"
