@@ -81,7 +81,10 @@ options parse(int argc, char** argv) {
         else if (a == "--n") o.max_new = std::stoi(next());
         else if (a == "--threads") o.threads = std::stoi(next());
         else if (a == "--preset") o.preset = next();
-        else if (a == "--budget") o.budget = std::stod(next());
+        else if (a == "--budget") {
+            o.budget = std::stod(next());
+            if (!(o.budget > 0.0 && o.budget <= 1.0)) usage("--budget wants a fraction of the prompt in (0, 1]");
+        }
         else if (a == "--window") o.window = std::stoi(next());
         else if (a == "--print-ids") o.print_ids = true;
         else if (a == "--logits-out") o.logits_out = next();
@@ -213,7 +216,8 @@ int self_check(options o, const model_config& c, const model_weights& w, const t
     }
     for (const char* preset : {"snapkv", "h2o", "streaming_llm"}) {
         o.preset = preset;
-        o.budget = 4.0;  // budget > prompt + generated tokens: nothing is evicted
+        // budget = the whole capacity (prompt + generated tokens): nothing is evicted
+        o.budget = static_cast<double>(prompt.size() + static_cast<std::size_t>(o.max_new)) / static_cast<double>(prompt.size());
         const auto g = generate(o, c, w, tok, prompt, true);
         report(std::string("kvcompact ") + preset + " no-evict:", g.logits, g.tokens);
     }

@@ -84,6 +84,11 @@ BOOST_AUTO_TEST_CASE(constructor_rejects_bad_arguments) {
                         [](const kc::error& e) { return names(e, "workspace"); });
 }
 
+BOOST_AUTO_TEST_CASE(a_budget_above_the_capacity_is_rejected) {
+  const device_setup setup(kc::policies::knorm(CAP + 1), small_cache(24));
+  BOOST_CHECK_EXCEPTION(setup.session(), kc::error, [](const kc::error& e) { return names(e, "policy"); });
+}
+
 BOOST_AUTO_TEST_CASE(calls_reject_bad_arguments) {
   const device_setup setup(kc::policies::snapkv(16, 4), small_cache(24));
   auto session = setup.session();

@@ -52,6 +52,15 @@ kvtest::random_cache<float> prompt_cache(std::uint32_t seed, index_t layers = L)
   return c;
 }
 
+// One sequence on a BHSD bf16 cache whose heads are all full (length = capacity), values exact.
+auto full_bf16_cache(index_t layers, index_t capacity, index_t dims, std::uint32_t seed) {
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = capacity;
+  auto source = kvtest::make_random_cache<float>({1, layers, H, capacity, dims}, fill, seed);
+  kvtest::round_to_exact_values(source);
+  return kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(source), kc::layouts::bhsd(1, layers, H, capacity, dims));
+}
+
 kvtest::random_window prompt_window(index_t layers, std::uint32_t seed) {
   return kvtest::make_random_window(S, layers, H * G, ROWS, D, {prompt_length(0) - 1, prompt_length(1) - 1}, 1.0, seed);
 }
@@ -122,16 +131,24 @@ BOOST_AUTO_TEST_CASE(layer_condensed_matches_the_cpu_backend) {
 BOOST_AUTO_TEST_CASE(long_prompts_span_several_key_chunks_and_scan_blocks) {
   // 1100 slots: three window-kernel key chunks (512 keys each), five 256-slot scan blocks.
   constexpr index_t long_capacity = 1100;
-  kvtest::fill_options fill;
-  fill.min_length = fill.max_length = long_capacity;
-  auto source = kvtest::make_random_cache<float>({1, 1, H, long_capacity, D}, fill, 61);
-  kvtest::round_to_exact_values(source);
-  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(source), kc::layouts::bhsd(1, 1, H, long_capacity, D));
+  const auto cache = full_bf16_cache(1, long_capacity, D, 61);
   const auto window = kvtest::make_random_window(1, 1, H * G, ROWS, D, {long_capacity - 1}, 1.0, 62);
   namespace p = kc::policies;
   kvtest::check_prefill_matches("snapkv", p::snapkv(300, WINDOW), cache, window, H * G);
   kvtest::check_prefill_matches("h2o", p::h2o(300, WINDOW), cache, window, H * G);
   kvtest::check_prefill_matches("corm", p::corm(WINDOW, WINDOW), cache, window, H * G);
+}
+
+BOOST_AUTO_TEST_CASE(head_dims_of_every_kernel_path_match_the_cpu_backend) {
+  // 256: window kernels hold 16 rows per pass; 40: not a multiple of 16, so bf16 logits take the FMA
+  // path instead of tensor cores, and rows are not 16-byte multiples (scalar loads).
+  for (const index_t dims : {index_t{256}, index_t{40}}) {
+    const auto cache = full_bf16_cache(2, CAP, dims, 71);
+    const auto window = kvtest::make_random_window(1, 2, H * G, ROWS, dims, {CAP - 1}, 1.0, 72);
+    namespace p = kc::policies;
+    kvtest::check_prefill_matches("snapkv head_dim " + std::to_string(dims), p::snapkv(BUDGET, WINDOW), cache, window, H * G);
+    kvtest::check_prefill_matches("corm_budgeted head_dim " + std::to_string(dims), p::corm_budgeted(BUDGET, WINDOW), cache, window, H * G);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_user_layout_matches_the_cpu_backend) {

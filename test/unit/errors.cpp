@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Argument checking: every bad input to the host API throws kvcompact::error whose argument() is the
-// offending argument and whose message names it; inputs that are merely unusual (a budget above the
-// length) are not errors.
+// offending argument and whose message names it (a budget above the capacity included); inputs that
+// are merely unusual (a budget above a head's current length: a short prompt) are not errors.
 #include "support/custom_layout.hpp"
 #include "support/reference.hpp"
 
@@ -61,10 +61,17 @@ void construct(const Policy& p, const kc::kv_cache<T, Layout>& c, const kc::atte
 
 }  // namespace
 
+BOOST_AUTO_TEST_CASE(budget_above_capacity_throws) {
+  auto cache = small_cache();
+  expect_error([&] { construct(kc::policies::knorm(small_shape.capacity + 1), cache.view(), kc::attention_shape{4}); }, "policy");
+  expect_error([&] { construct(kc::policies::snapkv(1000, 4, 3), cache.view(), kc::attention_shape{4}); }, "policy");
+  BOOST_CHECK_NO_THROW(construct(kc::policies::knorm(small_shape.capacity), cache.view(), kc::attention_shape{4}));
+}
+
 BOOST_AUTO_TEST_CASE(budget_above_length_keeps_everything_but_set_budget_above_capacity_throws) {
   auto cache = small_cache();
   const auto before = kvtest::take_snapshot(cache.view());
-  const auto policy = kc::policies::knorm(1000);  // far above the 12 valid slots and the capacity 16
+  const auto policy = kc::policies::knorm(small_shape.capacity);  // above the 12 valid slots: a short prompt, nothing to compress
   fixture f(policy, cache.view(), kc::attention_shape{4});
   BOOST_CHECK_NO_THROW(f.session.compress_prefill());
   BOOST_TEST((kvtest::take_snapshot(cache.view()) == before));  // nothing evicted, nothing moved

@@ -56,7 +56,7 @@ class session {
   /// @param policy the policy @param cache the engine's cache @param shape query heads and scale
   /// @param state state_bytes() bytes, kept between calls (initialised here)
   /// @param workspace workspace_bytes() bytes of scratch
-  /// @throws kvcompact::error naming the bad argument
+  /// @throws kvcompact::error naming the bad argument ("policy" when a budget exceeds the capacity)
   session(const Policy& policy, const kv_cache<T, Layout>& cache, const attention_shape& shape, std::span<std::byte> state,
           std::span<std::byte> workspace)
       : policy_(policy), cache_(cache), shape_(shape) {
@@ -74,6 +74,7 @@ class session {
     detail::require(reinterpret_cast<std::uintptr_t>(state.data()) % alignof(std::int32_t) == 0, "cpu::session", "state", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(std::int32_t) == 0, "cpu::session", "workspace",
                     "misaligned");
+    detail::require_budgets_fit(policy_.selector, cache_.layout.num_layers(), capacity(), "cpu::session");
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(cache_.layout.head_dim()));
     slot_state_ = reinterpret_cast<state_type*>(state.data());
     budgets_ = reinterpret_cast<std::int32_t*>(state.data() + cache_.head_count() * capacity() * sizeof(state_type));

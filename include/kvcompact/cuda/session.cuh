@@ -102,7 +102,8 @@ class session {
   /// @param workspace workspace_bytes() bytes of device memory
   /// @param stream the stream every call runs on
   /// @param window_rows most observation-window rows compress_prefill() will be given (as passed to workspace_bytes())
-  /// @throws kvcompact::error naming the bad argument; kvcompact::cuda::cuda_error when a CUDA call fails
+  /// @throws kvcompact::error naming the bad argument ("policy" when a budget exceeds the capacity);
+  /// kvcompact::cuda::cuda_error when a CUDA call fails
   session(const Policy& policy, const kv_cache<T, Layout>& cache, const attention_shape& shape, std::span<std::byte> state,
           std::span<std::byte> workspace, cudaStream_t stream = nullptr, index_t window_rows = 64)
       : policy_(policy), cache_(cache), shape_(shape), stream_(stream), window_rows_(window_rows) {
@@ -135,6 +136,7 @@ class session {
             "null or not 256-byte aligned (cudaMalloc memory is)");
     require(workspace.data() != nullptr && reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 == 0, where, "workspace",
             "null or not 256-byte aligned (cudaMalloc memory is)");
+    ::kvcompact::detail::require_budgets_fit(policy_.selector, cache_.layout.num_layers(), capacity(), where);
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(head_dim()));
     const std::size_t heads = static_cast<std::size_t>(cache_.head_count());
     states_ = reinterpret_cast<state_type*>(state.data());

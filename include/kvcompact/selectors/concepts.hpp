@@ -3,10 +3,12 @@
 /// @brief The kvcompact::keep_selector concept and the selection context it works on.
 #pragma once
 
+#include <kvcompact/error.hpp>
 #include <kvcompact/types.hpp>
 
 #include <concepts>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
@@ -80,6 +82,20 @@ constexpr bool check_selector() {
                 "kvcompact: the selector lacks select(context), select_decode(context, head) or budget(layer, num_layers, length)");
   static_assert(!(declares_selector<S> && selector_has_select<S>) || std::is_trivially_copyable_v<S>, "kvcompact: the selector type must be trivially copyable");
   return keep_selector<S>;
+}
+
+/// Throws kvcompact::error (argument "policy") when the selector's budget of some layer of a cache with
+/// @p capacity slots per head exceeds that capacity: such a budget can never be held. A budget above
+/// a head's current length is fine (a short prompt is simply not compressed).
+template <class Selector>
+void require_budgets_fit(const Selector& selector, index_t layers, index_t capacity, const char* where) {
+  for (index_t l = 0; l < layers; ++l) {
+    const index_t budget = selector.budget(l, layers, capacity);
+    require(budget <= capacity, where, "policy", [&] {
+      return "the selector's budget of layer " + std::to_string(l) + " is " + std::to_string(budget) + " slots per head, above the cache's capacity " +
+             std::to_string(capacity);
+    });
+  }
 }
 
 /// True when a slot at @p position is protected: one of the first @p sinks tokens or of the @p recent newest (up to @p step).

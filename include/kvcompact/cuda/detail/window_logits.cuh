@@ -33,24 +33,22 @@ struct mma_element {
   using type = void;
 };
 #if defined(KVCOMPACT_CUDA_EMULATION)
-template <>
-struct mma_element<half_t> {
-  using type = half_t;
-};
-template <>
-struct mma_element<bfloat16_t> {
-  using type = bfloat16_t;
-};
+using mma_half = half_t;          ///< fp16 as the WMMA emulation takes it
+using mma_bfloat16 = bfloat16_t;  ///< bf16 as the WMMA emulation takes it
 #else
+using mma_half = __half;             ///< fp16 as nvcuda::wmma takes it
+using mma_bfloat16 = __nv_bfloat16;  ///< bf16 as nvcuda::wmma takes it
+#endif
+/// fp16 tiles go through tensor cores.
 template <>
 struct mma_element<half_t> {
-  using type = __half;
+  using type = mma_half;  ///< the WMMA element type
 };
+/// bf16 tiles go through tensor cores.
 template <>
 struct mma_element<bfloat16_t> {
-  using type = __nv_bfloat16;
+  using type = mma_bfloat16;  ///< the WMMA element type
 };
-#endif
 
 /// Whether tiles of this storage type and head dimension go through tensor cores.
 template <class T>
