@@ -5,8 +5,9 @@
 # perplexity (1024-token prefix, 64 tokens) with the attention error per layer, and cued pass-key
 # retrieval at 2048, 4096 and 8000 tokens, depths 10/50/90 %. Six kv_quality processes run in
 # parallel, one thread each; single-threaded runs are deterministic and the pass key depends only on
-# the context and the depth, so how the prompts are grouped into processes changes no result. On 2
-# shared cores the 8000-token runs take hours (each prefill is quadratic). Writes
+# the context and the depth, so how the prompts are grouped into processes changes no result. The
+# 8000-token runs are the slowest (each prefill is quadratic; one depth alone took 885 s in the
+# 2026-11-23 sweep, bench/quality/results/smollm2_2026-11-23.md). Writes
 # OUT_DIR/<run>.{csv,md,err} and OUT_DIR/times.txt.
 #
 # Usage: bench/quality/run_sweep.sh OUT_DIR [KV_QUALITY]   (KV_QUALITY: build/bench/quality/kv_quality)
