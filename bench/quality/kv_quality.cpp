@@ -16,9 +16,12 @@
 ///                   [--needle-contexts 2048,4096] [--depths 0.1,0.5,0.9]
 ///                   [--window 32] [--max-window-rows 512] [--csv FILE] [--threads N]
 ///
-/// Besides kvcompact::policies::preset_names, --presets and --extra accept the bench-only variant
-/// kvmerger_unscaled: the kvmerger preset with merged values left as the Gaussian-weighted average
-/// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule).
+/// Besides kvcompact::policies::preset_names, --presets and --extra accept two bench-only variants:
+/// kvmerger_unscaled, the kvmerger preset with merged values left as the Gaussian-weighted average
+/// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule);
+/// windowkv_layerwise, the windowkv preset with a layer group of 1 (every layer scores and picks its
+/// own windows instead of reusing those of its group's first layer; the budget pyramid then runs
+/// over every layer instead of over the groups).
 ///
 /// --extra adds single (preset, budget) configurations to the presets x budgets grid
 /// (e.g. windowkv:0.12). CSV rows (no header):
@@ -260,32 +263,41 @@ std::vector<config> configs(const options& o) {
 }
 
 constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
+constexpr std::string_view windowkv_layerwise = "windowkv_layerwise";
 
 int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
     const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled;
     return all_queries ? std::min(prompt_length, o.max_window_rows) : o.window;
 }
 
+/// The backend for @p cfg, a preset name or one of the bench-only variants, with @p budget slots per head.
+std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m, const config& cfg, long budget,
+                                         long prompt_length, int capacity) {
+    if (cfg.preset == kvmerger_unscaled) {
+        auto policy = kvcompact::policies::kvmerger(std::min(1.0, static_cast<double>(budget) / prompt_length));
+        policy.merger.value_scale = kvcompact::mergers::gaussian_pivot::value_rule::one;
+        return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+    }
+    kvcompact::policies::preset_options preset{budget, prompt_length, o.window};
+    std::string_view name = cfg.preset;
+    if (name == windowkv_layerwise) {
+        preset.layer_group = 1;
+        name = "windowkv";
+    }
+    return make_kvcompact_backend(name, preset, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+}
+
 /// Restores @p snap into a fresh backend for @p cfg and compresses it.
 std::unique_ptr<kv_backend> compressed_backend(const options& o, const model_bundle& m, const config& cfg,
                                                const prefill_snapshot& snap) {
     const int capacity = snap.cache.capacity;
-    std::unique_ptr<kv_backend> b;
     if (cfg.preset == "full") {
-        b = std::make_unique<full_kv_backend>(m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+        auto b = std::make_unique<full_kv_backend>(m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
         b->restore(snap.cache);
         return b;
     }
     const long budget = std::max(1L, std::lround(cfg.budget * snap.tokens));
-    if (cfg.preset == kvmerger_unscaled) {
-        auto policy = kvcompact::policies::kvmerger(std::min(1.0, static_cast<double>(budget) / snap.tokens));
-        policy.merger.value_scale = kvcompact::mergers::gaussian_pivot::value_rule::one;
-        b = std::make_unique<kvcompact_backend<decltype(policy)>>(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads,
-                                                                   m.c.head_dim, capacity);
-    } else {
-        b = make_kvcompact_backend(cfg.preset, budget, snap.tokens, o.window, m.c.n_layers, m.c.n_heads,
-                                   m.c.n_kv_heads, m.c.head_dim, capacity);
-    }
+    auto b = make_backend(o, m, cfg, budget, snap.tokens, capacity);
     b->restore(snap.cache);
     b->finish_prefill(last_rows(snap.window, window_rows_for(o, cfg.preset, snap.tokens), m.c.n_layers, m.c.n_heads,
                                 m.c.head_dim));

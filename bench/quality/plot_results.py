@@ -9,8 +9,8 @@ Reads every ``ppl`` row (ppl,preset,budget,ppl,kv_kept,err_layer0..) and ``needl
 --png draws, per preset against the budget: perplexity relative to the full cache, the
 attention-output error averaged over layers, and pass-key accuracy per needle context (hits over
 the depths); needs matplotlib.
---tables prints Markdown tables: a summary per (preset, budget), pass-key hits per context, and the
-per-layer attention error at budget --layer-budget (default 0.2).
+--tables prints Markdown tables: a summary per (preset, budget), pass-key hits per context and per
+trial (context, depth), and the per-layer attention error at budget --layer-budget (default 0.2).
 """
 
 import argparse
@@ -22,10 +22,10 @@ from collections import defaultdict
 def read_rows(paths):
     """Returns (ppl, needle).
 
-    ppl[preset][budget] = {"ppl", "kept", "errors"}; needle[context][preset][budget] = [hit per depth].
+    ppl[preset][budget] = {"ppl", "kept", "errors"}; needle[context][preset][budget] = {depth: hit}.
     """
     ppl = defaultdict(dict)
-    needle = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    needle = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for path in paths:
         with open(path, newline="") as f:
             for row in csv.reader(f):
@@ -35,7 +35,7 @@ def read_rows(paths):
                     ppl[row[1]][float(row[2])] = {"ppl": float(row[3]), "kept": float(row[4]),
                                                   "errors": [float(x) for x in row[5:]]}
                 elif row[0] == "needle":
-                    needle[int(row[3])][row[1]][float(row[2])].append(int(row[5]))
+                    needle[int(row[3])][row[1]][float(row[2])][float(row[4])] = int(row[5])
                 else:
                     sys.exit(f"plot_results.py: {path}: unknown row kind {row[0]!r}")
     return ppl, needle
@@ -64,7 +64,7 @@ def print_tables(ppl, needle, layer_budget):
     presets = presets_of(ppl, needle)
     contexts = sorted(needle)
     full = ppl["full"][1.0]["ppl"] if "full" in ppl else None
-    needle_total = {(p, b): (sum(sum(needle[c][p][b]) for c in contexts if b in needle[c].get(p, {})),
+    needle_total = {(p, b): (sum(sum(needle[c][p][b].values()) for c in contexts if b in needle[c].get(p, {})),
                              sum(len(needle[c][p][b]) for c in contexts if b in needle[c].get(p, {})))
                     for p, b in configs_of(ppl, needle, ["full"] + presets)}
     print("| preset | budget | ppl / full | mean attn err | worst layer (err) | KV kept | pass-key hits |")
@@ -83,7 +83,15 @@ def print_tables(ppl, needle, layer_budget):
         print("\n| preset | budget | " + " | ".join(f"{c} tokens" for c in contexts) + " |")
         print("|---|---|" + "---|" * len(contexts))
         for p, b in configs_of({}, needle, ["full"] + presets):
-            cells = [f"{sum(needle[c][p][b])}/{len(needle[c][p][b])}" if b in needle[c].get(p, {}) else "" for c in contexts]
+            cells = [f"{sum(needle[c][p][b].values())}/{len(needle[c][p][b])}" if b in needle[c].get(p, {}) else ""
+                     for c in contexts]
+            print(f"| {p} | {100 * b:.0f}% | " + " | ".join(cells) + " |")
+        trials = sorted({(c, d) for c in contexts for p in needle[c] for b in needle[c][p] for d in needle[c][p][b]})
+        print("\nPass key per trial (context @ depth):\n")
+        print("| preset | budget | " + " | ".join(f"{c} @ {100 * d:.0f}%" for c, d in trials) + " |")
+        print("|---|---|" + "---|" * len(trials))
+        for p, b in configs_of({}, needle, ["full"] + presets):
+            cells = [{1: "hit", 0: "miss", None: ""}[needle[c].get(p, {}).get(b, {}).get(d)] for c, d in trials]
             print(f"| {p} | {100 * b:.0f}% | " + " | ".join(cells) + " |")
     at = [p for p in presets if layer_budget in ppl.get(p, {})]
     if at:
@@ -133,10 +141,10 @@ def plot(ppl, needle, out):
         used += [ax_ppl, ax_err]
     for context in contexts:
         ax = axes[len(used)]
-        full_hits = needle[context]["full"][1.0]
+        full_hits = list(needle[context]["full"][1.0].values())
         for p in presets:
             if p in needle[context]:
-                line(ax, p, {b: mean(h) for b, h in needle[context][p].items()})
+                line(ax, p, {b: mean(list(h.values())) for b, h in needle[context][p].items()})
         ax.set_title(f"pass-key accuracy, {context} tokens ({len(full_hits)} depths; full: {sum(full_hits)}/{len(full_hits)})")
         ax.set_ylim(-0.05, 1.05)
         used.append(ax)

@@ -86,17 +86,22 @@ inline bool preset_wants_all_queries(std::string_view name) {
     return name == "h2o" || name == "kvmerger" || name == "cam";
 }
 
+/// Builds the kvcompact backend that runs @p policy over a cache of the given shape.
+template <class Policy>
+std::unique_ptr<kv_backend> make_policy_backend(const Policy& policy, int n_layers, int n_heads, int n_kv_heads,
+                                                int head_dim, int capacity) {
+    return std::make_unique<kvcompact_backend<Policy>>(policy, n_layers, n_heads, n_kv_heads, head_dim, capacity);
+}
+
 /// Builds the kvcompact backend for preset @p name (kvcompact::policies::preset_names).
-/// @param budget slots kept per head after prefill compression
-/// @param window observation-window rows / recent tokens
+/// @param options budget (slots kept per head after prefill compression), prompt length, window rows
 /// @throws kvcompact::error for an unknown name or an infeasible budget
-inline std::unique_ptr<kv_backend> make_kvcompact_backend(std::string_view name, long budget, long prompt_length,
-                                                          long window, int n_layers, int n_heads, int n_kv_heads,
-                                                          int head_dim, int capacity) {
-    kvcompact::policies::preset_options options{budget, prompt_length, window};
-    return kvcompact::policies::with_preset(name, options, [&](auto policy) -> std::unique_ptr<kv_backend> {
-        return std::make_unique<kvcompact_backend<decltype(policy)>>(policy, n_layers, n_heads, n_kv_heads, head_dim,
-                                                                     capacity);
+inline std::unique_ptr<kv_backend> make_kvcompact_backend(std::string_view name,
+                                                          const kvcompact::policies::preset_options& options,
+                                                          int n_layers, int n_heads, int n_kv_heads, int head_dim,
+                                                          int capacity) {
+    return kvcompact::policies::with_preset(name, options, [&](const auto& policy) {
+        return make_policy_backend(policy, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     });
 }
 

@@ -109,8 +109,9 @@ long budget_slots(const options& o, std::size_t prompt_length) {
 std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length,
                                          int capacity) {
     if (o.preset == "full") return std::make_unique<full_kv_backend>(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
-    return make_kvcompact_backend(o.preset, budget_slots(o, prompt_length), static_cast<long>(prompt_length), o.window,
-                                  c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
+    const kvcompact::policies::preset_options preset{budget_slots(o, prompt_length),
+                                                     static_cast<kvcompact::index_t>(prompt_length), o.window};
+    return make_kvcompact_backend(o.preset, preset, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
 }
 
 /// @return prompt queries recorded for prefill compression (none without compression).
