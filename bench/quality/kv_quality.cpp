@@ -58,6 +58,16 @@ namespace {
 
 using namespace smollm2;
 
+constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
+constexpr std::string_view windowkv_layerwise = "windowkv_layerwise";
+
+/// @return true when @p name is a kvcompact preset or one of the bench-only variants.
+bool known_preset(std::string_view name) {
+    const auto& names = kvcompact::policies::preset_names;
+    return name == kvmerger_unscaled || name == windowkv_layerwise ||
+           std::find(names.begin(), names.end(), name) != names.end();
+}
+
 /// Command-line options.
 struct options {
     std::string model_path;
@@ -136,6 +146,13 @@ options parse(int argc, char** argv) {
                              "(--model or KVCOMPACT_SMOLLM2_GGUF)\n");
         std::exit(2);
     }
+    std::vector<std::string> named = o.presets;
+    for (const auto& [p, b] : o.extra) named.push_back(p);
+    for (const auto& p : named)
+        if (!known_preset(p)) {
+            std::fprintf(stderr, "kv_quality: unknown preset \"%s\" in --presets/--extra\n", p.c_str());
+            std::exit(2);
+        }
     return o;
 }
 
@@ -261,9 +278,6 @@ std::vector<config> configs(const options& o) {
     for (const auto& [p, b] : o.extra) out.push_back({p, b});
     return out;
 }
-
-constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
-constexpr std::string_view windowkv_layerwise = "windowkv_layerwise";
 
 int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
     const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled;

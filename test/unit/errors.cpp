@@ -82,6 +82,30 @@ BOOST_AUTO_TEST_CASE(budget_above_length_keeps_everything_but_set_budget_above_c
   BOOST_CHECK_NO_THROW(f.session.set_budget(1, small_shape.capacity));
 }
 
+// WindowKV's group pyramid gives its lower layers about twice the average: with average 8 and one
+// layer per group the review budgets are 16, 8, 0 (plus a 2-token suffix: 18 > capacity 16 in layer 0).
+// That layer keeps everything (R <= b), the others compress; nothing is rejected.
+BOOST_AUTO_TEST_CASE(pyramid_layer_share_above_capacity_keeps_that_layer_whole) {
+  auto cache = small_cache();
+  const auto before = kvtest::take_snapshot(cache.view());
+  const auto policy = kc::policies::windowkv(8, 1, kc::selectors::task_type::localization, 2, 2);
+  BOOST_TEST(policy.selector.schedule.budget(0, small_shape.layers, small_shape.capacity) + 2 > small_shape.capacity);
+  fixture f(policy, cache.view(), kc::attention_shape{4});
+  const auto w = kvtest::make_random_window(2, 3, 4, 2, small_shape.head_dim, {11, 11}, 1.0, 7);
+  BOOST_REQUIRE_NO_THROW(f.session.compress_prefill(w.view()));
+  const auto view = cache.view();
+  const auto after = kvtest::take_snapshot(view);
+  for (index_t s = 0; s < small_shape.sequences; ++s)
+    for (index_t h = 0; h < small_shape.kv_heads; ++h) {
+      const auto head = static_cast<std::size_t>(view.head_index(s, 0, h));
+      BOOST_TEST(after.lengths[head] == 12);  // review 10 <= 16: kept whole, bit for bit
+      BOOST_TEST((after.positions[head] == before.positions[head] && after.key_bits[head] == before.key_bits[head] &&
+                  after.value_bits[head] == before.value_bits[head]));
+      BOOST_TEST(view.lengths[view.head_index(s, 1, h)] == 10);  // review 10 > 8: one 2-token window dropped
+      BOOST_TEST(view.lengths[view.head_index(s, 2, h)] == 2);   // review budget 0: the suffix only
+    }
+}
+
 BOOST_AUTO_TEST_CASE(head_dim_mismatch_between_queries_and_cache) {
   auto cache = small_cache();
   const auto policy = kc::policies::snapkv(8, 4, 3);

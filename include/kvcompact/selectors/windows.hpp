@@ -36,10 +36,14 @@ struct windows {
   task_type task = task_type::localization;  ///< selects the window scoring
   bool strict_budget = false;              ///< drop windows until the kept review tokens fit the budget exactly or below
 
-  /// @brief Slots a head keeps at most (review budget plus suffix, up to window - 1 more in faithful mode).
+  /// @brief Slots a head keeps at most: review budget plus suffix (up to window - 1 more in faithful
+  /// mode), capped at @p length. A layer whose share of a pyramid exceeds what it holds keeps
+  /// everything (algorithms.md 4.5: "R <= b: no compression"), so a pyramid whose lower groups get
+  /// more than the cache's capacity is valid as long as it is applied to a cache that holds them.
   /// @param layer layer @param num_layers layers @param length slots held @return the budget
   KVCOMPACT_HOST_DEVICE index_t budget(index_t layer, index_t num_layers, index_t length) const {
-    return schedule.budget(layer, num_layers, length) + suffix;
+    const index_t wanted = schedule.budget(layer, num_layers, length) + suffix;
+    return wanted < length ? wanted : length;
   }
 
   /// @brief Prefill selection; leaders decide, followers reuse. @param ctx selection context
