@@ -16,12 +16,14 @@
 ///                   [--needle-contexts 2048,4096] [--depths 0.1,0.5,0.9]
 ///                   [--window 32] [--max-window-rows 512] [--csv FILE] [--threads N]
 ///
-/// Besides kvcompact::policies::preset_names, --presets and --extra accept two bench-only variants:
+/// Besides kvcompact::policies::preset_names, --presets and --extra accept three bench-only variants:
 /// kvmerger_unscaled, the kvmerger preset with merged values left as the Gaussian-weighted average
 /// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule);
 /// windowkv_layerwise, the windowkv preset with a layer group of 1 (every layer scores and picks its
 /// own windows instead of reusing those of its group's first layer; the budget pyramid then runs
-/// over every layer instead of over the groups).
+/// over every layer instead of over the groups); knorm_skip2, the knorm preset leaving layers 0 and 1
+/// uncompressed at prefill (KVCache-Factory's KNorm default; those layers keep the prompt's length
+/// during decode, evicting their largest-norm key per new token).
 ///
 /// --extra adds single (preset, budget) configurations to the presets x budgets grid
 /// (e.g. windowkv:0.12). CSV rows (no header):
@@ -60,11 +62,22 @@ using namespace smollm2;
 
 constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
 constexpr std::string_view windowkv_layerwise = "windowkv_layerwise";
+constexpr std::string_view knorm_skip2 = "knorm_skip2";
+
+/// A budget schedule that leaves the first `skipped` layers whole and keeps `slots` elsewhere.
+struct skip_first_layers {
+    kvcompact::index_t slots;    ///< slots per head in the compressed layers
+    kvcompact::index_t skipped;  ///< leading layers kept whole
+    /// @return @p length in the first `skipped` layers, `slots` elsewhere
+    kvcompact::index_t budget(kvcompact::index_t layer, kvcompact::index_t, kvcompact::index_t length) const {
+        return layer < skipped ? length : slots;
+    }
+};
 
 /// @return true when @p name is a kvcompact preset or one of the bench-only variants.
 bool known_preset(std::string_view name) {
     const auto& names = kvcompact::policies::preset_names;
-    return name == kvmerger_unscaled || name == windowkv_layerwise ||
+    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 ||
            std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -290,6 +303,11 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m
     if (cfg.preset == kvmerger_unscaled) {
         auto policy = kvcompact::policies::kvmerger(std::min(1.0, static_cast<double>(budget) / prompt_length));
         policy.merger.value_scale = kvcompact::mergers::gaussian_pivot::value_rule::one;
+        return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+    }
+    if (cfg.preset == knorm_skip2) {
+        using selector = kvcompact::selectors::top_k<skip_first_layers>;
+        const kvcompact::policy<kvcompact::scorers::key_norm, selector> policy{{}, {skip_first_layers{budget, 2}}, {}};
         return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     }
     kvcompact::policies::preset_options preset{budget, prompt_length, o.window};

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The quality sweep behind bench/results/smollm2_quality_<date>.md: every preset (plus the bench-only
-# variants kvmerger_unscaled and windowkv_layerwise) at budgets 10/20/30/35/50 % and WindowKV (both
+# variants kvmerger_unscaled, windowkv_layerwise and knorm_skip2) at budgets 10/20/30/35/50 % and WindowKV (both
 # forms) at 12 %, on SmolLM2-135M-Instruct:
 # perplexity (1024-token prefix, 64 tokens) with the attention error per layer, and cued pass-key
 # retrieval at 2048, 4096 and 8000 tokens, depths 10/50/90 %. The grid is split into six kv_quality
@@ -23,7 +23,7 @@ KVCOMPACT_SMOLLM2_GGUF=$(bash examples/smollm2/fetch_model.sh)
 export KVCOMPACT_SMOLLM2_GGUF
 essays=$(bash bench/quality/fetch_essays.sh)
 export OMP_WAIT_POLICY=passive
-presets=streaming_llm,h2o,tova,snapkv,pyramidkv,adakv,knorm,corm,corm_budgeted,windowkv,kvmerger,cam,kvmerger_unscaled,windowkv_layerwise
+presets=streaming_llm,h2o,tova,snapkv,pyramidkv,adakv,knorm,corm,corm_budgeted,windowkv,kvmerger,cam,kvmerger_unscaled,windowkv_layerwise,knorm_skip2
 
 run() {  # name, kv_quality arguments...
   local name=$1 t0 rc=0

@@ -6,7 +6,7 @@ Usage: smoke_test.py KV_QUALITY
 
 Needs the model (KVCOMPACT_SMOLLM2_GGUF) and the essays (KVCOMPACT_ESSAYS, the directory that
 bench/quality/fetch_essays.sh prints); exits 77 (skipped) when either is not set. Runs perplexity
-(128-token prefix, 8 tokens) and a 512-token pass key with snapkv and both bench-only variants at a
+(128-token prefix, 8 tokens) and a 512-token pass key with snapkv and the bench-only variants at a
 50 % budget, single-threaded, and checks the CSV: one row per configuration and task, the full
 cache with no attention error, every compressed cache below 70 % of the full one with a positive,
 finite error, finite perplexities, and the full cache finding the key. Also checks that an unknown
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-PRESETS = ["snapkv", "windowkv_layerwise", "kvmerger_unscaled"]
+PRESETS = ["snapkv", "windowkv_layerwise", "kvmerger_unscaled", "knorm_skip2"]
 
 
 def fail(message):
