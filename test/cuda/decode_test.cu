@@ -1,14 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
 // GPU test: the decode path of kvcompact::cuda::session.
-//  - attend() output against the double-precision reference of support/reference.hpp (fp16 and bf16,
-//    head_dim 64 and 128, GQA, a batch with different lengths, a query that sees only part of the
-//    cache, a sequence skipped by a negative position), with and without fused scoring;
-//  - observe() leaves the scorers' per-slot states of kvcompact::cpu::session (H2O, TOVA, CORM);
-//  - a decode loop with eviction (every preset that evicts during decode, plus SnapKV which appends)
-//    gives the CPU backend's outputs and cache, on a BHSD and on a layer-condensed (LCKV) cache.
+//  - attend() output against the double-precision reference of support/reference.hpp for every
+//    element type, the compiled head dimensions (64, 128, 256) and group sizes (1, 2, 4, 8) and
+//    generic ones (head_dim 40, 36 and 96; groups 3, 5 and 16), on BHSD, paged (NHD and HND, device
+//    page table) and two user layouts (16-byte rows at odd offsets; an interleaved head dimension),
+//    a batch whose sequences have different lengths, one that sees only part of its cache and one
+//    skipped by a negative position, with and without fused scoring;
+//  - observe() leaves the scorers' per-slot states of kvcompact::cpu::session (H2O, TOVA, CORM),
+//    also for a group split over two blocks (16 query heads per KV head);
+//  - decode loops with eviction (every preset that evicts during decode, plus SnapKV which appends)
+//    give the CPU backend's outputs and, step by step, its eviction victims, on BHSD, paged and
+//    layer-condensed (LCKV) caches, in bf16, fp16 and fp32, including a budget lowered mid-run
+//    (excess above one: the general eviction path);
+//  - NaN or Inf in a query, a key or a value is reported by check().
+// Split counts: the emulator's GPU has 4 multiprocessors running 4 decode blocks each (16 blocks),
+// so 1 to 3 sequences x 1 to 2 KV heads split every head 2 to 8 ways (at most one split per tile).
 // Tolerances: queries and outputs are stored in T, so the reference uses the T-rounded queries and an
-// output may differ from it by the rounding of T (2^-8 relative for bf16, 2^-11 for fp16) plus fp32
-// summation error; states agree within 1e-4 relative (fp32 probabilities, different summation order).
+// output may differ from it by the rounding of T (2^-8 relative for bf16, 2^-11 for fp16, fp32 has
+// only summation error) plus fp32 summation error; states agree within 1e-4 relative (fp32
+// probabilities, different summation order).
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
 #include <boost/test/unit_test.hpp>
@@ -18,18 +28,62 @@
 #include "support/backend_comparison.hpp"
 
 #include <cmath>
+#include <limits>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 namespace kc = kvcompact;
 using kc::index_t;
 
+/// A user layout outside namespace kvcompact, usable in device code: memory order
+/// [kv_head][layer][sequence][slot][dim] with one padding element after every slot, so rows start at
+/// offsets 16-byte copies cannot use (the kernel copies such rows element by element).
+struct padded_rows {
+  index_t sequences, layers, kv_heads, slots, dims;
+  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
+  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
+  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
+  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
+  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
+  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return 1; }
+  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
+    return (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 1);
+  }
+};
+static_assert(kc::kv_layout<padded_rows>);
+
+/// A user layout whose head dimension is interleaved across the KV heads (dim_stride = kv_heads):
+/// memory order [layer][sequence][slot][dim][kv_head].
+struct interleaved_dims {
+  index_t sequences, layers, kv_heads, slots, dims;
+  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
+  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
+  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
+  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
+  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
+  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return kv_heads; }
+  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
+    return ((layer * sequences + sequence) * slots + slot) * dims * kv_heads + kv_head;
+  }
+};
+static_assert(kc::kv_layout<interleaved_dims>);
+
 namespace {
 
 template <class T>
 double output_tolerance() {
-  return std::is_same_v<T, kc::bfloat16_t> ? 1.0 / 128.0 : 1.0 / 1024.0;
+  if constexpr (std::is_same_v<T, kc::bfloat16_t>) return 1.0 / 128.0;
+  else if constexpr (std::is_same_v<T, kc::half_t>) return 1.0 / 1024.0;
+  else return 1e-5;
+}
+
+template <class T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, kc::bfloat16_t>) return "bf16";
+  else if constexpr (std::is_same_v<T, kc::half_t>) return "fp16";
+  else return "fp32";
 }
 
 /// Random values rounded to T, returned both as T (for the device) and as float (for the references).
@@ -45,88 +99,131 @@ struct rounded_values {
   }
 };
 
-template <class T>
-void check_attention_against_reference(index_t head_dim) {
-  constexpr index_t S = 3, L = 2, H = 2, G = 4, CAP = 200;
-  kvtest::fill_options fill;
-  fill.min_length = 20;
-  fill.max_length = CAP;
-  fill.shuffle_slots = true;
-  const auto host = kvtest::make_random_cache<T>({S, L, H, CAP, head_dim}, fill, 101 + static_cast<std::uint32_t>(head_dim));
-  const auto cache = kvtest::copy_into(host, host.layout);
-  kvtest::device_cache<T, kc::layouts::strided> device(cache);
-  std::mt19937 rng(7);
-  const rounded_values<T> queries(S * H * G * head_dim, 1.0, rng);
-  // Sequence 0 attends everything, sequence 1 only positions <= 10, sequence 2 is skipped.
-  const std::vector<std::int32_t> positions{CAP + 5, 10, -1};
+/// Layouts the attention test runs on.
+enum class layout_kind { bhsd, paged_nhd, paged_hnd, padded_rows, interleaved_dims };
+
+const char* layout_name(layout_kind kind) {
+  switch (kind) {
+    case layout_kind::bhsd: return "bhsd";
+    case layout_kind::paged_nhd: return "paged nhd";
+    case layout_kind::paged_hnd: return "paged hnd";
+    case layout_kind::padded_rows: return "padded rows";
+    case layout_kind::interleaved_dims: return "interleaved dims";
+  }
+  return "?";
+}
+
+/// attend() of every sequence and layer of a cache in @p layout against the double reference, with a
+/// policy without scoring (StreamingLLM) and one with fused scoring (H2O).
+template <class T, class Layout>
+void check_attention_in_layout(const std::string& name, const kvtest::random_cache<T>& host, const Layout& layout, index_t group,
+                               const std::vector<std::int32_t>& positions) {
+  const index_t S = host.shape.sequences, L = host.shape.layers, H = host.shape.kv_heads, D = host.shape.head_dim, CAP = host.shape.capacity;
+  const auto cache = kvtest::copy_into(host, layout);
+  kvtest::device_cache<T, Layout> device(cache);
+  std::mt19937 rng(7 + static_cast<std::uint32_t>(D * group));
+  const rounded_values<T> queries(S * H * group * D, 1.0, rng);
   kvtest::device_array<T> d_queries(queries.stored);
   kvtest::device_array<std::int32_t> d_positions(positions);
   const T sentinel = kc::from_float<T>(123.0f);
-  auto run = [&](const auto& policy, const char* name) {
-    BOOST_TEST_CONTEXT(name << " head_dim " << head_dim) {
+  auto run = [&](const auto& policy, const char* policy_name) {
+    BOOST_TEST_CONTEXT(name << ", " << policy_name) {
       using policy_type = std::decay_t<decltype(policy)>;
-      using session_type = kc::cuda::session<policy_type, T, kc::layouts::strided>;
-      const kc::attention_shape shape{H * G};
+      using session_type = kc::cuda::session<policy_type, T, Layout>;
+      const kc::attention_shape shape{H * group};
       kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, 8);
       session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, 8);
       for (index_t l = 0; l < L; ++l) {
-        kvtest::device_array<T> output(std::vector<T>(static_cast<std::size_t>(S * H * G * head_dim), sentinel));
+        kvtest::device_array<T> output(std::vector<T>(static_cast<std::size_t>(S * H * group * D), sentinel));
         session.attend(l, d_queries.data(), d_positions.data(), output.data());
         session.check("attend");
         const std::vector<T> out = output.download();
-        index_t bad = 0, untouched = 0;
+        index_t bad = 0, untouched = 0, skipped = 0;
         for (index_t s = 0; s < S; ++s)
-          for (index_t g = 0; g < H * G; ++g) {
-            const float* q = queries.exact.data() + (s * H * G + g) * head_dim;
-            const std::vector<double> ref = positions[static_cast<std::size_t>(s)] < 0
-                                                ? std::vector<double>()
-                                                : kvtest::attention_output(host, s, l, g / G, q, positions[static_cast<std::size_t>(s)],
-                                                                           kvtest::default_scale(head_dim));
-            for (index_t d = 0; d < head_dim; ++d) {
-              const double got = kvtest::to_double(out[static_cast<std::size_t>((s * H * G + g) * head_dim + d)]);
+          for (index_t g = 0; g < H * group; ++g) {
+            const std::int32_t position = positions[static_cast<std::size_t>(s)];
+            const float* q = queries.exact.data() + (s * H * group + g) * D;
+            const std::vector<double> ref =
+                position < 0 ? std::vector<double>() : kvtest::attention_output(host, s, l, g / group, q, position, kvtest::default_scale(D));
+            skipped += position < 0 ? D : 0;
+            for (index_t d = 0; d < D; ++d) {
+              const double got = kvtest::to_double(out[static_cast<std::size_t>((s * H * group + g) * D + d)]);
               if (ref.empty()) untouched += got == 123.0;
               else bad += !kvtest::close(got, ref[static_cast<std::size_t>(d)], output_tolerance<T>(), 1e-4);
             }
           }
         BOOST_TEST(bad == 0);
-        BOOST_TEST(untouched == H * G * head_dim);
+        BOOST_TEST(untouched == skipped);
       }
+      (void)CAP;
     }
   };
   run(kc::policies::streaming_llm(CAP), "no scoring");
   run(kc::policies::h2o(CAP, 8), "fused H2O scoring");
 }
 
-}  // namespace
-
-BOOST_AUTO_TEST_CASE(attention_output_matches_the_double_reference) {
-  for (index_t d : {64, 128}) {
-    check_attention_against_reference<kc::bfloat16_t>(d);
-    check_attention_against_reference<kc::half_t>(d);
+/// Three sequences of different lengths (one sees only positions <= 10, one is skipped) through
+/// @p kind, head dimension @p head_dim, @p group query heads per KV head.
+template <class T>
+void check_attention(layout_kind kind, index_t head_dim, index_t group) {
+  constexpr index_t S = 3, L = 2, H = 2, CAP = 96, PAGE = 16;
+  kvtest::fill_options fill;
+  fill.min_length = 20;
+  fill.max_length = CAP;
+  fill.shuffle_slots = true;
+  const auto host = kvtest::make_random_cache<T>({S, L, H, CAP, head_dim}, fill, 101 + static_cast<std::uint32_t>(head_dim * group));
+  const std::vector<std::int32_t> positions{CAP + 5, 10, -1};
+  const std::string name = std::string(type_name<T>()) + " " + layout_name(kind) + " head_dim " + std::to_string(head_dim) + " group " +
+                           std::to_string(group);
+  switch (kind) {
+    case layout_kind::bhsd: check_attention_in_layout(name, host, host.layout, group, positions); break;
+    case layout_kind::paged_nhd:
+    case layout_kind::paged_hnd: {
+      kvtest::random_paging paging;
+      const auto format = kind == layout_kind::paged_nhd ? kc::layouts::page_format::nhd : kc::layouts::page_format::hnd;
+      kvtest::make_random_paging(paging, host.shape, PAGE, format, 3, 11);
+      check_attention_in_layout(name, host, paging.layout, group, positions);
+      break;
+    }
+    case layout_kind::padded_rows: check_attention_in_layout(name, host, padded_rows{S, L, H, CAP, head_dim}, group, positions); break;
+    case layout_kind::interleaved_dims: check_attention_in_layout(name, host, interleaved_dims{S, L, H, CAP, head_dim}, group, positions); break;
   }
 }
 
-BOOST_AUTO_TEST_CASE(observe_leaves_the_cpu_backends_scorer_states) {
-  using T = kc::bfloat16_t;
-  constexpr index_t S = 2, L = 2, H = 2, G = 3, CAP = 150, D = 64;
-  kvtest::fill_options fill;
-  fill.min_length = 60;
-  fill.max_length = CAP;
-  fill.aligned_heads = true;  // TOVA shares one score across KV heads
-  const auto host = kvtest::make_random_cache<T>({S, L, H, CAP, D}, fill, 202);
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(attention_output_matches_the_double_reference) {
+  check_attention<kc::bfloat16_t>(layout_kind::bhsd, 128, 4);
+  check_attention<kc::half_t>(layout_kind::paged_nhd, 64, 1);
+  check_attention<float>(layout_kind::paged_hnd, 256, 8);
+  check_attention<kc::bfloat16_t>(layout_kind::paged_nhd, 256, 2);
+  check_attention<float>(layout_kind::bhsd, 64, 4);
+  check_attention<kc::half_t>(layout_kind::bhsd, 128, 8);
+  // Generic head dimensions and groups: zero-padded to the next compiled ones, a group of 16 in two blocks.
+  check_attention<kc::bfloat16_t>(layout_kind::padded_rows, 96, 3);
+  check_attention<kc::half_t>(layout_kind::bhsd, 40, 16);
+  check_attention<float>(layout_kind::interleaved_dims, 36, 5);
+  check_attention<kc::bfloat16_t>(layout_kind::bhsd, 36, 1);
+}
+
+namespace {
+
+/// observe() through both backends leaves the same per-slot scorer states.
+template <class T, class Layout>
+void check_observed_states(const std::string& name, const kvtest::random_cache<T>& host, const Layout& layout, index_t group) {
+  const index_t S = host.shape.sequences, L = host.shape.layers, H = host.shape.kv_heads, D = host.shape.head_dim, CAP = host.shape.capacity;
   std::mt19937 rng(8);
-  const rounded_values<T> queries(S * H * G * D, 2.0, rng);
-  const std::vector<std::int32_t> positions{CAP + 1, CAP + 1};
-  auto run = [&](const auto& policy, const char* name) {
-    BOOST_TEST_CONTEXT(name) {
+  const rounded_values<T> queries(S * H * group * D, 2.0, rng);
+  const std::vector<std::int32_t> positions(static_cast<std::size_t>(S), static_cast<std::int32_t>(CAP + 1));
+  auto run = [&](const auto& policy, const char* policy_name) {
+    BOOST_TEST_CONTEXT(name << ", " << policy_name) {
       using policy_type = std::decay_t<decltype(policy)>;
-      const kc::attention_shape shape{H * G};
-      auto cpu = kvtest::copy_into(host, host.layout);
-      kvtest::session_storage<policy_type, T, kc::layouts::strided> cpu_storage(cpu.layout, shape);
-      kc::cpu::session<policy_type, T, kc::layouts::strided> reference(policy, cpu.view(), shape, cpu_storage.state_span(),
-                                                                       cpu_storage.workspace_span());
-      kvtest::device_cache<T, kc::layouts::strided> device(cpu);
-      using session_type = kc::cuda::session<policy_type, T, kc::layouts::strided>;
+      const kc::attention_shape shape{H * group};
+      auto cpu = kvtest::copy_into(host, layout);
+      kvtest::session_storage<policy_type, T, Layout> cpu_storage(cpu.layout, shape);
+      kc::cpu::session<policy_type, T, Layout> reference(policy, cpu.view(), shape, cpu_storage.state_span(), cpu_storage.workspace_span());
+      kvtest::device_cache<T, Layout> device(cpu);
+      using session_type = kc::cuda::session<policy_type, T, Layout>;
       kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, 8);
       session_type gpu(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, 8);
       kvtest::device_array<T> d_queries(queries.stored);
@@ -134,7 +231,7 @@ BOOST_AUTO_TEST_CASE(observe_leaves_the_cpu_backends_scorer_states) {
       for (int repeat = 0; repeat < 2; ++repeat)
         for (index_t l = 0; l < L; ++l) {
           gpu.observe(l, d_queries.data(), d_positions.data());
-          for (index_t s = 0; s < S; ++s) reference.observe(s, l, queries.exact.data() + s * H * G * D, positions[static_cast<std::size_t>(s)]);
+          for (index_t s = 0; s < S; ++s) reference.observe(s, l, queries.exact.data() + s * H * group * D, positions[static_cast<std::size_t>(s)]);
         }
       gpu.check("observe");
       std::vector<float> states(static_cast<std::size_t>(S * L * H * CAP));
@@ -155,17 +252,39 @@ BOOST_AUTO_TEST_CASE(observe_leaves_the_cpu_backends_scorer_states) {
   run(kc::policies::corm_budgeted(CAP, 16), "corm_budgeted");
 }
 
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(observe_leaves_the_cpu_backends_scorer_states) {
+  kvtest::fill_options fill;
+  fill.min_length = 60;
+  fill.aligned_heads = true;  // TOVA shares one score across KV heads
+  {
+    fill.max_length = 150;
+    const auto host = kvtest::make_random_cache<kc::bfloat16_t>({2, 2, 2, 150, 64}, fill, 202);
+    check_observed_states("bf16 bhsd group 3", host, host.layout, 3);
+  }
+  {
+    fill.max_length = 96;
+    const auto host = kvtest::make_random_cache<float>({1, 1, 2, 96, 32}, fill, 203);
+    kvtest::random_paging paging;
+    kvtest::make_random_paging(paging, host.shape, 16, kc::layouts::page_format::nhd, 0, 12);
+    check_observed_states("fp32 paged group 16", host, paging.layout, 16);
+  }
+}
+
 namespace {
 
-/// Prefill, then `steps` decode steps through both backends: outputs compared at every step, the
-/// caches at the end (ties within rounding as in support/backend_comparison.hpp).
-template <class Policy, class Layout>
-void check_decode_loop(const std::string& name, const Policy& policy, const kvtest::layout_cache<kc::bfloat16_t, Layout>& host,
-                       const kvtest::random_window& window, index_t query_heads, index_t model_layers, index_t steps) {
-  using T = kc::bfloat16_t;
+/// Prefill, then `steps` decode steps through both backends: outputs compared at every step, and the
+/// keep-sets after every insertion: each head must hold the CPU backend's positions, except for ties
+/// within rounding (the victim's and the CPU's victim's decode scores within 1e-4 relative), after
+/// which that head is no longer compared; at most one head in 16 may tie. At step `lower_at` the
+/// budget of every sequence drops by 3 (an excess of 4: the general eviction path).
+template <class Policy, class T, class Layout>
+void check_decode_loop(const std::string& name, const Policy& policy, const kvtest::layout_cache<T, Layout>& host, const kvtest::random_window& window,
+                       index_t query_heads, index_t model_layers, index_t steps, index_t lower_at = -1) {
   BOOST_TEST_CONTEXT(name) {
     const Layout& layout = host.layout;
-    const index_t S = layout.num_sequences(), H = layout.num_kv_heads(), D = layout.head_dim();
+    const index_t S = layout.num_sequences(), H = layout.num_kv_heads(), D = layout.head_dim(), CAP = layout.capacity();
     const kc::attention_shape shape{query_heads};
     auto cpu = host;
     kvtest::session_storage<Policy, T, Layout> cpu_storage(cpu.layout, shape);
@@ -178,11 +297,21 @@ void check_decode_loop(const std::string& name, const Policy& policy, const kvte
     session_type gpu(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, window.rows);
     gpu.compress_prefill(device_rows.view());
     std::mt19937 rng(99);
-    index_t bad_outputs = 0;
+    index_t bad_outputs = 0, bad_victims = 0, tied_heads = 0;
+    std::vector<bool> diverged(cpu.lengths.size(), false);
     std::vector<std::int32_t> positions(static_cast<std::size_t>(S));
     for (index_t s = 0; s < S; ++s) positions[static_cast<std::size_t>(s)] = window.positions[static_cast<std::size_t>(s * window.rows + window.rows - 1)] + 1;
     for (index_t step = 0; step < steps; ++step) {
-      kvtest::device_array<std::int32_t> d_positions(positions);
+      if (step == lower_at)
+        for (index_t s = 0; s < S; ++s) {
+          const index_t budget = reference.budget(s, 0, 0) - 3;
+          reference.set_budget(s, budget);
+          gpu.set_budget(s, budget);
+        }
+      // Sequence 1 sits out step 2 (a negative position): its cache and state stay as they are.
+      std::vector<std::int32_t> step_positions = positions;
+      if (S > 1 && step == 2) step_positions[1] = -1;
+      kvtest::device_array<std::int32_t> d_positions(step_positions);
       for (index_t model_layer = 0; model_layer < model_layers; ++model_layer) {
         const index_t storage_layer = kc::detail::storage_layer_of(layout, model_layer);
         const bool writes = [&] {
@@ -194,7 +323,40 @@ void check_decode_loop(const std::string& name, const Policy& policy, const kvte
           kvtest::device_array<T> d_keys(keys.stored), d_values(values.stored);
           gpu.append(storage_layer, d_keys.data(), d_values.data(), d_positions.data());
           for (index_t s = 0; s < S; ++s)
-            reference.append(s, storage_layer, keys.stored.data() + s * H * D, values.stored.data() + s * H * D, positions[static_cast<std::size_t>(s)]);
+            if (step_positions[static_cast<std::size_t>(s)] >= 0)
+              reference.append(s, storage_layer, keys.stored.data() + s * H * D, values.stored.data() + s * H * D, step_positions[static_cast<std::size_t>(s)]);
+          // Victims: every head of this layer holds the CPU's positions (or tied within rounding before).
+          const std::vector<std::int32_t> gpu_positions = device.positions.download(), gpu_lengths = device.lengths.download();
+          std::vector<float> gpu_states(cpu.positions.size());
+          KVCOMPACT_CUDA_CHECK(cudaMemcpy(gpu_states.data(), gpu.slot_states(), gpu_states.size() * sizeof(float), cudaMemcpyDeviceToHost));
+          for (index_t s = 0; s < S; ++s)
+            for (index_t h = 0; h < H; ++h) {
+              const index_t head = cpu.head_index(s, storage_layer, h);
+              if (diverged[static_cast<std::size_t>(head)]) continue;
+              const auto first = static_cast<std::ptrdiff_t>(head * CAP);
+              const std::set<std::int32_t> want(cpu.positions.begin() + first, cpu.positions.begin() + first + cpu.lengths[static_cast<std::size_t>(head)]);
+              const std::set<std::int32_t> got(gpu_positions.begin() + first, gpu_positions.begin() + first + gpu_lengths[static_cast<std::size_t>(head)]);
+              if (want == got) continue;
+              // A tie within rounding: one victim each, whose decode scores (the states, for these
+              // scorers) agree within rounding. Each backend still holds the other's victim.
+              std::vector<std::int32_t> cpu_victim, gpu_victim;
+              std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(cpu_victim));
+              std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(gpu_victim));
+              bool tie = cpu_victim.size() == 1 && gpu_victim.size() == 1;
+              if (tie) {
+                auto slot_of = [&](const std::vector<std::int32_t>& pos, index_t n, std::int32_t position) {
+                  for (index_t j = 0; j < n; ++j)
+                    if (pos[static_cast<std::size_t>(first + j)] == position) return j;
+                  return index_t{-1};
+                };
+                const index_t on_gpu = slot_of(gpu_positions, gpu_lengths[static_cast<std::size_t>(head)], cpu_victim[0]);
+                const index_t on_cpu = slot_of(cpu.positions, cpu.lengths[static_cast<std::size_t>(head)], gpu_victim[0]);
+                tie = kvtest::close(gpu_states[static_cast<std::size_t>(first + on_gpu)], reference.slot_state(s, storage_layer, h, on_cpu), 1e-4, 1e-6);
+              }
+              diverged[static_cast<std::size_t>(head)] = true;
+              if (tie) ++tied_heads;
+              else ++bad_victims;
+            }
         }
         const rounded_values<T> queries(S * query_heads * D, 1.0, rng);
         kvtest::device_array<T> d_queries(queries.stored), d_output(static_cast<std::size_t>(S * query_heads * D));
@@ -202,16 +364,21 @@ void check_decode_loop(const std::string& name, const Policy& policy, const kvte
         const std::vector<T> out = d_output.download();
         std::vector<float> expected(static_cast<std::size_t>(query_heads * D));
         for (index_t s = 0; s < S; ++s) {
-          reference.attend(s, model_layer, queries.exact.data() + s * query_heads * D, positions[static_cast<std::size_t>(s)], expected.data());
+          if (step_positions[static_cast<std::size_t>(s)] < 0) continue;
+          reference.attend(s, model_layer, queries.exact.data() + s * query_heads * D, step_positions[static_cast<std::size_t>(s)], expected.data());
           for (index_t e = 0; e < query_heads * D; ++e)
-            bad_outputs += !kvtest::close(kvtest::to_double(out[static_cast<std::size_t>(s * query_heads * D + e)]),
-                                          expected[static_cast<std::size_t>(e)], output_tolerance<T>(), 1e-4);
+            if (!diverged[static_cast<std::size_t>(cpu.head_index(s, storage_layer, e / D / (query_heads / H)))])
+              bad_outputs += !kvtest::close(kvtest::to_double(out[static_cast<std::size_t>(s * query_heads * D + e)]),
+                                            expected[static_cast<std::size_t>(e)], output_tolerance<T>(), 1e-4);
         }
       }
-      for (auto& p : positions) ++p;
+      for (std::size_t s = 0; s < positions.size(); ++s)
+        if (step_positions[s] >= 0) ++positions[s];
     }
     gpu.check("decode loop");
     BOOST_TEST(bad_outputs == 0);
+    BOOST_TEST(bad_victims == 0);
+    BOOST_TEST(tied_heads <= std::max<index_t>(1, static_cast<index_t>(cpu.lengths.size()) / 16));
     kvtest::layout_cache<T, Layout> result = device.download(host);
     std::vector<bool> matches;
     const auto diff = kvtest::compare_snapshots<T>(kvtest::take_snapshot(cpu.view()), kvtest::take_snapshot(result.view()), Policy::merges, matches);
@@ -231,13 +398,41 @@ BOOST_AUTO_TEST_CASE(decode_loop_with_eviction_matches_the_cpu_backend) {
   const auto window = kvtest::make_random_window(S, L, H * G, ROWS, D, {47, 47}, 1.0, 304);
   namespace p = kc::policies;
   check_decode_loop("streaming_llm", p::streaming_llm(BUDGET, 4), host, window, H * G, L, STEPS);
-  check_decode_loop("h2o", p::h2o(BUDGET, 8), host, window, H * G, L, STEPS);
+  check_decode_loop("h2o", p::h2o(BUDGET, 8), host, window, H * G, L, STEPS, 6);
   check_decode_loop("tova", p::tova(BUDGET), host, window, H * G, L, STEPS);
-  check_decode_loop("knorm", p::knorm(BUDGET), host, window, H * G, L, STEPS);
+  check_decode_loop("knorm", p::knorm(BUDGET), host, window, H * G, L, STEPS, 4);
   check_decode_loop("corm", p::corm(8, 8), host, window, H * G, L, STEPS);
   check_decode_loop("corm_budgeted", p::corm_budgeted(BUDGET, 8), host, window, H * G, L, STEPS);
   check_decode_loop("cam", p::cam(BUDGET, 4), host, window, H * G, L, STEPS);
   check_decode_loop("snapkv (appends)", p::snapkv(BUDGET, 8), host, window, H * G, L, STEPS);
+}
+
+BOOST_AUTO_TEST_CASE(paged_decode_loops_in_every_element_type_match_the_cpu_backend) {
+  constexpr index_t S = 2, L = 1, H = 2, CAP = 64, ROWS = 8, BUDGET = 40, STEPS = 10;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = 48;
+  fill.aligned_heads = true;
+  namespace p = kc::policies;
+  {
+    constexpr index_t G = 4, D = 128;
+    const auto source = kvtest::make_random_cache<kc::half_t>({S, L, H, CAP, D}, fill, 305);
+    kvtest::random_paging paging;
+    kvtest::make_random_paging(paging, source.shape, 16, kc::layouts::page_format::nhd, 2, 13);
+    const auto host = kvtest::copy_into(source, paging.layout);
+    const auto window = kvtest::make_random_window(S, L, H * G, ROWS, D, {47, 47}, 1.0, 306);
+    check_decode_loop("fp16 paged h2o", p::h2o(BUDGET, 8), host, window, H * G, L, STEPS, 5);
+    check_decode_loop("fp16 paged tova", p::tova(BUDGET), host, window, H * G, L, STEPS);
+  }
+  {
+    constexpr index_t G = 1, D = 32;
+    const auto source = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 307);
+    kvtest::random_paging paging;
+    kvtest::make_random_paging(paging, source.shape, 8, kc::layouts::page_format::hnd, 0, 14);
+    const auto host = kvtest::copy_into(source, paging.layout);
+    const auto window = kvtest::make_random_window(S, L, H * G, ROWS, D, {47, 47}, 1.0, 308);
+    check_decode_loop("fp32 paged h2o", p::h2o(BUDGET, 8), host, window, H * G, L, STEPS);
+    check_decode_loop("fp32 paged streaming_llm", p::streaming_llm(BUDGET, 4), host, window, H * G, L, STEPS, 3);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(layer_condensed_decode_matches_the_cpu_backend) {
@@ -253,6 +448,48 @@ BOOST_AUTO_TEST_CASE(layer_condensed_decode_matches_the_cpu_backend) {
   const auto window = kvtest::make_random_window(S, map.cache_layers, H * G, ROWS, D, {29, 29}, 1.0, 405);
   check_decode_loop("lckv streaming_llm", kc::policies::streaming_llm(24, 4), host, window, H * G, map.model_layers, 10);
   check_decode_loop("lckv h2o", kc::policies::h2o(24, 4), host, window, H * G, map.model_layers, 10);
+}
+
+BOOST_AUTO_TEST_CASE(non_finite_queries_keys_and_values_are_reported) {
+  using T = kc::bfloat16_t;
+  constexpr index_t S = 1, H = 2, G = 2, CAP = 64, D = 64;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = 40;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(5);
+  const rounded_values<T> queries(S * H * G * D, 1.0, rng);
+  const std::vector<std::int32_t> positions{CAP};
+  auto attend_once = [&](kvtest::random_cache<T> host, std::vector<T> q) {
+    kvtest::device_cache<T, kc::layouts::strided> device(kvtest::copy_into(host, host.layout));
+    const auto policy = kc::policies::h2o(CAP, 8);
+    using session_type = kc::cuda::session<decltype(policy), T, kc::layouts::strided>;
+    const kc::attention_shape shape{H * G};
+    kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, 8);
+    session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, 8);
+    kvtest::device_array<T> d_queries(q), output(q.size());
+    kvtest::device_array<std::int32_t> d_positions(positions);
+    session.attend(0, d_queries.data(), d_positions.data(), output.data());
+    std::string message;
+    try {
+      session.check("attend");
+    } catch (const kc::error& e) {
+      message = e.what();
+    }
+    return message;
+  };
+  const auto clean = kvtest::make_random_cache<T>({S, 1, H, CAP, D}, fill, 9);
+  BOOST_TEST(attend_once(clean, queries.stored).empty());
+  std::vector<T> bad_query = queries.stored;
+  bad_query[static_cast<std::size_t>(G * D + 5)] = kc::from_float<T>(nan);
+  BOOST_TEST(attend_once(clean, bad_query).find("queries") != std::string::npos);
+  auto bad_key = clean;
+  bad_key.keys[static_cast<std::size_t>(bad_key.element(0, 0, 1, 17, 3))] = kc::from_float<T>(inf);
+  const std::string key_message = attend_once(bad_key, queries.stored);
+  BOOST_TEST(key_message.find("slot 17") != std::string::npos, key_message);
+  auto bad_value = clean;
+  bad_value.values[static_cast<std::size_t>(bad_value.element(0, 0, 0, 3, 9))] = kc::from_float<T>(nan);
+  const std::string value_message = attend_once(bad_value, queries.stored);
+  BOOST_TEST(value_message.find("slot -1") != std::string::npos, value_message);
 }
 
 #include "support/gpu_main.hpp"

@@ -8,18 +8,23 @@
 #include <kvcompact/cuda/check.cuh>
 #include <kvcompact/cuda/detail/append_kernel.cuh>
 #include <kvcompact/cuda/detail/decode_kernels.cuh>
+#include <kvcompact/cuda/detail/decode_update_kernel.cuh>
+#include <kvcompact/cuda/detail/decode_victims.cuh>
 #include <kvcompact/cuda/detail/device_status.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
+#include <kvcompact/cuda/detail/ptx_grid_dependency.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/select_kernels.cuh>
 #include <kvcompact/cuda/detail/workspace.cuh>
+#include <kvcompact/detail/decode_eviction.hpp>
 #include <kvcompact/kv_cache.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/policy.hpp>
 #include <kvcompact/query_window.hpp>
 
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -80,12 +85,13 @@ class session {
  public:
   using state_type = typename Policy::scorer_type::state_type;  ///< per-slot decode state of the scorer
 
-  /// @brief Bytes of device state: per-slot scorer state, per-head decode budgets, fault record.
+  /// @brief Bytes of device state: per-slot scorer state, per-head decode budgets, fault record, and
+  /// the decode path's per-head eviction records and arrival counters.
   /// @param layout the cache layout @return the size in bytes
   [[nodiscard]] static std::size_t state_bytes(const Layout& layout) {
     const auto heads = static_cast<std::size_t>(layout.num_sequences() * layout.num_layers() * layout.num_kv_heads());
     return round_up(heads * static_cast<std::size_t>(layout.capacity()) * sizeof(state_type)) + round_up(heads * sizeof(std::int32_t)) +
-           round_up(sizeof(detail::device_status));
+           round_up(sizeof(detail::device_status)) + decode_state_bytes(layout);
   }
   /// @brief Bytes of device workspace (scratch reused by every call).
   /// @param layout the cache layout @param shape attention shape
@@ -123,9 +129,9 @@ class session {
             [&] { return "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads"; });
     require(shape.head_dim == 0 || shape.head_dim == head_dim(), where, "shape.head_dim",
             [&] { return "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
-    require(group() * head_dim() <= detail::decode_max_outputs_per_thread * detail::decode_threads, where, "shape.query_heads",
-            [&] { return "GQA group x head_dim = " + std::to_string(group() * head_dim()) + " exceeds the " +
-                std::to_string(detail::decode_max_outputs_per_thread * detail::decode_threads) + " the CUDA decode kernel handles"; });
+    require(head_dim() <= detail::decode_max_head_dim, where, "cache.layout",
+            [&] { return "head_dim " + std::to_string(head_dim()) + " exceeds the " + std::to_string(detail::decode_max_head_dim) +
+                         " the CUDA decode kernel handles"; });
     require(window_rows > 0, where, "window_rows", "must be positive");
     require(state.size() >= state_bytes(cache_.layout), where, "state",
             [&] { return "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)); });
@@ -142,6 +148,9 @@ class session {
     states_ = reinterpret_cast<state_type*>(state.data());
     budgets_ = reinterpret_cast<std::int32_t*>(state.data() + round_up(heads * static_cast<std::size_t>(capacity()) * sizeof(state_type)));
     status_ = reinterpret_cast<detail::device_status*>(reinterpret_cast<std::byte*>(budgets_) + round_up(heads * sizeof(std::int32_t)));
+    records_ = reinterpret_cast<detail::eviction_record*>(reinterpret_cast<std::byte*>(status_) + round_up(sizeof(detail::device_status)));
+    attention_arrivals_ = reinterpret_cast<std::int32_t*>(reinterpret_cast<std::byte*>(records_) + round_up(heads * sizeof(detail::eviction_record)));
+    update_arrivals_ = attention_arrivals_ + cache_.layout.num_sequences() * kv_heads;
     workspace_ = workspace.data();
     plan_ = plan(cache_.layout, shape, window_rows);
     int device = 0, multiprocessors = 0;
@@ -149,6 +158,8 @@ class session {
     cuda::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device), where, "cudaDeviceGetAttribute");
     multiprocessors_ = multiprocessors;
     cuda::check(cudaMemsetAsync(status_, 0, sizeof(detail::device_status), stream_), where, "cudaMemsetAsync(status)");
+    cuda::check(cudaMemsetAsync(records_, 0, decode_state_bytes(cache_.layout), stream_), where, "cudaMemsetAsync(decode state)");
+    plan_decode(where);
     detail::launch(&detail::initialise_kernel<Policy, T, Layout, state_type>, dim3(static_cast<unsigned>(kv_heads), layer_blocks(where)),
                    detail::prefill_threads, 0, stream_, cache_, policy_, states_, budgets_, status_);
     detail::check_launch(where, "initialise_kernel");
@@ -175,6 +186,7 @@ class session {
               [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
     }
     auto p = prefill(window);
+    ++generation_;  // slots move and states restart: the decode path's eviction records are stale
     const index_t layers = cache_.layout.num_layers(), sequences = cache_.layout.num_sequences();
     const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads());
     const unsigned layer_grid = layer_blocks(where);
@@ -248,16 +260,18 @@ class session {
                                          detail::at_offset<std::uint8_t>(w, plan_.keep), detail::at_offset<std::int32_t>(w, plan_.targets),
                                          detail::at_offset<std::uint8_t>(w, plan_.decode_order_ready),
                                          detail::at_offset<std::int32_t>(w, plan_.shared)};
-    const detail::append_problem<T, Layout, state_type> problem{cache_, layer,   shape_.query_heads, keys,   values,
-                                                                positions, states_, budgets_,        scratch, status_};
+    const detail::append_problem<T, Layout, state_type> problem{cache_,   layer,   shape_.query_heads, keys,     values,      positions,
+                                                                states_,  budgets_, scratch,           records_, generation_, status_};
     detail::launch(&detail::append_kernel<Policy, T, Layout>,
                    dim3(static_cast<unsigned>(cache_.layout.num_kv_heads()), detail::grid_extent(cache_.layout.num_sequences(), where, "sequences")),
                    detail::append_threads, 0, stream_, problem, policy_);
     detail::check_launch(where, "append_kernel");
   }
 
-  /// @brief Decode attention of one token's queries per sequence, with the scorer's state update fused
-  /// into the pass over K.
+  /// @brief Decode attention of one token's queries per sequence: one pass over K and V (split over the
+  /// multiprocessors, combined in the same launch), then, when the policy needs it, the scorer's state
+  /// update and the search for the next insertion's victims in a second kernel that reads only the
+  /// pass's logits and the slots' states (see docs/cuda_backend.md, "The decode step").
   /// @param layer attending layer (model layer for layer-mapped layouts)
   /// @param queries [sequences][query_heads][head_dim] queries, device memory
   /// @param positions [sequences] the tokens' positions, device memory; negative: skip the sequence
@@ -349,6 +363,34 @@ class session {
             status_};
   }
 
+  // Bytes of the decode path's part of the state: eviction records and the two arrival counters.
+  static std::size_t decode_state_bytes(const Layout& layout) {
+    const auto heads = static_cast<std::size_t>(layout.num_sequences() * layout.num_layers() * layout.num_kv_heads());
+    return round_up(heads * sizeof(detail::eviction_record)) + round_up(2 * static_cast<std::size_t>(layout.num_sequences() * layout.num_kv_heads()) * 4);
+  }
+
+  // Chooses the decode attention variant and the split count, once: one wave of blocks over the
+  // multiprocessors (the kernel's occupancy times their count), each split at least one tile.
+  void plan_decode(const char* where) {
+    const int group_size = static_cast<int>(group());
+    decode_ = detail::decode_kernel_for<T, Layout>(static_cast<int>(head_dim()), group_size);
+    detail::allow_shared_memory(decode_.kernel, decode_.shared_bytes, where);
+    int per_multiprocessor = 0;
+    cuda::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, decode_.kernel, detail::decode_threads, decode_.shared_bytes), where,
+                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    head_chunks_ = (group_size + decode_.group - 1) / decode_.group;
+    const index_t heads = cache_.layout.num_sequences() * cache_.layout.num_kv_heads() * head_chunks_;
+    const index_t slots = static_cast<index_t>(multiprocessors_) * (per_multiprocessor > 0 ? per_multiprocessor : 1);
+    index_t splits = slots / heads;
+    const index_t most = std::min<index_t>({detail::ceil_div(capacity(), decode_.tile), detail::max_decode_splits,
+                                            static_cast<index_t>(decode_.pipeline_bytes / (4 * group_size))});
+    splits_ = static_cast<int>(std::clamp<index_t>(splits, 1, most));
+    const index_t vector = 16 / static_cast<index_t>(sizeof(T));
+    vector_rows_ = cache_.layout.dim_stride() == 1 && head_dim() % vector == 0 && reinterpret_cast<std::uintptr_t>(cache_.keys) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(cache_.values) % 16 == 0;
+    programmatic_ = detail::programmatic_launch_supported();
+  }
+
   void run_attention(const char* where, index_t layer, const T* queries, const std::int32_t* positions, T* output) {
     using ::kvcompact::detail::require;
     if constexpr (layer_mapped_layout<Layout>)
@@ -358,47 +400,51 @@ class session {
     require(queries != nullptr, where, "queries", "null pointer");
     require(positions != nullptr, where, "positions", "null pointer");
     const index_t sequences = cache_.layout.num_sequences(), kv_heads = cache_.layout.num_kv_heads();
-    const index_t wanted = detail::ceil_div(2 * multiprocessors_, sequences * kv_heads);
-    const index_t most = detail::ceil_div(capacity(), 4 * detail::decode_tile);
-    index_t splits = wanted < most ? wanted : most;
-    splits = splits < 1 ? 1 : (splits > detail::max_decode_splits ? detail::max_decode_splits : splits);
     std::byte* w = workspace_;
     const detail::decode_problem<T, Layout> problem{cache_,
                                                     storage,
                                                     layer,
-                                                    shape_.query_heads,
-                                                    scale_,
+                                                    static_cast<int>(shape_.query_heads),
+                                                    static_cast<int>(group()),
+                                                    static_cast<int>(head_dim()),
+                                                    splits_,
+                                                    head_chunks_,
+                                                    vector_rows_,
+                                                    scale_ * 1.4426950408889634f,  // log2(e): the kernels use exp2
                                                     queries,
                                                     positions,
                                                     output,
-                                                    splits,
-                                                    detail::at_offset<float>(w, plan_.logits),
+                                                    Policy::needs_attention ? detail::at_offset<float>(w, plan_.logits) : nullptr,
                                                     detail::at_offset<float>(w, plan_.partial_out),
                                                     detail::at_offset<float>(w, plan_.partial_max),
                                                     detail::at_offset<float>(w, plan_.partial_sum),
                                                     detail::at_offset<std::int32_t>(w, plan_.partial_count),
+                                                    detail::at_offset<float>(w, plan_.head_max),
+                                                    detail::at_offset<float>(w, plan_.head_sum),
+                                                    detail::at_offset<std::int32_t>(w, plan_.head_visible),
+                                                    attention_arrivals_,
                                                     status_};
     const unsigned sequence_grid = detail::grid_extent(sequences, where, "sequences");
-    const std::size_t bytes = detail::decode_shared_bytes(group(), head_dim());
-    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(kv_heads), sequence_grid);
-    detail::allow_shared_memory(&detail::decode_partial_kernel<Policy::needs_attention, T, Layout>, bytes, where);
-    detail::launch(&detail::decode_partial_kernel<Policy::needs_attention, T, Layout>, grid, detail::decode_threads, bytes, stream_, problem);
-    detail::check_launch(where, "decode_partial_kernel");
-    if (output != nullptr) {
-      detail::launch(&detail::decode_combine_kernel<T, Layout>, dim3(static_cast<unsigned>(kv_heads), sequence_grid), detail::decode_threads, 0,
-                     stream_, problem);
-      detail::check_launch(where, "decode_combine_kernel");
-    }
-    if constexpr (Policy::needs_attention) {
-      using scorer_type = typename Policy::scorer_type;
-      const index_t reduced = scorer_type::shares_across_kv_heads ? shape_.query_heads : group();
-      const std::size_t update_bytes = static_cast<std::size_t>(2 * reduced) * sizeof(float) + static_cast<std::size_t>(kv_heads) * sizeof(std::int32_t);
-      const dim3 update_grid(static_cast<unsigned>(detail::ceil_div(capacity(), detail::update_threads)),
-                             scorer_type::shares_across_kv_heads ? 1u : static_cast<unsigned>(kv_heads), sequence_grid);
-      detail::launch(&detail::decode_update_kernel<scorer_type, T, Layout>, update_grid, detail::update_threads, update_bytes, stream_, problem,
-                     policy_.scorer, states_);
-      detail::check_launch(where, "decode_update_kernel");
-    }
+    const dim3 grid(static_cast<unsigned>(splits_ * head_chunks_), static_cast<unsigned>(kv_heads), sequence_grid);
+    detail::launch(decode_.kernel, grid, detail::decode_threads, decode_.shared_bytes, stream_, problem);
+    detail::check_launch(where, "decode_attention_kernel");
+    const bool find_victims = ::kvcompact::detail::decode_eviction_of(policy_) == ::kvcompact::detail::decode_eviction_kind::ranked;
+    if (!Policy::needs_attention && !find_victims) return;
+    const int tiles = static_cast<int>(detail::ceil_div(capacity(), detail::update_tile));
+    const detail::update_problem<state_type> update{states_,
+                                                    records_,
+                                                    detail::at_offset<detail::victim_pair>(w, plan_.tile_victims),
+                                                    update_arrivals_,
+                                                    tiles,
+                                                    generation_,
+                                                    Policy::needs_attention,
+                                                    find_victims};
+    const bool shared_scores = Policy::shares_scores_across_kv_heads;
+    const dim3 update_grid(static_cast<unsigned>(tiles), shared_scores ? 1u : static_cast<unsigned>(kv_heads), sequence_grid);
+    const std::size_t update_bytes = detail::update_shared_bytes(shared_scores ? shape_.query_heads : group(), kv_heads);
+    cuda::check(detail::launch_programmatic(programmatic_, &detail::decode_update_kernel<Policy, T, Layout>, update_grid, detail::update_threads,
+                                            update_bytes, stream_, problem, update, policy_),
+                where, "decode_update_kernel");
   }
 
   Policy policy_;
@@ -411,6 +457,15 @@ class session {
   state_type* states_ = nullptr;
   std::int32_t* budgets_ = nullptr;
   detail::device_status* status_ = nullptr;
+  detail::eviction_record* records_ = nullptr;
+  std::int32_t* attention_arrivals_ = nullptr;
+  std::int32_t* update_arrivals_ = nullptr;
+  std::int32_t generation_ = 1;
+  detail::decode_kernel<T, Layout> decode_{};
+  int splits_ = 1;
+  int head_chunks_ = 1;
+  bool vector_rows_ = false;
+  bool programmatic_ = false;
   std::byte* workspace_ = nullptr;
   detail::workspace_plan plan_{};
 };

@@ -7,14 +7,17 @@
 #pragma once
 
 #include <kvcompact/cuda/detail/block_primitives.cuh>
+#include <kvcompact/cuda/detail/decode_victims.cuh>
 #include <kvcompact/cuda/detail/device_status.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
+#include <kvcompact/detail/decode_eviction.hpp>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
 #include <kvcompact/selectors/hit_window.hpp>
 #include <kvcompact/selectors/top_k.hpp>
 
 
+#include <climits>
 #include <cstdint>
 
 KVCOMPACT_NAMESPACE_BEGIN
@@ -47,24 +50,9 @@ struct append_problem {
   State* states;                        ///< [S][L][Hkv][capacity] decode state
   std::int32_t* budgets;                ///< [S][L][Hkv] decode budgets
   decode_scratch scratch;               ///< selector scratch
+  eviction_record* records;             ///< [S][L][Hkv] victims found by the last attention pass
+  std::int32_t generation;              ///< the session's generation (records of older ones are stale)
   device_status* status;                ///< fault record
-};
-
-/// A candidate victim: its decode score, position and slot (-1: none).
-struct victim {
-  float score;            ///< decode score
-  std::int32_t position;  ///< logical position
-  std::int32_t slot;      ///< slot, -1 for no candidate
-};
-
-/// Picks the candidate that ranks later (kvcompact's order: higher score first, then lower position).
-struct pick_worse {
-  /// @return the worse of @p a and @p b
-  __device__ victim operator()(const victim& a, const victim& b) const {
-    if (a.slot < 0) return b;
-    if (b.slot < 0) return a;
-    return ::kvcompact::detail::ranks_before(a.score, a.position, b.score, b.position) ? b : a;
-  }
 };
 
 /// Victims chosen by the selector's own select_decode(), run by one thread.
@@ -98,11 +86,11 @@ struct decode_victims<selectors::top_k<Schedule>> {
     }
     const index_t excess = ctx.length(h) + 1 - ctx.budget(h);
     for (index_t e = 0; e < excess; ++e) {
-      victim local{0.0f, 0, -1};
+      victim local = no_victim();
       for (index_t j = threadIdx.x; j < ctx.length(h); j += blockDim.x) {
         const index_t position = ctx.position(h, j);
         if (!ctx.kept(h, j) || selector.rule.protects(position, ctx.step())) continue;
-        local = pick_worse{}(local, victim{ctx.score(h, j), static_cast<std::int32_t>(position), static_cast<std::int32_t>(j)});
+        local = worse_victim(local, victim{ctx.score(h, j), static_cast<std::int32_t>(position), static_cast<std::int32_t>(j)});
       }
       const victim worst = block_reduce<append_threads>(local, pick_worse{});
       if (worst.slot < 0) return;  // fewer candidates than the excess
@@ -123,6 +111,43 @@ struct decode_victims<selectors::hit_window> {
     __syncthreads();
   }
 };
+
+/// Outcome of placing a token without scanning its head.
+struct quick_slot {
+  bool scan;     ///< the head must be scanned (the general path)
+  index_t slot;  ///< otherwise the slot the token takes (-1: the head is full, -2: a NaN key was reported)
+};
+
+/// Places the token without reading the head's slots when the policy's decode eviction allows it:
+/// no eviction (appends), no excess over the budget (appends), or an excess of one under a ranked
+/// eviction whose victim the last attention pass recorded for this step. Thread 0 only.
+template <class Policy, class T, class Layout>
+__device__ quick_slot place_without_scan(const append_problem<T, Layout, typename Policy::scorer_type::state_type>& p, const Policy& policy,
+                                         index_t s, index_t h, index_t head, index_t position) {
+  const auto kind = ::kvcompact::detail::decode_eviction_of(policy);
+  if (kind == ::kvcompact::detail::decode_eviction_kind::general) return {true, -1};
+  const index_t capacity = p.cache.layout.capacity();
+  const index_t length = p.cache.lengths[head];
+  const auto append = [&]() -> quick_slot {
+    if (length >= capacity) return {false, -1};
+    p.cache.lengths[head] = static_cast<std::int32_t>(length + 1);
+    return {false, length};
+  };
+  const index_t excess = length + 1 - p.budgets[head];
+  if (kind == ::kvcompact::detail::decode_eviction_kind::none) return append();
+  const eviction_record record = p.records[head];
+  const bool fresh = record.generation == p.generation && (record.step == position || record.step + index_t{1} == position);
+  if (fresh && record.victims.nan_slot >= 0) {
+    report(p.status, device_fault::nan_score, s, p.layer, h, record.victims.nan_slot);
+    return {false, -2};
+  }
+  if (excess <= 0) return append();
+  if (excess > 1 || !fresh) return {true, -1};
+  const victim chosen = record.step == position ? record.victims.now : record.victims.next;
+  if (chosen.slot < 0) return append();  // every slot is protected: nothing to evict
+  if (chosen.slot >= length || p.cache.positions[head * capacity + chosen.slot] != chosen.position) return {true, -1};
+  return {false, chosen.slot};
+}
 
 /// One block per (KV head, sequence) of one storage layer.
 template <class Policy, class T, class Layout>
@@ -149,32 +174,40 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads)
   auto* states = p.states;
   __shared__ index_t nan_slot;
   __shared__ index_t chosen;
+  __shared__ bool scan;
   if (threadIdx.x == 0) {
+    const quick_slot quick = place_without_scan(p, policy, s, h, head, position);
+    scan = quick.scan;
+    chosen = quick.slot;
     nan_slot = -1;
     scratch.order_ready[h] = 0;
   }
   __syncthreads();
-  for (index_t j = threadIdx.x; j < raw_length; j += blockDim.x) {
-    const float rank = policy.scorer.decode_score(states[head * capacity + j], ctx.position(h, j));
-    if (isnan(rank)) nan_slot = j;
-    scratch.scores[h * capacity + j] = rank;
-    ctx.keep(h, j, true);
-    ctx.set_target(h, j, -1);
+  if (scan) {
+    for (index_t j = threadIdx.x; j < raw_length; j += blockDim.x) {
+      const float rank = policy.scorer.decode_score(states[head * capacity + j], ctx.position(h, j));
+      if (isnan(rank)) nan_slot = j;
+      scratch.scores[h * capacity + j] = rank;
+      ctx.keep(h, j, true);
+      ctx.set_target(h, j, -1);
+    }
+    __syncthreads();
+    if (nan_slot >= 0) {
+      if (threadIdx.x == 0) report(p.status, device_fault::nan_score, s, p.layer, h, nan_slot);
+      return;
+    }
+    decode_victims<typename Policy::selector_type>::run(policy.selector, ctx, static_cast<int>(h));
+    if (threadIdx.x == 0) {
+      if constexpr (Policy::merges) policy.merger.merge(ctx, static_cast<int>(h));
+      chosen = ::kvcompact::detail::claim_slot(ctx, static_cast<int>(h), p.cache.lengths[head], capacity, [&](index_t from, index_t to) {
+        if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to))
+          report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
+      });
+    }
+    __syncthreads();
   }
-  __syncthreads();
-  if (nan_slot >= 0) {
-    if (threadIdx.x == 0) report(p.status, device_fault::nan_score, s, p.layer, h, nan_slot);
-    return;
-  }
-  decode_victims<typename Policy::selector_type>::run(policy.selector, ctx, static_cast<int>(h));
-  if (threadIdx.x == 0) {
-    if constexpr (Policy::merges) policy.merger.merge(ctx, static_cast<int>(h));
-    chosen = ::kvcompact::detail::claim_slot(ctx, static_cast<int>(h), p.cache.lengths[head], capacity, [&](index_t from, index_t to) {
-      if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to))
-        report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
-    });
-  }
-  __syncthreads();
+  if (chosen == -2) return;  // NaN key, reported
+  if (threadIdx.x == 0) p.records[head].step = INT32_MIN;  // the head changes: the victims found before are stale
   if (chosen < 0) {
     if (threadIdx.x == 0) report(p.status, device_fault::head_full, s, p.layer, h, capacity);
     return;

@@ -1,30 +1,85 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Fused decode attention: split-K flash decoding whose pass over K also leaves what the
-/// scorer's state update needs (raw logits and softmax statistics), then one kernel that combines the
-/// splits into the output and folds each slot's group-reduced probability term into its state.
+/// @brief Split-KV decode attention. One block per (split, KV head, sequence) streams its share of K
+/// and V through a multi-stage cp.async pipeline, keeping the tiles in their storage type in shared
+/// memory, and serves every query head of the GQA group from that one read; the last block of a head
+/// to finish combines the splits into the output (no second kernel). When the scorer needs attention
+/// the pass also writes each slot's log2-domain logits and the head's softmax maximum and sum, which
+/// decode_update_kernel turns into state updates.
+///
+/// Thread layout: a "team" of lanes reads one K or V row, each lane one or two 16-byte chunks; every
+/// lane keeps the queries of the whole group for its dimensions in registers, so a row read from
+/// shared memory once feeds all G heads. A team handles `rows_per_team` rows per tile with its own
+/// online softmax (max, sum, output), merged across teams once per block. Row reads sweep contiguous
+/// 16-byte chunks, so shared memory needs neither padding nor swizzling to be free of bank conflicts.
 #pragma once
 
 #include <kvcompact/cuda/detail/device_status.cuh>
+#include <kvcompact/cuda/detail/last_block.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
-#include <kvcompact/cuda/detail/row_loads.cuh>
+#include <kvcompact/cuda/detail/ptx_convert.cuh>
+#include <kvcompact/cuda/detail/ptx_cp_async.cuh>
+#include <kvcompact/cuda/detail/ptx_grid_dependency.cuh>
 #include <kvcompact/kv_cache.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 
-#include <cfloat>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
 
-/// Keys per tile of the decode kernel (one per lane of a warp in the softmax step).
-inline constexpr int decode_tile = 32;
-/// Threads per block of the decode kernels.
+/// Threads per block of the decode attention kernel.
 inline constexpr int decode_threads = 128;
-/// Outputs (query head x dimension) one thread of the decode kernel accumulates at most.
-inline constexpr int decode_max_outputs_per_thread = 32;
-/// Slots per block of the state-update kernel.
-inline constexpr int update_threads = 256;
+/// Most query heads one block serves (larger groups are split into chunks of this many).
+inline constexpr int decode_max_group = 8;
+
+/// Design occupancy of decode_attention_kernel, in blocks per multiprocessor, for @p group query
+/// heads per block on compute capability @p arch (x 10): three blocks of up to four heads (at most 168
+/// registers per thread) share the 228 KiB of a Hopper multiprocessor, two of eight heads; an A100's
+/// 164 KiB hold two.
+KVCOMPACT_HOST_DEVICE constexpr int decode_design_blocks(int group, int arch) { return arch >= 90 && group <= 4 ? 3 : 2; }
+
+#if defined(__CUDA_ARCH__)
+/// The architecture being compiled (x 10), for the design occupancy.
+inline constexpr int decode_target_arch = __CUDA_ARCH__ / 10;
+#else
+/// The architecture being compiled (x 10), for the design occupancy (host passes: Hopper's).
+inline constexpr int decode_target_arch = 90;
+#endif
+
+/// Base-2 logarithm of a power of two.
+KVCOMPACT_HOST_DEVICE constexpr int log2_exact(int n) { return n <= 1 ? 0 : 1 + log2_exact(n / 2); }
+
+/// Compile-time shape of the decode attention kernel for element @p T, head dimension @p HeadDim
+/// (64, 128 or 256; smaller head dimensions run zero-padded) and @p Group query heads per block
+/// (1, 2, 4 or 8; smaller groups run with empty heads).
+template <class T, int HeadDim, int Group>
+struct decode_shape {
+  static constexpr int vector = elements_per_chunk<T>;                  ///< elements per 16-byte chunk
+  static constexpr int chunks = HeadDim / vector;                       ///< 16-byte chunks per row
+  static constexpr int team = chunks < 32 ? chunks : 32;                ///< lanes reading one row
+  static constexpr int chunks_per_lane = chunks / team;                 ///< 16-byte chunks per lane and row
+  static constexpr int dims_per_lane = chunks_per_lane * vector;        ///< dimensions a lane owns
+  static constexpr int teams = decode_threads / team;                   ///< teams per block
+  static constexpr int rows_per_team = 4;                               ///< rows a team handles per tile
+  static constexpr int tile = teams * rows_per_team;                    ///< rows per pipeline stage
+  static constexpr int row_bytes = HeadDim * static_cast<int>(sizeof(T));
+  static constexpr int stage_bytes = 2 * tile * row_bytes;              ///< K and V tiles of one stage
+  static constexpr int stages = stage_bytes > 16384 ? 3 : 4;            ///< pipeline depth (3 stages in flight)
+  static constexpr int kv_bytes = stages * stage_bytes;                 ///< the pipeline's shared memory
+  static constexpr int describe_slots = stages + 1;                     ///< tiles whose rows are described at once
+  static constexpr int scores = Group * rows_per_team;                  ///< logits a team computes per tile
+  static constexpr int copies_per_thread = tile * chunks / decode_threads;  ///< 16-byte copies per thread, tile and tensor
+  /// Bytes of dynamic shared memory.
+  static constexpr int shared_bytes = kv_bytes + describe_slots * tile * 8 + 2 * teams * scores * 4 + 16;
+
+  static_assert(HeadDim % vector == 0 && chunks % team == 0 && decode_threads % team == 0, "kvcompact: decode_shape: bad head dimension");
+  static_assert(copies_per_thread * decode_threads == tile * chunks, "kvcompact: decode_shape: copies do not divide among the threads");
+  static_assert(tile <= decode_threads, "kvcompact: decode_shape: a tile has more rows than the block has threads");
+  static_assert(teams * Group * (HeadDim + 2) * 4 <= kv_bytes, "kvcompact: decode_shape: the team merge does not fit the pipeline's memory");
+};
 
 /// Everything one decode step of one layer reads and writes (device pointers).
 template <class T, class Layout>
@@ -32,243 +87,426 @@ struct decode_problem {
   kv_cache<T, Layout> cache;              ///< the cache (device arrays)
   index_t storage_layer;                  ///< storage layer holding the keys
   index_t model_layer;                    ///< layer that attends (visibility rule)
-  index_t query_heads;                    ///< query heads
-  float scale;                            ///< logit scale
+  int query_heads;                        ///< query heads
+  int group;                              ///< query heads per KV head
+  int head_dim;                           ///< head dimension
+  int splits;                             ///< blocks per head and head chunk
+  int head_chunks;                        ///< blocks per (split, head): the group in chunks of decode_max_group
+  bool vector_rows;                       ///< rows may be copied in 16-byte chunks (unit dimension stride, aligned storage)
+  float scale_log2;                       ///< logit scale times log2(e)
   const T* queries;                       ///< [S][Hq][D]
   const std::int32_t* query_positions;    ///< [S]; a negative position skips the sequence
   T* output;                              ///< [S][Hq][D], or null (observe)
-  index_t splits;                         ///< blocks per head
-  float* logits;                          ///< [S][Hq][capacity] scaled logits (scoring only)
-  float* partial_out;                     ///< [S][Hq][splits][D] unnormalised outputs
-  float* partial_max;                     ///< [S][Hq][splits] running maxima
-  float* partial_sum;                     ///< [S][Hq][splits] running sums
-  std::int32_t* partial_count;            ///< [S][Hkv][splits] visible keys
+  float* logits;                          ///< [S][Hkv][capacity][G] log2-domain logits, or null (no scoring)
+  float* partial_out;                     ///< [S][Hq][splits][D] unnormalised partial outputs
+  float* partial_max;                     ///< [S][Hq][splits] partial maxima (log2 domain)
+  float* partial_sum;                     ///< [S][Hq][splits] partial sums
+  std::int32_t* partial_count;            ///< [S][Hkv][splits] visible keys per split
+  float* head_max;                        ///< [S][Hq] softmax maximum of each query head (log2 domain)
+  float* head_sum;                        ///< [S][Hq] softmax sum of each query head
+  std::int32_t* head_visible;             ///< [S][Hkv] keys each query of a head attended
+  std::int32_t* arrivals;                 ///< [S][Hkv] blocks done (0 between launches)
   device_status* status;                  ///< fault record
 };
 
-/// Dynamic shared memory of decode_partial_kernel, in bytes.
-inline std::size_t decode_shared_bytes(index_t group, index_t head_dim) {
-  const std::size_t floats = static_cast<std::size_t>(group * head_dim + 2 * decode_tile * (head_dim + 1) + group * decode_tile + 3 * group);
-  return floats * sizeof(float) + decode_tile * sizeof(index_t);
+/// Sums @p Count values over the @p Team lanes of each team and scatters the results: afterwards lane
+/// `l` of a team holds `per_lane` of the sums, those of indices `index_base(l) + i`. Each halving step
+/// sends half of the remaining values to the partner lane, so the whole reduction costs about
+/// Count shuffles instead of Count x log2(Team). With fewer values than lanes the last steps are plain
+/// butterfly sums, and `replicas` lanes hold the same index (only the primary one writes it).
+template <int Team, int Count>
+struct team_reduce_scatter {
+  static constexpr int levels = log2_exact(Team);                             ///< butterfly levels
+  static constexpr int halvings = levels < log2_exact(Count) ? levels : log2_exact(Count);  ///< levels that halve the values
+  static constexpr int per_lane = Count >> halvings;                           ///< sums a lane ends with
+  static constexpr int replicas = Team >> halvings;                            ///< lanes holding the same sums
+
+  /// Reduces @p values (on return only the first per_lane entries matter) over the team of @p lane.
+  __device__ static void run(float (&values)[Count], int lane) { step<Team / 2, Count>(values, lane); }
+
+  /// Index of the first sum lane @p lane holds.
+  KVCOMPACT_HOST_DEVICE static int index_base(int lane) {
+    int base = 0;
+    for (int level = 0; level < halvings; ++level)
+      if (lane & (Team >> (level + 1))) base += Count >> (level + 1);
+    return base;
+  }
+  /// Whether @p lane is the one of its replicas that writes its sums.
+  KVCOMPACT_HOST_DEVICE static bool primary(int lane) { return (lane & (replicas - 1)) == 0; }
+
+ private:
+  template <int Offset, int Remaining>
+  __device__ static void step(float (&values)[Count], int lane) {
+    if constexpr (Offset >= 1) {
+      if constexpr (Remaining > 1) {
+        const bool upper = (lane & Offset) != 0;
+KVCOMPACT_UNROLL
+        for (int i = 0; i < Remaining / 2; ++i) {
+          const float low = values[i], high = values[i + Remaining / 2];
+          values[i] = (upper ? high : low) + __shfl_xor_sync(0xffffffffu, upper ? low : high, Offset);
+        }
+        step<Offset / 2, Remaining / 2>(values, lane);
+      } else {
+        values[0] += __shfl_xor_sync(0xffffffffu, values[0], Offset);
+        step<Offset / 2, 1>(values, lane);
+      }
+    }
+  }
+};
+
+/// Entry @p index of a register array, with compile-time indexing only (no local-memory copy).
+template <int N>
+__device__ inline float pick(const float (&values)[N], int index) {
+  float out = values[0];
+KVCOMPACT_UNROLL
+  for (int i = 1; i < N; ++i) out = index == i ? values[i] : out;
+  return out;
 }
 
-/// One block per (split, KV head, sequence): attends the block's slot range with the G query heads
-/// of the KV head (online softmax), writes unnormalised partial outputs with their maximum and sum,
-/// the visible-key count and, when @p Score, every scaled logit.
-template <bool Score, class T, class Layout>
-KVCOMPACT_KERNEL void __launch_bounds__(decode_threads) decode_partial_kernel(decode_problem<T, Layout> p) {
-  KVCOMPACT_DYNAMIC_SHARED(float, shared);
-  const index_t s = blockIdx.z, h = blockIdx.y, split = blockIdx.x;
-  const index_t query_position = p.query_positions[s];
-  if (query_position < 0) return;
-  const Layout& layout = p.cache.layout;
-  const index_t capacity = layout.capacity(), kv_heads = layout.num_kv_heads();
-  const int dims = static_cast<int>(layout.head_dim()), group = static_cast<int>(p.query_heads / kv_heads);  // tile-local math in 32 bits
-  const index_t head = p.cache.head_index(s, p.storage_layer, h);
-  const index_t length = checked_length(p.cache.lengths[head], capacity, p.status, s, p.storage_layer, h);
-  const index_t chunk = ceil_div(ceil_div(length, p.splits), decode_tile) * decode_tile;
-  const index_t begin = split * chunk;
-  const index_t end = begin + chunk < length ? begin + chunk : length;
-
-  float* q = shared;                                   // [G][D]
-  float* k = q + group * dims;                         // [tile][D + 1]
-  float* v = k + decode_tile * (dims + 1);             // [tile][D + 1]
-  float* logit = v + decode_tile * (dims + 1);         // [G][tile]
-  float* running_max = logit + group * decode_tile;    // [G]
-  float* running_sum = running_max + group;            // [G]
-  float* correction = running_sum + group;             // [G]
-  auto* row_offset = reinterpret_cast<index_t*>(correction + group);  // [tile], -1 = not visible
-
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const index_t first_query = s * p.query_heads + h * group;
-  for (int i = tid; i < group * dims; i += blockDim.x) q[i] = to_float(p.queries[first_query * dims + i]);
-  for (int g = tid; g < group; g += blockDim.x) {
-    running_max[g] = -INFINITY;
-    running_sum[g] = 0.0f;
-  }
-  const int outputs = group * dims;
-  float acc[decode_max_outputs_per_thread];
+/// Writes the 16-byte chunk @p chunk of the row at element @p offset to @p destination element by
+/// element (layouts whose rows are not 16-byte copyable); dimensions past @p head_dim read as zero.
+template <class T>
+__device__ inline void copy_chunk_by_element(const T* data, index_t offset, int chunk, index_t dim_stride, int head_dim, void* destination) {
+  constexpr int vector = elements_per_chunk<T>;
+  T items[vector];
 KVCOMPACT_UNROLL
-  for (int o = 0; o < decode_max_outputs_per_thread; ++o) acc[o] = 0.0f;
-  int visible = 0;
-  const index_t stride = layout.dim_stride();
-  const int width = static_cast<int>(row_chunk<T>(stride, dims)), chunks_per_row = dims / width;
-  __syncthreads();
+  for (int e = 0; e < vector; ++e) {
+    const int d = chunk * vector + e;
+    items[e] = d < head_dim ? data[offset + d * dim_stride] : T{};
+  }
+  uint4 bits;
+  std::memcpy(&bits, items, 16);
+  *static_cast<uint4*>(destination) = bits;
+}
 
-  for (index_t tile = begin; tile < end; tile += decode_tile) {
-    const int n = static_cast<int>(end - tile < decode_tile ? end - tile : decode_tile);
-    if (tid < decode_tile) {
+/// Grid (splits x head chunks, KV heads, sequences), decode_threads threads, decode_shape's shared
+/// memory. Attends rows [begin, end) of the head (its split of the visible keys) with the block's
+/// chunk of the group, leaves the block's partial output, maximum and sum, and, in the last block of
+/// the head to finish, combines all splits: output, per-query-head maximum and sum, visible keys.
+template <class T, class Layout, int HeadDim, int Group>
+KVCOMPACT_KERNEL void __launch_bounds__(decode_threads, decode_design_blocks(Group, decode_target_arch))
+    decode_attention_kernel(const decode_problem<T, Layout> p) {
+  using shape = decode_shape<T, HeadDim, Group>;
+  using reducer = team_reduce_scatter<shape::team, shape::scores>;
+  constexpr int vector = shape::vector, tile = shape::tile, rows_per_team = shape::rows_per_team;
+  KVCOMPACT_DYNAMIC_SHARED(unsigned char, shared);
+  const index_t query_position = p.query_positions[blockIdx.z];
+  if (query_position < 0) return;
+  const int s = static_cast<int>(blockIdx.z), h = static_cast<int>(blockIdx.y);
+  const int chunk = static_cast<int>(blockIdx.x) % p.head_chunks, split = static_cast<int>(blockIdx.x) / p.head_chunks;
+  const Layout& layout = p.cache.layout;
+  const int capacity = static_cast<int>(layout.capacity()), kv_heads = static_cast<int>(layout.num_kv_heads());
+  const index_t head = p.cache.head_index(s, p.storage_layer, h);
+  const int length = static_cast<int>(checked_length(p.cache.lengths[head], capacity, p.status, s, p.storage_layer, h));
+  const int rows_per_split = (((length + p.splits - 1) / p.splits + tile - 1) / tile) * tile;
+  const int begin = split * rows_per_split < length ? split * rows_per_split : length;
+  const int end = begin + rows_per_split < length ? begin + rows_per_split : length;
+  const int tiles = (end - begin + tile - 1) / tile;
+  const int first_head = chunk * Group;  // of the group
+  const int heads_here = p.group - first_head < Group ? p.group - first_head : Group;
+  const index_t first_query = static_cast<index_t>(s) * p.query_heads + static_cast<index_t>(h) * p.group + first_head;
+
+  unsigned char* kv = shared;                                                    // [stage][K tile | V tile]
+  auto* row_offset = reinterpret_cast<index_t*>(shared + shape::kv_bytes);       // [describe slot][tile], -1: not read
+  float* team_scores = reinterpret_cast<float*>(row_offset + shape::describe_slots * tile);  // [team][scores]
+  float* team_probabilities = team_scores + shape::teams * shape::scores;       // [team][scores]
+  auto* visible_rows = reinterpret_cast<std::int32_t*>(team_probabilities + shape::teams * shape::scores);  // rows the block read
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int team = tid / shape::team, lane = tid % shape::team;
+  const int valid_chunks = (p.head_dim + vector - 1) / vector;
+
+  // Queries of the block's heads for this lane's dimensions, scaled into the log2 domain.
+  float q[Group][shape::dims_per_lane];
+KVCOMPACT_UNROLL
+  for (int g = 0; g < Group; ++g)
+KVCOMPACT_UNROLL
+    for (int c = 0; c < shape::chunks_per_lane; ++c)
+KVCOMPACT_UNROLL
+      for (int e = 0; e < vector; ++e) {
+        const int d = (c * shape::team + lane) * vector + e;
+        q[g][c * vector + e] =
+            g < heads_here && d < p.head_dim ? element_to_float(p.queries[(first_query + g) * p.head_dim + d]) * p.scale_log2 : 0.0f;
+      }
+  // Chunks past the head dimension are never copied: zero them once (queries are zero there too).
+  for (int i = tid; i < shape::stages * 2 * tile * shape::chunks; i += decode_threads)
+    if (i % shape::chunks >= valid_chunks) *reinterpret_cast<uint4*>(kv + i * 16) = uint4{0, 0, 0, 0};
+  if (tid == 0) *visible_rows = 0;
+
+  // Row descriptors (element offset of each row, -1 when not read) of tile t.
+  int visible = 0;
+  auto describe = [&](int t) {
+    if (tid < tile) {
+      const int slot = begin + t * tile + tid;
       index_t offset = -1;
-      if (tid < n) {
-        const index_t slot = tile + tid;
+      if (slot < end) {
         const index_t key_position = p.cache.positions[head * capacity + slot];
         if (::kvcompact::detail::attends(layout, p.model_layer, key_position, query_position))
           offset = checked_offset(layout, s, p.storage_layer, h, slot, p.status);
       }
-      row_offset[tid] = offset;
-      visible += offset >= 0;
+      row_offset[(t % shape::describe_slots) * tile + tid] = offset;
+      visible += offset >= 0 ? 1 : 0;
     }
-    __syncthreads();
-    for (int i = tid; i < n * chunks_per_row; i += blockDim.x) {
-      const int j = i / chunks_per_row, d = i % chunks_per_row * width;
-      load_row_chunk(p.cache.keys, row_offset[j], d, stride, width, k + j * (dims + 1) + d);
-      load_row_chunk(p.cache.values, row_offset[j], d, stride, width, v + j * (dims + 1) + d);
-    }
-    __syncthreads();
-    for (int i = tid; i < group * decode_tile; i += blockDim.x) {
-      const int g = i / decode_tile, j = i % decode_tile;
-      float value = -INFINITY;
-      if (j < n && row_offset[j] >= 0) {
-        float dot = 0.0f;
-        for (int d = 0; d < dims; ++d) dot += q[g * dims + d] * k[j * (dims + 1) + d];
-        value = dot * p.scale;
-      }
-      logit[i] = value;
-      if constexpr (Score)
-        if (j < n) p.logits[(first_query + g) * capacity + tile + j] = value;
-    }
-    __syncthreads();
-    for (int g = warp; g < group; g += blockDim.x / 32) {
-      const float x = logit[g * decode_tile + lane];
-      float tile_max = x;
-      for (int o = 16; o > 0; o /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
-      const float old_max = running_max[g];
-      const float new_max = fmaxf(old_max, tile_max);
-      const float e = x == -INFINITY ? 0.0f : expf(x - new_max);
-      float tile_sum = e;
-      for (int o = 16; o > 0; o /= 2) tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, o);
-      logit[g * decode_tile + lane] = e;
-      if (lane == 0) {
-        const float c = old_max == -INFINITY ? 0.0f : expf(old_max - new_max);
-        correction[g] = c;
-        running_sum[g] = running_sum[g] * c + tile_sum;
-        running_max[g] = new_max;
-      }
-    }
-    __syncthreads();
+  };
+  // Starts the copies of tile t into its stage; always commits one group (empty past the last tile).
+  // observe() needs no output, hence no values.
+  const index_t dim_stride = layout.dim_stride();
+  const bool reads_values = p.output != nullptr;
+  auto issue = [&](int t) {
+    if (t < tiles) {
+      unsigned char* k_tile = kv + (t % shape::stages) * shape::stage_bytes;
+      const index_t* offsets = row_offset + (t % shape::describe_slots) * tile;
 KVCOMPACT_UNROLL
-    for (int o = 0; o < decode_max_outputs_per_thread; ++o) {
-      const int out = tid + o * static_cast<int>(blockDim.x);
-      if (out >= outputs) break;
-      const int g = out / dims, d = out % dims;
-      float a = acc[o] * correction[g];
-      for (int j = 0; j < n; ++j) a += logit[g * decode_tile + j] * v[j * (dims + 1) + d];
-      acc[o] = a;
+      for (int i = 0; i < shape::copies_per_thread; ++i) {
+        const int index = tid + i * decode_threads;
+        const int row = index / shape::chunks, c = index % shape::chunks;
+        const index_t offset = offsets[row];
+        if (offset < 0 || c >= valid_chunks) continue;
+        unsigned char* k_to = k_tile + row * shape::row_bytes + c * 16;
+        unsigned char* v_to = k_to + tile * shape::row_bytes;
+        if (p.vector_rows && offset % vector == 0) {
+          cp_async_16(k_to, p.cache.keys + offset + c * vector);
+          if (reads_values) cp_async_16(v_to, p.cache.values + offset + c * vector);
+        } else {
+          copy_chunk_by_element(p.cache.keys, offset, c, dim_stride, p.head_dim, k_to);
+          if (reads_values) copy_chunk_by_element(p.cache.values, offset, c, dim_stride, p.head_dim, v_to);
+        }
+      }
     }
-    __syncthreads();
-  }
+    cp_async_commit();
+  };
 
-  const index_t partial = split;
-  const index_t splits = p.splits;
+  for (int t = 0; t < shape::stages - 1; ++t) describe(t);
+  __syncthreads();
+  for (int t = 0; t < shape::stages - 1; ++t) issue(t);
+  describe(shape::stages - 1);
+
+  float running_max[Group], running_sum[Group], out[Group][shape::dims_per_lane];
 KVCOMPACT_UNROLL
-  for (int o = 0; o < decode_max_outputs_per_thread; ++o) {
-    const int out = tid + o * static_cast<int>(blockDim.x);
-    if (out >= outputs) break;
-    const int g = out / dims, d = out % dims;
-    p.partial_out[((first_query + g) * splits + partial) * dims + d] = acc[o];
+  for (int g = 0; g < Group; ++g) {
+    running_max[g] = -INFINITY;
+    running_sum[g] = 0.0f;
+KVCOMPACT_UNROLL
+    for (int i = 0; i < shape::dims_per_lane; ++i) out[g][i] = 0.0f;
   }
-  for (int g = tid; g < group; g += blockDim.x) {
-    p.partial_max[(first_query + g) * splits + partial] = running_max[g];
-    p.partial_sum[(first_query + g) * splits + partial] = running_sum[g];
+  float* my_scores = team_scores + team * shape::scores;
+  float* my_probabilities = team_probabilities + team * shape::scores;
+  const int base = reducer::index_base(lane);
+  const bool primary = reducer::primary(lane);
+
+  for (int t = 0; t < tiles; ++t) {
+    cp_async_wait<shape::stages - 2>();  // this thread's copies of tile t have landed
+    __syncthreads();                     // everyone's have; the stage of tile t - 1 is free
+    issue(t + shape::stages - 1);
+    describe(t + shape::stages);
+    const unsigned char* k_tile = kv + (t % shape::stages) * shape::stage_bytes;
+    const unsigned char* v_tile = k_tile + tile * shape::row_bytes;
+    const index_t* offsets = row_offset + (t % shape::describe_slots) * tile;
+
+    // Logits of the team's rows for every head: per-lane partial dot products, then one
+    // reduce-scatter over the team.
+    float partial[shape::scores];
+KVCOMPACT_UNROLL
+    for (int i = 0; i < shape::scores; ++i) partial[i] = 0.0f;
+KVCOMPACT_UNROLL
+    for (int r = 0; r < rows_per_team; ++r) {
+      const int row = team * rows_per_team + r;
+KVCOMPACT_UNROLL
+      for (int c = 0; c < shape::chunks_per_lane; ++c) {
+        float k[vector];
+        unpack_chunk<T>(*reinterpret_cast<const uint4*>(k_tile + row * shape::row_bytes + (c * shape::team + lane) * 16), k);
+KVCOMPACT_UNROLL
+        for (int g = 0; g < Group; ++g)
+KVCOMPACT_UNROLL
+          for (int e = 0; e < vector; ++e) partial[g * rows_per_team + r] += q[g][c * vector + e] * k[e];
+      }
+    }
+    reducer::run(partial, lane);
+KVCOMPACT_UNROLL
+    for (int i = 0; i < reducer::per_lane; ++i) {
+      const int index = base + i, g = index / rows_per_team, row = team * rows_per_team + index % rows_per_team;
+      const bool read = offsets[row] >= 0;
+      const float score = read ? partial[i] : -INFINITY;
+      if (read && g < heads_here && !isfinite(score))  // NaN or Inf in the query or the key
+        report(p.status, device_fault::non_finite_attention, s, p.storage_layer, h, begin + t * tile + row);
+      if (primary) {
+        my_scores[index] = score;
+        const int slot = begin + t * tile + row;
+        if (p.logits != nullptr && g < heads_here && slot < end)
+          p.logits[((static_cast<index_t>(s) * kv_heads + h) * capacity + slot) * p.group + first_head + g] = score;
+      }
+    }
+    __syncwarp();
+    // Online softmax of the team: new maxima, then this lane's probabilities, shared through the team.
+    float new_max[Group], correction[Group];
+KVCOMPACT_UNROLL
+    for (int g = 0; g < Group; ++g) {
+      float tile_max = my_scores[g * rows_per_team];
+KVCOMPACT_UNROLL
+      for (int r = 1; r < rows_per_team; ++r) tile_max = fmaxf(tile_max, my_scores[g * rows_per_team + r]);
+      new_max[g] = fmaxf(running_max[g], tile_max);
+      correction[g] = running_max[g] == -INFINITY ? 0.0f : exp2f(running_max[g] - new_max[g]);
+    }
+KVCOMPACT_UNROLL
+    for (int i = 0; i < reducer::per_lane; ++i) {
+      const int index = base + i;
+      const float score = my_scores[index];
+      const float probability = score == -INFINITY ? 0.0f : exp2f(score - pick(new_max, index / rows_per_team));
+      if (primary) my_probabilities[index] = probability;
+    }
+    __syncwarp();
+KVCOMPACT_UNROLL
+    for (int g = 0; g < Group; ++g) {
+      running_max[g] = new_max[g];
+      running_sum[g] *= correction[g];
+KVCOMPACT_UNROLL
+      for (int r = 0; r < rows_per_team; ++r) running_sum[g] += my_probabilities[g * rows_per_team + r];  // 0 where not read
+KVCOMPACT_UNROLL
+      for (int i = 0; i < shape::dims_per_lane; ++i) out[g][i] *= correction[g];
+    }
+KVCOMPACT_UNROLL
+    for (int r = 0; r < rows_per_team; ++r) {
+      const int row = team * rows_per_team + r;
+      if (!reads_values || offsets[row] < 0) continue;  // the same for the whole team
+      float probability[Group];
+KVCOMPACT_UNROLL
+      for (int g = 0; g < Group; ++g) probability[g] = my_probabilities[g * rows_per_team + r];
+KVCOMPACT_UNROLL
+      for (int c = 0; c < shape::chunks_per_lane; ++c) {
+        float v[vector];
+        unpack_chunk<T>(*reinterpret_cast<const uint4*>(v_tile + row * shape::row_bytes + (c * shape::team + lane) * 16), v);
+KVCOMPACT_UNROLL
+        for (int g = 0; g < Group; ++g)
+KVCOMPACT_UNROLL
+          for (int e = 0; e < vector; ++e) out[g][c * vector + e] += probability[g] * v[e];
+      }
+    }
   }
+  cp_async_wait<0>();
+  allow_dependent_launch();
+  __syncthreads();  // the pipeline's memory is free
+
+  // Merge the teams' softmax states into the block's partial result.
+  auto* merge_out = reinterpret_cast<float*>(kv);                                 // [team][Group][HeadDim]
+  float* merge_stats = merge_out + shape::teams * Group * HeadDim;                // [team][Group][max, sum]
+KVCOMPACT_UNROLL
+  for (int g = 0; g < Group; ++g)
+KVCOMPACT_UNROLL
+    for (int c = 0; c < shape::chunks_per_lane; ++c)
+KVCOMPACT_UNROLL
+      for (int e = 0; e < vector; ++e)
+        merge_out[(team * Group + g) * HeadDim + (c * shape::team + lane) * vector + e] = out[g][c * vector + e];
+  if (lane == 0)
+KVCOMPACT_UNROLL
+    for (int g = 0; g < Group; ++g) {
+      merge_stats[(team * Group + g) * 2] = running_max[g];
+      merge_stats[(team * Group + g) * 2 + 1] = running_sum[g];
+    }
   for (int o = 16; o > 0; o /= 2) visible += __shfl_xor_sync(0xffffffffu, visible, o);
-  if (tid == 0) p.partial_count[(s * kv_heads + h) * splits + partial] = visible;  // tid < 32 hold all counts
-}
-
-/// Maximum and sum of a query head's softmax over all splits.
-__device__ inline void combine_statistics(const float* maxima, const float* sums, index_t splits, float& max_out, float& sum_out) {
-  float m = -INFINITY;
-  for (index_t i = 0; i < splits; ++i) m = fmaxf(m, maxima[i]);
-  float l = 0.0f;
-  if (m != -INFINITY)
-    for (index_t i = 0; i < splits; ++i)
-      if (maxima[i] != -INFINITY) l += sums[i] * expf(maxima[i] - m);
-  max_out = m;
-  sum_out = l;
-}
-
-/// One block per (KV head, sequence): combines the splits of the G query heads into the output
-/// (zero where a query saw no key, as in a reads-ahead layer's first token).
-template <class T, class Layout>
-KVCOMPACT_KERNEL void __launch_bounds__(decode_threads) decode_combine_kernel(decode_problem<T, Layout> p) {
-  const index_t s = blockIdx.y, h = blockIdx.x;
-  if (p.query_positions[s] < 0) return;
-  const index_t dims = p.cache.layout.head_dim(), kv_heads = p.cache.layout.num_kv_heads();
-  const index_t group = p.query_heads / kv_heads;
-  const index_t first_query = s * p.query_heads + h * group;
-  for (index_t out = threadIdx.x; out < group * dims; out += blockDim.x) {
-    const index_t g = out / dims, d = out % dims, query = first_query + g;
-    float m = 0.0f, l = 0.0f;
-    combine_statistics(p.partial_max + query * p.splits, p.partial_sum + query * p.splits, p.splits, m, l);
-    float value = 0.0f;
-    if (l > 0.0f) {
-      for (index_t i = 0; i < p.splits; ++i) {
-        const float mi = p.partial_max[query * p.splits + i];
-        if (mi != -INFINITY) value += p.partial_out[(query * p.splits + i) * dims + d] * expf(mi - m);
+  if (tid % 32 == 0) atomicAdd(visible_rows, visible);
+  __syncthreads();
+  for (int o = tid; o < heads_here * HeadDim; o += decode_threads) {
+    const int g = o / HeadDim, d = o % HeadDim;
+    float block_max = -INFINITY;
+    for (int m = 0; m < shape::teams; ++m) block_max = fmaxf(block_max, merge_stats[(m * Group + g) * 2]);
+    float value = 0.0f, sum = 0.0f;
+    if (block_max != -INFINITY)
+      for (int m = 0; m < shape::teams; ++m) {
+        const float team_max = merge_stats[(m * Group + g) * 2];
+        if (team_max == -INFINITY) continue;
+        const float weight = exp2f(team_max - block_max);
+        value += merge_out[(m * Group + g) * HeadDim + d] * weight;
+        sum += merge_stats[(m * Group + g) * 2 + 1] * weight;
       }
-      value /= l;
+    const index_t query = first_query + g;
+    if (d < p.head_dim) p.partial_out[(query * p.splits + split) * p.head_dim + d] = value;
+    if (d == 0) {
+      p.partial_max[query * p.splits + split] = block_max;
+      p.partial_sum[query * p.splits + split] = sum;
     }
-    p.output[query * dims + d] = from_float<T>(value);
   }
-}
+  if (chunk == 0 && tid == 0) p.partial_count[(static_cast<index_t>(s) * kv_heads + h) * p.splits + split] = *visible_rows;
+  if (!block_arrives_last(p.arrivals + static_cast<index_t>(s) * kv_heads + h, p.splits * p.head_chunks)) return;
 
-/// Grid (slot tiles, KV heads or 1 for shared scores, sequences): folds the current query's group-reduced term into each
-/// visible slot's state, exactly as the CPU backend's attend() does: per query head the probability
-/// `exp(logit - max) / sum`, the scorer's row term, then the scorer's group reduction (over all query
-/// heads when the scorer shares scores across KV heads).
-template <class Scorer, class T, class Layout>
-KVCOMPACT_KERNEL void __launch_bounds__(update_threads)
-    decode_update_kernel(decode_problem<T, Layout> p, Scorer scorer, typename Scorer::state_type* states) {
-  KVCOMPACT_DYNAMIC_SHARED(float, shared);
-  const index_t s = blockIdx.z, h = blockIdx.y;
-  const index_t query_position = p.query_positions[s];
-  if (query_position < 0) return;
-  const Layout& layout = p.cache.layout;
-  const index_t capacity = layout.capacity(), kv_heads = layout.num_kv_heads();
-  const index_t group = p.query_heads / kv_heads;
-  const bool shared_scores = Scorer::shares_across_kv_heads;
-  const index_t first = shared_scores ? 0 : h * group;
-  const index_t count = shared_scores ? p.query_heads : group;
-  float* maxima = shared;              // [count]
-  float* sums = maxima + count;        // [count]
-  auto* visible = reinterpret_cast<std::int32_t*>(sums + count);  // [kv heads]: visible keys of each head
-  for (index_t g = threadIdx.x; g < count; g += blockDim.x) {
-    const index_t query = s * p.query_heads + first + g;
-    combine_statistics(p.partial_max + query * p.splits, p.partial_sum + query * p.splits, p.splits, maxima[g], sums[g]);
+  // The last block of the head: combine every split of every query head of the group.
+  auto* weights = reinterpret_cast<float*>(kv);  // [g][split]: exp2(max - head max) / head sum
+  const int warp = tid / 32, warp_lane = tid % 32;
+  for (int g = warp; g < p.group; g += decode_threads / 32) {
+    const index_t query = static_cast<index_t>(s) * p.query_heads + static_cast<index_t>(h) * p.group + g;
+    float head_max = -INFINITY;
+    for (int i = warp_lane; i < p.splits; i += 32) head_max = fmaxf(head_max, p.partial_max[query * p.splits + i]);
+    for (int o = 16; o > 0; o /= 2) head_max = fmaxf(head_max, __shfl_xor_sync(0xffffffffu, head_max, o));
+    float head_sum = 0.0f;
+    for (int i = warp_lane; i < p.splits; i += 32) {
+      const float m = p.partial_max[query * p.splits + i];
+      if (m != -INFINITY) head_sum += p.partial_sum[query * p.splits + i] * exp2f(m - head_max);
+    }
+    for (int o = 16; o > 0; o /= 2) head_sum += __shfl_xor_sync(0xffffffffu, head_sum, o);
+    for (int i = warp_lane; i < p.splits; i += 32) {
+      const float m = p.partial_max[query * p.splits + i];
+      weights[g * p.splits + i] = m == -INFINITY || head_sum == 0.0f ? 0.0f : exp2f(m - head_max) / head_sum;
+    }
+    if (warp_lane == 0) {
+      p.head_max[query] = head_max;
+      p.head_sum[query] = head_sum;
+    }
   }
-  for (index_t kh = threadIdx.x; kh < kv_heads; kh += blockDim.x) {
-    std::int32_t n = 0;
-    for (index_t i = 0; i < p.splits; ++i) n += p.partial_count[(s * kv_heads + kh) * p.splits + i];
-    visible[kh] = n;
+  if (tid == 0) {
+    std::int32_t count = 0;
+    for (int i = 0; i < p.splits; ++i) count += p.partial_count[(static_cast<index_t>(s) * kv_heads + h) * p.splits + i];
+    p.head_visible[static_cast<index_t>(s) * kv_heads + h] = count;
   }
   __syncthreads();
-  const index_t j = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= capacity) return;
-  auto updates = [&](index_t kv_head) {  // the slot holds a token the current query sees
-    const index_t head = p.cache.head_index(s, p.storage_layer, kv_head);
-    return j < p.cache.lengths[head] &&
-           ::kvcompact::detail::attends(layout, p.model_layer, p.cache.positions[head * capacity + j], query_position);
-  };
-  // A shared score is the same for every KV head: computed once (grid y = 1), folded into all heads.
-  const index_t first_head = shared_scores ? 0 : h, last_head = shared_scores ? kv_heads : h + 1;
-  bool any = false;
-  for (index_t kh = first_head; kh < last_head; ++kh) any = any || updates(kh);
-  if (!any) return;
-  float acc = ::kvcompact::detail::reduction_identity(scorer.group);
-  for (index_t g = 0; g < count; ++g) {
-    const index_t query_head = first + g, other = query_head / group;
-    const index_t other_head = p.cache.head_index(s, p.storage_layer, other);
-    float term = 0.0f;
-    if (j < p.cache.lengths[other_head] &&
-        ::kvcompact::detail::attends(layout, p.model_layer, p.cache.positions[other_head * capacity + j], query_position)) {
-      const float probability = expf(p.logits[(s * p.query_heads + query_head) * capacity + j] - maxima[g]) / sums[g];
-      term = scorer.row_term(probability, visible[other], query_position);
+  for (int o = tid; o < p.group * p.head_dim; o += decode_threads) {
+    const int g = o / p.head_dim, d = o % p.head_dim;
+    const index_t query = static_cast<index_t>(s) * p.query_heads + static_cast<index_t>(h) * p.group + g;
+    float value = 0.0f;
+    for (int i = 0; i < p.splits; ++i) {
+      const float w = weights[g * p.splits + i];
+      if (w != 0.0f) value += w * p.partial_out[(query * p.splits + i) * p.head_dim + d];
     }
-    acc = ::kvcompact::detail::reduction_combine(scorer.group, acc, term);
+    if (!isfinite(value)) report(p.status, device_fault::non_finite_attention, s, p.storage_layer, h, -1);
+    if (p.output != nullptr) p.output[query * p.head_dim + d] = from_float<T>(value);
   }
-  const float term = ::kvcompact::detail::reduction_finish(scorer.group, acc, static_cast<int>(count));
-  for (index_t kh = first_head; kh < last_head; ++kh)
-    if (updates(kh)) scorer.observe(states[p.cache.head_index(s, p.storage_layer, kh) * capacity + j], term, query_position);
+}
+
+/// One compiled variant of decode_attention_kernel and what launching it takes.
+template <class T, class Layout>
+struct decode_kernel {
+  void (*kernel)(decode_problem<T, Layout>);  ///< the kernel
+  std::size_t shared_bytes;                   ///< its dynamic shared memory
+  int tile;                                   ///< rows per pipeline stage
+  int group;                                  ///< query heads per block (the group bucket)
+  int pipeline_bytes;                         ///< shared memory reusable for the split combine
+};
+
+/// The variant of head-dimension bucket @p HeadDim and group bucket @p Group.
+template <class T, class Layout, int HeadDim, int Group>
+decode_kernel<T, Layout> decode_kernel_variant() {
+  using shape = decode_shape<T, HeadDim, Group>;
+  return {&decode_attention_kernel<T, Layout, HeadDim, Group>, static_cast<std::size_t>(shape::shared_bytes), shape::tile, Group, shape::kv_bytes};
+}
+
+/// The variant for @p group query heads per KV head (1, 2, 4 and 8 compiled; 3 runs as 4, 5 to 7
+/// as 8, larger groups as chunks of 8).
+template <class T, class Layout, int HeadDim>
+decode_kernel<T, Layout> decode_kernel_for_group(int group) {
+  if (group == 1) return decode_kernel_variant<T, Layout, HeadDim, 1>();
+  if (group == 2) return decode_kernel_variant<T, Layout, HeadDim, 2>();
+  if (group <= 4) return decode_kernel_variant<T, Layout, HeadDim, 4>();
+  return decode_kernel_variant<T, Layout, HeadDim, decode_max_group>();
+}
+
+/// Largest head dimension the decode kernel compiles.
+inline constexpr int decode_max_head_dim = 256;
+
+/// The decode attention kernel for @p head_dim (at most decode_max_head_dim: 64, 128 and 256
+/// compiled, others run zero-padded to the next) and @p group query heads per KV head.
+template <class T, class Layout>
+decode_kernel<T, Layout> decode_kernel_for(int head_dim, int group) {
+  if (head_dim <= 64) return decode_kernel_for_group<T, Layout, 64>(group);
+  if (head_dim <= 128) return decode_kernel_for_group<T, Layout, 128>(group);
+  return decode_kernel_for_group<T, Layout, decode_max_head_dim>(group);
 }
 
 }  // namespace cuda::detail

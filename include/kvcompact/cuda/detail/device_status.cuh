@@ -21,6 +21,7 @@ enum class device_fault : std::int32_t {
   page_out_of_range = 2,  ///< a slot's page-table entry is outside the page pool
   head_full = 3,          ///< a head is at capacity and the policy evicted nothing
   bad_length = 4,         ///< a length is outside [0, capacity]
+  non_finite_attention = 5,  ///< NaN or Inf in a decode query, key or value reached the attention
 };
 
 /// The first fault recorded since the last check (later ones are dropped).
@@ -80,6 +81,10 @@ inline void raise(const device_status& status, const char* where) {
       throw error(where, "cache.lengths", "length " + std::to_string(status.slot) + " is outside [0, capacity] (sequence " +
                                               std::to_string(status.sequence) + ", layer " + std::to_string(status.layer) + ", head " +
                                               std::to_string(status.head) + ")");
+    case device_fault::non_finite_attention:
+      throw error(where, "queries", "NaN or Inf in the query or a key (slot " + std::to_string(status.slot) +
+                                        ", -1: in a value) reached the decode attention (sequence " + std::to_string(status.sequence) +
+                                        ", layer " + std::to_string(status.layer) + ", KV head " + std::to_string(status.head) + ")");
   }
   throw error(where, "status", "unknown device fault code " + std::to_string(status.fault));
 }

@@ -3,6 +3,7 @@
 /// @brief Where each array of the CUDA backend lives inside the caller's state and workspace.
 #pragma once
 
+#include <kvcompact/cuda/detail/decode_update_kernel.cuh>
 #include <kvcompact/types.hpp>
 
 #include <cstddef>
@@ -37,6 +38,10 @@ struct workspace_plan {
   std::size_t partial_max = 0;         ///< float [S][Hq][splits]
   std::size_t partial_sum = 0;         ///< float [S][Hq][splits]
   std::size_t partial_count = 0;       ///< int32 [S][Hkv][splits]
+  std::size_t head_max = 0;            ///< float [S][Hq]: softmax maximum of each query head
+  std::size_t head_sum = 0;            ///< float [S][Hq]: softmax sum of each query head
+  std::size_t head_visible = 0;        ///< int32 [S][Hkv]: keys each query of a head attended
+  std::size_t tile_victims = 0;        ///< victim_pair [S][Hkv][update tiles]: eviction candidates of each state-pass block
   std::size_t decode_order_ready = 0;  ///< uint8 [S][Hkv][Hkv]: one private array per (sequence, head) block
   std::size_t total = 0;               ///< bytes in all
 
@@ -69,6 +74,10 @@ struct workspace_plan {
     take(p.partial_max, sequences * query_heads * max_decode_splits, 4);
     take(p.partial_sum, sequences * query_heads * max_decode_splits, 4);
     take(p.partial_count, sequences * kv_heads * max_decode_splits, 4);
+    take(p.head_max, sequences * query_heads, 4);
+    take(p.head_sum, sequences * query_heads, 4);
+    take(p.head_visible, sequences * kv_heads, 4);
+    take(p.tile_victims, sequences * kv_heads * ((capacity + update_tile - 1) / update_tile), sizeof(victim_pair));
     take(p.decode_order_ready, sequences * kv_heads * kv_heads, 1);
     p.total = at;
     return p;
