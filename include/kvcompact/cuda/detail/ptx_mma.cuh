@@ -82,22 +82,22 @@ KVCOMPACT_HOST_DEVICE inline float slice_dot(std::uint32_t a, std::uint32_t b, f
 /// and (2t + 1, 0..3).
 template <class T>
 __device__ inline void software_mma(mma_c& c, const mma_a& a, const mma_b& b) {
-  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  const int lane = static_cast<int>(threadIdx.x % 32), t = lane % 4;
   KVCOMPACT_UNROLL
   for (int from = 0; from < 4; ++from) {  // the k slice of lanes with threadID_in_group == from
     const int a_mask = t ^ from;          // lane (g, from)
-    std::uint32_t row_lo[2], row_hi[2];   // rows g, g + 8: first and second register of the slice
-    row_lo[0] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[0]), a_mask));
-    row_lo[1] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[1]), a_mask));
-    row_hi[0] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[2]), a_mask));
-    row_hi[1] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[3]), a_mask));
+    std::uint32_t first[2], second[2];    // [row g, row g + 8]: first and second register of the slice
+    first[0] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[0]), a_mask));
+    first[1] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[1]), a_mask));
+    second[0] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[2]), a_mask));
+    second[1] = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(a.r[3]), a_mask));
     KVCOMPACT_UNROLL
     for (int col = 0; col < 2; ++col) {
       const int b_mask = lane ^ ((2 * t + col) * 4 + from);  // lane (2t + col, from)
       const std::uint32_t b0 = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(b.r[0]), b_mask));
       const std::uint32_t b1 = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(b.r[1]), b_mask));
-      c.r[col] = slice_dot<T>(row_hi[0], b1, slice_dot<T>(row_lo[0], b0, c.r[col]));
-      c.r[2 + col] = slice_dot<T>(row_hi[1], b1, slice_dot<T>(row_lo[1], b0, c.r[2 + col]));
+      c.r[col] = slice_dot<T>(second[0], b1, slice_dot<T>(first[0], b0, c.r[col]));
+      c.r[2 + col] = slice_dot<T>(second[1], b1, slice_dot<T>(first[1], b0, c.r[2 + col]));
     }
   }
 }
