@@ -21,12 +21,10 @@
 namespace kc = kvcompact;
 namespace kd = kvcompact::cuda::detail;
 
-namespace {
-
 /// Reads the 16-bit elements (or tf32 words) of A [16][K] and B [K][8] (row-major bit patterns) into
 /// each lane's fragments as the PTX ISA lays them out, runs both products, writes C [16][8] twice.
 template <class T>
-KVCOMPACT_KERNEL void mma_kernel(const std::uint32_t* a, const std::uint32_t* b, float* tensor, float* software) {
+__global__ void mma_kernel(const std::uint32_t* a, const std::uint32_t* b, float* tensor, float* software) {
   constexpr bool tf32 = std::is_same_v<T, float>;
   constexpr int k = tf32 ? 8 : 16;
   const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
@@ -54,6 +52,8 @@ KVCOMPACT_KERNEL void mma_kernel(const std::uint32_t* a, const std::uint32_t* b,
     software[at] = c2.r[i];
   }
 }
+
+namespace {
 
 template <class T>
 std::uint32_t bits_of(float x) {
