@@ -491,5 +491,5 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
     for (int n = 0; n < 16; ++n) (layout == mem_row_major ? p[m * ldm + n] : p[n * ldm + m]) = f.x[m * 16 + n];
 }
 }  // namespace nvcuda::wmma
-
-#include "cuda_emulator_decode.hpp"  // instructions of the decode kernels (owned by the decode kernels)
+#include "support/cuda_emulator_mma.hpp"  // NOLINT: mma.sync emulation (prefill-score)
+#include "support/cuda_emulator_decode.hpp"  // NOLINT: cp.async, fences, programmatic launch, cvt (decode)
