@@ -5,7 +5,8 @@
 # decode_update_kernel and append_kernel (H2O, BHSD bf16) with nvcc -Xptxas -v for each architecture,
 # and prints per kernel: registers, spill stores/loads, stack frame, shared memory (static + the
 # kernel's dynamic size), the design occupancy of its __launch_bounds__ and the occupancy its
-# registers and shared memory allow. Exits 1 when a kernel spills or allows less than its design.
+# registers and shared memory allow, and counts 16-byte cp.async copies, ld.shared.v4 and local-memory
+# accesses in the PTX. Exits 1 when a kernel spills, allows less than its design or touches local memory.
 #
 #   bash bench/decode_ptxas.sh [arch ...]     (default: 90 80)
 set -euo pipefail
@@ -26,7 +27,8 @@ void list(const char* type, const char* layout) {
     for (int group : {1, 2, 4, 8}) {  // the compiled buckets
       const auto k = decode_kernel_for<T, Layout>(head_dim, group);
       std::printf("decode_attention_kernel<%s,%s,%d,%d> %zu %d %d\n", type, layout, head_dim, k.group, k.shared_bytes,
-                  decode_design_blocks(k.group, 90), decode_design_blocks(k.group, 80));
+                  decode_design_blocks(k.group, static_cast<int>(k.shared_bytes), 90),
+                  decode_design_blocks(k.group, static_cast<int>(k.shared_bytes), 80));
     }
 }
 int main() {
@@ -39,7 +41,7 @@ int main() {
   (void)update;
   (void)append;
   std::printf("decode_update_kernel<h2o,bfloat16_t,strided> %zu 4 4\n", update_shared_bytes(4, 8));
-  std::printf("append_kernel<h2o,bfloat16_t,strided> 0 1 1\n");
+  std::printf("append_kernel<h2o,bfloat16_t,strided> 0 2 2\n");
 }
 EOF
 status=0
@@ -47,10 +49,11 @@ for arch in "${archs[@]}"; do
   nvcc -std=c++20 -O3 -arch="sm_$arch" -Xptxas -v -I"$root/include" "$work/variants.cu" -o "$work/variants_$arch" > "$work/ptxas_$arch.txt" 2>&1 ||
     { cat "$work/ptxas_$arch.txt"; exit 1; }
   "$work/variants_$arch" > "$work/shared_$arch.txt"
+  if grep -i "warning" "$work/ptxas_$arch.txt"; then status=1; fi  # the library's builds pass --warning-as-error to ptxas
   python3 - "$arch" "$work/ptxas_$arch.txt" "$work/shared_$arch.txt" <<'EOF' || status=1
 import re, subprocess, sys
 arch, ptxas, shared = sys.argv[1], sys.argv[2], sys.argv[3]
-smem_per_sm = {90: 228 * 1024, 80: 164 * 1024}.get(int(arch), 100 * 1024)
+smem_per_sm = 228 * 1024 if int(arch) >= 90 else 164 * 1024 if int(arch) in (80, 87) else 100 * 1024
 dynamic = {}
 for line in open(shared):
     name, size, design90, design80 = line.split()
@@ -94,5 +97,13 @@ for r in rows:
     print(f"| {r['name']} | {r['regs']} | {r['spill_st']}/{r['spill_ld']} | {r['stack']} | {r['smem']} + {dyn} | {design} | {by_regs} | {by_smem}{'' if ok else ' **below design**'} |")
 sys.exit(1 if bad else 0)
 EOF
+  # The PTX of the same kernels: 16-byte asynchronous copies and shared loads, no local memory.
+  nvcc -std=c++20 -O3 -arch="sm_$arch" -I"$root/include" -ptx "$work/variants.cu" -o "$work/variants_$arch.ptx"
+  copies=$(grep -c "cp.async.cg.shared.global.L2::128B.*16;" "$work/variants_$arch.ptx" || true)
+  vector_loads=$(grep -c "ld.shared.v4" "$work/variants_$arch.ptx" || true)
+  local_accesses=$(grep -cE "(ld|st)\.local" "$work/variants_$arch.ptx" || true)
+  echo
+  echo "sm_$arch PTX: $copies cp.async 16-byte copies, $vector_loads ld.shared.v4, $local_accesses local-memory accesses"
+  [ "$local_accesses" -eq 0 ] && [ "$copies" -gt 0 ] || status=1
 done
 exit $status

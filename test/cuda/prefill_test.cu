@@ -14,6 +14,7 @@
 #include <kvcompact/cuda.cuh>
 
 #include "support/backend_comparison.hpp"
+#include "support/device_layouts.hpp"
 
 #include <cmath>
 #include <string>
@@ -21,22 +22,6 @@
 
 namespace kc = kvcompact;
 using kc::index_t;
-
-/// A user layout outside namespace kvcompact, usable in device code: memory order
-/// [kv_head][layer][sequence][slot][dim] with three padding elements after every slot.
-struct head_major_padded {
-  index_t sequences, layers, kv_heads, slots, dims;
-  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
-  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
-  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
-  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
-  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
-  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return 1; }
-  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
-    return (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 3);
-  }
-};
-static_assert(kc::kv_layout<head_major_padded>);
 
 namespace {
 

@@ -35,11 +35,21 @@ inline constexpr int decode_threads = 128;
 /// Most query heads one block serves (larger groups are split into chunks of this many).
 inline constexpr int decode_max_group = 8;
 
+/// Shared memory of one multiprocessor of compute capability @p arch (x 10), in bytes.
+KVCOMPACT_HOST_DEVICE constexpr int shared_bytes_per_multiprocessor(int arch) {
+  return (arch >= 90 ? 228 : arch == 80 || arch == 87 ? 164 : 100) * 1024;
+}
+
 /// Design occupancy of decode_attention_kernel, in blocks per multiprocessor, for @p group query
-/// heads per block on compute capability @p arch (x 10): three blocks of up to four heads (at most 168
-/// registers per thread) share the 228 KiB of a Hopper multiprocessor, two of eight heads; an A100's
-/// 164 KiB hold two.
-KVCOMPACT_HOST_DEVICE constexpr int decode_design_blocks(int group, int arch) { return arch >= 90 && group <= 4 ? 3 : 2; }
+/// heads per block and @p shared_bytes of shared memory per block on compute capability @p arch
+/// (x 10): registers allow three blocks of up to four heads (at most 168 registers per thread) and
+/// two of eight; shared memory (1 KiB reserved per block) may allow fewer (two on an A100, one or
+/// two for fp32 rows of 256).
+KVCOMPACT_HOST_DEVICE constexpr int decode_design_blocks(int group, int shared_bytes, int arch) {
+  const int by_registers = group <= 4 ? 3 : 2;
+  const int by_shared = shared_bytes_per_multiprocessor(arch) / (shared_bytes + 1024);
+  return by_shared < 1 ? 1 : (by_shared < by_registers ? by_shared : by_registers);
+}
 
 #if defined(__CUDA_ARCH__)
 /// The architecture being compiled (x 10), for the design occupancy.
@@ -184,7 +194,7 @@ KVCOMPACT_UNROLL
 /// chunk of the group, leaves the block's partial output, maximum and sum, and, in the last block of
 /// the head to finish, combines all splits: output, per-query-head maximum and sum, visible keys.
 template <class T, class Layout, int HeadDim, int Group>
-KVCOMPACT_KERNEL void __launch_bounds__(decode_threads, decode_design_blocks(Group, decode_target_arch))
+KVCOMPACT_KERNEL void __launch_bounds__(decode_threads, decode_design_blocks(Group, decode_shape<T, HeadDim, Group>::shared_bytes, decode_target_arch))
     decode_attention_kernel(const decode_problem<T, Layout> p) {
   using shape = decode_shape<T, HeadDim, Group>;
   using reducer = team_reduce_scatter<shape::team, shape::scores>;

@@ -92,14 +92,14 @@ KVCOMPACT_UNROLL
         const int slot = tile * update_tile + tid + k * update_threads;
         if (slot >= capacity) break;
         float acc = ::kvcompact::detail::reduction_identity(scorer.group);
-        for (int i = 0; i < reduced; ++i) {
-          const int query_head = first_query + i, kh = query_head / p.group;
-          float row_term = 0.0f;
-          if (attended(kh, slot)) {
-            const float logit = p.logits[((static_cast<index_t>(s) * kv_heads + kh) * capacity + slot) * p.group + query_head % p.group];
-            row_term = scorer.row_term(exp2f(logit - maxima[i]) / sums[i], visible[kh], query_position);
+        for (int kh = first_kv; kh < last_kv; ++kh) {  // the KV heads of the reduced query heads
+          const bool seen = attended(kh, slot);
+          const float* logits = p.logits + ((static_cast<index_t>(s) * kv_heads + kh) * capacity + slot) * p.group;
+          for (int g = 0; g < p.group; ++g) {
+            const int i = (kh - first_kv) * p.group + g;
+            const float row_term = seen ? scorer.row_term(exp2f(logits[g] - maxima[i]) / sums[i], visible[kh], query_position) : 0.0f;
+            acc = ::kvcompact::detail::reduction_combine(scorer.group, acc, row_term);
           }
-          acc = ::kvcompact::detail::reduction_combine(scorer.group, acc, row_term);
         }
         term[k] = ::kvcompact::detail::reduction_finish(scorer.group, acc, reduced);
       }
