@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief SIMD building blocks of the CPU backend: row loads from fp32/fp16/bf16 storage, dot
+/// products, scaled row sums, exp, and the register-blocked tile of the window products.
+///
+/// Written as fixed-width lane loops (arrays of `simd_lanes` independent accumulators, summed in a fixed
+/// order at the end) that GCC and Clang vectorise at -O2/-O3 for whatever vector width the consumer
+/// compiles for (-march), with no intrinsics and no pragma: the same source runs on SSE, AVX2, AVX-512
+/// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
+/// fixed association). docs/cpu_backend.md explains the choice.
+#pragma once
+
+#include <kvcompact/numeric.hpp>
+#include <kvcompact/types.hpp>
+
+#include <bit>
+#include <cstdint>
+#include <type_traits>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace detail {
+
+/// Independent partial sums per reduction: one 512-bit vector of floats, two 256-bit ones.
+inline constexpr int simd_lanes = 16;
+/// Dimensions one row load converts at a time (the stack buffer of a converted row chunk).
+inline constexpr index_t row_chunk = 128;
+
+/// e^x for x <= 88 (Cody-Waite range reduction, Cephes' degree-6 polynomial; about 1 ulp), 0 below
+/// -87.3 (where float's e^x underflows). Branch-free, so loops calling it vectorise.
+inline float exp_approx(float x) {
+  constexpr float low = -87.33654f, high = 88.0f;
+  const float clamped = x < low ? low : (x > high ? high : x);
+  const float scaled = clamped * 1.44269504088896341f;
+  const auto rounded = static_cast<std::int32_t>(scaled + (scaled < 0.0f ? -0.5f : 0.5f));  // nearest integer (also under -ffast-math)
+  const float n = static_cast<float>(rounded);
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const float power = std::bit_cast<float>(static_cast<std::uint32_t>(rounded + 127) << 23);
+  return x < low ? 0.0f : y * power;
+}
+
+/// Sum of the simd_lanes of an accumulator array, in one fixed (pairwise) order.
+inline float sum_lanes(const float (&acc)[simd_lanes]) {
+  float half[simd_lanes / 2];
+  for (int l = 0; l < simd_lanes / 2; ++l) half[l] = acc[l] + acc[l + simd_lanes / 2];
+  float quarter[simd_lanes / 4];
+  for (int l = 0; l < simd_lanes / 4; ++l) quarter[l] = half[l] + half[l + simd_lanes / 4];
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+/// Elements [first, first + count) of a stored row (element stride @p stride) as fp32: a pointer
+/// into the row itself when it already is contiguous fp32, otherwise converted into @p buffer
+/// (at least @p count floats).
+template <class T>
+const float* load_row(const T* row, index_t stride, index_t first, index_t count, float* buffer) {
+  if constexpr (std::is_same_v<T, float>)
+    if (stride == 1) return row + first;
+  if (stride == 1)
+    for (index_t i = 0; i < count; ++i) buffer[i] = to_float(row[first + i]);
+  else
+    for (index_t i = 0; i < count; ++i) buffer[i] = to_float(row[(first + i) * stride]);
+  return buffer;
+}
+
+/// `out[r] += dot(queries[r], key)` over @p count dimensions for ROWS query rows, reading the key
+/// chunk once (the GQA group's query heads served from one load). @p acc holds the lane sums
+/// between chunks; sum_lanes() finishes them.
+template <int ROWS>
+void dot_rows(const float* const* queries, const float* key, index_t count, float (&acc)[ROWS][simd_lanes]) {
+  index_t d = 0;
+  for (; d + simd_lanes <= count; d += simd_lanes)
+    for (int r = 0; r < ROWS; ++r)
+      for (int l = 0; l < simd_lanes; ++l) acc[r][l] += queries[r][d + l] * key[d + l];
+  for (int r = 0; r < ROWS; ++r)
+    for (index_t t = d; t < count; ++t) acc[r][t - d] += queries[r][t] * key[t];
+}
+
+/// `y[i] += a * x[i]` for i < @p count.
+inline void add_scaled(float* y, float a, const float* x, index_t count) {
+  for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
+}
+
+/// Rows of one window-product tile: query rows, kept in one vector dimension.
+inline constexpr int tile_rows = 32;
+/// Keys of one window-product tile.
+inline constexpr int tile_keys = 8;
+
+/// One register-blocked tile of a window product: `acc[k][r] += sum_d keys[k][d] * packed[d][r]` for
+/// tile_keys keys and tile_rows query rows over @p count dimensions. `packed` holds the queries
+/// transposed (`packed[d * tile_rows + r]`), so each key element is broadcast against a vector of rows.
+inline void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][tile_rows]) {
+  for (index_t d = 0; d < count; ++d) {
+    const float* q = packed + d * tile_rows;
+    for (int k = 0; k < tile_keys; ++k) {
+      const float x = keys[k][d];
+      for (int r = 0; r < tile_rows; ++r) acc[k][r] += x * q[r];
+    }
+  }
+}
+
+}  // namespace detail
+
+KVCOMPACT_NAMESPACE_END
