@@ -274,15 +274,15 @@ class session {
   }
 
   // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
-  // logits[j * stride + row] (times the scale). Rows come packed per tile of tile_rows (packed_), keys
-  // through load_row: each key row is read once per tile of rows.
-  void window_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, index_t rows, float* logits,
-                     index_t stride) const {
-    const index_t dims = head_dim(), tiles = (rows + detail::tile_rows - 1) / detail::tile_rows;
+  // logits[row * capacity + j] (times the scale). The rows come packed in tiles of `width` (8, 16 or
+  // 32) rows (packed_), the keys through load_row: each key row is read once per tile of rows.
+  template <int width>
+  void window_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, index_t rows, float* logits) const {
+    const index_t dims = head_dim(), tiles = (rows + width - 1) / width;
     float buffer[detail::tile_keys][detail::row_chunk];
     for (index_t j = first; j < end; j += detail::tile_keys)
       for (index_t t = 0; t < tiles; ++t) {
-        float acc[detail::tile_keys][detail::tile_rows] = {};
+        float acc[detail::tile_keys][width] = {};
         for (index_t d = 0; d < dims; d += detail::row_chunk) {
           const index_t count = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
           const float* keys[detail::tile_keys];
@@ -290,42 +290,25 @@ class session {
             const index_t slot = j + k < end ? j + k : end - 1;
             keys[k] = detail::load_row(cache_.keys + cache_.layout.offset(sequence, layer, h, slot), cache_.layout.dim_stride(), d, count, buffer[k]);
           }
-          detail::tile_product(packed_ + (t * dims + d) * detail::tile_rows, keys, count, acc);
+          detail::tile_product<width>(packed_ + (t * dims + d) * width, keys, count, acc);
         }
-        const index_t width = rows - t * detail::tile_rows < detail::tile_rows ? rows - t * detail::tile_rows : detail::tile_rows;
-        for (index_t k = 0; k < detail::tile_keys && j + k < end; ++k)
-          for (index_t r = 0; r < width; ++r) logits[(j + k) * stride + t * detail::tile_rows + r] = acc[k][r] * scale_;
+        const index_t used = rows - t * width < width ? rows - t * width : width;
+        for (index_t r = 0; r < used; ++r)
+          for (index_t k = 0; k < detail::tile_keys && j + k < end; ++k) logits[(t * width + r) * capacity() + j + k] = acc[k][r] * scale_;
       }
   }
 
-  // Softmax of one block of `rows` logit rows (logits[j * stride + row], slots [first, end)): masks
-  // the slots a row does not see, replaces each logit by exp(logit - block max) (0 when masked) and
-  // records the block's max, sum and visible count per row at stats index `at`.
+  // Softmax of the slots [first, end) of `rows` logit rows (logits[row * capacity + j]): masks the
+  // slots a row does not see, replaces each logit by exp(logit - block max) (0 when masked) and
+  // records the block's max, sum and visible count per row at stats index `at` + row.
   template <class Visible>
-  void block_softmax(float* logits, index_t stride, index_t rows, index_t first, index_t end, const Visible& visible, index_t at) const {
-    float* maxima = block_max_ + at;
-    float* sums = block_sum_ + at;
-    std::int32_t* counts = block_count_ + at;
+  void block_softmax(float* logits, index_t rows, index_t first, index_t end, const Visible& visible, index_t at) const {
     for (index_t r = 0; r < rows; ++r) {
-      maxima[r] = -INFINITY;
-      sums[r] = 0.0f;
-      counts[r] = 0;
-    }
-    for (index_t j = first; j < end; ++j) {
-      float* row = logits + j * stride;
-      for (index_t r = 0; r < rows; ++r) {
-        const bool seen = visible(j, r);
-        row[r] = seen ? row[r] : -INFINITY;
-        maxima[r] = row[r] > maxima[r] ? row[r] : maxima[r];
-        counts[r] += seen ? 1 : 0;
-      }
-    }
-    for (index_t j = first; j < end; ++j) {
-      float* row = logits + j * stride;
-      for (index_t r = 0; r < rows; ++r) {
-        row[r] = row[r] == -INFINITY ? 0.0f : detail::exp_approx(row[r] - maxima[r]);
-        sums[r] += row[r];
-      }
+      const detail::segment_softmax block =
+          detail::softmax_segment(logits + r * capacity() + first, end - first, [&](index_t i) { return visible(first + i, r); });
+      block_max_[at + r] = block.maximum;
+      block_sum_[at + r] = block.sum;
+      block_count_[at + r] = block.visible;
     }
   }
 
@@ -362,30 +345,36 @@ class session {
       for (index_t g = 0; g < group_size; ++g)
         for (index_t j = 0; j < length; ++j) scores[g * capacity() + j] = detail::reduction_identity(scorer.rows);
       for (index_t first_row = 0; first_row < window.rows; first_row += strip_rows) {
+        // Row r of the strip: window row first_row + r / G of query head h * G + r % G.
         const index_t rows = (window.rows - first_row < strip_rows ? window.rows - first_row : strip_rows) * group_size;
-        const index_t tiles = (rows + detail::tile_rows - 1) / detail::tile_rows, stride = tiles * detail::tile_rows;
-        for (index_t i = 0; i < stride; ++i) {  // row i: window row first_row + i / G of query head h * G + i % G
-          const float* q = i < rows ? window.queries + window.offset(sequence, layer, h * group_size + i % group_size, first_row + i / group_size,
+        const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = (rows + width - 1) / width * width;
+        for (index_t r = 0; r < padded; ++r) {
+          const float* q = r < rows ? window.queries + window.offset(sequence, layer, h * group_size + r % group_size, first_row + r / group_size,
                                                                      layers, shape_.query_heads, dims)
                                     : nullptr;
-          row_positions_[i] = i < rows ? query_positions[first_row + i / group_size] : 0;
-          for (index_t d = 0; d < dims; ++d) packed_[(i / detail::tile_rows * dims + d) * detail::tile_rows + i % detail::tile_rows] = q ? q[d] : 0.0f;
+          row_positions_[r] = r < rows ? query_positions[first_row + r / group_size] : 0;
+          for (index_t d = 0; d < dims; ++d) packed_[(r / width * dims + d) * width + r % width] = q ? q[d] : 0.0f;
         }
         detail::parallel_for(blocks, team(), [&](index_t b) {
           const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
-          window_logits(sequence, layer, h, first, end, rows, logits_, stride);
-          block_softmax(logits_, stride, rows, first, end, [&](index_t j, index_t r) { return positions[j] <= row_positions_[r]; }, b * stride);
+          if (width == 8) window_logits<8>(sequence, layer, h, first, end, rows, logits_);
+          else if (width == 16) window_logits<16>(sequence, layer, h, first, end, rows, logits_);
+          else window_logits<detail::tile_rows>(sequence, layer, h, first, end, rows, logits_);
+          block_softmax(logits_, rows, first, end, [&](index_t j, index_t r) { return positions[j] <= row_positions_[r]; }, b * rows);
         });
-        for (index_t r = 0; r < rows; ++r) row_counts_[r] = static_cast<std::int32_t>(combine_blocks(r, stride, blocks));
+        for (index_t r = 0; r < rows; ++r) row_counts_[r] = static_cast<std::int32_t>(combine_blocks(r, rows, blocks));
         detail::parallel_for(blocks, team(), [&](index_t b) {
           const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
-          for (index_t j = first; j < end; ++j)
-            for (index_t r = 0; r < rows; ++r) {  // for each query head, its window rows in order
-              if (positions[j] > row_positions_[r]) continue;
-              float& acc = scores[r % group_size * capacity() + j];
-              const float probability = logits_[j * stride + r] * block_max_[b * stride + r];
-              acc = detail::reduction_combine(scorer.rows, acc, scorer.row_term(probability, row_counts_[r], row_positions_[r]));
+          for (index_t r = 0; r < rows; ++r) {  // row order: each query head's window rows in order
+            const float factor = block_max_[b * rows + r];
+            const index_t visible = row_counts_[r], query_position = row_positions_[r];
+            const float* exps = logits_ + r * capacity();
+            float* acc = scores + r % group_size * capacity();
+            for (index_t j = first; j < end; ++j) {
+              const float combined = detail::reduction_combine(scorer.rows, acc[j], scorer.row_term(exps[j] * factor, visible, query_position));
+              acc[j] = positions[j] <= query_position ? combined : acc[j];
             }
+          }
         });
       }
       for (index_t g = 0; g < group_size; ++g)
@@ -394,19 +383,18 @@ class session {
     }
   }
 
-  // Group reduction of per-query-head values (terms[g * g_stride + j * j_stride]) into one value per
-  // slot of KV head h: over its query heads, or over all query heads for scores shared across KV heads.
+  // Group reduction of per-query-head values (terms[g * capacity + j], g the query head) into one
+  // value per slot of KV head h: over its query heads, or over all query heads for scores shared
+  // across KV heads.
   template <class Use>
-  void reduce_group(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* terms, index_t g_stride, index_t j_stride,
-                    index_t head_stride, const Use& use) const {
+  void reduce_group(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* terms, const Use& use) const {
     const auto& scorer = policy_.scorer;
     const index_t first_g = Policy::shares_scores_across_kv_heads ? 0 : h * group();
     const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
     for (index_t j = first; j < end; ++j) {
       float acc = detail::reduction_identity(scorer.group);
       for (index_t g = first_g; g < first_g + count; ++g) {
-        const index_t owner = g / group();
-        const float term = j < length_of(sequence, layer, owner) ? terms[owner * head_stride + g % group() * g_stride + j * j_stride] : 0.0f;
+        const float term = j < length_of(sequence, layer, g / group()) ? terms[g * capacity() + j] : 0.0f;
         acc = detail::reduction_combine(scorer.group, acc, term);
       }
       use(j, detail::reduction_finish(scorer.group, acc, static_cast<int>(count)));
@@ -426,8 +414,7 @@ class session {
     } else {
       score_window(sequence, layer, window);
       for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
-        reduce_group(sequence, layer, h, first, end, scratch_.query_scores, capacity(), 1, group() * capacity(),
-                     [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
+        reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
       });
     }
     for (index_t h = 0; h < kv_heads; ++h)
@@ -477,7 +464,7 @@ class session {
     detail::move_slot(cache_, slot_state_, sequence, layer, h, from, to);
   }
 
-  // Logits of the group's query heads against the keys [first, end) of KV head h (logits[j * group + g]),
+  // Logits of the group's query heads against the keys [first, end) of KV head h (logits[g * capacity + j]),
   // each key row read once for all of them; 4 query heads per pass over the key row.
   void decode_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* queries, float* logits) const {
     const index_t group_size = group(), dims = head_dim();
@@ -496,7 +483,7 @@ class session {
             for (int r = 0; r < R; ++r) shifted[r] = q[r] + d;
             detail::dot_rows<R>(shifted, detail::load_row(key, cache_.layout.dim_stride(), d, chunk, buffer), chunk, acc);
           }
-          for (int r = 0; r < R; ++r) logits[j * group_size + g0 + r] = detail::sum_lanes(acc[r]) * scale_;
+          for (int r = 0; r < R; ++r) logits[(g0 + r) * capacity() + j] = detail::sum_lanes(acc[r]) * scale_;
         };
         if (count == 4) rows(std::integral_constant<int, 4>{});
         else if (count == 3) rows(std::integral_constant<int, 3>{});
@@ -527,7 +514,7 @@ class session {
       const index_t b = first / slot_block;
       decode_logits(sequence, storage, h, first, end, queries, logits(h));
       const std::int32_t* slot_positions = positions(h);
-      block_softmax(logits(h), group_size, group_size, first, end, [&](index_t j, index_t) { return visible(slot_positions[j]); }, stats(h, b));
+      block_softmax(logits(h), group_size, first, end, [&](index_t j, index_t) { return visible(slot_positions[j]); }, stats(h, b));
       if (!output) return;
       float* partial = partial_output_ + stats(h, b) * dims;
       for (index_t i = 0; i < group_size * dims; ++i) partial[i] = 0.0f;
@@ -538,7 +525,7 @@ class session {
           const index_t chunk = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
           const float* v = detail::load_row(value, cache_.layout.dim_stride(), d, chunk, buffer);
           for (index_t g = 0; g < group_size; ++g)
-            if (logits(h)[j * group_size + g] != 0.0f) detail::add_scaled(partial + g * dims + d, logits(h)[j * group_size + g], v, chunk);
+            if (logits(h)[g * capacity() + j] != 0.0f) detail::add_scaled(partial + g * dims + d, logits(h)[g * capacity() + j], v, chunk);
         }
       }
     });
@@ -554,17 +541,17 @@ class session {
     if constexpr (Policy::needs_attention) {
       for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
         const std::int32_t* slot_positions = positions(h);
-        for (index_t j = first; j < end; ++j)
-          for (index_t g = 0; g < group_size; ++g) {
-            float& term = logits(h)[j * group_size + g];
-            const float probability = term * block_max_[stats(h, first / slot_block) + g];
-            term = visible(slot_positions[j]) ? scorer.row_term(probability, row_counts_[h * group_size + g], position) : 0.0f;
-          }
+        for (index_t g = 0; g < group_size; ++g) {
+          const float factor = block_max_[stats(h, first / slot_block) + g];
+          const index_t count = row_counts_[h * group_size + g];
+          float* terms = logits(h) + g * capacity();
+          for (index_t j = first; j < end; ++j) terms[j] = visible(slot_positions[j]) ? scorer.row_term(terms[j] * factor, count, position) : 0.0f;
+        }
       });
       for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
         const std::int32_t* slot_positions = positions(h);
         state_type* states = slot_state_ + cache_.slot_index(sequence, storage, h, 0);
-        reduce_group(sequence, storage, h, first, end, logits_, 1, group_size, capacity() * group_size, [&](index_t j, float term) {
+        reduce_group(sequence, storage, h, first, end, logits_, [&](index_t j, float term) {
           if (visible(slot_positions[j])) scorer.observe(states[j], term, position);
         });
       });
@@ -578,7 +565,7 @@ class session {
   std::int32_t* budgets_ = nullptr;
   int threads_ = 0;
   layer_scratch scratch_{};
-  float* logits_ = nullptr;                // [capacity][strip_capacity] logits, then exps, then row terms
+  float* logits_ = nullptr;                // [strip_capacity][capacity] logits, then exps, then row terms
   float* packed_ = nullptr;                // [head_dim][strip_capacity] window queries of one strip, transposed per tile
   float* block_max_ = nullptr;             // per block and row: maximum logit, then the probability factor
   float* block_sum_ = nullptr;             // per block and row: sum of exps

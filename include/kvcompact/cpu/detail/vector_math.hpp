@@ -14,6 +14,7 @@
 #include <kvcompact/types.hpp>
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -27,14 +28,16 @@ inline constexpr int simd_lanes = 16;
 inline constexpr index_t row_chunk = 128;
 
 /// e^x for x <= 88 (Cody-Waite range reduction, Cephes' degree-6 polynomial; about 1 ulp), 0 below
-/// -87.3 (where float's e^x underflows). Branch-free, so loops calling it vectorise.
+/// -87.3 (where float's e^x underflows), NaN for NaN. No branch and no floating-point select (GCC
+/// would split the paths and then refuse to speculate the int-to-float conversion), so loops calling
+/// it vectorise.
 inline float exp_approx(float x) {
-  constexpr float low = -87.33654f, high = 88.0f;
-  const float clamped = x < low ? low : (x > high ? high : x);
-  const float scaled = clamped * 1.44269504088896341f;
-  const auto rounded = static_cast<std::int32_t>(scaled + (scaled < 0.0f ? -0.5f : 0.5f));  // nearest integer (also under -ffast-math)
+  constexpr float low = -87.33654f;
+  const float scaled = x * 1.44269504088896341f;
+  std::int32_t rounded = static_cast<std::int32_t>(scaled + (scaled < 0.0f ? -0.5f : 0.5f));  // nearest integer (also under -ffast-math)
+  rounded = rounded < -126 ? -126 : (rounded > 127 ? 127 : rounded);
   const float n = static_cast<float>(rounded);
-  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -43,7 +46,8 @@ inline float exp_approx(float x) {
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
   const float power = std::bit_cast<float>(static_cast<std::uint32_t>(rounded + 127) << 23);
-  return x < low ? 0.0f : y * power;
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < low));  // all ones unless x underflows
+  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(y * power) & keep);
 }
 
 /// Sum of the simd_lanes of an accumulator array, in one fixed (pairwise) order.
@@ -87,22 +91,72 @@ inline void add_scaled(float* y, float a, const float* x, index_t count) {
   for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
 }
 
-/// Rows of one window-product tile: query rows, kept in one vector dimension.
+/// Most query rows of one window-product tile (the vector dimension of the tile).
 inline constexpr int tile_rows = 32;
 /// Keys of one window-product tile.
 inline constexpr int tile_keys = 8;
 
 /// One register-blocked tile of a window product: `acc[k][r] += sum_d keys[k][d] * packed[d][r]` for
-/// tile_keys keys and tile_rows query rows over @p count dimensions. `packed` holds the queries
-/// transposed (`packed[d * tile_rows + r]`), so each key element is broadcast against a vector of rows.
-inline void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][tile_rows]) {
+/// tile_keys keys and ROWS query rows over @p count dimensions. `packed` holds the queries transposed
+/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows.
+template <int ROWS>
+void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][ROWS]) {
   for (index_t d = 0; d < count; ++d) {
-    const float* q = packed + d * tile_rows;
+    const float* q = packed + d * ROWS;
     for (int k = 0; k < tile_keys; ++k) {
       const float x = keys[k][d];
-      for (int r = 0; r < tile_rows; ++r) acc[k][r] += x * q[r];
+      for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
     }
   }
+}
+
+/// Softmax statistics of one segment of a logit row.
+struct segment_softmax {
+  float maximum;         ///< largest visible logit (-infinity when none is visible)
+  float sum;             ///< sum of exp(logit - maximum) over the visible entries
+  std::int32_t visible;  ///< visible entries
+};
+
+/// Masks and exponentiates one segment of a logit row in place: entry i (< @p count) becomes
+/// exp(row[i] - max) when `seen(i)`, 0 otherwise, max being the largest visible logit. Lane loops
+/// (the sums in one fixed order), so the masking, max, exp and sum vectorise.
+template <class Seen>
+segment_softmax softmax_segment(float* row, index_t count, const Seen& seen) {
+  float maxima[simd_lanes], sums[simd_lanes];
+  std::int32_t visible[simd_lanes];
+  for (int l = 0; l < simd_lanes; ++l) {
+    maxima[l] = -INFINITY;
+    sums[l] = 0.0f;
+    visible[l] = 0;
+  }
+  auto mask = [&](index_t i, int l) {
+    const bool shown = seen(i);
+    row[i] = shown ? row[i] : -INFINITY;
+    maxima[l] = row[i] > maxima[l] ? row[i] : maxima[l];
+    visible[l] += shown ? 1 : 0;
+  };
+  index_t i = 0;
+  for (; i + simd_lanes <= count; i += simd_lanes)
+    for (int l = 0; l < simd_lanes; ++l) mask(i + l, l);
+  for (int l = 0; i + l < count; ++l) mask(i + l, l);
+  float maximum = -INFINITY;
+  std::int32_t shown = 0;
+  for (int l = 0; l < simd_lanes; ++l) {
+    maximum = maxima[l] > maximum ? maxima[l] : maximum;
+    shown += visible[l];
+  }
+  if (shown == 0) {  // nothing visible: all zero (and no -inf - -inf)
+    for (index_t j = 0; j < count; ++j) row[j] = 0.0f;
+    return {maximum, 0.0f, 0};
+  }
+  auto exponentiate = [&](index_t j, int l) {  // masked entries are -inf: exp_approx gives 0
+    row[j] = exp_approx(row[j] - maximum);
+    sums[l] += row[j];
+  };
+  for (i = 0; i + simd_lanes <= count; i += simd_lanes)
+    for (int l = 0; l < simd_lanes; ++l) exponentiate(i + l, l);
+  for (int l = 0; i + l < count; ++l) exponentiate(i + l, l);
+  return {maximum, sum_lanes(sums), shown};
 }
 
 }  // namespace detail
