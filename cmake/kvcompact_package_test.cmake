@@ -42,6 +42,9 @@ run("configure host consumer" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK
     -DREQUESTED_VERSION=${major}.${minor} -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON)
 run("build host consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/host")
 run("run host consumer" "${WORK_DIR}/host/kvcompact_consumer")
+if(EXISTS "${WORK_DIR}/host/kvcompact_consumer_openmp")  # built where the compiler has OpenMP
+  run("run host consumer (kvcompact::openmp)" "${WORK_DIR}/host/kvcompact_consumer_openmp")
+endif()
 
 # 2. a newer minor version must be refused
 execute_process(
