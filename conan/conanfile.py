@@ -7,7 +7,9 @@
 The package is made by the project's own CMake install (tests, examples, docs off), so it carries
 the same headers and kvcompactConfig.cmake as any other install. Consumers use CMakeDeps:
 find_package(kvcompact CONFIG REQUIRED) and kvcompact::kvcompact. The CUDA toolkit (nvcc, cudart,
-CCCL/libcu++) is a system prerequisite of the CUDA backend and is not required by this recipe.
+CCCL/libcu++) is a system prerequisite of the CUDA backend and is not required by this recipe. The
+CPU backend's threads are OpenMP, used when the consumer compiles with it (find_package(OpenMP),
+OpenMP::OpenMP_CXX); without it the same code runs serially: nothing to require here either.
 """
 import os
 import re
