@@ -58,13 +58,15 @@ public:
             ops::matmul(L.wq.data(), H, H, xn.data(), T, q.data());
             ops::matmul(L.wk.data(), KV, H, xn.data(), T, k.data());
             ops::matmul(L.wv.data(), KV, H, xn.data(), T, v.data());
+            const bool batched = T > 1 && kv_.batched_prefill();  // append the chunk, then one blocked causal pass
             for (std::size_t t = 0; t < T; ++t) {
                 const std::int32_t pos = n_past_ + static_cast<std::int32_t>(t);
                 rope_.apply(&q[t * H], NQ, pos);
                 rope_.apply(&k[t * KV], static_cast<std::size_t>(c_.n_kv_heads), pos);
                 kv_.append(l, &k[t * KV], &v[t * KV], pos);
-                kv_.attend(l, &q[t * H], pos, &att[t * H]);
+                if (!batched) kv_.attend(l, &q[t * H], pos, &att[t * H]);
             }
+            if (batched) kv_.attend_prefill(l, q.data(), T, n_past_, att.data());
             record_window(window, l, q, T);
             ops::matmul(L.wo.data(), H, H, att.data(), T, o.data());
             for (std::size_t i = 0; i < T * H; ++i) x[i] += o[i];
