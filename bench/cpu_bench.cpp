@@ -196,7 +196,7 @@ int main(int argc, char** argv) {
     const double ms = median(c.ms), floor_ms = c.floor_bytes / bandwidth * 1e3, cpu = median(c.cpu_ms);
     std::printf("| %s | %d | %d | %.2f | %.2f | %.1fx | %.2f |\n", c.name.c_str(), c.tokens, c.threads, ms, floor_ms, ms / floor_ms, cpu);
     if (csv)
-      std::fprintf(csv, "kvcompact,%s,%d,%d,%.3f,%.3f,%.2f,%.3f\n", c.name.c_str(), c.tokens, c.threads, ms, floor_ms, ms / floor_ms, cpu);
+      std::fprintf(csv, "kvcompact,\"%s\",%d,%d,%.3f,%.3f,%.2f,%.3f\n", c.name.c_str(), c.tokens, c.threads, ms, floor_ms, ms / floor_ms, cpu);
   }
   if (csv) std::fclose(csv);
   return 0;

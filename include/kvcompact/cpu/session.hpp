@@ -391,14 +391,15 @@ class session {
     const auto& scorer = policy_.scorer;
     const index_t first_g = Policy::shares_scores_across_kv_heads ? 0 : h * group();
     const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
-    for (index_t j = first; j < end; ++j) {
-      float acc = detail::reduction_identity(scorer.group);
-      for (index_t g = first_g; g < first_g + count; ++g) {
-        const float term = j < length_of(sequence, layer, g / group()) ? terms[g * capacity() + j] : 0.0f;
-        acc = detail::reduction_combine(scorer.group, acc, term);
-      }
-      use(j, detail::reduction_finish(scorer.group, acc, static_cast<int>(count)));
+    float acc[slot_block];  // one block's slots, reduced over the query heads in order
+    for (index_t j = first; j < end; ++j) acc[j - first] = detail::reduction_identity(scorer.group);
+    for (index_t g = first_g; g < first_g + count; ++g) {
+      const index_t length = length_of(sequence, layer, g / group()), seen = length < end ? (length > first ? length : first) : end;
+      const float* row = terms + g * capacity();
+      for (index_t j = first; j < seen; ++j) acc[j - first] = detail::reduction_combine(scorer.group, acc[j - first], row[j]);
+      for (index_t j = seen; j < end; ++j) acc[j - first] = detail::reduction_combine(scorer.group, acc[j - first], 0.0f);  // beyond that head's slots
     }
+    for (index_t j = first; j < end; ++j) use(j, detail::reduction_finish(scorer.group, acc[j - first], static_cast<int>(count)));
   }
 
   void score_layer(index_t sequence, index_t layer, const query_window& window) {
@@ -472,7 +473,6 @@ class session {
     for (index_t j = first; j < end; ++j) {
       const T* key = cache_.keys + cache_.layout.offset(sequence, layer, h, j);
       for (index_t g0 = 0; g0 < group_size; g0 += 4) {
-        const index_t count = group_size - g0 < 4 ? group_size - g0 : 4;
         auto rows = [&]<int R>(std::integral_constant<int, R>) {
           float acc[R][detail::simd_lanes] = {};
           const float* q[R];
@@ -485,12 +485,42 @@ class session {
           }
           for (int r = 0; r < R; ++r) logits[(g0 + r) * capacity() + j] = detail::sum_lanes(acc[r]) * scale_;
         };
-        if (count == 4) rows(std::integral_constant<int, 4>{});
-        else if (count == 3) rows(std::integral_constant<int, 3>{});
-        else if (count == 2) rows(std::integral_constant<int, 2>{});
-        else rows(std::integral_constant<int, 1>{});
+        dispatch_rows(group_size - g0, rows);
       }
     }
+  }
+
+  // partial[g * head_dim + d] = sum over the slots [first, end) of weights[g * capacity + j] times
+  // value row j, for the group's query heads: chunks of value_chunk dimensions, 4 query heads per
+  // read of a value chunk, accumulators in registers.
+  void value_rows(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* weights, float* partial) const {
+    const index_t group_size = group(), dims = head_dim();
+    float buffer[detail::value_chunk];
+    for (index_t d = 0; d < dims; d += detail::value_chunk) {
+      const index_t width = dims - d < detail::value_chunk ? dims - d : detail::value_chunk;
+      for (index_t g0 = 0; g0 < group_size; g0 += 4) {
+        auto rows = [&]<int R>(std::integral_constant<int, R>) {
+          float acc[R][detail::value_chunk] = {};
+          const float* w[R];
+          for (int r = 0; r < R; ++r) w[r] = weights + (g0 + r) * capacity();
+          for (index_t j = first; j < end; ++j)
+            detail::add_weighted<R>(
+                w, j, detail::load_row(cache_.values + cache_.layout.offset(sequence, layer, h, j), cache_.layout.dim_stride(), d, width, buffer), width, acc);
+          for (int r = 0; r < R; ++r)
+            for (index_t i = 0; i < width; ++i) partial[(g0 + r) * dims + d + i] = acc[r][i];
+        };
+        dispatch_rows(group_size - g0, rows);
+      }
+    }
+  }
+
+  // Calls rows(integral_constant<int, R>) with R = min(count, 4).
+  template <class Rows>
+  static void dispatch_rows(index_t count, const Rows& rows) {
+    if (count >= 4) rows(std::integral_constant<int, 4>{});
+    else if (count == 3) rows(std::integral_constant<int, 3>{});
+    else if (count == 2) rows(std::integral_constant<int, 2>{});
+    else rows(std::integral_constant<int, 1>{});
   }
 
   // Decode attention in one pass over each KV head's slots (blocks of slot_block in parallel): the
@@ -516,18 +546,7 @@ class session {
       const std::int32_t* slot_positions = positions(h);
       block_softmax(logits(h), group_size, first, end, [&](index_t j, index_t) { return visible(slot_positions[j]); }, stats(h, b));
       if (!output) return;
-      float* partial = partial_output_ + stats(h, b) * dims;
-      for (index_t i = 0; i < group_size * dims; ++i) partial[i] = 0.0f;
-      float buffer[detail::row_chunk];
-      for (index_t j = first; j < end; ++j) {
-        const T* value = cache_.values + cache_.layout.offset(sequence, storage, h, j);
-        for (index_t d = 0; d < dims; d += detail::row_chunk) {
-          const index_t chunk = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
-          const float* v = detail::load_row(value, cache_.layout.dim_stride(), d, chunk, buffer);
-          for (index_t g = 0; g < group_size; ++g)
-            if (logits(h)[g * capacity() + j] != 0.0f) detail::add_scaled(partial + g * dims + d, logits(h)[g * capacity() + j], v, chunk);
-        }
-      }
+      value_rows(sequence, storage, h, first, end, logits(h), partial_output_ + stats(h, b) * dims);
     });
     detail::parallel_for(shape_.query_heads, team(), [&](index_t query_head) {
       const index_t h = query_head / group_size, g = query_head % group_size, blocks = blocks_of(length_of(sequence, storage, h));

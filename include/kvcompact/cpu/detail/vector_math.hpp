@@ -78,12 +78,34 @@ const float* load_row(const T* row, index_t stride, index_t first, index_t count
 /// between chunks; sum_lanes() finishes them.
 template <int ROWS>
 void dot_rows(const float* const* queries, const float* key, index_t count, float (&acc)[ROWS][simd_lanes]) {
-  index_t d = 0;
-  for (; d + simd_lanes <= count; d += simd_lanes)
-    for (int r = 0; r < ROWS; ++r)
-      for (int l = 0; l < simd_lanes; ++l) acc[r][l] += queries[r][d + l] * key[d + l];
-  for (int r = 0; r < ROWS; ++r)
-    for (index_t t = d; t < count; ++t) acc[r][t - d] += queries[r][t] * key[t];
+  for (int r = 0; r < ROWS; ++r) {  // one row at a time: the key chunk stays in L1, the sums in registers
+    const float* q = queries[r];
+    float sums[simd_lanes];
+    for (int l = 0; l < simd_lanes; ++l) sums[l] = acc[r][l];
+    index_t d = 0;
+    for (; d + simd_lanes <= count; d += simd_lanes)
+      for (int l = 0; l < simd_lanes; ++l) sums[l] += q[d + l] * key[d + l];
+    for (int l = 0; l < simd_lanes && d + l < count; ++l) sums[l] += q[d + l] * key[d + l];
+    for (int l = 0; l < simd_lanes; ++l) acc[r][l] = sums[l];
+  }
+}
+
+/// Value dimensions one register block of the decode output covers.
+inline constexpr index_t value_chunk = 32;
+
+/// `acc[r][i] += weights[r][slot] * row[i]` for i < @p count (<= value_chunk) and ROWS query heads:
+/// one read of a value row chunk for all of them, the accumulators in registers. Zero weights
+/// (masked slots) are skipped, so a masked slot's value never reaches the output.
+template <int ROWS>
+void add_weighted(const float* const (&weights)[ROWS], index_t slot, const float* row, index_t count, float (&acc)[ROWS][value_chunk]) {
+  for (int r = 0; r < ROWS; ++r) {
+    const float w = weights[r][slot];
+    if (w == 0.0f) continue;
+    if (count == value_chunk)
+      for (index_t i = 0; i < value_chunk; ++i) acc[r][i] += w * row[i];
+    else
+      for (index_t i = 0; i < count; ++i) acc[r][i] += w * row[i];
+  }
 }
 
 /// `y[i] += a * x[i]` for i < @p count.
