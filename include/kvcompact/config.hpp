@@ -13,9 +13,6 @@
 #if KVCOMPACT_DETAIL_CPLUSPLUS < 202002L
 #error "kvcompact needs C++20: compile with -std=c++20 (nvcc too; see the README for CMake older than 3.25.2)."
 #endif
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
-#error "kvcompact's CUDA backend needs compute capability 7.0 (sm_70) or newer: set CMAKE_CUDA_ARCHITECTURES (nvcc -arch) to 70 or above."
-#endif
 
 #if defined(__CUDACC__)
 /// @brief Marks a function callable from host and device code (empty without nvcc).
