@@ -19,14 +19,7 @@ if(NOT MODE)
   set(MODE host)
 endif()
 
-function(run what)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
-  message("---- ${what}\n${out}")
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "package test: '${what}' failed (exit ${rc})")
-  endif()
-  set(run_output "${out}" PARENT_SCOPE)
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/kvcompact_script_run.cmake")
 
 # Runs a command that must fail with output matching `pattern`.
 function(run_refused what pattern)
@@ -44,7 +37,7 @@ set(cfg_args "")
 if(CONFIG)
   set(cfg_args --config "${CONFIG}")
 endif()
-run("install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" ${cfg_args} --prefix "${prefix}")
+kvcompact_run("install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" ${cfg_args} --prefix "${prefix}")
 foreach(f share/kvcompact/kvcompactConfig.cmake share/kvcompact/kvcompactConfigVersion.cmake share/kvcompact/kvcompactTargets.cmake
           share/kvcompact/kvcompactDependencies.cmake share/kvcompact/kvcompactCUDAStandard.cmake
           include/kvcompact/version.hpp include/kvcompact/config.hpp)
@@ -62,10 +55,10 @@ set(common -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${C
     -DEXPECTED_MAJOR=${major} -DEXPECTED_MINOR=${minor})
 
 if(MODE STREQUAL "host")
-  run("configure host consumer" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/host" ${common}
+  kvcompact_run("configure host consumer" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/host" ${common}
       -DREQUESTED_VERSION=${major}.${minor} -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON)
-  run("build host consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/host")
-  run("run host consumer" "${WORK_DIR}/host/kvcompact_consumer")
+  kvcompact_run("build host consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/host")
+  kvcompact_run("run host consumer" "${WORK_DIR}/host/kvcompact_consumer")
 
   run_refused("find_package(kvcompact ${major}.${next_minor})" "compatible with requested version"
               "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/refused" ${common} -DREQUESTED_VERSION=${major}.${next_minor})
@@ -74,7 +67,7 @@ if(MODE STREQUAL "host")
               -DREQUESTED_COMPONENTS=no_such_part)
 
 elseif(MODE STREQUAL "cuda_default_architecture")
-  run("configure CUDA consumer (no CMAKE_CUDA_ARCHITECTURES)" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/cuda" ${common}
+  kvcompact_run("configure CUDA consumer (no CMAKE_CUDA_ARCHITECTURES)" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/cuda" ${common}
       -DREQUESTED_VERSION=${major}.${minor} -DCONSUMER_WITH_CUDA=ON -DCMAKE_CUDA_COMPILER=${CUDA_COMPILER})
   if(NOT run_output MATCHES "consumer: CUDA architectures ([0-9]+)")
     message(FATAL_ERROR "package test: the consumer did not report a numeric default CUDA architecture")
@@ -85,8 +78,8 @@ elseif(MODE STREQUAL "cuda_default_architecture")
     run_refused("build CUDA consumer for sm_${arch}" "the CUDA backend needs compute capability 7.0"
                 "${CMAKE_COMMAND}" --build "${WORK_DIR}/cuda")
   else()
-    run("build CUDA consumer for sm_${arch}" "${CMAKE_COMMAND}" --build "${WORK_DIR}/cuda")
-    run("run CUDA consumer" "${WORK_DIR}/cuda/kvcompact_consumer_cuda")
+    kvcompact_run("build CUDA consumer for sm_${arch}" "${CMAKE_COMMAND}" --build "${WORK_DIR}/cuda")
+    kvcompact_run("run CUDA consumer" "${WORK_DIR}/cuda/kvcompact_consumer_cuda")
   endif()
 else()
   message(FATAL_ERROR "package test: unknown MODE '${MODE}'")

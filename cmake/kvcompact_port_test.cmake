@@ -16,13 +16,7 @@ cmake_minimum_required(VERSION 3.25)
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
-function(run what)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
-  message("---- ${what}\n${out}")
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "port test: '${what}' failed (exit ${rc})")
-  endif()
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/kvcompact_script_run.cmake")
 
 find_program(GIT git)
 if(GIT)
@@ -36,7 +30,7 @@ endif()
 
 # 1. release archive + port
 set(release "${WORK_DIR}/release")
-run("make the release archive and port of HEAD (${commit})" "${CMAKE_COMMAND}" -DSOURCE_DIR=${SOURCE_DIR} -DREF=${commit}
+kvcompact_run("make the release archive and port of HEAD (${commit})" "${CMAKE_COMMAND}" -DSOURCE_DIR=${SOURCE_DIR} -DREF=${commit}
     -DOUT_DIR=${release} -P "${SOURCE_DIR}/cmake/kvcompact_vcpkg_port.cmake")
 set(port_dir "${release}/ports/kvcompact")
 set(archive "${release}/kvcompact-${VERSION}.tar.gz")
@@ -93,7 +87,7 @@ foreach(features IN LISTS feature_sets)
   if(features STREQUAL "cuda")
     set(harness_features cuda)
   endif()
-  run("vcpkg install kvcompact[${features}] (harness)" "${CMAKE_COMMAND}" -DPORT_DIR=${port_dir} -DDOWNLOADS=${release} -DWORK_DIR=${work}
+  kvcompact_run("vcpkg install kvcompact[${features}] (harness)" "${CMAKE_COMMAND}" -DPORT_DIR=${port_dir} -DDOWNLOADS=${release} -DWORK_DIR=${work}
       "-DFEATURES=${harness_features}" "-DGENERATOR=${GENERATOR}" -DCXX_COMPILER=${CXX_COMPILER} "-DCUDA_COMPILER=${CUDA_COMPILER}"
       -P "${SOURCE_DIR}/cmake/kvcompact_vcpkg_harness.cmake")
   set(prefix "${work}/packages")
@@ -120,16 +114,16 @@ foreach(features IN LISTS feature_sets)
   endforeach()
 
   if(features STREQUAL "core")
-    run("configure host consumer against the port's install tree" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${work}/consumer"
+    kvcompact_run("configure host consumer against the port's install tree" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${work}/consumer"
         ${consumer_args} -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON)
-    run("build host consumer" "${CMAKE_COMMAND}" --build "${work}/consumer")
-    run("run host consumer" "${work}/consumer/kvcompact_consumer")
+    kvcompact_run("build host consumer" "${CMAKE_COMMAND}" --build "${work}/consumer")
+    kvcompact_run("run host consumer" "${work}/consumer/kvcompact_consumer")
   else()
-    run("configure CUDA consumer (nvcc's default architecture) against the port's install tree" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}"
+    kvcompact_run("configure CUDA consumer (nvcc's default architecture) against the port's install tree" "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}"
         -B "${work}/consumer" ${consumer_args} -DCMAKE_PREFIX_PATH=${prefix} -DCONSUMER_WITH_CUDA=ON
         -DCONSUMER_CUDA_SOURCE=cuda_component.cu -DCMAKE_CUDA_COMPILER=${CUDA_COMPILER})
-    run("build CUDA consumer" "${CMAKE_COMMAND}" --build "${work}/consumer")
-    run("run CUDA consumer" "${work}/consumer/kvcompact_consumer_cuda")
+    kvcompact_run("build CUDA consumer" "${CMAKE_COMMAND}" --build "${work}/consumer")
+    kvcompact_run("run CUDA consumer" "${work}/consumer/kvcompact_consumer_cuda")
   endif()
 endforeach()
 

@@ -21,13 +21,7 @@ set(TARGET_TRIPLET x64-linux)
 file(REMOVE_RECURSE "${CURRENT_PACKAGES_DIR}" "${CURRENT_BUILDTREES_DIR}")
 file(MAKE_DIRECTORY "${CURRENT_PACKAGES_DIR}" "${CURRENT_BUILDTREES_DIR}")
 
-function(_harness_run what)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
-  message("---- ${what}\n${out}")
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "vcpkg harness: ${what} failed (exit ${rc})")
-  endif()
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/kvcompact_script_run.cmake")
 
 function(vcpkg_download_distfile out)
   cmake_parse_arguments(PARSE_ARGV 1 arg "" "FILENAME;SHA512" "URLS")
@@ -87,13 +81,13 @@ function(vcpkg_cmake_configure)
   if(CUDA_COMPILER)
     set(cuda_args "-DCMAKE_CUDA_COMPILER=${CUDA_COMPILER}")
   endif()
-  _harness_run("vcpkg_cmake_configure" "${CMAKE_COMMAND}" -S "${arg_SOURCE_PATH}" -B "${CURRENT_BUILDTREES_DIR}/${TARGET_TRIPLET}-rel"
+  kvcompact_run("vcpkg_cmake_configure" "${CMAKE_COMMAND}" -S "${arg_SOURCE_PATH}" -B "${CURRENT_BUILDTREES_DIR}/${TARGET_TRIPLET}-rel"
                -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" ${cuda_args}
                "-DCMAKE_INSTALL_PREFIX=${CURRENT_PACKAGES_DIR}" ${arg_OPTIONS})
 endfunction()
 
 function(vcpkg_cmake_install)
-  _harness_run("vcpkg_cmake_install" "${CMAKE_COMMAND}" --build "${CURRENT_BUILDTREES_DIR}/${TARGET_TRIPLET}-rel" --target install)
+  kvcompact_run("vcpkg_cmake_install" "${CMAKE_COMMAND}" --build "${CURRENT_BUILDTREES_DIR}/${TARGET_TRIPLET}-rel" --target install)
 endfunction()
 
 function(vcpkg_cmake_config_fixup)

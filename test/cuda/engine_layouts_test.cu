@@ -21,7 +21,6 @@
 #include <vector>
 
 namespace kc = kvcompact;
-namespace lay = kc::layouts;
 using kc::index_t;
 using element = kc::bfloat16_t;
 
@@ -35,34 +34,13 @@ kvtest::random_cache<element> prompt_cache(std::uint32_t seed) {
   fill.min_length = fill.max_length = CAP;
   auto c = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, seed);
   kvtest::round_to_exact_values(c);
-  for (index_t s = 0; s < S; ++s)
-    for (index_t l = 0; l < L; ++l)
-      for (index_t h = 0; h < H; ++h) c.lengths[static_cast<std::size_t>(c.head_index(s, l, h))] = static_cast<std::int32_t>(prompts[static_cast<std::size_t>(s)]);
+  kvtest::set_prompt_lengths(c, prompts);
   return kvtest::convert_cache<element>(c);
 }
 
 kvtest::random_window prompt_window(std::uint32_t seed) {
   return kvtest::make_random_window(S, L, H * G, ROWS, D, {prompts[0] - 1, prompts[1] - 1, prompts[2] - 1}, 2.0, seed);
 }
-
-std::vector<index_t> pages_for(index_t extra) {
-  std::vector<index_t> pages;
-  for (index_t n : prompts) pages.push_back(std::min<index_t>(CAP, n + extra + PAGE - 1) / PAGE);
-  return pages;
-}
-
-// The engine layouts of one comparison.
-struct engine_layouts {
-  kvtest::vllm_memory vllm_nhd, vllm_hnd;
-  kvtest::flashinfer_memory flashinfer_nhd, flashinfer_hnd;
-  explicit engine_layouts(index_t extra_slots) {
-    const kvtest::cache_shape shape{S, L, H, CAP, D};
-    kvtest::make_vllm_memory(vllm_nhd, shape, PAGE, lay::page_format::nhd, 3, 81);
-    kvtest::make_vllm_memory(vllm_hnd, shape, PAGE, lay::page_format::hnd, 0, 82);
-    kvtest::make_flashinfer_memory(flashinfer_nhd, shape, pages_for(extra_slots), PAGE, lay::page_format::nhd, true, 2, 83);
-    kvtest::make_flashinfer_memory(flashinfer_hnd, shape, pages_for(extra_slots), PAGE, lay::page_format::hnd, false, 0, 84);
-  }
-};
 
 // Attention outputs of every decode step and the cache left, on the device.
 struct gpu_run {
@@ -116,37 +94,29 @@ bool same_bits(const std::vector<element>& a, const std::vector<element>& b) {
 BOOST_AUTO_TEST_CASE(prefill_in_engine_caches_matches_the_cpu_backend) {
   const auto source = prompt_cache(91);
   const auto window = prompt_window(92);
-  const engine_layouts layouts(0);
+  const kvtest::engine_layout_set layouts({S, L, H, CAP, D}, prompts, 0, PAGE, 81);
   namespace p = kc::policies;
-  const auto check = [&](const auto& layout, const char* which) {
+  layouts.for_each([&](const auto& layout, const char* which) {
     const auto cache = kvtest::copy_into(source, layout);
     kvtest::check_prefill_matches(std::string("snapkv, ") + which, p::snapkv(20, 8), cache, window, H * G);
     kvtest::check_prefill_matches(std::string("adakv, ") + which, p::adakv(20, 8), cache, window, H * G);
     kvtest::check_prefill_matches(std::string("h2o, ") + which, p::h2o(20, 8), cache, window, H * G);
-  };
-  check(layouts.vllm_nhd.layout, "vllm NHD");
-  check(layouts.vllm_hnd.layout, "vllm HND");
-  check(layouts.flashinfer_nhd.layout, "flashinfer NHD, one tensor");
-  check(layouts.flashinfer_hnd.layout, "flashinfer HND, K and V tensors");
+  });
 }
 
 BOOST_AUTO_TEST_CASE(decoding_in_engine_caches_gives_the_contiguous_outputs) {
   const auto source = prompt_cache(101);
   const auto window = prompt_window(102);
   constexpr index_t steps = 5;
-  const engine_layouts layouts(steps);
+  const kvtest::engine_layout_set layouts({S, L, H, CAP, D}, prompts, steps, PAGE, 101);
   namespace p = kc::policies;
   const auto check = [&](const std::string& name, const auto& policy) {
     const gpu_run reference = run_on_gpu(policy, kvtest::copy_into(source, source.layout), window, steps);
-    const auto compare = [&](const auto& layout, const char* which) {
+    layouts.for_each([&](const auto& layout, const char* which) {
       const gpu_run got = run_on_gpu(policy, kvtest::copy_into(source, layout), window, steps);
       BOOST_TEST(same_bits(got.outputs, reference.outputs), name << ", " << which << ": attention outputs differ from the contiguous cache");
       BOOST_TEST((got.cache == reference.cache), name << ", " << which << ": the cache differs from the contiguous cache");
-    };
-    compare(layouts.vllm_nhd.layout, "vllm NHD");
-    compare(layouts.vllm_hnd.layout, "vllm HND");
-    compare(layouts.flashinfer_nhd.layout, "flashinfer NHD, one tensor");
-    compare(layouts.flashinfer_hnd.layout, "flashinfer HND, K and V tensors");
+    });
   };
   check("h2o (evicts)", p::h2o(20, 4));
   check("snapkv (appends)", p::snapkv(20, 8));

@@ -148,4 +148,47 @@ inline void make_flashinfer_memory(flashinfer_memory& out, const cache_shape& sh
                                      lay::flashinfer_paged::strides(format, page_size, H, D, one_tensor)};
 }
 
+/// @brief Pages each sequence needs for its prompt plus @p extra slots (at most capacity / page_size).
+inline std::vector<index_t> pages_for(const std::vector<index_t>& prompts, index_t extra, index_t page_size, index_t capacity) {
+  std::vector<index_t> pages;
+  for (index_t n : prompts) pages.push_back(std::min(capacity, n + extra + page_size - 1) / page_size);
+  return pages;
+}
+
+/// @brief Sets every head of sequence s to hold its prompt: lengths[s][l][h] = prompts[s] (slot j keeps
+/// the position make_random_cache gave it: j for a dense cache).
+template <class T>
+void set_prompt_lengths(random_cache<T>& c, const std::vector<index_t>& prompts) {
+  for (index_t s = 0; s < c.shape.sequences; ++s)
+    for (index_t l = 0; l < c.shape.layers; ++l)
+      for (index_t h = 0; h < c.shape.kv_heads; ++h)
+        c.lengths[static_cast<std::size_t>(c.head_index(s, l, h))] = static_cast<std::int32_t>(prompts[static_cast<std::size_t>(s)]);
+}
+
+/// @brief The engine caches the tests compare with the contiguous one: vLLM NHD and HND, FlashInfer
+/// NHD (K and V in one tensor) and HND (two tensors), whose requests own the pages their prompt plus
+/// `extra` slots need.
+struct engine_layout_set {
+  vllm_memory vllm_nhd, vllm_hnd;                  ///< vLLM's layouts
+  flashinfer_memory flashinfer_nhd, flashinfer_hnd;  ///< FlashInfer's layouts
+
+  engine_layout_set(const engine_layout_set&) = delete;  // the layouts point into the members' tables
+  engine_layout_set& operator=(const engine_layout_set&) = delete;
+  engine_layout_set(const cache_shape& shape, const std::vector<index_t>& prompts, index_t extra, index_t page_size, std::uint32_t seed) {
+    const std::vector<index_t> pages = pages_for(prompts, extra, page_size, shape.capacity);
+    make_vllm_memory(vllm_nhd, shape, page_size, kvcompact::layouts::page_format::nhd, 3, seed);
+    make_vllm_memory(vllm_hnd, shape, page_size, kvcompact::layouts::page_format::hnd, 0, seed + 1);
+    make_flashinfer_memory(flashinfer_nhd, shape, pages, page_size, kvcompact::layouts::page_format::nhd, true, 2, seed + 2);
+    make_flashinfer_memory(flashinfer_hnd, shape, pages, page_size, kvcompact::layouts::page_format::hnd, false, 0, seed + 3);
+  }
+  /// @brief Calls `f(layout, name)` for each layout.
+  template <class F>
+  void for_each(F&& f) const {
+    f(vllm_nhd.layout, "vllm NHD");
+    f(vllm_hnd.layout, "vllm HND");
+    f(flashinfer_nhd.layout, "flashinfer NHD, one tensor");
+    f(flashinfer_hnd.layout, "flashinfer HND, K and V tensors");
+  }
+};
+
 }  // namespace kvtest

@@ -115,9 +115,7 @@ kvtest::random_cache<float> prompt_cache(std::uint32_t seed) {
   kvtest::fill_options fill;
   fill.min_length = fill.max_length = CAP;
   auto c = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, seed);
-  for (index_t s = 0; s < S; ++s)
-    for (index_t l = 0; l < L; ++l)
-      for (index_t h = 0; h < H; ++h) c.lengths[static_cast<std::size_t>(c.head_index(s, l, h))] = static_cast<std::int32_t>(prompts[static_cast<std::size_t>(s)]);
+  kvtest::set_prompt_lengths(c, prompts);
   return c;
 }
 
@@ -125,12 +123,7 @@ kvtest::random_window prompt_window(std::uint32_t seed) {
   return kvtest::make_random_window(S, L, G, ROWS, D, {prompts[0] - 1, prompts[1] - 1, prompts[2] - 1}, 4.0, seed);
 }
 
-// Pages each request needs for `extra` slots past its prompt.
-std::vector<index_t> pages_for(index_t extra) {
-  std::vector<index_t> pages;
-  for (index_t n : prompts) pages.push_back(std::min<index_t>(CAP, n + extra + PAGE - 1) / PAGE);
-  return pages;
-}
+std::vector<index_t> pages_for(index_t extra) { return kvtest::pages_for(prompts, extra, PAGE, CAP); }
 
 template <class T, class Layout>
 std::size_t filler_count(const kvtest::layout_cache<T, Layout>& c) {
@@ -173,33 +166,17 @@ run_result run_in(const Policy& policy, const kvtest::random_cache<float>& sourc
   return out;
 }
 
-// The layouts of one comparison: vLLM NHD and HND, FlashInfer NHD (one tensor) and HND (K and V tensors).
-struct engine_layouts {
-  kvtest::vllm_memory vllm_nhd, vllm_hnd;
-  kvtest::flashinfer_memory flashinfer_nhd, flashinfer_hnd;
-  explicit engine_layouts(index_t extra_slots) {
-    const kvtest::cache_shape shape{S, L, H, CAP, D};
-    kvtest::make_vllm_memory(vllm_nhd, shape, PAGE, lay::page_format::nhd, 3, 21);
-    kvtest::make_vllm_memory(vllm_hnd, shape, PAGE, lay::page_format::hnd, 0, 22);
-    kvtest::make_flashinfer_memory(flashinfer_nhd, shape, pages_for(extra_slots), PAGE, lay::page_format::nhd, true, 2, 23);
-    kvtest::make_flashinfer_memory(flashinfer_hnd, shape, pages_for(extra_slots), PAGE, lay::page_format::hnd, false, 0, 24);
-  }
-};
-
 // Runs `policy` through the contiguous cache and every engine layout; all must agree bit for bit.
 template <class Policy>
 kvtest::snapshot check_every_engine_layout(const std::string& name, const Policy& policy, const kvtest::random_cache<float>& source,
                                            const kvtest::random_window& w, index_t steps) {
-  const engine_layouts layouts(steps);
+  const kvtest::engine_layout_set layouts({S, L, H, CAP, D}, prompts, steps, PAGE, 21);
   const run_result reference = run_in(policy, source, source.layout, w, steps);
-  const auto check = [&](const run_result& got, const char* which) {
+  layouts.for_each([&](const auto& layout, const char* which) {
+    const run_result got = run_in(policy, source, layout, w, steps);
     BOOST_TEST((got.cache == reference.cache), name << ": " << which << " keeps other slots or K/V than the contiguous cache");
     BOOST_TEST((got.outputs == reference.outputs), name << ": " << which << " attention outputs differ from the contiguous cache");
-  };
-  check(run_in(policy, source, layouts.vllm_nhd.layout, w, steps), "vllm NHD");
-  check(run_in(policy, source, layouts.vllm_hnd.layout, w, steps), "vllm HND");
-  check(run_in(policy, source, layouts.flashinfer_nhd.layout, w, steps), "flashinfer NHD, one tensor");
-  check(run_in(policy, source, layouts.flashinfer_hnd.layout, w, steps), "flashinfer HND, K and V tensors");
+  });
   return reference.cache;
 }
 
