@@ -3,6 +3,7 @@
 // offending argument and whose message names it (a budget above the capacity included); inputs that
 // are merely unusual (a budget above a head's current length: a short prompt) are not errors.
 #include "support/custom_layout.hpp"
+#include "support/expect_error.hpp"
 #include "support/reference.hpp"
 
 #include <kvcompact/kvcompact.hpp>
@@ -19,21 +20,7 @@ using kc::index_t;
 
 namespace {
 
-// Runs f and checks it throws kvcompact::error about `argument` (argument() equal, what() naming it).
-template <class F>
-void expect_error(F&& f, const std::string& argument) {
-  try {
-    f();
-  } catch (const kc::error& e) {
-    BOOST_TEST(e.argument() == argument, "argument() is \"" << e.argument() << "\", expected \"" << argument << "\"; what(): " << e.what());
-    BOOST_TEST(std::string(e.what()).find(argument) != std::string::npos, "what() \"" << e.what() << "\" does not name " << argument);
-    return;
-  } catch (const std::exception& e) {
-    BOOST_ERROR("expected kvcompact::error about " << argument << ", got another exception: " << e.what());
-    return;
-  }
-  BOOST_ERROR("expected kvcompact::error about " << argument << ", nothing was thrown");
-}
+using kvtest::expect_error;
 
 const kvtest::cache_shape small_shape{2, 3, 2, 16, 8};  // sequences, layers, kv heads, capacity, head dim
 
