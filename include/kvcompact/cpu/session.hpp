@@ -278,10 +278,14 @@ class session {
     detail::require_finite(queries, shape_.query_heads * head_dim(), where, "queries");
   }
 
-  // What the cache holds when the session first compresses or decodes: positions set and distinct,
-  // and, for a policy that merges, finite keys and values (a merge would spread a NaN into kept slots).
+  // What the cache holds when the session first compresses or decodes: positions set and distinct;
+  // heads aligned where the policy compares them slot by slot or shares decisions across layers; for a
+  // policy that merges, finite keys and values (a merge would spread a NaN into kept slots).
   void check_cache_content(const char* where) const {
     detail::require_valid_positions(cache_, scratch_.indices, where);
+    if constexpr (Policy::shares_scores_across_kv_heads) detail::require_slot_aligned_heads(cache_, where);
+    if (const index_t group = detail::decision_group(policy_.selector); group > 0)
+      detail::require_equal_layer_groups(cache_, group, scratch_.indices, where);
     if constexpr (Policy::merges) detail::require_finite_slots(cache_, where);
   }
 

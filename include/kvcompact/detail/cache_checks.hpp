@@ -71,6 +71,53 @@ void require_valid_positions(const kv_cache<T, Layout>& cache, std::int32_t* scr
       }
 }
 
+/// Throws kvcompact::error about "cache.positions" unless every KV head of each (sequence, layer)
+/// holds the same positions in the same slots as head 0 (what scores shared across KV heads need:
+/// they sum the query heads of all KV heads slot by slot).
+template <class T, class Layout>
+void require_slot_aligned_heads(const kv_cache<T, Layout>& cache, const char* where) {
+  for (index_t s = 0; s < cache.layout.num_sequences(); ++s)
+    for (index_t l = 0; l < cache.layout.num_layers(); ++l) {
+      const index_t length = cache.lengths[cache.head_index(s, l, 0)];
+      const std::int32_t* first = cache.positions + cache.slot_index(s, l, 0, 0);
+      for (index_t h = 1; h < cache.layout.num_kv_heads(); ++h) {
+        const std::int32_t* other = cache.positions + cache.slot_index(s, l, h, 0);
+        if (cache.lengths[cache.head_index(s, l, h)] != length || !std::equal(first, first + length, other))
+          throw error(where, "cache.positions",
+                      "head " + std::to_string(h) + " of sequence " + std::to_string(s) + " layer " + std::to_string(l) +
+                          " does not hold head 0's positions in the same slots, which a policy whose scores are shared across KV heads needs");
+      }
+    }
+}
+
+/// Throws kvcompact::error about "cache.positions" unless, in every sequence, every head of every
+/// layer holds the same set of positions as head 0 of its group's first layer (layers l with the same
+/// l / @p group; what a selector that decides per group of layers, WindowKV's, needs). @p scratch
+/// holds 2 x capacity() entries.
+template <class T, class Layout>
+void require_equal_layer_groups(const kv_cache<T, Layout>& cache, index_t group, std::int32_t* scratch, const char* where) {
+  const index_t capacity = cache.layout.capacity();
+  auto sorted = [&](index_t s, index_t l, index_t h, std::int32_t* out) {
+    const index_t length = cache.lengths[cache.head_index(s, l, h)];
+    const std::int32_t* positions = cache.positions + cache.slot_index(s, l, h, 0);
+    std::copy(positions, positions + length, out);
+    std::sort(out, out + length);
+    return length;
+  };
+  for (index_t s = 0; s < cache.layout.num_sequences(); ++s)
+    for (index_t l = 0; l < cache.layout.num_layers(); ++l) {
+      const index_t leader = l - l % group;
+      const index_t length = sorted(s, leader, 0, scratch);
+      for (index_t h = 0; h < cache.layout.num_kv_heads(); ++h) {
+        if (l == leader && h == 0) continue;
+        if (sorted(s, l, h, scratch + capacity) != length || !std::equal(scratch, scratch + length, scratch + capacity))
+          throw error(where, "cache.positions",
+                      "head " + std::to_string(h) + " of sequence " + std::to_string(s) + " layer " + std::to_string(l) + " does not hold the positions of layer " +
+                          std::to_string(leader) + " head 0, whose window decision the layers of its group share");
+      }
+    }
+}
+
 /// The largest position held by a head, -1 when it is empty.
 template <class T, class Layout>
 index_t newest_position(const kv_cache<T, Layout>& cache, index_t sequence, index_t layer, index_t head) {

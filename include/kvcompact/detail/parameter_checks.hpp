@@ -207,6 +207,18 @@ void validate_policy(const Policy& policy, index_t layers, index_t capacity, con
   require_budgets_fit(policy.selector, layers, capacity, where);
 }
 
+/// Layers whose heads all share one selection decision: WindowKV's group (every head of every layer
+/// of a group must hold the same positions); 0 for selectors that decide per head.
+template <class Selector>
+index_t decision_group(const Selector&) {
+  return 0;
+}
+/// WindowKV.
+template <class Schedule>
+index_t decision_group(const selectors::windows<Schedule>& s) {
+  return s.group;
+}
+
 /// The smallest decode budget set_budget() accepts: what a top-k selector that evicts during decode
 /// needs (smallest_budget), 1 otherwise.
 template <class Selector>
