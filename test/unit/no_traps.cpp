@@ -356,6 +356,51 @@ BOOST_AUTO_TEST_CASE(unset_or_repeated_positions_are_rejected) {
   }
 }
 
+// Scores shared across KV heads (TOVA) are summed slot by slot, and WindowKV's group leader decides
+// for every head of its group's layers: heads that hold other positions would get another head's
+// decision and overshoot (found by test/unit/api_fuzz.cpp), so such caches are rejected.
+BOOST_AUTO_TEST_CASE(heads_a_policy_compares_must_hold_the_same_positions) {
+  const auto window = window_for(12);
+  {
+    auto cache = filled(12);
+    std::swap(cache.positions[static_cast<std::size_t>(cache.slot_index(0, 1, 1, 2))], cache.positions[static_cast<std::size_t>(cache.slot_index(0, 1, 1, 3))]);
+    bound_session b(kc::policies::tova(8), cache.view());
+    expect_error([&] { b.session.compress_prefill(window.view()); }, "cache.positions");
+    bound_session k(kc::policies::knorm(8), cache.view());  // scores per KV head: fine
+    BOOST_CHECK_NO_THROW(k.session.compress_prefill());
+  }
+  {
+    auto cache = filled(12);
+    for (index_t h = 0; h < shape.kv_heads; ++h) cache.lengths[static_cast<std::size_t>(cache.head_index(1, 1, h))] = 10;  // layer 1 follows layer 0
+    bound_session b(kc::policies::windowkv(4, 2, localization, 2, 2), cache.view());
+    expect_error([&] { b.session.compress_prefill(window.view()); }, "cache.positions");
+    bound_session one(kc::policies::windowkv(4, 1, localization, 2, 2), cache.view());  // groups of one layer: fine
+    BOOST_CHECK_NO_THROW(one.session.compress_prefill(window.view()));
+  }
+}
+
+// Ada-KV's layer keeps at most H x B (plus rounding) when its heads protect different counts: each
+// head's floor share comes from its own budget less its protected tokens (found by api_fuzz.cpp).
+BOOST_AUTO_TEST_CASE(adakv_keeps_the_layer_budget_when_heads_protect_different_counts) {
+  auto cache = filled(16);
+  for (index_t s = 0; s < shape.sequences; ++s)
+    for (index_t l = 0; l < shape.layers; ++l) cache.lengths[static_cast<std::size_t>(cache.head_index(s, l, 1))] = 12;  // no recent token
+  constexpr index_t budget = 6;
+  bound_session b(kc::policies::adakv(budget, 4, 0.9), cache.view());
+  b.session.compress_prefill(window_for(16).view());
+  for (index_t s = 0; s < shape.sequences; ++s)
+    for (index_t l = 0; l < shape.layers; ++l) {
+      index_t total = 0;
+      for (index_t h = 0; h < shape.kv_heads; ++h) total += cache.length(s, l, h);
+      BOOST_TEST(total <= shape.kv_heads * budget + 1, "layer keeps " << total);  // one slot of rounding
+      for (index_t p = 12; p < 16; ++p) {  // head 0's protected window
+        bool held = false;
+        for (index_t j = 0; j < cache.length(s, l, 0); ++j) held = held || cache.position(s, l, 0, j) == p;
+        BOOST_TEST(held);
+      }
+    }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(call_order)
