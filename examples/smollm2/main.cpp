@@ -16,6 +16,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -82,32 +83,31 @@ constexpr long max_tokens = 1L << 20;
     std::exit(2);
 }
 
+/// @return @p text converted whole by @p convert (std::stol, std::stod), nullopt when it is not a number.
+template <class Convert>
+auto whole_number(const std::string& text, Convert convert) -> std::optional<decltype(convert(text, nullptr))> {
+    std::size_t used = 0;
+    try {
+        const auto value = convert(text, &used);
+        if (used == text.size()) return value;
+    } catch (const std::exception&) {
+    }
+    return std::nullopt;
+}
+
 /// @return @p text as an integer in [lo, hi]; exits with a usage error naming @p option otherwise.
 long parse_integer(const std::string& option, const std::string& text, long lo, long hi) {
-    std::size_t used = 0;
-    long value = 0;
-    try {
-        value = std::stol(text, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    if (used == 0 || used != text.size() || value < lo || value > hi)
+    const auto value = whole_number(text, [](const std::string& t, std::size_t* used) { return std::stol(t, used); });
+    if (!value || *value < lo || *value > hi)
         usage(option + " wants an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + text + "'");
-    return value;
+    return *value;
 }
 
 /// @return @p text as a number in (0, 1]; exits with a usage error naming @p option otherwise.
 double parse_fraction(const std::string& option, const std::string& text) {
-    std::size_t used = 0;
-    double value = 0.0;
-    try {
-        value = std::stod(text, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    if (used == 0 || used != text.size() || !(value > 0.0 && value <= 1.0))
-        usage(option + " wants a fraction of the prompt in (0, 1], got '" + text + "'");
-    return value;
+    const auto value = whole_number(text, [](const std::string& t, std::size_t* used) { return std::stod(t, used); });
+    if (!value || !(*value > 0.0 && *value <= 1.0)) usage(option + " wants a fraction of the prompt in (0, 1], got '" + text + "'");
+    return *value;
 }
 
 /// @return the contents of @p path; exits with a usage error when it cannot be read.

@@ -111,10 +111,14 @@ class session {
     shape.validate(layout.num_kv_heads(), layout.head_dim(), where);
     ::kvcompact::detail::require(window_rows > 0, where, "window_rows", "must be positive");
     ::kvcompact::detail::require_size_fits({window_rows}, where, "window_rows");
-    // bounds every term of workspace_plan: [S][L][Hq + Hkv][capacity (+ splits)][head_dim, window rows x 3, Hkv]
+    ::kvcompact::detail::require_size_fits({layout.head_dim(), shape.query_heads}, where, "layout");
+    // Each term of workspace_plan is at most 12 bytes times this product (per sequence, layer and head:
+    // capacity or decode splits, times the padded head dimension or 3 statistics or Hkv, times the
+    // padded window rows), so 2^56 keeps the sum of its ~20 terms within 64 bits.
     ::kvcompact::detail::require_size_fits({layout.num_sequences(), layout.num_layers(), shape.query_heads + layout.num_kv_heads(),
                                             layout.capacity() + detail::max_decode_splits,
-                                            layout.head_dim() + 3 * window_rows + layout.num_kv_heads() + 64},
+                                            detail::padded_head_dim(layout.head_dim()) + layout.head_dim() + layout.num_kv_heads() + 64,
+                                            detail::padded_window_rows(window_rows) + 8},
                                            where, "layout");
     return plan(layout, shape, window_rows).total;
   }

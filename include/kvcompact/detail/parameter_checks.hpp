@@ -118,17 +118,23 @@ inline void check_rule(const selectors::candidate_rule& rule, const char* where)
   require_pool_kernel(rule.pool, rule.kernel, where, "policy.selector.rule.kernel");
 }
 
-/// Top-k: schedule, rule, and protected tokens within the budget of every layer that can compress
-/// (a layer whose budget is the whole capacity never evicts).
+/// @p needed protected slots fit the budget of every layer that can compress (a layer whose budget is
+/// the whole capacity never evicts).
+template <class Selector>
+void require_protected_fit_in_layers(const Selector& s, index_t needed, index_t layers, index_t capacity, const char* where) {
+  for (index_t l = 0; l < layers; ++l) {
+    const index_t budget = s.budget(l, layers, capacity);
+    if (budget < capacity) require_protected_fit(needed, budget, where, "policy.selector.rule");
+  }
+}
+
+/// Top-k: schedule, rule, and protected tokens within every layer's budget.
 template <class Schedule>
 void check_selector(const selectors::top_k<Schedule>& s, index_t layers, index_t capacity, const char* where) {
   check_schedule(s.schedule, where);
   check_rule(s.rule, where);
   require_not_nan(s.min_score, where, "policy.selector.min_score");
-  for (index_t l = 0; l < layers; ++l) {
-    const index_t budget = s.budget(l, layers, capacity);
-    if (budget < capacity) require_protected_fit(smallest_budget(s), budget, where, "policy.selector.rule");
-  }
+  require_protected_fit_in_layers(s, smallest_budget(s), layers, capacity, where);
 }
 /// Ada-KV: schedule, rule, floor share, protected tokens within the average budget.
 template <class Schedule>
@@ -136,10 +142,7 @@ void check_selector(const selectors::adaptive_heads<Schedule>& s, index_t layers
   check_schedule(s.schedule, where);
   check_rule(s.rule, where);
   require_unit_interval(s.floor_fraction, where, "policy.selector.floor_fraction");
-  for (index_t l = 0; l < layers; ++l) {
-    const index_t budget = s.budget(l, layers, capacity);
-    if (budget < capacity) require_protected_fit(s.rule.sinks + s.rule.recent, budget, where, "policy.selector.rule");
-  }
+  require_protected_fit_in_layers(s, s.rule.sinks + s.rule.recent, layers, capacity, where);
 }
 /// CORM: a query window of at least one position, covered by the recent tokens.
 inline void check_selector(const selectors::hit_window& s, index_t, index_t, const char* where) {
