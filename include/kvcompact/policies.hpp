@@ -218,7 +218,9 @@ inline auto kvmerger(double fraction) {
 
 /// @brief CaM (3) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
 /// kept; each evicted value is spread over the next `merge_count` kept values.
-/// @param budget slots per head @param start first tokens kept, fewer than @p budget @param merge_count M, positive
+/// @param budget slots per head
+/// @param start first tokens kept, fewer than @p budget
+/// @param merge_count M, positive
 /// @return the policy
 /// @throws kvcompact::error when an argument is out of range
 inline auto cam(index_t budget, index_t start, index_t merge_count = 32) {
