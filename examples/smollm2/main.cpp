@@ -3,10 +3,7 @@
 /// @brief smollm2_decode: greedy generation with SmolLM2-135M-Instruct (GGUF), streamed as it decodes,
 ///        optionally with a kvcompact policy managing the KV cache.
 ///
-/// Usage: smollm2_decode [--model FILE] [--prompt TEXT | --prompt-file FILE] [--raw]
-///                       [--system TEXT] [--n N] [--threads N]
-///                       [--preset NAME] [--budget FRACTION] [--window ROWS]
-///                       [--print-ids] [--logits-out FILE] [--self-check]
+/// Usage: see usage_text below (`smollm2_decode --help`).
 /// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh).
 
 #include <algorithm>
@@ -17,7 +14,10 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
+#include <new>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -55,9 +55,70 @@ struct options {
     bool self_check = false;
 };
 
-[[noreturn]] void usage(const char* why) {
-    std::fprintf(stderr, "smollm2_decode: %s\n(see the header of examples/smollm2/main.cpp for options)\n", why);
+/// What --help prints.
+constexpr const char* usage_text =
+    "Usage: smollm2_decode [options]\n"
+    "Greedy generation with SmolLM2-135M-Instruct (GGUF), optionally with a kvcompact policy\n"
+    "managing the KV cache.\n"
+    "  --model FILE        GGUF model (default: $KVCOMPACT_SMOLLM2_GGUF, see fetch_model.sh)\n"
+    "  --prompt TEXT       the user's question (default: a question about France)\n"
+    "  --prompt-file FILE  read the prompt from FILE\n"
+    "  --raw               feed the prompt without the chat template (it must not be empty)\n"
+    "  --system TEXT       system prompt of the chat template\n"
+    "  --n N               tokens to generate, 0 to 1048576 (default 64)\n"
+    "  --threads N         OpenMP threads, 0 (default) to 1024\n"
+    "  --preset NAME       full (default) or a kvcompact preset: streaming_llm, h2o, tova, snapkv,\n"
+    "                      pyramidkv, adakv, knorm, corm, corm_budgeted, windowkv, kvmerger, cam\n"
+    "  --budget FRACTION   share of the prompt's KV kept by compression, in (0, 1] (default 1)\n"
+    "  --window ROWS       observation window / recent tokens of the preset, 1 to 65536 (default 32)\n"
+    "  --print-ids         print prompt and generated token ids\n"
+    "  --logits-out FILE   write the logits of every generated token (fp32) to FILE\n"
+    "  --self-check        check prefill/decode consistency and no-evict presets, then exit\n"
+    "  --help              print this text and exit\n";
+
+/// Most tokens (prompt plus generated) one run may hold.
+constexpr long max_tokens = 1L << 20;
+
+[[noreturn]] void usage(const std::string& why) {
+    std::fprintf(stderr, "smollm2_decode: %s\n(smollm2_decode --help lists the options)\n", why.c_str());
     std::exit(2);
+}
+
+/// @return @p text converted whole by @p convert (std::stol, std::stod), nullopt when it is not a number.
+template <class Convert>
+auto whole_number(const std::string& text, Convert convert) -> std::optional<decltype(convert(text, nullptr))> {
+    std::size_t used = 0;
+    try {
+        const auto value = convert(text, &used);
+        if (used == text.size()) return value;
+    } catch (const std::exception&) {
+    }
+    return std::nullopt;
+}
+
+/// @return @p text as an integer in [lo, hi]; exits with a usage error naming @p option otherwise.
+long parse_integer(const std::string& option, const std::string& text, long lo, long hi) {
+    const auto value = whole_number(text, [](const std::string& t, std::size_t* used) { return std::stol(t, used); });
+    if (!value || *value < lo || *value > hi)
+        usage(option + " wants an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + text + "'");
+    return *value;
+}
+
+/// @return @p text as a number in (0, 1]; exits with a usage error naming @p option otherwise.
+double parse_fraction(const std::string& option, const std::string& text) {
+    const auto value = whole_number(text, [](const std::string& t, std::size_t* used) { return std::stod(t, used); });
+    if (!value || !(*value > 0.0 && *value <= 1.0)) usage(option + " wants a fraction of the prompt in (0, 1], got '" + text + "'");
+    return *value;
+}
+
+/// @return the contents of @p path; exits with a usage error when it cannot be read.
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) usage("--prompt-file: cannot open '" + path + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (in.bad()) usage("--prompt-file: cannot read '" + path + "'");
+    return ss.str();
 }
 
 options parse(int argc, char** argv) {
@@ -66,32 +127,29 @@ options parse(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
-            if (i + 1 >= argc) usage(("missing value for " + a).c_str());
+            if (i + 1 >= argc) usage("missing value for " + a);
             return argv[++i];
         };
-        if (a == "--model") o.model_path = next();
-        else if (a == "--prompt") o.prompt = next();
-        else if (a == "--prompt-file") {
-            std::ifstream in(next());
-            std::stringstream ss;
-            ss << in.rdbuf();
-            o.prompt = ss.str();
+        if (a == "--help" || a == "-h") {
+            std::fputs(usage_text, stdout);
+            std::exit(0);
         }
+        else if (a == "--model") o.model_path = next();
+        else if (a == "--prompt") o.prompt = next();
+        else if (a == "--prompt-file") o.prompt = read_file(next());
         else if (a == "--system") o.system = next();
         else if (a == "--raw") o.raw = true;
-        else if (a == "--n") o.max_new = std::stoi(next());
-        else if (a == "--threads") o.threads = std::stoi(next());
+        else if (a == "--n") o.max_new = static_cast<int>(parse_integer(a, next(), 0, max_tokens));
+        else if (a == "--threads") o.threads = static_cast<int>(parse_integer(a, next(), 0, 1024));
         else if (a == "--preset") o.preset = next();
-        else if (a == "--budget") {
-            o.budget = std::stod(next());
-            if (!(o.budget > 0.0 && o.budget <= 1.0)) usage("--budget wants a fraction of the prompt in (0, 1]");
-        }
-        else if (a == "--window") o.window = std::stoi(next());
+        else if (a == "--budget") o.budget = parse_fraction(a, next());
+        else if (a == "--window") o.window = static_cast<int>(parse_integer(a, next(), 1, 65536));
         else if (a == "--print-ids") o.print_ids = true;
         else if (a == "--logits-out") o.logits_out = next();
         else if (a == "--self-check") o.self_check = true;
-        else usage(("unknown option " + a).c_str());
+        else usage("unknown option " + a);
     }
+    if (o.raw && o.prompt.empty()) usage("--raw with an empty prompt: there is no token to start from");
     if (o.model_path.empty() && o.self_check) {
         std::fprintf(stderr, "smollm2_decode --self-check: skipped, KVCOMPACT_SMOLLM2_GGUF is not set\n");
         std::exit(77);  // ctest SKIP_RETURN_CODE
@@ -255,6 +313,10 @@ int main(int argc, char** argv) try {
     if (o.self_check) return self_check(o, config, weights, tok);
 
     const auto prompt = tok.encode(o.raw ? o.prompt : chat_prompt(o.prompt, o.system));
+    if (prompt.empty()) throw std::runtime_error("the prompt encodes to no token");
+    if (static_cast<long>(prompt.size()) + o.max_new > max_tokens)
+        throw std::runtime_error("the prompt has " + std::to_string(prompt.size()) + " tokens; with --n " + std::to_string(o.max_new) +
+                                 " that is more than the " + std::to_string(max_tokens) + " tokens this engine holds");
     if (prompt.size() + static_cast<std::size_t>(o.max_new) > static_cast<std::size_t>(config.context_length))
         std::fprintf(stderr, "warning: %zu prompt + %d new tokens exceed the trained context of %d\n", prompt.size(),
                      o.max_new, config.context_length);
@@ -286,6 +348,9 @@ int main(int argc, char** argv) try {
     std::fprintf(stderr, "kv cache [%s]: %zu bytes occupied vs %zu full (%.1f%%)\n", o.preset.c_str(), g.kv_bytes,
                  g.kv_full_bytes, 100.0 * static_cast<double>(g.kv_bytes) / static_cast<double>(g.kv_full_bytes));
     return 0;
+} catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "smollm2_decode: error: out of memory\n");
+    return 1;
 } catch (const std::exception& e) {
     std::fprintf(stderr, "smollm2_decode: error: %s\n", e.what());
     return 1;

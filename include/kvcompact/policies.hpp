@@ -1,12 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief Presets: each published method as a composition of components, and a runtime-name dispatcher.
+///
+/// Every factory checks its arguments and throws kvcompact::error naming the bad one: budgets,
+/// windows, kernels and group sizes must be positive (odd for pooling kernels), shares lie in
+/// [0, 1], and protected tokens never exceed the budget. Protected tokens (sinks, recent tokens, the
+/// observation window) above the budget are rejected rather than capped, by the factories and by
+/// the sessions alike: the selectors never evict a protected token, so such a policy could only keep
+/// more than its budget. A policy that evicts during decode needs one slot beyond its protected
+/// tokens (`streaming_llm(4, 4)` is rejected: four sinks leave nothing to evict).
 #pragma once
 
 #include <kvcompact/mergers/average.hpp>
 #include <kvcompact/mergers/cam.hpp>
 #include <kvcompact/mergers/drop.hpp>
 #include <kvcompact/mergers/gaussian_pivot.hpp>
+#include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/policy.hpp>
 #include <kvcompact/scorers/accumulated_attention.hpp>
@@ -31,46 +40,74 @@ KVCOMPACT_NAMESPACE_BEGIN
 namespace policies {
 
 /// @brief StreamingLLM (@ref methods_streaming_llm): `sinks` first tokens plus the newest, `budget` in all.
-/// @param budget slots per head @param sinks attention sinks @return the policy
+/// @param budget slots per head @param sinks attention sinks, fewer than @p budget @return the policy
+/// @throws kvcompact::error when @p budget is not positive or @p sinks is negative or not below @p budget
 inline auto streaming_llm(index_t budget, index_t sinks = 4) {
-  return policy<scorers::recency, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}, {sinks, 0}}, {}};
+  detail::require_positive(budget, "streaming_llm", "budget");
+  detail::require_non_negative(sinks, "streaming_llm", "sinks");
+  const policy<scorers::recency, selectors::top_k<budgets::fixed>> p{{}, {budgets::fixed{budget}, {sinks, 0}}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "streaming_llm", "sinks");
+  return p;
 }
 
 /// @brief H2O (@ref methods_h2o): `recent` newest tokens plus the heaviest accumulated attention, `budget` in all.
 /// Pass every prompt query as the window for the original column sums.
-/// @param budget slots per head @param recent recent tokens kept @return the policy
+/// @param budget slots per head @param recent recent tokens kept, at most @p budget @return the policy
+/// @throws kvcompact::error when @p budget is not positive or @p recent is negative or above @p budget
 inline auto h2o(index_t budget, index_t recent) {
-  return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}, {0, recent}}, {}};
+  detail::require_positive(budget, "h2o", "budget");
+  detail::require_non_negative(recent, "h2o", "recent");
+  const policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>> p{{}, {budgets::fixed{budget}, {0, recent}}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "h2o", "recent");
+  return p;
 }
 
 /// @brief TOVA (@ref methods_tova): the top `budget` by the last query's head-averaged attention (one-row window).
 /// @param budget slots per head @return the policy
+/// @throws kvcompact::error when @p budget is not positive
 inline auto tova(index_t budget) {
+  detail::require_positive(budget, "tova", "budget");
   return policy<scorers::last_query, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}};
 }
 
 /// @brief SnapKV (@ref methods_snapkv): window-summed attention, max-pooled, top `budget - window` plus the window.
-/// @param budget slots per head (window included) @param window observation window w @param kernel pooling kernel
-/// @return the policy
+/// @param budget slots per head (window included) @param window observation window w, at most @p budget
+/// @param kernel pooling kernel (odd) @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto snapkv(index_t budget, index_t window = 32, index_t kernel = 7) {
   using selector = selectors::top_k<budgets::fixed>;
-  return policy<scorers::observation_window, selector>{
+  detail::require_positive(budget, "snapkv", "budget");
+  detail::require_non_negative(window, "snapkv", "window");
+  detail::require_pool_kernel(selectors::pooling::max, kernel, "snapkv", "kernel");
+  const policy<scorers::observation_window, selector> p{
       {}, selector{budgets::fixed{budget}, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "snapkv", "window");
+  return p;
 }
 
 /// @brief PyramidKV (@ref methods_pyramidkv): SnapKV scores with a per-layer pyramid of budgets averaging `average`.
-/// @param average average slots per head (window included) @param window observation window @param kernel pooling kernel
-/// @return the policy
+/// @param average average slots per head (window included) @param window observation window, at most @p average
+/// @param kernel pooling kernel (odd) @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto pyramidkv(index_t average, index_t window = 32, index_t kernel = 7) {
+  detail::require_positive(average, "pyramidkv", "average");
+  detail::require_non_negative(window, "pyramidkv", "window");
+  detail::require_at_least(average, window, "pyramidkv", "average", "the window");
+  detail::require_pool_kernel(selectors::pooling::max, kernel, "pyramidkv", "kernel");
   using selector = selectors::top_k<budgets::pyramid>;
   return policy<scorers::observation_window, selector>{
       {}, selector{budgets::pyramid{average, window}, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
 }
 
 /// @brief Ada-KV (@ref methods_adakv): window-mean attention, max-pooled; head-wise budgets averaging `budget`.
-/// @param budget average slots per head (window included) @param window observation window
-/// @param floor_fraction alpha_f @return the policy
+/// @param budget average slots per head (window included) @param window observation window, at most @p budget
+/// @param floor_fraction alpha_f in [0, 1] @return the policy
+/// @throws kvcompact::error when an argument is out of range (a NaN floor included)
 inline auto adakv(index_t budget, index_t window = 32, double floor_fraction = 0.2) {
+  detail::require_positive(budget, "adakv", "budget");
+  detail::require_non_negative(window, "adakv", "window");
+  detail::require_protected_fit(window, budget, "adakv", "window");
+  detail::require_unit_interval(floor_fraction, "adakv", "floor_fraction");
   using selector = selectors::adaptive_heads<budgets::fixed>;
   scorers::observation_window scorer{};
   scorer.rows = reduction::mean;
@@ -79,30 +116,49 @@ inline auto adakv(index_t budget, index_t window = 32, double floor_fraction = 0
 
 /// @brief KNorm (@ref methods_knorm): the `budget` keys of lowest L2 norm.
 /// @param budget slots per head @return the policy
-inline auto knorm(index_t budget) { return policy<scorers::key_norm, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}}; }
+/// @throws kvcompact::error when @p budget is not positive
+inline auto knorm(index_t budget) {
+  detail::require_positive(budget, "knorm", "budget");
+  return policy<scorers::key_norm, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}};
+}
 
 /// @brief CORM (@ref methods_corm_selection, faithful, budget-free): keeps what one of the last `window` queries found important.
-/// @param window w @param recent r >= w @param sinks explicit sinks @return the policy
+/// @param window w, positive @param recent r >= w @param sinks explicit sinks @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto corm(index_t window, index_t recent, index_t sinks = 0) {
+  detail::require_positive(window, "corm", "window");
+  detail::require_at_least(recent, window, "corm", "recent", "the window");
+  detail::require_non_negative(sinks, "corm", "sinks");
   return policy<scorers::recent_query, selectors::hit_window>{{}, {window, recent, sinks}, {}};
 }
 
 /// @brief Budgeted CORM (@ref methods_corm_budgeted): the `recent` newest plus the most important above the threshold, `budget` in all.
-/// @param budget slots per head @param recent recent tokens kept (and window rows) @param alpha threshold multiplier
-/// @return the policy
+/// @param budget slots per head @param recent recent tokens kept (and window rows), at most @p budget
+/// @param alpha threshold multiplier, finite and not negative @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto corm_budgeted(index_t budget, index_t recent, float alpha = 1.0f) {
+  detail::require_positive(budget, "corm_budgeted", "budget");
+  detail::require_non_negative(recent, "corm_budgeted", "recent");
+  detail::require_finite_non_negative(alpha, "corm_budgeted", "alpha");
   scorers::recent_query scorer{};
   scorer.score_mode = scorers::recent_query::mode::importance;
   scorer.alpha = alpha;
-  return policy<scorers::recent_query, selectors::top_k<budgets::fixed>>{scorer, {budgets::fixed{budget}, {0, recent}, alpha}, {}};
+  const policy<scorers::recent_query, selectors::top_k<budgets::fixed>> p{scorer, {budgets::fixed{budget}, {0, recent}, alpha}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "corm_budgeted", "recent");
+  return p;
 }
 
 /// @brief WindowKV (@ref methods_windowkv): whole windows of `window` tokens under a group pyramid averaging `average`
 /// review tokens, indices shared by groups of `group` layers; the `suffix` newest tokens are kept.
 /// @param average average review tokens per layer @param group layers per group @param task the engine's task type
 /// @param window tokens per window @param suffix observation window @return the policy
+/// @throws kvcompact::error when @p average, @p group or @p window is not positive or @p suffix is negative
 inline auto windowkv(index_t average, index_t group, selectors::task_type task = selectors::task_type::localization, index_t window = 8,
                      index_t suffix = 32) {
+  detail::require_positive(average, "windowkv", "average");
+  detail::require_positive(group, "windowkv", "group");
+  detail::require_positive(window, "windowkv", "window");
+  detail::require_non_negative(suffix, "windowkv", "suffix");
   using selector = selectors::windows<budgets::group_pyramid>;
   return policy<scorers::last_query, selector>{{}, selector{budgets::group_pyramid{average, group}, window, suffix, group, task}, {}};
 }
@@ -123,7 +179,7 @@ struct merge_protection {
 /// @return rho_r and rho_a
 /// @throws kvcompact::error when @p fraction is outside (0, 1]
 inline merge_protection kvmerger_protection(double fraction) {
-  detail::require(fraction > 0.0 && fraction <= 1.0, "kvmerger_protection", "fraction", "must be in (0, 1], got " + std::to_string(fraction));
+  detail::require_kept_fraction(fraction, "kvmerger_protection", "fraction");
   constexpr merge_protection at35{0.08, 0.02}, at50{0.17, 0.12};
   if (fraction >= 0.5) return at50;
   if (fraction >= 0.35) {
@@ -141,10 +197,9 @@ inline merge_protection kvmerger_protection(double fraction) {
 /// @return the policy
 /// @throws kvcompact::error when an argument is out of range
 inline auto kvmerger(double fraction, double recent_fraction, double top_fraction) {
-  detail::require(fraction > 0.0 && fraction <= 1.0, "kvmerger", "fraction", "must be in (0, 1], got " + std::to_string(fraction));
-  detail::require(recent_fraction >= 0.0 && recent_fraction <= 1.0, "kvmerger", "recent_fraction",
-                  "must be in [0, 1], got " + std::to_string(recent_fraction));
-  detail::require(top_fraction >= 0.0 && top_fraction <= 1.0, "kvmerger", "top_fraction", "must be in [0, 1], got " + std::to_string(top_fraction));
+  detail::require_kept_fraction(fraction, "kvmerger", "fraction");
+  detail::require_unit_interval(recent_fraction, "kvmerger", "recent_fraction");
+  detail::require_unit_interval(top_fraction, "kvmerger", "top_fraction");
   using selector = selectors::merging_sets<budgets::fraction>;
   selector s{budgets::fraction{fraction}};
   s.recent_fraction = recent_fraction;
@@ -163,12 +218,21 @@ inline auto kvmerger(double fraction) {
 
 /// @brief CaM (@ref methods_cam) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
 /// kept; each evicted value is spread over the next `merge_count` kept values.
-/// @param budget slots per head @param start first tokens kept @param merge_count M @return the policy
+/// @param budget slots per head
+/// @param start first tokens kept, fewer than @p budget
+/// @param merge_count M, positive
+/// @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto cam(index_t budget, index_t start, index_t merge_count = 32) {
+  detail::require_positive(budget, "cam", "budget");
+  detail::require_non_negative(start, "cam", "start");
+  detail::require_positive(merge_count, "cam", "merge_count");
   mergers::cam merger{};
   merger.merge_count = merge_count;
-  return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>, mergers::cam>{
-      {}, {budgets::fixed{budget}, {start, budget - start}}, merger};
+  const policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>, mergers::cam> p{
+      {}, {budgets::fixed{budget}, {start, budget > start ? budget - start : 0}}, merger};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "cam", "start");
+  return p;
 }
 
 /// @brief Runtime parameters shared by the name dispatcher.

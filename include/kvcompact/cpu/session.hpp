@@ -5,6 +5,9 @@
 
 #include <kvcompact/cpu/detail/parallel.hpp>
 #include <kvcompact/cpu/detail/vector_math.hpp>
+#include <kvcompact/detail/cache_checks.hpp>
+#include <kvcompact/detail/parameter_checks.hpp>
+#include <kvcompact/detail/size_checks.hpp>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
@@ -14,6 +17,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -28,6 +32,22 @@ namespace cpu {
 /// Layers: compress_prefill() and append() take storage layers; attend() and observe() take the
 /// layer that attends, which for a kvcompact::layer_mapped_layout is a model layer (mapped to its
 /// storage layer, with its visibility rule) and otherwise the storage layer itself.
+///
+/// Call order: compress_prefill() runs at most once, before the first append(); a second call, or
+/// one after append(), throws (the cache is compressed already; a new prompt wants a new session,
+/// which costs no allocation). Decoding without compress_prefill() is valid: the session manages
+/// the cache as it was given (StreamingLLM from an empty cache, say). append() positions grow per
+/// head: each token's position exceeds every position its heads hold. attend() and observe() may
+/// take a position below the newest key (a prompt appended first and attended token by token): keys
+/// after the query's position are masked.
+///
+/// Data checks (kvcompact::error naming the argument): queries (window and decode), appended keys and
+/// values and the softmax scale must be finite; positions of valid slots must be set (not negative)
+/// and distinct within a head (checked by compress_prefill(), or the first append() without it).
+/// Keys and values already in the cache are checked where they would otherwise spread or surface:
+/// a policy that merges checks every valid slot before its first merge (compress_prefill(), or the
+/// first append()); any policy reports a non-finite prefill score ("scores") and a non-finite
+/// attend() output ("cache"). A non-finite value that no query ever reads is not reported.
 /// @tparam Policy a kvcompact::compression_policy
 /// @tparam T storage element
 /// @tparam Layout a kvcompact::kv_layout
@@ -41,13 +61,21 @@ class session {
 
   /// @brief Bytes of persistent state (per-slot scorer state and per-head decode budgets) for a layout.
   /// @param layout the cache layout @return the size in bytes
+  /// @throws kvcompact::error when the layout's extents are invalid or the size overflows
   [[nodiscard]] static std::size_t state_bytes(const Layout& layout) {
+    detail::validate_layout_extents(layout, "state_bytes");
+    detail::require_size_fits({layout.num_sequences(), layout.num_layers(), layout.num_kv_heads(), layout.capacity(), sizeof(state_type)},
+                              "state_bytes", "layout");
     const auto heads = static_cast<std::size_t>(layout.num_sequences() * layout.num_layers() * layout.num_kv_heads());
     return heads * static_cast<std::size_t>(layout.capacity()) * sizeof(state_type) + heads * sizeof(std::int32_t);
   }
   /// @brief Bytes of workspace (scratch reused by every call).
   /// @param layout the cache layout @param shape attention shape @return the size in bytes
+  /// @throws kvcompact::error when the layout's extents or the query heads are invalid, or the size overflows
   [[nodiscard]] static std::size_t workspace_bytes(const Layout& layout, const attention_shape& shape) {
+    detail::validate_layout_extents(layout, "workspace_bytes");
+    shape.validate(layout.num_kv_heads(), layout.head_dim(), "workspace_bytes");
+    detail::require_size_fits({layout.capacity(), layout.num_kv_heads() + shape.query_heads}, "workspace_bytes", "shape.query_heads");
     const auto cap = static_cast<std::size_t>(layout.capacity());
     const auto h = static_cast<std::size_t>(layout.num_kv_heads());
     const auto g = static_cast<std::size_t>(shape.query_heads);
@@ -79,10 +107,7 @@ class session {
       : policy_(policy), cache_(cache), shape_(shape) {
     cache_.validate("cpu::session");
     const index_t kv_heads = cache_.layout.num_kv_heads();
-    detail::require(shape.query_heads > 0 && shape.query_heads % kv_heads == 0, "cpu::session", "shape.query_heads",
-                    [&] { return "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads"; });
-    detail::require(shape.head_dim == 0 || shape.head_dim == cache_.layout.head_dim(), "cpu::session", "shape.head_dim",
-                    [&] { return "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(cache_.layout.head_dim()); });
+    shape.validate(kv_heads, cache_.layout.head_dim(), "cpu::session");
     detail::require(state.size() >= state_bytes(cache_.layout), "cpu::session", "state",
                     [&] { return "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)); });
     detail::require(workspace.size() >= workspace_bytes(cache_.layout, shape), "cpu::session", "workspace",
@@ -91,7 +116,7 @@ class session {
     detail::require(reinterpret_cast<std::uintptr_t>(state.data()) % alignof(std::int32_t) == 0, "cpu::session", "state", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(std::int32_t) == 0, "cpu::session", "workspace",
                     "misaligned");
-    detail::require_budgets_fit(policy_.selector, cache_.layout.num_layers(), capacity(), "cpu::session");
+    detail::validate_policy(policy_, cache_.layout.num_layers(), capacity(), "cpu::session");
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(cache_.layout.head_dim()));
     slot_state_ = reinterpret_cast<state_type*>(state.data());
     budgets_ = reinterpret_cast<std::int32_t*>(state.data() + cache_.head_count() * capacity() * sizeof(state_type));
@@ -108,16 +133,27 @@ class session {
   /// @brief Compresses every sequence and storage layer of a prefilled cache: scores, selects, merges
   /// and compacts in place; lengths, positions, decode state and budgets are updated.
   /// @param window observation-window queries (ignored by scorers that need no attention)
-  /// @throws kvcompact::error on a bad window or a NaN score
+  /// @throws kvcompact::error on a bad window (non-finite queries, negative positions included), bad
+  /// cache content (unset or repeated positions; for merging policies a non-finite key or value), a
+  /// NaN score, or a second call / a call after append() ("session")
   void compress_prefill(const query_window& window = {}) {
+    detail::require(!compressed_, "compress_prefill", "session", "called twice: the cache is compressed already (one compression per session)");
+    detail::require(!decoding_, "compress_prefill", "session", "called after append(): compress the prefill before decoding starts");
     if constexpr (Policy::needs_attention) {
       detail::require(window.queries != nullptr, "compress_prefill", "window.queries", "null pointer, but the scorer needs attention");
       detail::require(window.positions != nullptr, "compress_prefill", "window.positions", "null pointer");
       detail::require(window.rows > 0, "compress_prefill", "window.rows", "must be positive");
       detail::require(window.head_dim == 0 || window.head_dim == head_dim(), "compress_prefill", "window.head_dim",
                       [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
+      for (index_t r = 0; r < cache_.layout.num_sequences() * window.rows; ++r)
+        detail::require(window.positions[r] >= 0, "compress_prefill", "window.positions",
+                        [&] { return "entry " + std::to_string(r) + " is " + std::to_string(window.positions[r]) + ": positions must not be negative"; });
+      detail::require_finite(window.queries, cache_.layout.num_sequences() * cache_.layout.num_layers() * shape_.query_heads * window.rows * head_dim(),
+                             "compress_prefill", "window.queries");
     }
     cache_.validate("compress_prefill");
+    check_cache_content("compress_prefill");
+    compressed_ = true;
     for (index_t s = 0; s < cache_.layout.num_sequences(); ++s) {
       scratch_.shared[0] = -1;  // no decision published yet (followers of a missing leader keep everything)
       for (index_t l = 0; l < cache_.layout.num_layers(); ++l) compress_layer(s, l, window);
@@ -129,12 +165,25 @@ class session {
   /// slot; no memmove, no allocation.
   /// @param sequence sequence @param layer storage layer
   /// @param keys [kv_heads][head_dim] new keys (post-RoPE) @param values [kv_heads][head_dim] new values
-  /// @param position the token's logical position
+  /// @param position the token's logical position, above every position the layer's heads hold
   /// @throws kvcompact::error when a head is full and nothing can be evicted, or on bad arguments
+  /// (non-finite keys or values, a position that does not grow)
   void append(index_t sequence, index_t layer, const T* keys, const T* values, index_t position) {
     check_indices("append", sequence, layer);
     detail::require(keys != nullptr, "append", "keys", "null pointer");
     detail::require(values != nullptr, "append", "values", "null pointer");
+    check_position("append", position);
+    detail::require_finite(keys, cache_.layout.num_kv_heads() * head_dim(), "append", "keys");
+    detail::require_finite(values, cache_.layout.num_kv_heads() * head_dim(), "append", "values");
+    if (!compressed_ && !decoding_) check_cache_content("append");
+    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
+      const index_t newest = detail::newest_position(cache_, sequence, layer, h);
+      detail::require(position > newest, "append", "position", [&] {
+        return std::to_string(position) + " does not follow position " + std::to_string(newest) + " held by head " + std::to_string(h) +
+               " of layer " + std::to_string(layer) + " (positions grow with every appended token)";
+      });
+    }
+    decoding_ = true;
     layer_context<T, Layout> ctx = context(sequence, layer, position);
     for (int h = 0; h < ctx.kv_heads(); ++h) {
       const index_t head = cache_.head_index(sequence, layer, h);
@@ -171,23 +220,35 @@ class session {
   /// @param sequence sequence @param layer attending layer (model layer for layer-mapped layouts)
   /// @param queries [query_heads][head_dim] fp32 queries @param position the token's position
   /// @param output [query_heads][head_dim] attention output
+  /// @throws kvcompact::error on bad arguments (non-finite queries, a negative position) and when the
+  /// output is not finite ("cache": a NaN or Inf key or value was read, or the logits overflowed)
   void attend(index_t sequence, index_t layer, const float* queries, index_t position, float* output) {
     detail::require(output != nullptr, "attend", "output", "null pointer");
+    check_queries("attend", queries, position);
     run_attention(sequence, layer, queries, position, output);
+    for (index_t i = 0; i < shape_.query_heads * head_dim(); ++i)
+      detail::require(std::isfinite(output[i]), "attend", "cache", [&] {
+        return "the output of query head " + std::to_string(i / head_dim()) + " is not finite: the keys or values it read hold NaN or Inf, or "
+               "the logits overflow";
+      });
   }
 
   /// @brief Scorer update only, for engines with their own attention kernel (one extra read of K).
   /// @param sequence sequence @param layer attending layer @param queries [query_heads][head_dim] fp32 queries
   /// @param position the token's position
+  /// @throws kvcompact::error on bad arguments (non-finite queries, a negative position)
   void observe(index_t sequence, index_t layer, const float* queries, index_t position) {
+    check_queries("observe", queries, position);
     run_attention(sequence, layer, queries, position, nullptr);
   }
 
   /// @brief Sets the decode budget of every head of a sequence (slots kept during decode).
-  /// @param sequence sequence @param slots the budget
+  /// @param sequence sequence @param slots the budget, at least what the policy's protected tokens need
+  /// @throws kvcompact::error when either is out of range
   void set_budget(index_t sequence, index_t slots) {
     check_indices("set_budget", sequence, 0);
     detail::require(slots > 0 && slots <= capacity(), "set_budget", "slots", "must be in [1, capacity]");
+    detail::require_protected_fit(detail::smallest_decode_budget(policy_.selector), slots, "set_budget", "slots");
     for (index_t l = 0; l < cache_.layout.num_layers(); ++l)
       for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) budgets_[cache_.head_index(sequence, l, h)] = static_cast<std::int32_t>(slots);
   }
@@ -242,6 +303,28 @@ class session {
     scratch_.keep = reinterpret_cast<std::uint8_t*>(p);
     p += cap * h;
     scratch_.order_ready = reinterpret_cast<std::uint8_t*>(p);
+  }
+
+  void check_position(const char* where, index_t position) const {
+    detail::require(position >= 0 && position <= std::numeric_limits<std::int32_t>::max(), where, "position",
+                    [&] { return "is " + std::to_string(position) + ", outside [0, 2^31)"; });
+  }
+
+  void check_queries(const char* where, const float* queries, index_t position) const {
+    detail::require(queries != nullptr, where, "queries", "null pointer");
+    check_position(where, position);
+    detail::require_finite(queries, shape_.query_heads * head_dim(), where, "queries");
+  }
+
+  // What the cache holds when the session first compresses or decodes: positions set and distinct;
+  // heads aligned where the policy compares them slot by slot or shares decisions across layers; for a
+  // policy that merges, finite keys and values (a merge would spread a NaN into kept slots).
+  void check_cache_content(const char* where) const {
+    detail::require_valid_positions(cache_, scratch_.indices, where);
+    if constexpr (Policy::shares_scores_across_kv_heads) detail::require_slot_aligned_heads(cache_, where);
+    if (const index_t group = detail::decision_group(policy_.selector); group > 0)
+      detail::require_equal_layer_groups(cache_, group, scratch_.indices, where);
+    if constexpr (Policy::merges) detail::require_finite_slots(cache_, where);
   }
 
   void check_indices(const char* where, index_t sequence, index_t layer) const {
@@ -597,6 +680,8 @@ class session {
   std::int32_t* block_count_ = nullptr;    // per block and row: visible slots
   std::int32_t* row_counts_ = nullptr;     // per row: visible slots
   std::int32_t* row_positions_ = nullptr;  // per strip row: the query's position
+  bool compressed_ = false;  // compress_prefill() ran
+  bool decoding_ = false;    // append() ran
 };
 
 }  // namespace cpu
