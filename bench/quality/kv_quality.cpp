@@ -15,8 +15,15 @@
 ///                   [--ppl-context 1024] [--continuation 64]
 ///                   [--needle-contexts 2048,4096] [--depths 0.1,0.5,0.9]
 ///                   [--window 32] [--max-window-rows 512] [--csv FILE] [--threads N]
+///                   [--budget-tables prefixkv=FILE,xkv=FILE]
 ///
-/// Besides kvcompact::policies::preset_names, --presets and --extra accept three bench-only variants:
+/// The calibrated presets (kvcompact::policies::calibrated_preset_names: prefixkv, xkv) need their
+/// budget files (calibrate_budgets; bench/quality/budgets/ holds SmolLM2's): each configuration loads
+/// the table for its budget, after checking that the file belongs to this model.
+/// Besides kvcompact::policies::preset_names (and calibrated_preset_names), --presets and --extra accept
+/// the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp (mixattention, sliding_window:
+/// ring layers of budget x prompt slots, 4 of them sinks; an inference-time approximation, docs/methods.md
+/// 9.4) and three bench-only variants:
 /// kvmerger_unscaled, the kvmerger preset with merged values left as the Gaussian-weighted average
 /// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule);
 /// windowkv_layerwise, the windowkv preset with a layer group of 1 (every layer scores and picks its
@@ -50,9 +57,11 @@
 
 #include "chat.hpp"
 #include "engine.hpp"
+#include "fingerprint.hpp"
 #include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
+#include "layer_map_backend.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -74,10 +83,16 @@ struct skip_first_layers {
     }
 };
 
+/// @return true when @p name is one of kvcompact's calibrated presets (they need a budget file).
+bool calibrated_preset(std::string_view name) {
+    const auto& names = kvcompact::policies::calibrated_preset_names;
+    return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 /// @return true when @p name is a kvcompact preset or one of the bench-only variants.
 bool known_preset(std::string_view name) {
     const auto& names = kvcompact::policies::preset_names;
-    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 ||
+    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 || calibrated_preset(name) || is_layer_map_preset(name) ||
            std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -97,6 +112,7 @@ struct options {
     int max_window_rows = 512;  ///< cap on "all prompt queries" windows (H2O, KVMerger, CaM)
     std::string csv;
     int threads = 0;
+    std::vector<std::pair<std::string, std::string>> budget_tables;  ///< calibrated preset -> budget file
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -149,6 +165,16 @@ options parse(int argc, char** argv) {
         else if (a == "--max-window-rows") o.max_window_rows = std::stoi(v);
         else if (a == "--csv") o.csv = v;
         else if (a == "--threads") o.threads = std::stoi(v);
+        else if (a == "--budget-tables") {
+            for (const auto& item : split(v)) {
+                const auto eq = item.find('=');
+                if (eq == std::string::npos || !calibrated_preset(item.substr(0, eq))) {
+                    std::fprintf(stderr, "kv_quality: --budget-tables wants prefixkv=FILE / xkv=FILE items, got \"%s\"\n", item.c_str());
+                    std::exit(2);
+                }
+                o.budget_tables.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+            }
+        }
         else {
             std::fprintf(stderr, "kv_quality: unknown option %s (see the header of kv_quality.cpp)\n", a.c_str());
             std::exit(2);
@@ -161,11 +187,17 @@ options parse(int argc, char** argv) {
     }
     std::vector<std::string> named = o.presets;
     for (const auto& [p, b] : o.extra) named.push_back(p);
-    for (const auto& p : named)
+    for (const auto& p : named) {
         if (!known_preset(p)) {
             std::fprintf(stderr, "kv_quality: unknown preset \"%s\" in --presets/--extra\n", p.c_str());
             std::exit(2);
         }
+        const bool has_table = std::any_of(o.budget_tables.begin(), o.budget_tables.end(), [&](const auto& t) { return t.first == p; });
+        if (calibrated_preset(p) && !has_table) {
+            std::fprintf(stderr, "kv_quality: preset \"%s\" needs its budget file: --budget-tables %s=FILE\n", p.c_str(), p.c_str());
+            std::exit(2);
+        }
+    }
     return o;
 }
 
@@ -189,11 +221,12 @@ std::string load_essays(const std::string& dir) {
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
-/// The model and its tokenizer.
+/// The model, its tokenizer and its signature (for budget files).
 struct model_bundle {
     const model_config& c;
     const model_weights& w;
     const tokenizer& tok;
+    const kvcompact::budgets::model_signature& signature;
 };
 
 /// A full-cache prefill that every configuration restarts from.
@@ -262,6 +295,7 @@ public:
         shadow_.restore(prefilled);
     }
     const kv_cache_storage& cache() const override { return inner_.cache(); }
+    std::size_t occupied_bytes() const override { return inner_.occupied_bytes(); }
 
     /// @return mean relative error of each layer over all attend() calls.
     std::vector<double> mean_errors() const {
@@ -305,12 +339,20 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m
         policy.merger.value_scale = kvcompact::mergers::gaussian_pivot::value_rule::one;
         return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     }
+    if (is_layer_map_preset(cfg.preset))
+        return make_layer_map_backend(cfg.preset, static_cast<int>(budget), m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     if (cfg.preset == knorm_skip2) {
         using selector = kvcompact::selectors::top_k<skip_first_layers>;
         const kvcompact::policy<kvcompact::scorers::key_norm, selector> policy{{}, {skip_first_layers{budget, 2}}, {}};
         return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     }
     kvcompact::policies::preset_options preset{budget, prompt_length, o.window};
+    kvcompact::budgets::layer_table table;
+    if (calibrated_preset(cfg.preset)) {
+        const auto file = std::find_if(o.budget_tables.begin(), o.budget_tables.end(), [&](const auto& t) { return t.first == cfg.preset; });
+        table = kvcompact::budgets::load_layer_budgets(file->second, m.signature, cfg.budget);
+        preset.layer_budgets = &table;
+    }
     std::string_view name = cfg.preset;
     if (name == windowkv_layerwise) {
         preset.layer_group = 1;
@@ -338,7 +380,7 @@ std::unique_ptr<kv_backend> compressed_backend(const options& o, const model_bun
 
 /// @return the share of an uncompressed cache for every token @p eng has seen that @p backend occupies.
 double kept_share(const kv_backend& backend, const engine& eng) {
-    return static_cast<double>(backend.cache().occupied_bytes()) /
+    return static_cast<double>(backend.occupied_bytes()) /
            static_cast<double>(backend.cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen())));
 }
 
@@ -492,7 +534,8 @@ int main(int argc, char** argv) try {
     const auto c = model_config::from_gguf(file);
     const tokenizer tok(file);
     const auto w = model_weights::from_gguf(file, c);
-    const model_bundle m{c, w, tok};
+    const auto signature = model_signature(file, c);
+    const model_bundle m{c, w, tok, signature};
     const auto text = tok.encode(load_essays(o.essays_dir), false);
     std::printf("# kvcompact quality on SmolLM2-135M-Instruct (%zu essay tokens)\n", text.size());
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> csv(o.csv.empty() ? nullptr : std::fopen(o.csv.c_str(), "w"), &std::fclose);

@@ -3,6 +3,8 @@
 /// @brief Umbrella header: everything that builds without nvcc (components, layouts, CPU backend).
 #pragma once
 
+#include <kvcompact/calibration/knapsack.hpp>
+#include <kvcompact/calibration/prefix_search.hpp>
 #include <kvcompact/config.hpp>
 #include <kvcompact/cpu/session.hpp>
 #include <kvcompact/error.hpp>
@@ -16,4 +18,5 @@
 #include <kvcompact/policies.hpp>
 #include <kvcompact/policy.hpp>
 #include <kvcompact/query_window.hpp>
+#include <kvcompact/selectors/layer_budget_file.hpp>
 #include <kvcompact/version.hpp>
