@@ -12,6 +12,7 @@
 #include <kvcompact/layouts/flashinfer_paged.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/layouts/paged.hpp>
+#include <kvcompact/layouts/ragged_layers.hpp>
 #include <kvcompact/layouts/strided.hpp>
 #include <kvcompact/layouts/vllm_paged.hpp>
 #include <kvcompact/numeric.hpp>
