@@ -407,13 +407,15 @@ void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id
             auto backend = compressed_backend(o, m, cfg, snap);
             error_probe probe(*backend, m.c, snap.cache);
             engine eng(m.c, m.w, probe, snap.tokens);
-            auto logits = snap.logits;
-            double total = 0;
-            for (token_id t : cont) {
-                total += nll(logits, t);
-                const token_id one[1] = {t};
-                logits = eng.forward(one);
-            }
+            // One pass over the continuation: the backend still appends and attends token by token per
+            // layer, so this equals token-by-token teacher forcing (the last token's logits are unused,
+            // its K/V and attention error count as before).
+            const auto all = eng.forward_all(cont);
+            const auto vocab = static_cast<std::size_t>(m.c.vocab);
+            double total = nll(snap.logits, cont[0]);
+            for (std::size_t i = 1; i < cont.size(); ++i)
+                total += nll(std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>((i - 1) * vocab),
+                                                all.begin() + static_cast<std::ptrdiff_t>(i * vocab)), cont[i]);
             const double ppl = std::exp(total / static_cast<double>(cont.size()));
             if (cfg.preset == "full") full_ppl = ppl;
             const auto err = probe.mean_errors();

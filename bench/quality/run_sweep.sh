@@ -10,6 +10,8 @@
 # so how the prompts are grouped into processes changes no result. Measured single-process times on
 # 2 shared vCPUs with two processes running (2026-11-28/29): ppl 1853 s, needle_2k 2443 s,
 # needle_4k (three depths) and each 8000-token depth are in bench/results/smollm2_quality_2026-11-29.md.
+# The engine has been faster since (blocked prefill attention, one-pass perplexity continuations, the
+# threaded CPU backend); the grid has not been timed again yet (docs/smollm2.md, 2026-11-30).
 # Writes OUT_DIR/<run>.{csv,md,err} and OUT_DIR/times.txt.
 #
 # Usage: [JOBS=N] bench/quality/run_sweep.sh OUT_DIR [KV_QUALITY]   (KV_QUALITY: build/bench/quality/kv_quality)

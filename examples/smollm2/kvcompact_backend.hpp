@@ -55,6 +55,12 @@ public:
         else attend_all_slots(cache_, layer, n_heads_, q, scale_, scores_.data(), out);
     }
 
+    bool batched_prefill() const override { return !session_; }
+
+    void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
+        attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
+    }
+
     void finish_prefill(const query_window& window) override {
         session_.emplace(policy_, view_, shape_, std::span<std::byte>(state_), std::span<std::byte>(workspace_));
         session_->compress_prefill(kvcompact::query_window{window.q.data(), window.positions.data(), window.rows});
