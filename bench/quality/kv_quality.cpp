@@ -410,7 +410,16 @@ void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id
             // One pass over the continuation: the backend still appends and attends token by token per
             // layer, so this equals token-by-token teacher forcing (the last token's logits are unused,
             // its K/V and attention error count as before).
-            const auto all = eng.forward_all(cont);
+            std::vector<float> all;
+            if (is_layer_map_preset(cfg.preset)) {  // token by token: a layer reading another layer's ring must see it
+                for (token_id t : cont) {           // as decoding leaves it, not after the whole continuation
+                    const token_id one[1] = {t};
+                    const auto logits = eng.forward(one);
+                    all.insert(all.end(), logits.begin(), logits.end());
+                }
+            } else {
+                all = eng.forward_all(cont);
+            }
             const auto vocab = static_cast<std::size_t>(m.c.vocab);
             double total = nll(snap.logits, cont[0]);
             for (std::size_t i = 1; i < cont.size(); ++i)

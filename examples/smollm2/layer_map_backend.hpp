@@ -55,6 +55,14 @@ public:
         else full_.attend(layer, q, position, out);
     }
 
+    /// @return true during the prefill (the full cache attends a chunk at once), false once decoding
+    /// runs through the layout
+    bool batched_prefill() const override { return !session_; }
+
+    void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
+        full_.attend_prefill(layer, q, tokens, first, out);
+    }
+
     /// Selects from the full prefill with the policy (each storage layer from the KV of the model
     /// layer that computes it), moves the kept slots into the ragged storage and starts decoding there.
     void finish_prefill(const query_window& window) override {
