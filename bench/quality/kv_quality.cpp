@@ -23,14 +23,15 @@
 /// Besides kvcompact::policies::preset_names (and calibrated_preset_names), --presets and --extra accept
 /// the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp (mixattention, sliding_window:
 /// ring layers of budget x prompt slots, 4 of them sinks; an inference-time approximation, docs/methods.md
-/// 9.4) and three bench-only variants:
+/// 9.4) and four bench-only variants:
 /// kvmerger_unscaled, the kvmerger preset with merged values left as the Gaussian-weighted average
 /// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule);
 /// windowkv_layerwise, the windowkv preset with a layer group of 1 (every layer scores and picks its
 /// own windows instead of reusing those of its group's first layer; the budget pyramid then runs
 /// over every layer instead of over the groups); knorm_skip2, the knorm preset leaving layers 0 and 1
 /// uncompressed at prefill (KVCache-Factory's KNorm default; those layers keep the prompt's length
-/// during decode, evicting their largest-norm key per new token).
+/// during decode, evicting their largest-norm key per new token); prefixkv_uniform, the prefixkv preset
+/// with the same kept fraction in every layer instead of the calibrated table (what the allocation adds).
 ///
 /// --extra adds single (preset, budget) configurations to the presets x budgets grid
 /// (e.g. windowkv:0.12). CSV rows (no header):
@@ -72,6 +73,7 @@ using namespace smollm2;
 constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
 constexpr std::string_view windowkv_layerwise = "windowkv_layerwise";
 constexpr std::string_view knorm_skip2 = "knorm_skip2";
+constexpr std::string_view prefixkv_uniform = "prefixkv_uniform";
 
 /// A budget schedule that leaves the first `skipped` layers whole and keeps `slots` elsewhere.
 struct skip_first_layers {
@@ -92,7 +94,8 @@ bool calibrated_preset(std::string_view name) {
 /// @return true when @p name is a kvcompact preset or one of the bench-only variants.
 bool known_preset(std::string_view name) {
     const auto& names = kvcompact::policies::preset_names;
-    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 || calibrated_preset(name) || is_layer_map_preset(name) ||
+    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 || name == prefixkv_uniform || calibrated_preset(name) ||
+           is_layer_map_preset(name) ||
            std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -327,7 +330,7 @@ std::vector<config> configs(const options& o) {
 }
 
 int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
-    const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled;
+    const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled || preset == prefixkv_uniform;
     return all_queries ? std::min(prompt_length, o.max_window_rows) : o.window;
 }
 
@@ -341,6 +344,11 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m
     }
     if (is_layer_map_preset(cfg.preset))
         return make_layer_map_backend(cfg.preset, static_cast<int>(budget), m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+    if (cfg.preset == prefixkv_uniform) {
+        const auto policy = kvcompact::policies::prefixkv(kvcompact::budgets::layer_table::fractions(std::vector<double>(
+            static_cast<std::size_t>(m.c.n_layers), std::min(1.0, static_cast<double>(budget) / static_cast<double>(prompt_length)))));
+        return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+    }
     if (cfg.preset == knorm_skip2) {
         using selector = kvcompact::selectors::top_k<skip_first_layers>;
         const kvcompact::policy<kvcompact::scorers::key_norm, selector> policy{{}, {skip_first_layers{budget, 2}}, {}};
