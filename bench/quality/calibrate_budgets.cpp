@@ -50,6 +50,7 @@
 #include <kvcompact/selectors/layer_budget_file.hpp>
 
 #include "engine.hpp"
+#include "essays.hpp"
 #include "fingerprint.hpp"
 #include "gguf.hpp"
 #include "kv_backend.hpp"
@@ -108,22 +109,6 @@ options parse(int argc, char** argv) {
     for (double b : o.budgets)
         if (!(b > 0.05 && b < 1.0)) usage("budgets must be in (0.05, 1)");
     return o;
-}
-
-/// @return the essays of @p dir (*.txt, sorted by name) joined by blank lines (as kv_quality reads them).
-std::string load_essays(const std::string& dir) {
-    std::vector<std::filesystem::path> files;
-    for (const auto& e : std::filesystem::directory_iterator(dir))
-        if (e.path().extension() == ".txt") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    std::string text;
-    for (const auto& f : files) {
-        std::ifstream in(f);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        text += ss.str() + "\n\n";
-    }
-    return text;
 }
 
 /// Full-cache backend that also records what the calibrations need (see the file comment).

@@ -58,6 +58,7 @@
 
 #include "chat.hpp"
 #include "engine.hpp"
+#include "essays.hpp"
 #include "fingerprint.hpp"
 #include "gguf.hpp"
 #include "kv_backend.hpp"
@@ -202,23 +203,6 @@ options parse(int argc, char** argv) {
         }
     }
     return o;
-}
-
-/// @return the essays of @p dir (*.txt, sorted by name) joined by blank lines.
-std::string load_essays(const std::string& dir) {
-    std::vector<std::filesystem::path> files;
-    for (const auto& e : std::filesystem::directory_iterator(dir))
-        if (e.path().extension() == ".txt") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    std::string text;
-    for (const auto& f : files) {
-        std::ifstream in(f);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        text += ss.str() + "\n\n";
-    }
-    if (text.empty()) throw std::runtime_error("no .txt essays in " + dir);
-    return text;
 }
 
 using clock_type = std::chrono::steady_clock;

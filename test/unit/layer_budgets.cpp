@@ -6,6 +6,7 @@
 // cpu::session against double-precision references (layer-shared accumulated attention, per-layer top-k)
 // and against SnapKV run layer by layer with the table's budgets.
 #include "support/custom_layout.hpp"
+#include "support/expect_error.hpp"
 #include "support/reference.hpp"
 
 #include <kvcompact/calibration/knapsack.hpp>
@@ -29,24 +30,9 @@
 
 namespace kc = kvcompact;
 using kc::index_t;
+using kvtest::expect_error;
 
 namespace {
-
-// Runs f and checks it throws kvcompact::error about `argument`, with `mentions` in its message.
-template <class F>
-void expect_error(F&& f, const std::string& argument, const std::string& mentions = "") {
-  try {
-    f();
-  } catch (const kc::error& e) {
-    BOOST_TEST(e.argument() == argument, "argument() is \"" << e.argument() << "\", expected \"" << argument << "\"; what(): " << e.what());
-    BOOST_TEST(std::string(e.what()).find(mentions) != std::string::npos, "what() \"" << e.what() << "\" does not mention \"" << mentions << "\"");
-    return;
-  } catch (const std::exception& e) {
-    BOOST_ERROR("expected kvcompact::error about " << argument << ", got: " << e.what());
-    return;
-  }
-  BOOST_ERROR("expected kvcompact::error about " << argument << ", nothing was thrown");
-}
 
 std::vector<double> random_fractions(std::mt19937& rng, index_t layers) {
   std::vector<double> keep;

@@ -7,6 +7,7 @@
 // prefill and at every decode step, and the errors: window 0, negative sinks, budgets above a layer's
 // capacity, a full ring layer under a policy that does not evict.
 #include "support/custom_layout.hpp"
+#include "support/expect_error.hpp"
 #include "support/reference.hpp"
 
 #include <kvcompact/kvcompact.hpp>
@@ -25,25 +26,7 @@
 namespace kc = kvcompact;
 namespace lay = kc::layouts;
 using kc::index_t;
-
-namespace {
-
-template <class F>
-void expect_error(F&& f, const std::string& argument, const std::string& mentions = "") {
-  try {
-    f();
-  } catch (const kc::error& e) {
-    BOOST_TEST(e.argument() == argument, "argument() is \"" << e.argument() << "\", expected \"" << argument << "\"; what(): " << e.what());
-    BOOST_TEST(std::string(e.what()).find(mentions) != std::string::npos, "what() \"" << e.what() << "\" does not mention \"" << mentions << "\"");
-    return;
-  } catch (const std::exception& e) {
-    BOOST_ERROR("expected kvcompact::error about " << argument << ", got: " << e.what());
-    return;
-  }
-  BOOST_ERROR("expected kvcompact::error about " << argument << ", nothing was thrown");
-}
-
-}  // namespace
+using kvtest::expect_error;
 
 BOOST_AUTO_TEST_CASE(ragged_layers_address_every_slot_once_within_its_layer) {
   static_assert(kc::kv_layout<lay::ragged_layers> && std::is_trivially_copyable_v<lay::ragged_layers>);
