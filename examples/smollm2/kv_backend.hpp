@@ -53,6 +53,8 @@ public:
     virtual void restore(const kv_cache_storage& prefilled) = 0;
     /// @return the underlying cache arrays.
     virtual const kv_cache_storage& cache() const = 0;
+    /// @return bytes of K and V the backend holds now (a backend whose storage is not cache() overrides it).
+    virtual std::size_t occupied_bytes() const { return cache().occupied_bytes(); }
 };
 
 /// Softmax attention of one query head over the first @p length slots of one

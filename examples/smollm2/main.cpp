@@ -4,7 +4,8 @@
 ///        optionally with a kvcompact policy managing the KV cache.
 ///
 /// Usage: see usage_text below (`smollm2_decode --help`).
-/// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh).
+/// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh). The calibrated presets
+/// (prefixkv, xkv) read the per-layer table for --budget from --budget-file (bench/quality/budgets/).
 
 #include <algorithm>
 #include <chrono>
@@ -29,9 +30,11 @@
 
 #include "chat.hpp"
 #include "engine.hpp"
+#include "fingerprint.hpp"
 #include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
+#include "layer_map_backend.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -47,9 +50,11 @@ struct options {
     bool raw = false;            ///< feed the prompt without the chat template
     int max_new = 64;            ///< tokens to generate
     int threads = 0;             ///< 0: OpenMP default
-    std::string preset = "full"; ///< "full" or a kvcompact::policies::preset_names entry
+    std::string preset = "full"; ///< "full", a kvcompact::policies::preset_names or calibrated_preset_names entry, or a layer_map_presets one
     double budget = 1.0;         ///< fraction of the prompt's KV kept by compression
     int window = 32;             ///< observation window / recent tokens of the preset
+    std::string budget_file;     ///< per-layer budget file of the calibrated presets
+    kvcompact::budgets::model_signature model;  ///< the loaded model's signature (set after loading; budget files)
     bool print_ids = false;
     std::string logits_out;
     bool self_check = false;
@@ -68,9 +73,12 @@ constexpr const char* usage_text =
     "  --n N               tokens to generate, 0 to 1048576 (default 64)\n"
     "  --threads N         OpenMP threads, 0 (default) to 1024\n"
     "  --preset NAME       full (default) or a kvcompact preset: streaming_llm, h2o, tova, snapkv,\n"
-    "                      pyramidkv, adakv, knorm, corm, corm_budgeted, windowkv, kvmerger, cam\n"
+    "                      pyramidkv, adakv, knorm, corm, corm_budgeted, windowkv, kvmerger, cam;\n"
+    "                      the calibrated prefixkv, xkv (with --budget-file); the MixAttention-style\n"
+    "                      caches sliding_window, mixattention\n"
     "  --budget FRACTION   share of the prompt's KV kept by compression, in (0, 1] (default 1)\n"
     "  --window ROWS       observation window / recent tokens of the preset, 1 to 65536 (default 32)\n"
+    "  --budget-file FILE  per-layer budget table of prefixkv / xkv (bench/quality/budgets/)\n"
     "  --print-ids         print prompt and generated token ids\n"
     "  --logits-out FILE   write the logits of every generated token (fp32) to FILE\n"
     "  --self-check        check prefill/decode consistency and no-evict presets, then exit\n"
@@ -144,6 +152,7 @@ options parse(int argc, char** argv) {
         else if (a == "--preset") o.preset = next();
         else if (a == "--budget") o.budget = parse_fraction(a, next());
         else if (a == "--window") o.window = static_cast<int>(parse_integer(a, next(), 1, 65536));
+        else if (a == "--budget-file") o.budget_file = next();
         else if (a == "--print-ids") o.print_ids = true;
         else if (a == "--logits-out") o.logits_out = next();
         else if (a == "--self-check") o.self_check = true;
@@ -164,12 +173,21 @@ long budget_slots(const options& o, std::size_t prompt_length) {
     return std::max(1L, std::lround(o.budget * static_cast<double>(prompt_length)));
 }
 
-/// Creates the KV backend for @p o.preset with room for @p capacity tokens per head.
-std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length,
-                                         int capacity) {
+/// Creates the KV backend for @p o.preset with room for @p capacity tokens per head; a calibrated
+/// preset loads its table for o.budget from o.budget_file, checked against o.model.
+std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length, int capacity) {
     if (o.preset == "full") return std::make_unique<full_kv_backend>(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
-    const kvcompact::policies::preset_options preset{budget_slots(o, prompt_length),
-                                                     static_cast<kvcompact::index_t>(prompt_length), o.window};
+    if (is_layer_map_preset(o.preset))
+        return make_layer_map_backend(o.preset, static_cast<int>(budget_slots(o, prompt_length)), c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
+                                      capacity);
+    kvcompact::policies::preset_options preset{budget_slots(o, prompt_length), static_cast<kvcompact::index_t>(prompt_length), o.window};
+    const auto& calibrated = kvcompact::policies::calibrated_preset_names;
+    kvcompact::budgets::layer_table table;
+    if (std::find(calibrated.begin(), calibrated.end(), o.preset) != calibrated.end()) {
+        if (o.budget_file.empty()) usage("--preset " + o.preset + " needs --budget-file FILE (bench/quality/budgets/)");
+        table = kvcompact::budgets::load_layer_budgets(o.budget_file, o.model, o.budget);
+        preset.layer_budgets = &table;
+    }
     return make_kvcompact_backend(o.preset, preset, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
 }
 
@@ -220,7 +238,7 @@ generation generate(const options& o, const model_config& c, const model_weights
         logits = eng.forward(one);
     }
     g.decode_s = seconds_since(t0);
-    g.kv_bytes = backend->cache().occupied_bytes();
+    g.kv_bytes = backend->occupied_bytes();
     g.kv_full_bytes = backend->cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen()));
     return g;
 }
@@ -298,7 +316,7 @@ void print_ids(const char* label, const std::vector<token_id>& ids) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const options o = parse(argc, argv);
+    options o = parse(argc, argv);
 #ifdef _OPENMP
     if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
@@ -307,6 +325,7 @@ int main(int argc, char** argv) try {
     const auto config = model_config::from_gguf(file);
     const tokenizer tok(file);
     const auto weights = model_weights::from_gguf(file, config);
+    o.model = model_signature(file, config);
     std::fprintf(stderr, "loaded %s: %d layers, %d/%d heads, dim %d, vocab %d, in %.2f s\n", o.model_path.c_str(),
                  config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim, config.vocab, seconds_since(t0));
 

@@ -65,10 +65,11 @@ struct kv_cache {
     detail::require(reinterpret_cast<std::uintptr_t>(lengths) % alignof(std::int32_t) == 0, where, "cache.lengths", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(positions) % alignof(std::int32_t) == 0, where, "cache.positions", "misaligned");
     for (index_t i = 0; i < head_count(); ++i) {
-      if (lengths[i] < 0 || lengths[i] > layout.capacity()) {
+      const index_t capacity = detail::layer_capacity(layout, (i / layout.num_kv_heads()) % layout.num_layers());
+      if (lengths[i] < 0 || lengths[i] > capacity) {
         throw error(where, "cache.lengths",
-                    "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", outside [0, capacity " +
-                        std::to_string(layout.capacity()) + "]");
+                    "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", outside [0, capacity " + std::to_string(capacity) +
+                        " of its layer]");
       }
     }
     for (index_t i = 0; i < head_count(); ++i) {  // a paged layout maps only the pages a sequence owns

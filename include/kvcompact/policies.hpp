@@ -15,6 +15,8 @@
 #include <kvcompact/mergers/cam.hpp>
 #include <kvcompact/mergers/drop.hpp>
 #include <kvcompact/mergers/gaussian_pivot.hpp>
+#include <kvcompact/mergers/nearest_key.hpp>
+#include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/policy.hpp>
@@ -27,13 +29,16 @@
 #include <kvcompact/selectors/adaptive_heads.hpp>
 #include <kvcompact/selectors/budgets.hpp>
 #include <kvcompact/selectors/hit_window.hpp>
+#include <kvcompact/selectors/layer_table.hpp>
 #include <kvcompact/selectors/merging_sets.hpp>
 #include <kvcompact/selectors/top_k.hpp>
 #include <kvcompact/selectors/windows.hpp>
 
 #include <array>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -163,6 +168,76 @@ inline auto windowkv(index_t average, index_t group, selectors::task_type task =
   return policy<scorers::last_query, selector>{{}, selector{budgets::group_pyramid{average, group}, window, suffix, group, task}, {}};
 }
 
+/// @brief PrefixKV (@ref methods_prefixkv): attention accumulated over every prompt query, averaged over all
+/// query heads of the layer (every KV head keeps the same tokens), under a per-layer table of kept
+/// fractions found offline by PrefixKV's prefix search; the first `sinks` tokens and the last prompt
+/// token are kept. Pass every prompt query as the window. Prompt only: decode appends (PrefixKV's own
+/// decode rule is not reproduced, @ref methods_prefixkv_decode).
+/// @param table kept fraction of each storage layer (kvcompact::budgets::load_layer_budgets)
+/// @param sinks attention sinks (PrefixKV's evaluation uses 1)
+/// @return the policy
+inline auto prefixkv(budgets::layer_table table, index_t sinks = 1) {
+  using selector = selectors::top_k<budgets::layer_table>;
+  table.min_slots = table.min_slots > sinks + 1 ? table.min_slots : sinks + 1;
+  return policy<scorers::layer_accumulated_attention, selector>{{}, selector{table, {sinks, 1}, -3.402823466e38f, false}, {}};
+}
+
+/// @brief XKV (@ref methods_xkv): SnapKV's scores and selection under a per-layer table of kept fractions
+/// allocated offline by XKV's sensitivity profile and knapsack.
+/// @param table kept fraction of each storage layer (kvcompact::budgets::load_layer_budgets)
+/// @param window observation window w (kept, counted in each layer's budget) @param kernel pooling kernel
+/// @return the policy
+inline auto xkv(budgets::layer_table table, index_t window = 32, index_t kernel = 7) {
+  using selector = selectors::top_k<budgets::layer_table>;
+  table.min_slots = table.min_slots > window ? table.min_slots : window;
+  return policy<scorers::observation_window, selector>{
+      {}, selector{table, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
+}
+
+/// @brief The cache of a MixAttention model (@ref methods_mixattention_cache): storage layers read only by
+/// sliding layers are ring buffers of `window + sinks` slots per head (the first `sinks` positions stay,
+/// each new token overwrites the oldest other slot), every other storage layer keeps its tokens up to
+/// `full_slots` (then it, too, drops its oldest non-sink slot). Use it over a
+/// kvcompact::layouts::layer_condensed layout with the same map, whose inner
+/// kvcompact::layouts::ragged_layers gives the ring layers `window + sinks` slots.
+/// @param map the model's layer map (its window and sinks) @param full_slots slots of the other storage layers
+/// @return the policy
+/// @throws kvcompact::error naming `full_slots` when it is below `window + sinks` or not positive
+inline auto mixattention(const layouts::layer_map& map, index_t full_slots) {
+  index_t slots[layouts::layer_map::max_layers] = {};
+  const index_t ring = index_t{map.window} + map.sinks;
+  detail::require(full_slots > 0 && full_slots >= ring, "mixattention", "full_slots",
+                  [&] { return std::to_string(full_slots) + " is below the ring layers' " + std::to_string(ring) + " slots"; });
+  for (int s = 0; s < map.cache_layers; ++s) slots[s] = map.window_only(s) ? ring : full_slots;
+  using selector = selectors::top_k<budgets::layer_table>;
+  const auto table = budgets::layer_table::slots(std::span<const index_t>(slots, static_cast<std::size_t>(map.cache_layers)));
+  return policy<scorers::recency, selector>{{}, selector{table, {map.sinks, 0}}, {}};
+}
+
+/// @brief The storage-layer capacities mixattention() needs: `window + sinks` slots for the layers read
+/// only by sliding layers, @p full_slots for the others (pass them to kvcompact::layouts::ragged_layers::make).
+/// @param map the model's layer map @param full_slots slots of the other storage layers
+/// @return one capacity per storage layer
+inline std::vector<index_t> mixattention_capacities(const layouts::layer_map& map, index_t full_slots) {
+  std::vector<index_t> capacities;
+  for (int s = 0; s < map.cache_layers; ++s) capacities.push_back(map.window_only(s) ? index_t{map.window} + map.sinks : full_slots);
+  return capacities;
+}
+
+/// @brief A bounded slot memory (@ref methods_bct_write), the training-free stand-in for BCT's cache: at
+/// most `slots` entries per head at any length. When a head is full, its least-attended entry outside
+/// the `recent` newest is written into the entry whose key is most similar (kvcompact::mergers::nearest_key)
+/// instead of being dropped; prefill compresses the prompt the same way. Pass every prompt query as the
+/// window (accumulated attention).
+/// @param slots M: entries per head @param recent newest tokens kept as they are
+/// @return the policy
+/// @throws kvcompact::error naming `recent` when it is not below @p slots
+inline auto bounded_memory(index_t slots, index_t recent = 32) {
+  detail::require(recent >= 0 && recent < slots, "bounded_memory", "recent",
+                  [&] { return "must be in [0, slots = " + std::to_string(slots) + "), got " + std::to_string(recent); });
+  return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>, mergers::nearest_key>{{}, {budgets::fixed{slots}, {0, recent}}, {}};
+}
+
 /// @brief Protected shares of the context in KVMerger (@ref methods_kvmerger_budget): tokens exempt from merging.
 struct merge_protection {
   double recent;  ///< rho_r: newest tokens, as a fraction of the context
@@ -242,16 +317,22 @@ struct preset_options {
   index_t window = 32;     ///< observation window / recent tokens
   index_t sinks = 4;       ///< attention sinks where the method has them
   index_t layer_group = 0; ///< WindowKV layer group (0: all layers in groups of 4)
+  const budgets::layer_table* layer_budgets = nullptr;  ///< per-layer table of the calibrated presets (not owned)
 };
 
 /// @brief Names accepted by with_preset().
-inline constexpr std::array<std::string_view, 12> preset_names{"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv",
-                                                               "knorm", "corm", "corm_budgeted", "windowkv", "kvmerger", "cam"};
+inline constexpr std::array<std::string_view, 13> preset_names{"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "knorm",
+                                                               "corm", "corm_budgeted", "windowkv", "kvmerger", "cam", "bounded_memory"};
+
+/// @brief Names of the presets whose per-layer budgets come from an offline calibration: with_preset()
+/// accepts them when preset_options::layer_budgets points to the table.
+inline constexpr std::array<std::string_view, 2> calibrated_preset_names{"prefixkv", "xkv"};
 
 /// @brief Builds the preset called @p name and calls `f(policy)` with it (one instantiation per preset).
-/// @param name one of preset_names @param options budgets and windows @param f a generic callable
+/// @param name one of preset_names or calibrated_preset_names @param options budgets and windows @param f a generic callable
 /// @return what @p f returns
-/// @throws kvcompact::error for an unknown name or a budget the method cannot meet
+/// @throws kvcompact::error for an unknown name, a budget the method cannot meet, or a calibrated preset
+/// without preset_options::layer_budgets
 template <class F>
 decltype(auto) with_preset(std::string_view name, const preset_options& options, F&& f) {
   const index_t b = options.budget;
@@ -271,6 +352,13 @@ decltype(auto) with_preset(std::string_view name, const preset_options& options,
   if (name == "windowkv") return f(windowkv(b > w ? b - w : 1, options.layer_group > 0 ? options.layer_group : 4, selectors::task_type::localization, 8, w));
   if (name == "kvmerger") return f(kvmerger(fraction < 1.0 ? fraction : 1.0));
   if (name == "cam") return f(cam(b, s));
+  if (name == "bounded_memory") return f(bounded_memory(b, w));
+  if (name == "prefixkv" || name == "xkv") {
+    detail::require(options.layer_budgets != nullptr, "with_preset", "options.layer_budgets",
+                    "the " + std::string(name) + " preset needs its per-layer budget table (budgets::load_layer_budgets)");
+    if (name == "prefixkv") return f(prefixkv(*options.layer_budgets));
+    return f(xkv(*options.layer_budgets, w));
+  }
   throw error("with_preset", "name", "unknown preset \"" + std::string(name) + "\"");
 }
 

@@ -116,7 +116,7 @@ class session {
     detail::require(reinterpret_cast<std::uintptr_t>(state.data()) % alignof(std::int32_t) == 0, "cpu::session", "state", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(std::int32_t) == 0, "cpu::session", "workspace",
                     "misaligned");
-    detail::validate_policy(policy_, cache_.layout.num_layers(), capacity(), "cpu::session");
+    detail::validate_policy(policy_, cache_.layout, "cpu::session");
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(cache_.layout.head_dim()));
     slot_state_ = reinterpret_cast<state_type*>(state.data());
     budgets_ = reinterpret_cast<std::int32_t*>(state.data() + cache_.head_count() * capacity() * sizeof(state_type));
@@ -197,10 +197,11 @@ class session {
       }
       policy_.selector.select_decode(ctx, h);
       if constexpr (Policy::merges) policy_.merger.merge(ctx, h);
-      const index_t slot = detail::claim_slot(ctx, h, length, capacity(), [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
+      const index_t layer_slots = detail::layer_capacity(cache_.layout, layer);  // below capacity() in ragged layouts
+      const index_t slot = detail::claim_slot(ctx, h, length, layer_slots, [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
       if (slot < 0)
         throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
-                                           std::to_string(capacity()) + ") and the policy evicted nothing");
+                                           std::to_string(layer_slots) + ") and the policy evicted nothing");
       if (!detail::slot_in_range(cache_.layout, sequence, slot)) {  // a new slot beyond the pages the sequence owns
         --length;
         throw error("append", "cache", "slot " + std::to_string(slot) + " of sequence " + std::to_string(sequence) +

@@ -47,7 +47,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
   const index_t h = blockIdx.x, s = blockIdx.y / layers, l = blockIdx.y % layers;
   const index_t head = cache.head_index(s, l, h);
   if (threadIdx.x == 0) budgets[head] = static_cast<std::int32_t>(policy.selector.budget(l, layers, capacity));
-  const index_t n = checked_length(cache.lengths[head], capacity, status, s, l, h);
+  const index_t n = checked_length(cache.lengths[head], ::kvcompact::detail::layer_capacity(cache.layout, l), status, s, l, h);
   for (index_t j = threadIdx.x; j < n; j += blockDim.x)
     if (checked_offset(cache.layout, s, l, h, j, status) >= 0)
       states[head * capacity + j] = ::kvcompact::detail::new_slot_state(policy, cache, s, l, h, j);
@@ -165,7 +165,7 @@ class session {
             "null or not 256-byte aligned (cudaMalloc memory is)");
     require(workspace.data() != nullptr && reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 == 0, where, "workspace",
             "null or not 256-byte aligned (cudaMalloc memory is)");
-    ::kvcompact::detail::validate_policy(policy_, cache_.layout.num_layers(), capacity(), where);
+    ::kvcompact::detail::validate_policy(policy_, cache_.layout, where);
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(head_dim()));
     const std::size_t heads = static_cast<std::size_t>(cache_.head_count());
     states_ = reinterpret_cast<state_type*>(state.data());

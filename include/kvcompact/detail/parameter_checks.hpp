@@ -120,9 +120,11 @@ inline void check_rule(const selectors::candidate_rule& rule, const char* where)
 
 /// @p needed protected slots fit the budget of every layer that can compress (a layer whose budget is
 /// the whole capacity never evicts).
-template <class Selector>
-void require_protected_fit_in_layers(const Selector& s, index_t needed, index_t layers, index_t capacity, const char* where) {
+template <class Selector, class Layout>
+void require_protected_fit_in_layers(const Selector& s, index_t needed, const Layout& layout, const char* where) {
+  const index_t layers = layout.num_layers();
   for (index_t l = 0; l < layers; ++l) {
+    const index_t capacity = layer_capacity(layout, l);
     const index_t budget = s.budget(l, layers, capacity);
     if (budget < capacity) require_protected_fit(needed, budget, where, "policy.selector.rule");
   }
@@ -130,29 +132,29 @@ void require_protected_fit_in_layers(const Selector& s, index_t needed, index_t 
 
 /// Top-k: schedule, rule, and protected tokens within every layer's budget.
 template <class Schedule>
-void check_selector(const selectors::top_k<Schedule>& s, index_t layers, index_t capacity, const char* where) {
+void check_selector(const selectors::top_k<Schedule>& s, const auto& layout, const char* where) {
   check_schedule(s.schedule, where);
   check_rule(s.rule, where);
   require_not_nan(s.min_score, where, "policy.selector.min_score");
-  require_protected_fit_in_layers(s, smallest_budget(s), layers, capacity, where);
+  require_protected_fit_in_layers(s, smallest_budget(s), layout, where);
 }
 /// Ada-KV: schedule, rule, floor share, protected tokens within the average budget.
 template <class Schedule>
-void check_selector(const selectors::adaptive_heads<Schedule>& s, index_t layers, index_t capacity, const char* where) {
+void check_selector(const selectors::adaptive_heads<Schedule>& s, const auto& layout, const char* where) {
   check_schedule(s.schedule, where);
   check_rule(s.rule, where);
   require_unit_interval(s.floor_fraction, where, "policy.selector.floor_fraction");
-  require_protected_fit_in_layers(s, s.rule.sinks + s.rule.recent, layers, capacity, where);
+  require_protected_fit_in_layers(s, s.rule.sinks + s.rule.recent, layout, where);
 }
 /// CORM: a query window of at least one position, covered by the recent tokens.
-inline void check_selector(const selectors::hit_window& s, index_t, index_t, const char* where) {
+inline void check_selector(const selectors::hit_window& s, const auto&, const char* where) {
   require_positive(s.window, where, "policy.selector.window");
   require_at_least(s.recent, s.window, where, "policy.selector.recent", "the window");
   require_non_negative(s.sinks, where, "policy.selector.sinks");
 }
 /// WindowKV: positive window and group, non-negative suffix.
 template <class Schedule>
-void check_selector(const selectors::windows<Schedule>& s, index_t, index_t, const char* where) {
+void check_selector(const selectors::windows<Schedule>& s, const auto&, const char* where) {
   check_schedule(s.schedule, where);
   require_positive(s.window, where, "policy.selector.window");
   require_non_negative(s.suffix, where, "policy.selector.suffix");
@@ -160,7 +162,7 @@ void check_selector(const selectors::windows<Schedule>& s, index_t, index_t, con
 }
 /// KVMerger: schedule, thresholds, protected shares, skipped layers.
 template <class Schedule>
-void check_selector(const selectors::merging_sets<Schedule>& s, index_t, index_t, const char* where) {
+void check_selector(const selectors::merging_sets<Schedule>& s, const auto&, const char* where) {
   check_schedule(s.schedule, where);
   require_not_nan(s.eps, where, "policy.selector.eps");
   require(s.eps_min >= -1.0f && s.eps_min <= 1.0f, where, "policy.selector.eps_min", "must be in [-1, 1] (a cosine)");
@@ -171,7 +173,7 @@ void check_selector(const selectors::merging_sets<Schedule>& s, index_t, index_t
 }
 /// A user-written selector: its own validate(where), when it has one.
 template <class Selector>
-void check_selector(const Selector& s, index_t, index_t, const char* where) {
+void check_selector(const Selector& s, const auto&, const char* where) {
   if constexpr (requires { s.validate(where); }) s.validate(where);
 }
 
@@ -199,15 +201,15 @@ void check_scorer(const Scorer& s, const char* where) {
 }
 
 /// Every check a session runs on its policy at construction: the components' fields (user
-/// components through their optional `validate(where)`), then every layer's budget against the
-/// capacity (kvcompact::detail::require_budgets_fit).
+/// components through their optional `validate(where)`), then every layer's budget against that
+/// layer's capacity (kvcompact::detail::require_budgets_fit).
 /// @throws kvcompact::error naming the field ("policy.selector.rule.kernel") or "policy"
-template <class Policy>
-void validate_policy(const Policy& policy, index_t layers, index_t capacity, const char* where) {
+template <class Policy, class Layout>
+void validate_policy(const Policy& policy, const Layout& layout, const char* where) {
   check_scorer(policy.scorer, where);
-  check_selector(policy.selector, layers, capacity, where);
+  check_selector(policy.selector, layout, where);
   check_merger(policy.merger, where);
-  require_budgets_fit(policy.selector, layers, capacity, where);
+  require_budgets_fit(policy.selector, layout, where);
 }
 
 /// Layers whose heads all share one selection decision: WindowKV's group (every head of every layer

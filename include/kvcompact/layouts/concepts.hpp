@@ -75,6 +75,21 @@ void validate_layout(const L& layout, const char* where) {
   require_valid_extents(layout, where);
 }
 
+template <class L>
+concept layout_has_layer_capacity = requires(const L& l, index_t i) {
+  { l.layer_capacity(i) } -> std::convertible_to<index_t>;
+};
+template <class L>
+concept layout_declares_layer_capacity = requires { &L::layer_capacity; };
+
+/// Slots per head of one storage layer: the layout's own layer_capacity() when its layers differ in
+/// size (kvcompact::layouts::ragged_layers), capacity() otherwise.
+template <class L>
+KVCOMPACT_HOST_DEVICE index_t layer_capacity(const L& layout, index_t layer) {
+  if constexpr (layout_has_layer_capacity<L>) return layout.layer_capacity(layer);
+  else return layout.capacity();
+}
+
 /// Whether a slot of a sequence maps into storage: the layout's own slot_in_range() when it has one.
 template <class L>
 KVCOMPACT_HOST_DEVICE bool slot_in_range(const L& layout, index_t sequence, index_t slot) {
@@ -100,7 +115,9 @@ KVCOMPACT_HOST_DEVICE bool slot_in_range(const L& layout, index_t sequence, inde
 /// compaction rewrites slots in place (the built-in layouts do). A layout whose data may
 /// live in device memory also offers `validate_extents(where)` (checks without reading that data,
 /// used by the CUDA backend) and `KVCOMPACT_HOST_DEVICE bool slot_in_range(sequence, slot)`, which
-/// device kernels test before every access.
+/// device kernels test before every access. A layout whose storage layers hold different numbers of
+/// slots offers `KVCOMPACT_HOST_DEVICE index_t layer_capacity(layer)` (at most `capacity()`, which
+/// then is the largest): the backends never let a head of that layer grow beyond it.
 ///
 /// Example: a user layout, memory order [sequence][slot][layer][kv_head][dim] (compiled and tested by
 /// test/unit/user_components.cpp):
@@ -116,6 +133,8 @@ constexpr bool check_layout() {
                 "kvcompact: the layout type lacks one of num_sequences(), num_layers(), num_kv_heads(), capacity(), head_dim()");
   static_assert(!(layout_has_extents<L>) || layout_has_offset<L>, "kvcompact: the layout type lacks offset(sequence, layer, kv_head, slot) or dim_stride()");
   static_assert(!(layout_has_extents<L> && layout_has_offset<L>) || layout_is_trivially_copyable<L>, "kvcompact: the layout type must be trivially copyable (it is passed to kernels by value)");
+  static_assert(!layout_declares_layer_capacity<L> || layout_has_layer_capacity<L>,
+                "kvcompact: the layout's layer_capacity must be callable as layer_capacity(storage_layer) and return its slots per head");
   return kv_layout<L>;
 }
 }  // namespace detail
