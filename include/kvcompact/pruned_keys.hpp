@@ -6,6 +6,7 @@
 
 #include <kvcompact/error.hpp>
 #include <kvcompact/numeric.hpp>
+#include <kvcompact/types.hpp>
 
 #include <cstddef>
 #include <cstdint>
