@@ -12,9 +12,13 @@
 //    give the CPU backend's outputs and, step by step, its eviction victims, on BHSD, paged and
 //    layer-condensed (LCKV) caches, in bf16, fp16 and fp32, including a budget lowered mid-run
 //    (excess above one: the general eviction path);
+//  - MixAttention's ring-buffer layers (layer_condensed<ragged_layers>) and the bounded slot memory
+//    (nearest-key merge at every step) give the CPU backend's outputs and cache;
 //  - NaN or Inf in a query, a key or a value is reported by check().
+//  - the split-count model (wave efficiency) picks its documented counts and never models slower than
+//    one split per head or the largest count one wave holds.
 // Split counts: the emulator's GPU has 4 multiprocessors running 4 decode blocks each (16 blocks),
-// so 1 to 3 sequences x 1 to 2 KV heads split every head 2 to 8 ways (at most one split per tile).
+// so 1 to 3 sequences x 1 to 2 KV heads split every head 2 or more ways (at most one split per tile).
 // Tolerances: queries and outputs are stored in T, so the reference uses the T-rounded queries and an
 // output may differ from it by the rounding of T (2^-8 relative for bf16, 2^-11 for fp16, fp32 has
 // only summation error) plus fp32 summation error; states agree within 1e-4 relative (fp32
@@ -28,6 +32,7 @@
 #include "support/backend_comparison.hpp"
 #include "support/device_layouts.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -222,6 +227,30 @@ void check_observed_states(const std::string& name, const kvtest::random_cache<T
 }
 
 }  // namespace
+
+BOOST_AUTO_TEST_CASE(split_count_fills_the_waves_it_starts) {
+  namespace d = kc::cuda::detail;
+  // The documented examples: an H200 (132 multiprocessors x 3 blocks), 32k bf16 rows of 128 (1024 tiles).
+  BOOST_TEST(d::decode_split_count(8, 396, 1024, 64) == 49);
+  BOOST_TEST(d::decode_split_count(64, 396, 1024, 64) == 6);
+  BOOST_TEST(d::decode_split_count(256, 396, 1024, 64) == 3);
+  for (index_t heads : {1, 2, 3, 7, 8, 16, 33, 64, 100, 256, 1000})
+    for (index_t slots : {16, 108, 264, 396})
+      for (index_t tiles : {1, 3, 40, 1024, 4096})
+        for (index_t most : {1, 5, 64}) {
+          const index_t bound = std::min(tiles, most);
+          const index_t chosen = d::decode_split_count(heads, slots, tiles, bound);
+          BOOST_TEST_CONTEXT("heads " << heads << ", slots " << slots << ", tiles " << tiles << ", most " << most) {
+            BOOST_TEST((chosen >= 1 && chosen <= bound));
+            // never slower (in the model) than one split per head, nor than the largest count one wave holds
+            const index_t one_wave = std::clamp<index_t>(slots / heads, 1, bound);
+            BOOST_TEST(d::decode_split_cost(heads, slots, tiles, chosen) <= d::decode_split_cost(heads, slots, tiles, 1));
+            BOOST_TEST(d::decode_split_cost(heads, slots, tiles, chosen) <= d::decode_split_cost(heads, slots, tiles, one_wave));
+            // when every allowed count fits one wave, the chosen one streams as few tiles per block as the largest
+            if (heads * bound <= slots) BOOST_TEST((tiles + chosen - 1) / chosen == (tiles + bound - 1) / bound);
+          }
+        }
+}
 
 BOOST_AUTO_TEST_CASE(observe_leaves_the_cpu_backends_scorer_states) {
   kvtest::fill_options fill;
@@ -465,6 +494,23 @@ BOOST_AUTO_TEST_CASE(non_finite_queries_keys_and_values_are_reported) {
   bad_value.values[static_cast<std::size_t>(bad_value.element(0, 0, 0, 3, 9))] = kc::from_float<T>(nan);
   const std::string value_message = attend_once(bad_value, queries.stored);
   BOOST_TEST(value_message.find("slot -1") != std::string::npos, value_message);
+}
+
+BOOST_AUTO_TEST_CASE(mixattention_rings_and_the_bounded_memory_decode_like_the_cpu_backend) {
+  // Character.AI pattern of 7 layers, window 8 with 2 sinks: storage layers {0, 1, 3}, 1 and 3 are rings
+  // of 10 slots in a ragged layout; 10-token prompts, 16 steps, so the rings wrap.
+  const auto map = kc::layouts::layer_map::character_ai(7, 8, 2);
+  constexpr index_t S = 2, H = 2, G = 2, FULL = 40, D = 64, ROWS = 4, PROMPT = 10;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = PROMPT;
+  const auto source = kvtest::make_random_cache<kc::bfloat16_t>({S, map.cache_layers, H, FULL, D}, fill, 505);
+  const kc::layouts::layer_condensed<kc::layouts::ragged_layers> rings{
+      kc::layouts::ragged_layers::make(S, kc::policies::mixattention_capacities(map, FULL), H, D), map};
+  auto window = kvtest::make_random_window(S, map.cache_layers, H * G, ROWS, D, {PROMPT - 1, PROMPT - 1}, 1.0, 506);
+  kvtest::round_to_exact_values(window);
+  check_decode_loop("mixattention rings", kc::policies::mixattention(map, FULL), kvtest::copy_into(source, rings), window, H * G, map.model_layers, 16);
+  // the bounded memory merges its victims into the nearest slot at prefill and at every step
+  check_decode_loop("bounded_memory", kc::policies::bounded_memory(6, 2), kvtest::copy_into(source, source.layout), window, H * G, map.cache_layers, 8);
 }
 
 #include "support/gpu_main.hpp"

@@ -207,7 +207,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(decode_threads, decode_design_blocks(Gro
   const Layout& layout = p.cache.layout;
   const int capacity = static_cast<int>(layout.capacity()), kv_heads = static_cast<int>(layout.num_kv_heads());
   const index_t head = p.cache.head_index(s, p.storage_layer, h);
-  const int length = static_cast<int>(checked_length(p.cache.lengths[head], capacity, p.status, s, p.storage_layer, h));
+  const index_t layer_slots = ::kvcompact::detail::layer_capacity(layout, p.storage_layer);  // below capacity in ragged layouts
+  const int length = static_cast<int>(checked_length(p.cache.lengths[head], layer_slots, p.status, s, p.storage_layer, h));
   const int rows_per_split = (((length + p.splits - 1) / p.splits + tile - 1) / tile) * tile;
   const int begin = split * rows_per_split < length ? split * rows_per_split : length;
   const int end = begin + rows_per_split < length ? begin + rows_per_split : length;
@@ -517,6 +518,32 @@ decode_kernel<T, Layout> decode_kernel_for(int head_dim, int group) {
   if (head_dim <= 64) return decode_kernel_for_group<T, Layout, 64>(group);
   if (head_dim <= 128) return decode_kernel_for_group<T, Layout, 128>(group);
   return decode_kernel_for_group<T, Layout, decode_max_head_dim>(group);
+}
+
+/// Fixed cost of one decode block in the split-count model, in tiles of streaming: loading the
+/// queries, filling the pipeline, merging the teams and writing the partial result (an estimate, to
+/// be calibrated on a GPU).
+inline constexpr index_t decode_block_overhead_tiles = 2;
+
+/// Modelled time of @p splits splits per head: `waves x (ceil(tiles / splits) + overhead)`, where
+/// `waves = ceil(heads x splits / slots)` and @p slots is the number of blocks one wave runs (the
+/// kernel's occupancy times the multiprocessors). @p heads counts the (sequence, KV head, group
+/// chunk) triples, @p tiles the pipeline tiles of the longest head.
+KVCOMPACT_HOST_DEVICE constexpr index_t decode_split_cost(index_t heads, index_t slots, index_t tiles, index_t splits) {
+  const index_t waves = (heads * splits + slots - 1) / slots;
+  return waves * ((tiles + splits - 1) / splits + decode_block_overhead_tiles);
+}
+
+/// The split count for wave efficiency: the smallest of 1..@p most that minimises decode_split_cost.
+/// A split that would leave the last wave mostly idle costs a whole wave, so the count fills the
+/// waves it starts: on 396 slots (an H200's 132 multiprocessors x 3 blocks) and 1024 tiles (32k
+/// bf16 rows of 128), 8 heads get 49 splits (392 blocks, one wave), 64 heads 6 (384 blocks), 256
+/// heads 3 (768 blocks in two full waves, where one split per head would leave 140 slots idle).
+KVCOMPACT_HOST_DEVICE constexpr index_t decode_split_count(index_t heads, index_t slots, index_t tiles, index_t most) {
+  index_t best = 1;
+  for (index_t splits = 2; splits <= most; ++splits)
+    if (decode_split_cost(heads, slots, tiles, splits) < decode_split_cost(heads, slots, tiles, best)) best = splits;
+  return best;
 }
 
 }  // namespace cuda::detail
