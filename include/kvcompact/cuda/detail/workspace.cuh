@@ -3,6 +3,8 @@
 /// @brief Where each array of the CUDA backend lives inside the caller's state and workspace.
 #pragma once
 
+#include <kvcompact/cuda/detail/compaction.cuh>
+#include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/types.hpp>
 
 #include <cstddef>
@@ -31,6 +33,13 @@ struct workspace_plan {
   std::size_t step = 0;          ///< int32 [S][L]: newest position of each layer
   std::size_t layer_faults = 0;  ///< int32 [S][L]: nonzero leaves the layer as it is
   std::size_t stats = 0;         ///< float [S][L][Hkv][3][rows x G][key chunks]: softmax statistics of window rows
+  std::size_t top_k_keys = 0;    ///< float: top-k keys of a head's candidates, in position order
+  std::size_t top_k_counts = 0;  ///< int32 [S][L][Hkv]: candidates per head
+  std::size_t top_k_quota = 0;   ///< int32 [S][L][Hkv]: candidates to keep per head
+  std::size_t top_k_scratch = 0;        ///< launch_top_k's scratch (one scope per head)
+  std::size_t top_k_scratch_bytes = 0;  ///< its size
+  std::size_t compaction = 0;           ///< launch_compaction's scratch
+  std::size_t compaction_bytes = 0;     ///< its size
   // Decode.
   std::size_t logits = 0;              ///< float [S][Hq][capacity]
   std::size_t partial_out = 0;         ///< float [S][Hq][splits][head_dim]
@@ -40,16 +49,19 @@ struct workspace_plan {
   std::size_t decode_order_ready = 0;  ///< uint8 [S][Hkv][Hkv]: one private array per (sequence, head) block
   std::size_t total = 0;               ///< bytes in all
 
-  /// Lays the arrays out for a cache of @p sequences x @p layers x @p kv_heads x @p capacity slots.
+  /// Lays the arrays out for a cache of @p sequences x @p layers x @p kv_heads x @p capacity slots
+  /// of @p element_bytes per element.
   static workspace_plan make(index_t sequences, index_t layers, index_t kv_heads, index_t capacity, index_t head_dim, index_t query_heads,
-                             index_t window_rows) {
+                             index_t window_rows, std::size_t element_bytes) {
     workspace_plan p;
     std::size_t at = 0;
     const auto take = [&](std::size_t& field, index_t count, std::size_t element) {
       field = at;
       at += (static_cast<std::size_t>(count) * element + 255) / 256 * 256;
     };
-    const index_t slot_heads = sequences * layers * kv_heads * capacity;
+    const index_t heads = sequences * layers * kv_heads;
+    const index_t slot_heads = heads * capacity;
+    const index_t tile_slots = compaction_tile_slots(head_dim, element_bytes);
     const index_t chunks = (capacity + window_key_chunk - 1) / window_key_chunk;
     const index_t group = query_heads / kv_heads;
     take(p.scores, slot_heads, 4);
@@ -64,6 +76,13 @@ struct workspace_plan {
     take(p.step, sequences * layers, 4);
     take(p.layer_faults, sequences * layers, 4);
     take(p.stats, sequences * layers * kv_heads * 3 * group * window_rows * chunks, 4);
+    take(p.top_k_keys, slot_heads, 4);
+    take(p.top_k_counts, heads, 4);
+    take(p.top_k_quota, heads, 4);
+    p.top_k_scratch_bytes = top_k_workspace_bytes(heads, 1, capacity);
+    take(p.top_k_scratch, static_cast<index_t>(p.top_k_scratch_bytes), 1);
+    p.compaction_bytes = tile_slots > 0 ? compaction_workspace_bytes(heads, capacity, tile_slots) : 0;
+    take(p.compaction, static_cast<index_t>(p.compaction_bytes), 1);
     take(p.logits, sequences * query_heads * capacity, 4);
     take(p.partial_out, sequences * query_heads * max_decode_splits * head_dim, 4);
     take(p.partial_max, sequences * query_heads * max_decode_splits, 4);
