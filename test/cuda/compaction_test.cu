@@ -70,7 +70,7 @@ std::vector<std::uint8_t> keep_pattern(int pattern, index_t capacity, index_t ti
 }
 
 /// Compacts @p host on the device and checks the result against the reference. The layer
-/// (sequence num_sequences - 1, layer 0) is marked faulted and must stay as it was.
+/// (sequence num_sequences - 1, layer 0) is marked faulted and must stay as it was; the others move.
 template <class T, class Layout>
 void check_compaction(const std::string& name, const kvtest::layout_cache<T, Layout>& host, std::uint32_t seed) {
   const Layout& layout = host.layout;
@@ -87,6 +87,7 @@ void check_compaction(const std::string& name, const kvtest::layout_cache<T, Lay
   for (float& x : scores) x = static_cast<float>(kvtest::uniform_pm1(rng));
   std::vector<std::int32_t> step(static_cast<std::size_t>(S * L)), faults(static_cast<std::size_t>(S * L), 0);
   for (auto& x : step) x = static_cast<std::int32_t>(kvtest::uniform_int(rng, 0, 5000));
+  BOOST_REQUIRE_MESSAGE(S * L >= 2, name << ": needs two (sequence, layer) pairs, one of them faulted");
   faults[static_cast<std::size_t>((S - 1) * L)] = 1;
   constexpr state_type untouched_state = -7.5f;
   constexpr std::int32_t untouched_budget = -1;
@@ -212,8 +213,8 @@ BOOST_AUTO_TEST_CASE(a_user_layout_with_unaligned_rows) {
 }
 
 BOOST_AUTO_TEST_CASE(rows_that_are_not_whole_16_byte_chunks_and_rows_that_fill_a_tile_with_16_slots) {
-  check_compaction("bhsd bf16 D36", filled_cache<kc::bfloat16_t>({1, 1, 4, 300, 36}, kc::layouts::bhsd(1, 1, 4, 300, 36), 71), 72);
-  check_compaction("bhsd fp32 D256", filled_cache<float>({1, 1, 3, 100, 256}, kc::layouts::bhsd(1, 1, 3, 100, 256), 73), 74);
+  check_compaction("bhsd bf16 D36", filled_cache<kc::bfloat16_t>({1, 2, 4, 300, 36}, kc::layouts::bhsd(1, 2, 4, 300, 36), 71), 72);
+  check_compaction("bhsd fp32 D256", filled_cache<float>({1, 2, 3, 100, 256}, kc::layouts::bhsd(1, 2, 3, 100, 256), 73), 74);
 }
 
 #include "support/gpu_main.hpp"
