@@ -254,7 +254,7 @@ BOOST_AUTO_TEST_CASE(bad_arguments_are_refused_on_the_host) {
 
 namespace {
 /// Grid (tiles), one warp each: look_back of every tile t > 0 into out[t].
-KVCOMPACT_KERNEL void look_back_kernel(const kd::tile_status* statuses, unsigned full_count, unsigned* out) {
+__global__ void look_back_kernel(const kd::tile_status* statuses, unsigned full_count, unsigned* out) {
   const unsigned exclusive = kd::look_back(statuses, blockIdx.x + 1, full_count);
   if (threadIdx.x == 0) out[blockIdx.x + 1] = exclusive;
 }

@@ -192,9 +192,9 @@ KVCOMPACT_KERNEL void __launch_bounds__(compaction_threads, compaction_min_block
   const index_t h = head_linear % kv_heads, s = head_linear / kv_heads / layers, l = head_linear / kv_heads % layers;
   if (p.layer_faults[s * layers + l]) return;
   const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
-  const int n = p.cache.lengths[head];  // valid: prepare_kernel faulted the layer otherwise
+  const std::int32_t n = p.cache.lengths[head];
   const int first = static_cast<int>(tile * plan.tile_slots);
-  if (tile > 0 && first >= n) return;
+  if (n < 0 || n > layout.capacity() || (tile > 0 && first >= n)) return;  // a bad length was reported when the layer was scored
   const int slots = n - first < static_cast<int>(plan.tile_slots) ? n - first : static_cast<int>(plan.tile_slots);
   const int slot = first + static_cast<int>(threadIdx.x);
   const bool kept = static_cast<int>(threadIdx.x) < slots && p.keep[base + slot] != 0;
