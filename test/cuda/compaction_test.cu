@@ -28,23 +28,6 @@ namespace kc = kvcompact;
 namespace kd = kvcompact::cuda::detail;
 using kc::index_t;
 
-/// A user layout outside namespace kvcompact, usable in device code: memory order
-/// [slot][sequence][layer][kv_head][dim] with five padding elements after every row, so most rows of
-/// 2-byte elements start off a 16-byte boundary.
-struct slot_major_padded {
-  index_t sequences, layers, kv_heads, slots, dims;
-  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
-  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
-  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
-  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
-  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
-  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return 1; }
-  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
-    return (((slot * sequences + sequence) * layers + layer) * kv_heads + kv_head) * (dims + 5);
-  }
-};
-static_assert(kc::kv_layout<slot_major_padded>);
-
 namespace {
 
 const auto policy = kc::policies::h2o(/*budget*/ 40, /*recent*/ 4);
@@ -209,7 +192,7 @@ BOOST_AUTO_TEST_CASE(dimensions_interleaved_across_heads_copy_element_by_element
 
 BOOST_AUTO_TEST_CASE(a_user_layout_with_unaligned_rows) {
   const kvtest::cache_shape shape{2, 2, 2, 300, 32};
-  check_compaction("slot-major padded bf16", filled_cache<kc::bfloat16_t>(shape, slot_major_padded{2, 2, 2, 300, 32}, 61), 62);
+  check_compaction("head-major padded bf16", filled_cache<kc::bfloat16_t>(shape, head_major_padded{2, 2, 2, 300, 32}, 61), 62);
 }
 
 BOOST_AUTO_TEST_CASE(rows_that_are_not_whole_16_byte_chunks_and_rows_that_fill_a_tile_with_16_slots) {

@@ -19,22 +19,6 @@
 namespace kc = kvcompact;
 using kc::index_t;
 
-/// A user layout outside namespace kvcompact, usable in device code: memory order
-/// [kv_head][layer][sequence][slot][dim] with three padding elements after every slot.
-struct head_major_padded {
-  index_t sequences, layers, kv_heads, slots, dims;
-  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
-  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
-  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
-  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
-  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
-  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return 1; }
-  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
-    return (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 3);
-  }
-};
-static_assert(kc::kv_layout<head_major_padded>);
-
 namespace {
 
 constexpr index_t S = 2, L = 4, H = 2, G = 2, CAP = 96, D = 32, ROWS = 8;
@@ -137,6 +121,17 @@ BOOST_AUTO_TEST_CASE(long_prompts_span_several_key_chunks_and_scan_blocks) {
   kvtest::check_prefill_matches("snapkv", p::snapkv(300, WINDOW), cache, window, H * G);
   kvtest::check_prefill_matches("h2o", p::h2o(300, WINDOW), cache, window, H * G);
   kvtest::check_prefill_matches("corm", p::corm(WINDOW, WINDOW), cache, window, H * G);
+}
+
+BOOST_AUTO_TEST_CASE(heads_longer_than_a_top_k_tile_match_the_cpu_backend) {
+  // 4500 slots: three 2,048-key tiles per head for the grid-wide top-k, eighteen 256-slot
+  // compaction tiles; KNorm's scores of exact keys tie often.
+  constexpr index_t long_capacity = 4500;
+  const auto cache = full_bf16_cache(1, long_capacity, D, 81);
+  const auto window = kvtest::make_random_window(1, 1, H * G, ROWS, D, {long_capacity - 1}, 1.0, 82);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("knorm", p::knorm(1100), cache, window, H * G);
+  kvtest::check_prefill_matches("streaming_llm", p::streaming_llm(1100, 4), cache, window, H * G);
 }
 
 BOOST_AUTO_TEST_CASE(head_dims_of_every_kernel_path_match_the_cpu_backend) {

@@ -22,24 +22,39 @@ T garbage() {
   std::memset(&value, 0xcd, sizeof(T));
   return value;
 }
-/// Checks that the block is one-dimensional with the threads the collective was declared for.
-template <int BlockDimX>
-void check_block() {
-  if (blockDim.x != static_cast<unsigned>(BlockDimX) || blockDim.y != 1 || blockDim.z != 1)
-    ::kvemu::fail("cub stand-in: the block's shape differs from the collective's BLOCK_DIM_X");
-}
-}  // namespace emulator_detail
-
-/// Block-wide prefix sums (exclusive) of one item per thread, in thread order.
+/// What the block collectives share: one slot per thread in shared memory, gathered at a barrier.
 template <class T, int BlockDimX>
-class BlockScan {
+class block_collective {
  public:
   /// Shared memory of the collective.
   struct TempStorage {
     T values[BlockDimX];  ///< every thread's input
   };
+
+ protected:
+  /// Binds the collective to its storage; the block must be one-dimensional of BlockDimX threads.
+  explicit block_collective(TempStorage& storage) : storage_(storage) {
+    if (blockDim.x != static_cast<unsigned>(BlockDimX) || blockDim.y != 1 || blockDim.z != 1)
+      ::kvemu::fail("cub stand-in: the block's shape differs from the collective's BLOCK_DIM_X");
+  }
+  /// Publishes this thread's input, then waits for every thread's.
+  void gather(T input) {
+    storage_.values[threadIdx.x] = input;
+    __syncthreads();
+  }
+  TempStorage& storage_;  ///< the shared slots
+};
+}  // namespace emulator_detail
+
+/// Block-wide prefix sums (exclusive) of one item per thread, in thread order.
+template <class T, int BlockDimX>
+class BlockScan : public emulator_detail::block_collective<T, BlockDimX> {
+  using base = emulator_detail::block_collective<T, BlockDimX>;
+
+ public:
+  using typename base::TempStorage;
   /// Binds the collective to its storage.
-  explicit BlockScan(TempStorage& storage) : storage_(storage) { emulator_detail::check_block<BlockDimX>(); }
+  explicit BlockScan(TempStorage& storage) : base(storage) {}
   /// The sum of the inputs of lower threads (0 in thread 0).
   void ExclusiveSum(T input, T& output) {
     T aggregate;
@@ -47,43 +62,34 @@ class BlockScan {
   }
   /// The sum of the inputs of lower threads, and the sum of all inputs (to every thread).
   void ExclusiveSum(T input, T& output, T& block_aggregate) {
+    this->gather(input);
     const int self = static_cast<int>(threadIdx.x);
-    storage_.values[self] = input;
-    __syncthreads();
     T total{};
     for (int t = 0; t < BlockDimX; ++t) {
       if (t == self) output = total;
-      total = static_cast<T>(total + storage_.values[t]);
+      total = static_cast<T>(total + this->storage_.values[t]);
     }
     block_aggregate = total;
   }
-
- private:
-  TempStorage& storage_;
 };
 
 /// Block-wide sum; the result is valid in thread 0 only.
 template <class T, int BlockDimX>
-class BlockReduce {
+class BlockReduce : public emulator_detail::block_collective<T, BlockDimX> {
+  using base = emulator_detail::block_collective<T, BlockDimX>;
+
  public:
-  /// Shared memory of the collective.
-  struct TempStorage {
-    T values[BlockDimX];  ///< every thread's input
-  };
+  using typename base::TempStorage;
   /// Binds the collective to its storage.
-  explicit BlockReduce(TempStorage& storage) : storage_(storage) { emulator_detail::check_block<BlockDimX>(); }
+  explicit BlockReduce(TempStorage& storage) : base(storage) {}
   /// The sum of every thread's input, in thread 0 (garbage elsewhere).
   T Sum(T input) {
-    storage_.values[threadIdx.x] = input;
-    __syncthreads();
+    this->gather(input);
     if (threadIdx.x != 0) return emulator_detail::garbage<T>();
     T total{};
-    for (int t = 0; t < BlockDimX; ++t) total = static_cast<T>(total + storage_.values[t]);
+    for (int t = 0; t < BlockDimX; ++t) total = static_cast<T>(total + this->storage_.values[t]);
     return total;
   }
-
- private:
-  TempStorage& storage_;
 };
 
 /// Warp-wide sum of 32-bit integers over the 32 lanes of a warp; valid in lane 0 only.

@@ -138,39 +138,40 @@ __device__ inline staged_chunk locate_chunk(unsigned e, unsigned row_chunks) {
   return {rank, value ? within - row_chunks : within, value};
 }
 
-/// Reads the K and V rows of the tile's @p count kept slots into @p staged (chunk e of the tile is
-/// element `e / compaction_threads` of thread `e % compaction_threads`).
-template <class T, class Layout>
-__device__ inline void stage_rows(const kv_cache<T, Layout>& cache, const compaction_plan& plan, int count, const compaction_rows& rows,
-                                  uint4 (&staged)[compaction_stage_chunks]) {
+/// Calls `visit(v, chunk)` for each chunk of the tile's @p count kept rows this thread stages:
+/// chunk e of the tile is element `e / compaction_threads` of thread `e % compaction_threads`.
+template <class Visit>
+__device__ inline void for_each_staged_chunk(const compaction_plan& plan, int count, const Visit& visit) {
   const unsigned total = static_cast<unsigned>(count) * 2 * plan.row_chunks;
-  const int dims = static_cast<int>(cache.layout.head_dim());
-  const index_t dim_stride = cache.layout.dim_stride();
   KVCOMPACT_UNROLL
   for (int v = 0; v < compaction_stage_chunks; ++v) {
     const unsigned e = threadIdx.x + static_cast<unsigned>(v * compaction_threads);
-    if (e >= total) continue;
-    const staged_chunk c = locate_chunk(e, plan.row_chunks);
+    if (e < total) visit(v, locate_chunk(e, plan.row_chunks));
+  }
+}
+
+/// Reads the K and V rows of the tile's @p count kept slots into @p staged.
+template <class T, class Layout>
+__device__ inline void stage_rows(const kv_cache<T, Layout>& cache, const compaction_plan& plan, int count, const compaction_rows& rows,
+                                  uint4 (&staged)[compaction_stage_chunks]) {
+  const int dims = static_cast<int>(cache.layout.head_dim());
+  const index_t dim_stride = cache.layout.dim_stride();
+  for_each_staged_chunk(plan, count, [&](int v, const staged_chunk& c) {
     const index_t offset = rows.source[c.rank];
     if (offset >= 0) staged[v] = load_row_chunk((c.value ? cache.values : cache.keys) + offset, c.chunk, (rows.vector[c.rank] & 1) != 0, dims, dim_stride);
-  }
+  });
 }
 
 /// Writes the staged rows to their destinations (rows whose destination is -1 stay as they are).
 template <class T, class Layout>
 __device__ inline void write_rows(const kv_cache<T, Layout>& cache, const compaction_plan& plan, int count, const compaction_rows& rows,
                                   const uint4 (&staged)[compaction_stage_chunks]) {
-  const unsigned total = static_cast<unsigned>(count) * 2 * plan.row_chunks;
   const int dims = static_cast<int>(cache.layout.head_dim());
   const index_t dim_stride = cache.layout.dim_stride();
-  KVCOMPACT_UNROLL
-  for (int v = 0; v < compaction_stage_chunks; ++v) {
-    const unsigned e = threadIdx.x + static_cast<unsigned>(v * compaction_threads);
-    if (e >= total) continue;
-    const staged_chunk c = locate_chunk(e, plan.row_chunks);
+  for_each_staged_chunk(plan, count, [&](int v, const staged_chunk& c) {
     const index_t offset = rows.destination[c.rank];
     if (offset >= 0) store_row_chunk((c.value ? cache.values : cache.keys) + offset, c.chunk, (rows.vector[c.rank] & 2) != 0, dims, dim_stride, staged[v]);
-  }
+  });
 }
 
 /// Grid (tiles of every head), one tile per block, taken by ticket: moves the tile's kept slots
