@@ -491,6 +491,6 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
     for (int n = 0; n < 16; ++n) (layout == mem_row_major ? p[m * ldm + n] : p[n * ldm + m]) = f.x[m * 16 + n];
 }
 }  // namespace nvcuda::wmma
-
-#include "cuda_emulator_cub.hpp"   // stand-ins for the CUB collectives kvcompact uses
-#include "cuda_emulator_sync.hpp"  // acquire loads, release stores and counters between blocks
+#include "support/cuda_emulator_mma.hpp"  // NOLINT: mma.sync emulation (prefill-score)
+#include "support/cuda_emulator_cub.hpp"   // NOLINT: stand-ins for the CUB collectives kvcompact uses (device-select)
+#include "support/cuda_emulator_sync.hpp"  // NOLINT: acquire loads, release stores and counters between blocks (device-select)
