@@ -324,6 +324,7 @@ class session {
     return detail::grid_extent(cache_.layout.num_sequences() * cache_.layout.num_layers(), where, "sequences x layers");
   }
 
+  /// The workspace bytes [offset, offset + bytes).
   std::span<std::byte> workspace_span(std::size_t offset, std::size_t bytes) const { return {workspace_ + offset, bytes}; }
 
   /// Top-k selectors: candidates and their pooled scores per head, then the grid-wide top-k keeps

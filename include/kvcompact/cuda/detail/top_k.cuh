@@ -365,7 +365,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(top_k_threads, top_k_min_blocks) top_k_m
   }
   if (p.kept != nullptr) {
     const unsigned kept = reduce_t(reduce_storage).Sum(static_cast<unsigned>(__popc(static_cast<int>(keep))));
-    if (threadIdx.x == 0 && kept != 0) atomicAdd(reinterpret_cast<unsigned*>(p.kept + t.segment), kept);
+    if (threadIdx.x == 0 && kept != 0) atomicAdd(p.kept + t.segment, static_cast<std::int32_t>(kept));
   }
 }
 
