@@ -14,8 +14,9 @@
 /// moves, so its destinations (all below its own slots) hold nothing still to be read. A tile whose
 /// slots are all kept publishes its count before reading (its rows move only when a lower tile
 /// dropped a slot; otherwise they stay and nothing is read); a tile that needs such rows moved
-/// waits for them (look_back's "rows unread" rule). Rows and positions that stay in place are
-/// neither read nor written; the data moved is the kept rows that move, once each way.
+/// waits for them (look_back's "rows unread" rule). Whole tiles that stay in place are neither read
+/// nor written (in the tile of a head's first drop, rows before it are read, not written); the data
+/// moved is the kept rows that move, once each way.
 #pragma once
 
 #include <kvcompact/cuda/detail/cub.cuh>

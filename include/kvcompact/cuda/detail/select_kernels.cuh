@@ -31,8 +31,9 @@ struct top_k_candidates {
 /// other slots (candidates) in position order into `index_scratch(h, 0)` (block scan); writes their
 /// pooled scores (the selector's own pooling code) in that order as the head's top-k keys, and the
 /// budget left after the protected slots as the head's quota. launch_top_k() then keeps the best.
+/// Design occupancy: 4 blocks per SM (one block per head; at most 64 registers).
 template <class Schedule, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, 4)
     top_k_candidates_kernel(prefill_problem<T, Layout, State> p, selectors::top_k<Schedule> selector, top_k_candidates out) {
   using reduce_t = cub::BlockReduce<int, prefill_threads>;
   using scan_t = cub::BlockScan<int, prefill_threads>;
