@@ -196,7 +196,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(compaction_threads, compaction_min_block
   const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
   const std::int32_t n = p.cache.lengths[head];
   const int first = static_cast<int>(tile * plan.tile_slots);
-  if (n < 0 || n > layout.capacity() || (tile > 0 && first >= n)) return;  // a bad length was reported when the layer was scored
+  // A bad length (below 0, above the layer's own capacity) was reported when the layer was scored.
+  if (n < 0 || n > ::kvcompact::detail::layer_capacity(layout, l) || (tile > 0 && first >= n)) return;
   const int slots = n - first < static_cast<int>(plan.tile_slots) ? n - first : static_cast<int>(plan.tile_slots);
   const int slot = first + static_cast<int>(threadIdx.x);
   const bool kept = static_cast<int>(threadIdx.x) < slots && p.keep[base + slot] != 0;

@@ -15,9 +15,9 @@
 /// threshold) it ranks those ties by position across the scope's tiles with a decoupled look-back.
 /// NaN keys are never kept and are recorded as device_fault::nan_score.
 ///
-/// CCCL 3.5's `cub::DeviceBatchedTopK` (PyPI `nvidia-cuda-cccl`) was considered: it only offers an
-/// unspecified tie-break, so the exact ranking would need 64-bit keys (score, position) with twice
-/// the passes and key bytes, and it cannot run under the CPU emulator; this file uses CUB's block
+/// CCCL 3.5 (PyPI `nvidia-cuda-cccl` 13.3.5.0.6) has `cub::DeviceTopK` and `cub::DeviceBatchedTopK`, which only
+/// implement an unspecified tie-break, so the exact ranking would need 64-bit keys (score, position) with twice
+/// the passes and key bytes, and they cannot run under the CPU emulator; this file uses CUB's block
 /// collectives of the toolkit's CCCL instead.
 #pragma once
 
