@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Block-wide reduction used by the decode-eviction kernel (shared memory only).
+/// @brief Block-wide reduction used by the decode-eviction and key-pruning kernels (shared memory only).
 #pragma once
 
 #include <kvcompact/cuda/detail/execution.cuh>
@@ -24,6 +24,12 @@ __device__ T block_reduce(T value, const Op& op) {
   const T result = slots[0];
   __syncthreads();  // slots may be reused by the next call
   return result;
+}
+
+/// Sum of @p value over the block, returned to every thread (see block_reduce).
+template <int Threads, class T>
+__device__ T block_sum(T value) {
+  return block_reduce<Threads>(value, [](T a, T b) { return a + b; });
 }
 
 }  // namespace cuda::detail
