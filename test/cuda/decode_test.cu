@@ -30,7 +30,6 @@
 #include <kvcompact/cuda.cuh>
 
 #include "support/backend_comparison.hpp"
-#include "support/device_layouts.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -173,6 +172,13 @@ BOOST_AUTO_TEST_CASE(attention_output_matches_the_double_reference) {
   check_attention<kc::half_t>(layout_kind::paged_nhd, 256, 2);
   check_attention<float>(layout_kind::paged_nhd, 64, 4);
   check_attention<kc::half_t>(layout_kind::bhsd, 128, 8);
+  // with those above, every compiled (head dimension, group) variant
+  check_attention<kc::bfloat16_t>(layout_kind::bhsd, 64, 2);
+  check_attention<kc::half_t>(layout_kind::paged_hnd, 128, 1);
+  check_attention<float>(layout_kind::paged_nhd, 128, 2);
+  check_attention<kc::half_t>(layout_kind::bhsd, 256, 1);
+  check_attention<kc::bfloat16_t>(layout_kind::bhsd, 256, 4);
+  check_attention<kc::bfloat16_t>(layout_kind::bhsd, 64, 8);
   // Generic head dimensions and groups: zero-padded to the next compiled ones, a group of 16 in two blocks.
   check_attention<kc::bfloat16_t>(layout_kind::padded_rows, 96, 3);
   check_attention<kc::half_t>(layout_kind::bhsd, 40, 16);

@@ -16,7 +16,6 @@
 #include <kvcompact/cuda.cuh>
 
 #include "support/backend_comparison.hpp"
-#include "support/device_layouts.hpp"
 
 #include <cmath>
 #include <string>

@@ -72,6 +72,29 @@ struct head_major_padded {
 };
 static_assert(kvcompact::kv_layout<head_major_padded>, "the padded test layout must satisfy kvcompact::kv_layout");
 
+/// @brief Test-only user layout usable in device code, outside namespace kvcompact: memory order
+/// [layer][sequence][slot][dim][kv_head], so the head dimension is interleaved across the KV heads
+/// (dim_stride = kv_heads) and rows cannot be copied in 16-byte chunks.
+struct interleaved_dims {
+  kvcompact::index_t sequences;  ///< batch
+  kvcompact::index_t layers;     ///< storage layers
+  kvcompact::index_t kv_heads;   ///< KV heads
+  kvcompact::index_t slots;      ///< capacity per head
+  kvcompact::index_t dims;       ///< head dimension
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t num_sequences() const { return sequences; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t num_layers() const { return layers; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t num_kv_heads() const { return kv_heads; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t capacity() const { return slots; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t head_dim() const { return dims; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t dim_stride() const { return kv_heads; }
+  /// ((layer * sequences + sequence) * slots + slot) * dims * kv_heads + kv_head
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t offset(kvcompact::index_t sequence, kvcompact::index_t layer, kvcompact::index_t kv_head,
+                                                  kvcompact::index_t slot) const {
+    return ((layer * sequences + sequence) * slots + slot) * dims * kv_heads + kv_head;
+  }
+};
+static_assert(kvcompact::kv_layout<interleaved_dims>, "the interleaved test layout must satisfy kvcompact::kv_layout");
+
 namespace kvtest {
 
 /// @brief Raw bits of a stored element (exact comparison of float, half_t and bfloat16_t).
