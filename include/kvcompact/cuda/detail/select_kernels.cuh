@@ -77,7 +77,7 @@ __device__ std::uint64_t kth_largest_key(index_t count, index_t k, const KeyOf& 
 template <class Schedule, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
     top_k_select_kernel(prefill_problem<T, Layout, State> p, selectors::top_k<Schedule> selector) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   if (p.layer_faults[s * p.layers() + l]) return;
   const index_t base = p.head_base(s, l, h);
   const index_t n = p.cache.lengths[p.cache.head_index(s, l, h)];
@@ -145,7 +145,7 @@ template <class Policy, class T, class Layout, class State>
 KVCOMPACT_KERNEL void serial_select_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
   const index_t s = blockIdx.x;
   p.shared[s * (p.cache.layout.capacity() + 2)] = -1;  // no decision published yet
-  for (index_t l = 0; l < p.layers(); ++l) {
+  for (index_t l = p.first_layer; l < p.first_layer + p.grid_layers; ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
     auto ctx = p.context(s, l);
     policy.selector.select(ctx);
@@ -157,7 +157,7 @@ KVCOMPACT_KERNEL void serial_select_kernel(prefill_problem<T, Layout, State> p, 
 /// Grid (Hkv, S x L), one thread: the merger after a parallel selection.
 template <class Policy, class T, class Layout, class State>
 KVCOMPACT_KERNEL void merge_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   if (p.layer_faults[s * p.layers() + l]) return;
   auto ctx = p.context(s, l);
   policy.merger.merge(ctx, static_cast<int>(h));
@@ -176,7 +176,7 @@ inline index_t compaction_tile(index_t head_dim, std::size_t element_bytes) {
 template <class Policy, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) compact_kernel(prefill_problem<T, Layout, State> p, Policy policy, index_t tile) {
   KVCOMPACT_DYNAMIC_SHARED(unsigned char, staging_bytes);
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   if (p.layer_faults[s * p.layers() + l]) return;
   const Layout& layout = p.cache.layout;
   const index_t dims = layout.head_dim(), stride = layout.dim_stride();
