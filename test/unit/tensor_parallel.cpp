@@ -11,6 +11,7 @@
 
 #include "support/custom_layout.hpp"
 #include "support/expect_error.hpp"
+#include "support/layer_window.hpp"
 #include "support/reference.hpp"
 
 #include <barrier>
@@ -82,18 +83,6 @@ kvtest::random_cache<float> shard_cache(const kvtest::random_cache<float>& full,
   return out;
 }
 
-/// Query heads [first, first + count) of @p w as a window of their own.
-kvtest::random_window shard_window(const kvtest::random_window& w, index_t first, index_t count) {
-  kvtest::random_window out = w;
-  out.query_heads = count;
-  out.queries.clear();
-  for (index_t s = 0; s < w.sequences; ++s)
-    for (index_t l = 0; l < w.layers; ++l)
-      for (index_t g = first; g < first + count; ++g)
-        for (index_t r = 0; r < w.rows; ++r) out.queries.insert(out.queries.end(), w.query(s, l, g, r), w.query(s, l, g, r) + w.head_dim);
-  return out;
-}
-
 /// True when head @p h of @p shard holds what head @p full_head of @p full holds (lengths, positions, K/V bits).
 bool same_head(const kvtest::random_cache<float>& shard, index_t h, const kvtest::random_cache<float>& full, index_t full_head, index_t s, index_t l) {
   if (shard.length(s, l, h) != full.length(s, l, full_head)) return false;
@@ -114,7 +103,7 @@ std::vector<kvtest::random_cache<float>> run_shards(const Policy& policy, const 
   std::vector<kvtest::random_window> windows;
   for (int r = 0; r < ranks; ++r) {
     shards.push_back(shard_cache(full, r * heads, heads));
-    windows.push_back(shard_window(w, r * heads * G, heads * G));
+    windows.push_back(kvtest::window_part(w, 0, L, r * heads * G, heads * G));
   }
   thread_all_reduce reduce(ranks);
   std::vector<kc::rank_group> groups;
@@ -135,12 +124,7 @@ std::vector<kvtest::random_cache<float>> run_shards(const Policy& policy, const 
           session.compress_prefill(win.view());
         } else {
           for (index_t l = 0; l < L; ++l) {
-            kvtest::random_window slice = win;  // this layer's queries only
-            slice.layers = 1;
-            slice.queries.clear();
-            for (index_t s = 0; s < S; ++s)
-              for (index_t g = 0; g < win.query_heads; ++g)
-                for (index_t row = 0; row < win.rows; ++row) slice.queries.insert(slice.queries.end(), win.query(s, l, g, row), win.query(s, l, g, row) + D);
+            const kvtest::random_window slice = kvtest::layer_window(win, l);  // this layer's queries only
             session.compress_prefill_layer(l, slice.view());
           }
         }
