@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Elastic Cache (docs/methods.md 11) through a real cpu::session against a plain double-precision
+// Elastic Cache (docs/methods.md 12) through a real cpu::session against a plain double-precision
 // reference written from the rule:
 //  - prefill: layer-shared column sums over every prompt row, the `sinks` first tokens and the last one
 //    kept, the floor(r T) lowest other tokens evicted (ties: the higher position goes), each evicted token

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// CSR (docs/methods.md 12): matching pursuit against a plain double-precision reference, attention on
+// CSR (docs/methods.md 13): matching pursuit against a plain double-precision reference, attention on
 // the codes against softmax attention in double over the vectors the codes stand for, the dictionary
 // fit on vectors built from a hidden dictionary, the dictionary file, and bad input named in
 // kvcompact::error (a dictionary of the wrong head_dim, for another model, not unit-norm).
