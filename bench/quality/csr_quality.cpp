@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file csr_quality.cpp
-/// @brief CSR on SmolLM2-135M-Instruct (docs/methods.md 12): fits the per-layer, per-KV-head key and
+/// @brief CSR on SmolLM2-135M-Instruct (docs/methods.md 13): fits the per-layer, per-KV-head key and
 ///        value dictionaries offline from calibration K/V the engine records, then measures the
 ///        continuation perplexity with every prompt entry stored as a sparse code
 ///        (kvcompact::codecs::sparse_cache) against the full cache and against eviction presets that
