@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -62,26 +63,20 @@ struct options {
 options parse(int argc, char** argv) {
     options o;
     if (const char* env = std::getenv("KVCOMPACT_SMOLLM2_GGUF")) o.model_path = env;
-    for (int i = 1; i < argc; ++i) {
+    const std::map<std::string, std::string*> texts{{"--model", &o.model_path}, {"--essays", &o.essays_dir}, {"--dictionary", &o.dictionary}};
+    const std::map<std::string, int*> counts{{"--prompts", &o.prompts},       {"--tokens", &o.tokens},         {"--offset", &o.offset},
+                                             {"--stride", &o.stride},         {"--atoms", &o.atoms},           {"--terms", &o.terms},
+                                             {"--iterations", &o.iterations}, {"--ppl-context", &o.ppl_context}, {"--continuation", &o.continuation}};
+    for (int i = 1; i < argc; i += 2) {
         const std::string a = argv[i];
         if (i + 1 >= argc) usage("missing value after " + a);
-        const std::string v = argv[++i];
-        if (a == "--model") o.model_path = v;
-        else if (a == "--essays") o.essays_dir = v;
-        else if (a == "--dictionary") o.dictionary = v;
-        else if (a == "--prompts") o.prompts = std::stoi(v);
-        else if (a == "--tokens") o.tokens = std::stoi(v);
-        else if (a == "--offset") o.offset = std::stoi(v);
-        else if (a == "--stride") o.stride = std::stoi(v);
-        else if (a == "--atoms") o.atoms = std::stoi(v);
-        else if (a == "--terms") o.terms = std::stoi(v);
-        else if (a == "--iterations") o.iterations = std::stoi(v);
-        else if (a == "--ppl-context") o.ppl_context = std::stoi(v);
-        else if (a == "--continuation") o.continuation = std::stoi(v);
+        const std::string v = argv[i + 1];
+        if (const auto t = texts.find(a); t != texts.end()) *t->second = v;
+        else if (const auto c = counts.find(a); c != counts.end()) *c->second = std::stoi(v);
         else if (a == "--presets") {
             o.presets.clear();
-            std::stringstream s(v);
-            for (std::string p; std::getline(s, p, ',');) o.presets.push_back(p);
+            std::stringstream list(v);
+            for (std::string p; std::getline(list, p, ',');) o.presets.push_back(p);
         } else usage("unknown option " + a);
     }
     if (o.model_path.empty() || o.essays_dir.empty()) usage("--essays and --model (or KVCOMPACT_SMOLLM2_GGUF) are required");
