@@ -12,6 +12,10 @@
 // and reads and writes the kept 25% of K and V (the floor of ../shared/anchors.md).
 //
 //   kernel_bench [--quick] [--reps N] [--csv FILE]
+//
+// Launches go through kvcompact::cuda::detail::launch (no <<<>>>), so the same source also builds
+// against the CPU emulator: bench/static_gates.py runs that build with KVEMU_SKIP_KERNELS=1 to read
+// every kernel's grid, block and dynamic shared memory at these shapes without a GPU.
 #include <kvcompact/cuda.cuh>
 
 #include <algorithm>
@@ -110,8 +114,8 @@ struct layer_cache {
         positions(static_cast<std::size_t>(b * l * kv_heads * n)),
         pristine_lengths(lengths.count),
         pristine_positions(positions.count) {
-    fill_random<<<1024, 256>>>(keys.data, static_cast<index_t>(keys.count), 1);
-    fill_random<<<1024, 256>>>(values.data, static_cast<index_t>(values.count), 2);
+    kc::cuda::detail::launch(fill_random<element>, dim3(1024), dim3(256), 0, nullptr, keys.data, static_cast<index_t>(keys.count), 1);
+    kc::cuda::detail::launch(fill_random<element>, dim3(1024), dim3(256), 0, nullptr, values.data, static_cast<index_t>(values.count), 2);
     KVCOMPACT_CUDA_CHECK(cudaGetLastError());
     std::vector<std::int32_t> len(lengths.count, static_cast<std::int32_t>(n)), pos(positions.count);
     for (std::size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(n));
@@ -185,8 +189,8 @@ int main(int argc, char** argv) {
       layer_cache cache(batch, n);
       buffer<element> queries(static_cast<std::size_t>(batch * query_heads * head_dim)), output(queries.count);
       buffer<element> new_kv(static_cast<std::size_t>(batch * kv_heads * head_dim));
-      fill_random<<<64, 256>>>(queries.data, static_cast<index_t>(queries.count), 3);
-      fill_random<<<64, 256>>>(new_kv.data, static_cast<index_t>(new_kv.count), 4);
+      kc::cuda::detail::launch(fill_random<element>, dim3(64), dim3(256), 0, nullptr, queries.data, static_cast<index_t>(queries.count), 3);
+      kc::cuda::detail::launch(fill_random<element>, dim3(64), dim3(256), 0, nullptr, new_kv.data, static_cast<index_t>(new_kv.count), 4);
       std::vector<std::int32_t> pos(static_cast<std::size_t>(batch), static_cast<std::int32_t>(n));
       buffer<std::int32_t> positions(pos.size());
       KVCOMPACT_CUDA_CHECK(cudaMemcpy(positions.data, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
@@ -207,7 +211,7 @@ int main(int argc, char** argv) {
       }
       // Prefill compression to 25%: reads K once, moves the kept quarter of K and V.
       buffer<float> window_queries(static_cast<std::size_t>(batch * query_heads * window_rows * head_dim));
-      fill_random<<<256, 256>>>(window_queries.data, static_cast<index_t>(window_queries.count), 5);
+      kc::cuda::detail::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, window_queries.data, static_cast<index_t>(window_queries.count), 5);
       std::vector<std::int32_t> rows_pos(static_cast<std::size_t>(batch * window_rows));
       for (std::size_t i = 0; i < rows_pos.size(); ++i)
         rows_pos[i] = static_cast<std::int32_t>(n - window_rows + static_cast<index_t>(i % window_rows));
@@ -224,7 +228,7 @@ int main(int argc, char** argv) {
       compress("compress SnapKV (window 64) to 25%", kc::policies::snapkv(n / 4, window_rows), window);
       // TOVA scores with the last prompt query only: a one-row window.
       buffer<float> last_queries(static_cast<std::size_t>(batch * query_heads * head_dim));
-      fill_random<<<64, 256>>>(last_queries.data, static_cast<index_t>(last_queries.count), 6);
+      kc::cuda::detail::launch(fill_random<float>, dim3(64), dim3(256), 0, nullptr, last_queries.data, static_cast<index_t>(last_queries.count), 6);
       const std::vector<std::int32_t> last_pos(static_cast<std::size_t>(batch), static_cast<std::int32_t>(n - 1));
       buffer<std::int32_t> last_positions(last_pos.size());
       KVCOMPACT_CUDA_CHECK(cudaMemcpy(last_positions.data, last_pos.data(), last_pos.size() * 4, cudaMemcpyHostToDevice));
@@ -237,7 +241,7 @@ int main(int argc, char** argv) {
     constexpr index_t model_layers = 32;
     layer_cache cache(1, n, model_layers);
     buffer<float> window_queries(static_cast<std::size_t>(model_layers * query_heads * window_rows * head_dim));
-    fill_random<<<256, 256>>>(window_queries.data, static_cast<index_t>(window_queries.count), 7);
+    kc::cuda::detail::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, window_queries.data, static_cast<index_t>(window_queries.count), 7);
     std::vector<std::int32_t> rows_pos(static_cast<std::size_t>(window_rows));
     for (std::size_t i = 0; i < rows_pos.size(); ++i) rows_pos[i] = static_cast<std::int32_t>(n - window_rows + static_cast<index_t>(i));
     buffer<std::int32_t> window_positions(rows_pos.size());
