@@ -193,7 +193,7 @@ inline void* current_fiber() { return __tsan_get_current_fiber(); }
 inline void* create_fiber() { return __tsan_create_fiber(0); }
 inline void destroy_fiber(void* fiber) { __tsan_destroy_fiber(fiber); }
 /// Tells TSan the next context switch goes to @p fiber; @p synchronise orders the two.
-inline void switch_to(void* fiber, bool synchronise) { __tsan_switch_to_fiber(fiber, synchronise ? 0u : __tsan_switch_to_fiber_no_sync); }
+[[gnu::always_inline]] inline void switch_to(void* fiber, bool synchronise) { __tsan_switch_to_fiber(fiber, synchronise ? 0u : __tsan_switch_to_fiber_no_sync); }
 inline void release(void* object) { __tsan_release(object); }
 inline void acquire(void* object) { __tsan_acquire(object); }
 #else
@@ -275,83 +275,6 @@ inline const settings& config() {
   return s;
 }
 
-/// The fiber stacks of one block: one mapping, a guard page below each stack.
-struct stack_set {
-#if defined(KVEMU_TSAN) || defined(KVEMU_ASAN)
-  static constexpr std::size_t stack_bytes = 1024 * 1024;  ///< sanitizers use larger frames
-#else
-  static constexpr std::size_t stack_bytes = 256 * 1024;
-#endif
-  char* base = nullptr;
-  int threads = 0;
-
-  static std::size_t page() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
-  static std::size_t slice() { return stack_bytes + page(); }
-  std::size_t bytes() const { return slice() * static_cast<std::size_t>(threads); }
-  char* stack(int thread) const { return base + slice() * static_cast<std::size_t>(thread) + page(); }
-  void protect_guards() const {
-    for (int t = 0; t < threads; ++t) mprotect(stack(t) - page(), page(), PROT_NONE);
-  }
-  /// Maps stacks for @p count threads.
-  static stack_set map(int count) {
-    stack_set set;
-    set.threads = count;
-    void* p = mmap(nullptr, set.bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) fail("cannot map fiber stacks");
-    set.base = static_cast<char*>(p);
-    set.protect_guards();
-    return set;
-  }
-  /// Under TSan, maps fresh pages over a reused set on the block's own thread: the detector forgets
-  /// the accesses of the previous block's fibers (another block, not ordered with this one).
-  void renew() const {
-#if defined(KVEMU_TSAN)
-    if (mmap(base, bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
-      fail("cannot map fiber stacks");
-    protect_guards();
-#endif
-  }
-};
-
-/// Host-side state of the emulated device (touched by the launching thread only).
-struct device_state {
-  cudaError_t last_error = cudaSuccess;
-  std::uint64_t launches = 0;                           ///< kernels launched so far
-  std::map<const void*, std::size_t> shared_limits;     ///< cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
-  std::map<void*, std::size_t> skipped_allocations;     ///< KVEMU_SKIP_KERNELS: mappings by address
-  std::vector<stack_set> free_stacks;                   ///< stacks of blocks that ended, for reuse
-
-  /// Whether @p p lies in device memory left untouched because kernels are skipped.
-  bool untouched(const void* p) const {
-    auto it = skipped_allocations.upper_bound(const_cast<void*>(p));
-    if (it == skipped_allocations.begin()) return false;
-    --it;
-    return static_cast<const char*>(p) < static_cast<const char*>(it->first) + it->second;
-  }
-
-  /// Stacks for a block of @p threads threads (reused when a set of that size is free).
-  stack_set take_stacks(int threads) {
-    for (auto it = free_stacks.begin(); it != free_stacks.end(); ++it)
-      if (it->threads == threads) {
-        const stack_set set = *it;
-        free_stacks.erase(it);
-        return set;
-      }
-    return stack_set::map(threads);
-  }
-  void give_back(const stack_set& set) {
-    free_stacks.push_back(set);
-    if (free_stacks.size() > 16) {
-      munmap(free_stacks.front().base, free_stacks.front().bytes());
-      free_stacks.erase(free_stacks.begin());
-    }
-  }
-};
-inline device_state& device() {
-  static device_state d;
-  return d;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Fibers, blocks, launches
 // ---------------------------------------------------------------------------------------------
@@ -371,10 +294,10 @@ struct launch_context {
 
 /// One emulated thread (a fiber of its block's OS thread).
 struct fiber {
-  dim3 index;                      ///< threadIdx
-  int linear = 0;                  ///< linear thread index in the block
+  int linear = 0;                  ///< linear thread index in the block (fixed for the fiber)
+  relaxed<unsigned> index_x, index_y, index_z;  ///< threadIdx (set per block)
   ucontext_t context{};            ///< saved registers
-  char* stack = nullptr;           ///< its stack (a slice of the block's mapping)
+  char* stack = nullptr;           ///< its stack (a slice of its thread set's mapping)
   std::size_t stack_size = 0;
   void* tsan = nullptr;            ///< its TSan fiber
   void* asan_fake_stack = nullptr; ///< ASan's fake stack while switched out
@@ -389,7 +312,105 @@ struct fiber {
   relaxed<const char*> site_file;  ///< the __syncthreads it waits at
   relaxed<unsigned> site_line, site_column;
   relaxed<std::uint32_t> gather_words[2][max_gather_bytes / 4];  ///< warp_all_gather contributions, double-buffered
+
+  dim3 thread_index() const { return dim3(index_x.load(), index_y.load(), index_z.load()); }
 };
+
+/// The threads of a block: fibers, their stacks (one mapping, a guard page below each) and their
+/// TSan fibers. The launching thread lends a set to each block and keeps it for later blocks: a
+/// TSan fiber costs about 0.8 MB and 0.4 ms to create, too much for every thread of every block.
+/// The price, under TSan only: a block that reuses a set is ordered after the block that used it
+/// before (its threads continue their histories), so a race between those two goes unseen. Blocks
+/// resident at the same time never share a set, and consecutive blocks rarely do, so races between
+/// them are seen.
+struct thread_set {
+#if defined(KVEMU_TSAN) || defined(KVEMU_ASAN)
+  static constexpr std::size_t stack_bytes = 1024 * 1024;  ///< sanitizers use larger frames
+#else
+  static constexpr std::size_t stack_bytes = 256 * 1024;
+#endif
+  char* stacks = nullptr;
+  int count = 0;
+  std::unique_ptr<fiber[]> threads;
+
+  static std::size_t page() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
+  static std::size_t slice() { return stack_bytes + page(); }
+  std::size_t bytes() const { return slice() * static_cast<std::size_t>(count); }
+
+  /// Maps stacks and creates fibers for @p threads threads.
+  static std::unique_ptr<thread_set> make(int threads) {
+    auto set = std::make_unique<thread_set>();
+    set->count = threads;
+    void* p = mmap(nullptr, set->bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail("cannot map fiber stacks");
+    set->stacks = static_cast<char*>(p);
+    set->threads.reset(new fiber[static_cast<std::size_t>(threads)]);
+    for (int t = 0; t < threads; ++t) {
+      fiber& f = set->threads[static_cast<std::size_t>(t)];
+      char* guard = set->stacks + slice() * static_cast<std::size_t>(t);
+      mprotect(guard, page(), PROT_NONE);
+      f.linear = t;
+      f.stack = guard + page();
+      f.stack_size = stack_bytes;
+      f.tsan = sanitizer::create_fiber();
+    }
+    return set;
+  }
+  thread_set() = default;
+  thread_set(const thread_set&) = delete;
+  thread_set& operator=(const thread_set&) = delete;
+  ~thread_set() {
+    for (int t = 0; t < count; ++t) sanitizer::destroy_fiber(threads[static_cast<std::size_t>(t)].tsan);
+    if (stacks) munmap(stacks, bytes());
+  }
+};
+
+/// Host-side state of the emulated device (touched by the launching thread only).
+struct device_state {
+  cudaError_t last_error = cudaSuccess;
+  std::uint64_t launches = 0;                           ///< kernels launched so far
+  std::map<const void*, std::size_t> shared_limits;     ///< cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+  std::map<void*, std::size_t> skipped_allocations;     ///< KVEMU_SKIP_KERNELS: mappings by address
+  std::vector<std::unique_ptr<thread_set>> thread_sets;  ///< every thread set made so far
+  std::vector<thread_set*> free_threads;                ///< those no resident block uses
+
+  /// Whether @p p lies in device memory left untouched because kernels are skipped.
+  bool untouched(const void* p) const {
+    auto it = skipped_allocations.upper_bound(const_cast<void*>(p));
+    if (it == skipped_allocations.begin()) return false;
+    --it;
+    return static_cast<const char*>(p) < static_cast<const char*>(it->first) + it->second;
+  }
+
+  /// A thread set for a block of @p threads threads: the smallest free one that is large enough,
+  /// or a new one. The launching thread never writes to a set a block has used (the block's OS
+  /// thread is not joined before the launch ends), so lending it again is invisible to TSan.
+  thread_set* take_threads(int threads) {
+    auto best = free_threads.end();
+    for (auto it = free_threads.begin(); it != free_threads.end(); ++it)
+      if ((*it)->count >= threads && (best == free_threads.end() || (*it)->count < (*best)->count)) best = it;
+    if (best != free_threads.end()) {
+      thread_set* set = *best;
+      free_threads.erase(best);
+      return set;
+    }
+    thread_sets.push_back(thread_set::make(threads));
+    return thread_sets.back().get();
+  }
+  void give_back(thread_set* set) { free_threads.push_back(set); }
+  /// After a launch (every block thread joined): keeps a few sets for the next launches.
+  void trim() {
+    while (thread_sets.size() > config().resident) {
+      thread_set* oldest = thread_sets.front().get();
+      free_threads.erase(std::find(free_threads.begin(), free_threads.end(), oldest));
+      thread_sets.erase(thread_sets.begin());
+    }
+  }
+};
+inline device_state& device() {
+  static device_state d;
+  return d;
+}
 
 /// Result of a block's turn.
 enum class turn_outcome { progress, spun, finished };
@@ -399,14 +420,14 @@ struct block {
   const launch_context* launch = nullptr;
   dim3 index;
   std::mt19937 order;                        ///< resume order of its threads
-  std::unique_ptr<fiber[]> threads;
+  thread_set* set = nullptr;                 ///< its threads (lent by the launching thread)
+  fiber* threads = nullptr;                  ///< the first `count` of the set's fibers
   int count = 0;
   ucontext_t scheduler{};
   void* scheduler_tsan = nullptr;
   const void* scheduler_stack = nullptr;     ///< the OS thread's stack (for ASan)
   std::size_t scheduler_stack_size = 0;
   void* scheduler_fake_stack = nullptr;
-  stack_set stacks;                          ///< its fibers' stacks (lent by the launching thread)
   unsigned char* dynamic_shared = nullptr;   ///< exactly launch->shared_bytes
   relaxed<unsigned> barrier_generation;
   int barrier_object[2] = {};                ///< release/acquire addresses of __syncthreads, by generation parity
@@ -456,6 +477,9 @@ inline void suspend(wait_kind why) {
 /// as the end of a kernel is ordered before what the host does next).
 inline void fiber_entry() {
   sanitizer::finish_switch(nullptr);
+  // First of all (before reading the block thread's thread-local state): what the block's thread set
+  // up, not what the earlier users of this fiber did (see build_block).
+  sanitizer::acquire(&running_block);
   block& b = this_block();
   fiber& f = this_thread();
   b.launch->body();
@@ -469,7 +493,8 @@ inline void fiber_entry() {
 inline void build_block(block& b) {
   const dim3 dim = b.launch->block_dim;
   b.count = static_cast<int>(dim.x * dim.y * dim.z);
-  b.stacks.renew();
+  b.threads = b.set->threads.get();
+  sanitizer::acquire(b.set);  // the set's previous block (see thread_set)
   pthread_attr_t attributes;
   void* os_stack = nullptr;
   std::size_t os_stack_size = 0;
@@ -479,35 +504,32 @@ inline void build_block(block& b) {
   b.scheduler_stack = os_stack;
   b.scheduler_stack_size = os_stack_size;
   b.scheduler_tsan = sanitizer::current_fiber();
-  // Everything the fibers read is set up before they are created (creation orders it for TSan).
   const std::size_t bytes = b.launch->shared_bytes;
   b.dynamic_shared = static_cast<unsigned char*>(::operator new(bytes, std::align_val_t{128}));
   std::memset(b.dynamic_shared, 0xcd, bytes);
-  b.threads.reset(new fiber[static_cast<std::size_t>(b.count)]);
   const int warps = (b.count + 31) / 32;
   b.warp_generation.reset(new relaxed<unsigned>[static_cast<std::size_t>(warps)]);
   b.warp_object.reset(new int[static_cast<std::size_t>(2 * warps)]());
   for (int t = 0; t < b.count; ++t) {
-    fiber& f = b.threads[static_cast<std::size_t>(t)];
+    fiber& f = b.threads[t];
     const unsigned u = static_cast<unsigned>(t);
-    f.index = dim3(u % dim.x, (u / dim.x) % dim.y, u / (dim.x * dim.y));
-    f.linear = t;
-    f.stack = b.stacks.stack(t);
-    f.stack_size = stack_set::stack_bytes;
+    f.index_x.store(u % dim.x);
+    f.index_y.store((u / dim.x) % dim.y);
+    f.index_z.store(u / (dim.x * dim.y));
+    f.state.store(wait_kind::running);
+    f.asan_fake_stack = nullptr;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = f.stack_size;
     f.context.uc_link = nullptr;
     makecontext(&f.context, fiber_entry, 0);
-    f.tsan = sanitizer::create_fiber();
   }
+  // Everything the block's thread did so far (its thread-local storage, where __shared__ variables
+  // live, included) happens before every thread of the block, which acquires this first.
+  sanitizer::release(&running_block);
 }
 
-inline void destroy_block(block& b) {
-  for (int t = 0; t < b.count; ++t) sanitizer::destroy_fiber(b.threads[static_cast<std::size_t>(t)].tsan);
-  b.threads.reset();
-  ::operator delete(b.dynamic_shared, std::align_val_t{128});
-}
+inline void destroy_block(block& b) { ::operator delete(b.dynamic_shared, std::align_val_t{128}); }
 
 /// Where a thread waits at a barrier, for messages.
 inline std::string site_of(const fiber& f) {
@@ -525,7 +547,7 @@ inline bool release_warps(block& b) {
     const int last = std::min(b.count, first + 32);
     bool all = true, any = false;
     for (int t = first; t < last; ++t) {
-      const wait_kind w = b.threads[static_cast<std::size_t>(t)].state.load();
+      const wait_kind w = b.threads[t].state.load();
       if (w == wait_kind::done) continue;
       if (w != wait_kind::warp_op) all = false;
       else any = true;
@@ -535,7 +557,7 @@ inline bool release_warps(block& b) {
     bool first_live = true;
     std::uint32_t votes = 0, live = 0;
     for (int t = first; t < last; ++t) {
-      const fiber& f = b.threads[static_cast<std::size_t>(t)];
+      const fiber& f = b.threads[t];
       if (f.state.load() == wait_kind::done) continue;
       live |= 1u << (t - first);
       if (first_live) op = f.op.load(), first_live = false;
@@ -543,7 +565,7 @@ inline bool release_warps(block& b) {
       if (f.predicate.load()) votes |= 1u << (t - first);
     }
     for (int t = first; t < last; ++t) {
-      fiber& f = b.threads[static_cast<std::size_t>(t)];
+      fiber& f = b.threads[t];
       if (f.state.load() == wait_kind::done) continue;
       const int lane = t - first, width = std::max(1, f.width.load()), base = lane - lane % width;
       int source = lane;
@@ -552,7 +574,7 @@ inline bool release_warps(block& b) {
         case warp_op::match_any: {
           std::uint32_t same = 0;
           for (int u = first; u < last; ++u) {
-            const fiber& g = b.threads[static_cast<std::size_t>(u)];
+            const fiber& g = b.threads[u];
             if (g.state.load() != wait_kind::done && g.value.load() == f.value.load()) same |= 1u << (u - first);
           }
           f.result.store(same);
@@ -573,7 +595,7 @@ inline bool release_warps(block& b) {
           op == warp_op::shfl_down) {
         if (source < 0 || first + source >= last || !(live >> source & 1u))
           fail("a warp shuffle in " + block_name(b) + " reads lane " + std::to_string(source) + ", which has exited or does not exist");
-        f.result.store(b.threads[static_cast<std::size_t>(first + source)].value.load());
+        f.result.store(b.threads[first + source].value.load());
       }
       f.result_live.store(static_cast<int>(live));
       f.state.store(wait_kind::running);
@@ -590,7 +612,7 @@ inline bool release_block(block& b) {
   int live = 0, count = 0;
   const fiber* first = nullptr;
   for (int t = 0; t < b.count; ++t) {
-    const fiber& f = b.threads[static_cast<std::size_t>(t)];
+    const fiber& f = b.threads[t];
     const wait_kind w = f.state.load();
     if (w == wait_kind::done) continue;
     if (w != wait_kind::block_barrier) return false;
@@ -607,7 +629,7 @@ inline bool release_block(block& b) {
   if (!live) return false;
   b.barrier_generation.fetch_add(1);
   for (int t = 0; t < b.count; ++t) {
-    fiber& f = b.threads[static_cast<std::size_t>(t)];
+    fiber& f = b.threads[t];
     if (f.state.load() == wait_kind::done) continue;
     f.result.store(static_cast<std::uint64_t>(count));
     f.result_live.store(live);
@@ -621,7 +643,7 @@ inline std::string waits_of(const block& b) {
   std::string text;
   int listed = 0;
   for (int t = 0; t < b.count && listed < 8; ++t) {
-    const fiber& f = b.threads[static_cast<std::size_t>(t)];
+    const fiber& f = b.threads[t];
     const wait_kind w = f.state.load();
     if (w == wait_kind::done) continue;
     text += "\n  thread " + std::to_string(t) + ": " + (w == wait_kind::block_barrier ? "__syncthreads at " + site_of(f) : "a warp operation");
@@ -639,7 +661,7 @@ inline turn_outcome run_round(block& b, std::vector<int>& order) {
   std::shuffle(order.begin(), order.end(), b.order);
   bool ran = false, progressed = false;
   for (int t : order) {
-    fiber& f = b.threads[static_cast<std::size_t>(t)];
+    fiber& f = b.threads[t];
     const wait_kind w = f.state.load();
     if (w != wait_kind::running && w != wait_kind::yielded) continue;
     resume(b, f);
@@ -647,7 +669,7 @@ inline turn_outcome run_round(block& b, std::vector<int>& order) {
     progressed |= f.state.load() != wait_kind::yielded;
   }
   bool live = false;
-  for (int t = 0; t < b.count; ++t) live |= b.threads[static_cast<std::size_t>(t)].state.load() != wait_kind::done;
+  for (int t = 0; t < b.count; ++t) live |= b.threads[t].state.load() != wait_kind::done;
   if (!live) return turn_outcome::finished;
   if (release_warps(b)) return turn_outcome::progress;
   if (ran) return progressed ? turn_outcome::progress : turn_outcome::spun;
@@ -696,7 +718,10 @@ struct block_runner {
         spins = o == turn_outcome::spun ? spins + 1 : 0;
         if (granted == 0 && spins > spin_limit) fail("livelock in " + block_name(state) + ": its threads only spin in kvemu::load_acquire / yield");
       }
-      if (result == turn_outcome::finished) destroy_block(state);
+      if (result == turn_outcome::finished) {
+        destroy_block(state);
+        sanitizer::release(state.set);  // to the next block lent this set
+      }
       outcome.store(static_cast<int>(result));
       hand_over(turn, 0);
       if (result == turn_outcome::finished) return;
@@ -764,7 +789,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, std::size_t sh
       runner->state.index = dim3(static_cast<unsigned>(next % grid.x), static_cast<unsigned>(next / grid.x % grid.y),
                                  static_cast<unsigned>(next / (static_cast<unsigned long>(grid.x) * grid.y)));
       runner->state.order.seed(static_cast<unsigned>(picker()));
-      runner->state.stacks = d.take_stacks(static_cast<int>(threads));
+      runner->state.set = d.take_threads(static_cast<int>(threads));
       runner->thread = std::thread([r = runner.get()] { r->run(); });
       resident.push_back(runner.get());
       runners.push_back(std::move(runner));
@@ -774,7 +799,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, std::size_t sh
     const bool alone = resident.size() == 1 && (next == total || config().resident == 1);
     const turn_outcome outcome = resident[pick]->take_turn(alone ? 0 : 1 + static_cast<int>(picker() % 8));
     if (outcome == turn_outcome::finished) {
-      d.give_back(resident[pick]->state.stacks);
+      d.give_back(resident[pick]->state.set);
       resident.erase(resident.begin() + static_cast<std::ptrdiff_t>(pick));
     }
     spins = outcome == turn_outcome::spun ? spins + 1 : 0;
@@ -783,6 +808,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, std::size_t sh
   }
   // Joined only now: a block that ended is not ordered before a block that started later.
   for (auto& runner : runners) runner->thread.join();
+  d.trim();
 }
 
 /// The block's dynamic shared memory (128-byte aligned, exactly the launch's size).
@@ -830,7 +856,7 @@ warp_gathered<T> warp_all_gather(const T& mine) {
   all.live = static_cast<std::uint32_t>(self.result_live.load());
   for (int lane = 0; lane < 32; ++lane) {
     if (!(all.live >> lane & 1u)) continue;
-    const fiber& other = b.threads[static_cast<std::size_t>(warp * 32 + lane)];
+    const fiber& other = b.threads[warp * 32 + lane];
     for (std::size_t w = 0; w < words; ++w) packed[w] = other.gather_words[generation % 2][w].load();
     std::memcpy(&all.lane[lane], packed, sizeof(T));
   }
@@ -890,7 +916,7 @@ T atomic_update(T* address, Update update) {
 
 }  // namespace kvemu
 
-#define threadIdx (::kvemu::this_thread().index)
+#define threadIdx (::kvemu::this_thread().thread_index())
 #define blockIdx (::kvemu::this_block().index)
 #define blockDim (::kvemu::this_block().launch->block_dim)
 #define gridDim (::kvemu::this_block().launch->grid_dim)
@@ -1163,7 +1189,8 @@ inline cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, 
 
 // ---------------------------------------------------------------------------------------------
 // WMMA: each lane holds whole 16 x 16 tiles (the API hides the fragment layout, so any layout is
-// faithful); elements convert with an unqualified to_float (found by argument-dependent lookup).
+// faithful) and stores its share of them; elements convert with an unqualified to_float (found by
+// argument-dependent lookup). The warp must be converged at each call, as on a GPU.
 // ---------------------------------------------------------------------------------------------
 
 namespace nvcuda::wmma {
@@ -1222,10 +1249,14 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
     }
   std::memcpy(d.x, out, sizeof(out));
 }
+/// Every lane holds the whole tile; each stores its share (element i goes to lane i % 32), as the
+/// lanes of a warp share the stores on a GPU (so the race detector sees no lane write another's part).
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t layout) {
   detail::check_operand(p, ldm);
-  for (int m = 0; m < 16; ++m)
-    for (int n = 0; n < 16; ++n) (layout == mem_row_major ? p[m * ldm + n] : p[n * ldm + m]) = f.x[m * 16 + n];
+  for (int i = ::kvemu::lane_id(); i < 256; i += 32) {
+    const int m = i / 16, n = i % 16;
+    (layout == mem_row_major ? p[m * ldm + n] : p[n * ldm + m]) = f.x[i];
+  }
 }
 }  // namespace nvcuda::wmma
 
