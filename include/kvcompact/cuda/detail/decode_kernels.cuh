@@ -138,6 +138,7 @@ KVCOMPACT_UNROLL
       float tile_sum = e;
       for (int o = 16; o > 0; o /= 2) tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, o);
       logit[g * decode_tile + lane] = e;
+      __syncwarp();  // every lane has read running_max[g] before lane 0 overwrites it
       if (lane == 0) {
         const float c = old_max == -INFINITY ? 0.0f : expf(old_max - new_max);
         correction[g] = c;

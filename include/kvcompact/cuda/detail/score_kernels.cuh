@@ -248,6 +248,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_statistics_kerne
         float e = x == -INFINITY ? 0.0f : expf(x - new_max);
         for (int o = 16; o > 0; o /= 2) e += __shfl_xor_sync(0xffffffffu, e, o);
         const unsigned visible = __ballot_sync(0xffffffffu, x != -INFINITY);
+        __syncwarp();  // every lane has read row_a[r] before lane 0 overwrites it
         if (lane == 0) {
           b.row_b[r] = b.row_b[r] * (old_max == -INFINITY ? 0.0f : expf(old_max - new_max)) + e;
           b.row_a[r] = new_max;
