@@ -156,7 +156,7 @@ def plot(ppl, needle, out):
         ax.axis("off")
     handles, labels = used[0].get_legend_handles_labels()
     legend_ax.legend(handles, labels, loc="center", ncol=2, fontsize=9,
-                     title="solid: algorithms.md 1-4 methods, dashed: baselines")
+                     title="solid: docs/methods.md 1-4 methods, dashed: baselines")
     fig.suptitle("kvcompact presets on SmolLM2-135M-Instruct (bench/quality/kv_quality)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file main.cpp
-/// @brief smollm2_decode: greedy generation with SmolLM2-135M-Instruct (GGUF),
+/// @brief smollm2_decode: greedy generation with SmolLM2-135M-Instruct (GGUF), streamed as it decodes,
 ///        optionally with a kvcompact policy managing the KV cache.
 ///
 /// Usage: smollm2_decode [--model FILE] [--prompt TEXT | --prompt-file FILE] [--raw]
@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -134,9 +135,13 @@ double seconds_since(clock_type::time_point t0) {
     return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-/// Prefills @p prompt in one batch, then decodes greedily until EOS or @p o.max_new tokens.
+/// Called with each generated token as soon as it is chosen (EOS included).
+using token_callback = std::function<void(token_id)>;
+
+/// Prefills @p prompt in one batch, then decodes greedily until EOS or @p o.max_new tokens, calling
+/// @p on_token (if set) with every token as it is generated.
 generation generate(const options& o, const model_config& c, const model_weights& w, const tokenizer& tok,
-                    const std::vector<token_id>& prompt, bool keep_logits) {
+                    const std::vector<token_id>& prompt, bool keep_logits, const token_callback& on_token = {}) {
     auto backend = make_backend(o, c, prompt.size(), static_cast<int>(prompt.size()) + o.max_new);
     engine eng(c, w, *backend);
     generation g;
@@ -150,6 +155,7 @@ generation generate(const options& o, const model_config& c, const model_weights
     for (int i = 0; i < o.max_new; ++i) {
         const token_id next = argmax(logits);
         g.tokens.push_back(next);
+        if (on_token) on_token(next);
         if (keep_logits) g.logits.push_back(logits);
         if (next == tok.eos()) break;
         const token_id one[1] = {next};
@@ -252,11 +258,15 @@ int main(int argc, char** argv) try {
     if (prompt.size() + static_cast<std::size_t>(o.max_new) > static_cast<std::size_t>(config.context_length))
         std::fprintf(stderr, "warning: %zu prompt + %d new tokens exceed the trained context of %d\n", prompt.size(),
                      o.max_new, config.context_length);
-    const auto g = generate(o, config, weights, tok, prompt, !o.logits_out.empty());
-    std::string text;
-    for (auto id : g.tokens)
-        if (id != tok.eos()) text += tok.decode(id);
-    std::printf("%s\n", text.c_str());
+    // The answer is streamed: each token's text is written as soon as it is decoded.
+    const auto g = generate(o, config, weights, tok, prompt, !o.logits_out.empty(), [&](token_id id) {
+        if (id == tok.eos()) return;
+        const std::string piece = tok.decode(id);
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+    });
+    std::printf("\n");
+    std::fflush(stdout);  // before the statistics on stderr
     if (o.print_ids) {
         print_ids("prompt_ids", prompt);
         print_ids("generated_ids", g.tokens);

@@ -69,6 +69,13 @@ struct kv_cache {
                         std::to_string(layout.capacity()) + "]");
       }
     }
+    for (index_t i = 0; i < head_count(); ++i) {  // a paged layout maps only the pages a sequence owns
+      const index_t sequence = i / (layout.num_layers() * layout.num_kv_heads());
+      if (lengths[i] > 0 && !detail::slot_in_range(layout, sequence, lengths[i] - 1))
+        throw error(where, "cache.lengths",
+                    "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", but slot " + std::to_string(lengths[i] - 1) +
+                        " of sequence " + std::to_string(sequence) + " is not in a page the layout gives it");
+    }
   }
 };
 

@@ -7,9 +7,11 @@
 #include <kvcompact/cpu/session.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/kv_cache.hpp>
+#include <kvcompact/layouts/flashinfer_paged.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/layouts/paged.hpp>
 #include <kvcompact/layouts/strided.hpp>
+#include <kvcompact/layouts/vllm_paged.hpp>
 #include <kvcompact/numeric.hpp>
 #include <kvcompact/policies.hpp>
 #include <kvcompact/policy.hpp>

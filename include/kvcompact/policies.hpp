@@ -30,26 +30,26 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace policies {
 
-/// @brief StreamingLLM (algorithms.md 6.1): `sinks` first tokens plus the newest, `budget` in all.
+/// @brief StreamingLLM (@ref methods_streaming_llm): `sinks` first tokens plus the newest, `budget` in all.
 /// @param budget slots per head @param sinks attention sinks @return the policy
 inline auto streaming_llm(index_t budget, index_t sinks = 4) {
   return policy<scorers::recency, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}, {sinks, 0}}, {}};
 }
 
-/// @brief H2O (6.2): `recent` newest tokens plus the heaviest accumulated attention, `budget` in all.
+/// @brief H2O (@ref methods_h2o): `recent` newest tokens plus the heaviest accumulated attention, `budget` in all.
 /// Pass every prompt query as the window for the original column sums.
 /// @param budget slots per head @param recent recent tokens kept @return the policy
 inline auto h2o(index_t budget, index_t recent) {
   return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}, {0, recent}}, {}};
 }
 
-/// @brief TOVA (6.3): the top `budget` by the last query's head-averaged attention (one-row window).
+/// @brief TOVA (@ref methods_tova): the top `budget` by the last query's head-averaged attention (one-row window).
 /// @param budget slots per head @return the policy
 inline auto tova(index_t budget) {
   return policy<scorers::last_query, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}};
 }
 
-/// @brief SnapKV (6.4): window-summed attention, max-pooled, top `budget - window` plus the window.
+/// @brief SnapKV (@ref methods_snapkv): window-summed attention, max-pooled, top `budget - window` plus the window.
 /// @param budget slots per head (window included) @param window observation window w @param kernel pooling kernel
 /// @return the policy
 inline auto snapkv(index_t budget, index_t window = 32, index_t kernel = 7) {
@@ -58,7 +58,7 @@ inline auto snapkv(index_t budget, index_t window = 32, index_t kernel = 7) {
       {}, selector{budgets::fixed{budget}, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
 }
 
-/// @brief PyramidKV (6.5): SnapKV scores with a per-layer pyramid of budgets averaging `average`.
+/// @brief PyramidKV (@ref methods_pyramidkv): SnapKV scores with a per-layer pyramid of budgets averaging `average`.
 /// @param average average slots per head (window included) @param window observation window @param kernel pooling kernel
 /// @return the policy
 inline auto pyramidkv(index_t average, index_t window = 32, index_t kernel = 7) {
@@ -67,7 +67,7 @@ inline auto pyramidkv(index_t average, index_t window = 32, index_t kernel = 7) 
       {}, selector{budgets::pyramid{average, window}, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
 }
 
-/// @brief Ada-KV (6.6): window-mean attention, max-pooled; head-wise budgets averaging `budget`.
+/// @brief Ada-KV (@ref methods_adakv): window-mean attention, max-pooled; head-wise budgets averaging `budget`.
 /// @param budget average slots per head (window included) @param window observation window
 /// @param floor_fraction alpha_f @return the policy
 inline auto adakv(index_t budget, index_t window = 32, double floor_fraction = 0.2) {
@@ -77,17 +77,17 @@ inline auto adakv(index_t budget, index_t window = 32, double floor_fraction = 0
   return policy<scorers::observation_window, selector>{scorer, selector{budgets::fixed{budget}, {0, window, selectors::pooling::max, 7}, floor_fraction}, {}};
 }
 
-/// @brief KNorm (6.8): the `budget` keys of lowest L2 norm.
+/// @brief KNorm (@ref methods_knorm): the `budget` keys of lowest L2 norm.
 /// @param budget slots per head @return the policy
 inline auto knorm(index_t budget) { return policy<scorers::key_norm, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}}; }
 
-/// @brief CORM (1.5, faithful, budget-free): keeps what one of the last `window` queries found important.
+/// @brief CORM (@ref methods_corm_selection, faithful, budget-free): keeps what one of the last `window` queries found important.
 /// @param window w @param recent r >= w @param sinks explicit sinks @return the policy
 inline auto corm(index_t window, index_t recent, index_t sinks = 0) {
   return policy<scorers::recent_query, selectors::hit_window>{{}, {window, recent, sinks}, {}};
 }
 
-/// @brief Budgeted CORM (1.7): the `recent` newest plus the most important above the threshold, `budget` in all.
+/// @brief Budgeted CORM (@ref methods_corm_budgeted): the `recent` newest plus the most important above the threshold, `budget` in all.
 /// @param budget slots per head @param recent recent tokens kept (and window rows) @param alpha threshold multiplier
 /// @return the policy
 inline auto corm_budgeted(index_t budget, index_t recent, float alpha = 1.0f) {
@@ -97,7 +97,7 @@ inline auto corm_budgeted(index_t budget, index_t recent, float alpha = 1.0f) {
   return policy<scorers::recent_query, selectors::top_k<budgets::fixed>>{scorer, {budgets::fixed{budget}, {0, recent}, alpha}, {}};
 }
 
-/// @brief WindowKV (4): whole windows of `window` tokens under a group pyramid averaging `average`
+/// @brief WindowKV (@ref methods_windowkv): whole windows of `window` tokens under a group pyramid averaging `average`
 /// review tokens, indices shared by groups of `group` layers; the `suffix` newest tokens are kept.
 /// @param average average review tokens per layer @param group layers per group @param task the engine's task type
 /// @param window tokens per window @param suffix observation window @return the policy
@@ -107,7 +107,7 @@ inline auto windowkv(index_t average, index_t group, selectors::task_type task =
   return policy<scorers::last_query, selector>{{}, selector{budgets::group_pyramid{average, group}, window, suffix, group, task}, {}};
 }
 
-/// @brief Protected shares of the context in KVMerger (algorithms.md 2.6): tokens exempt from merging.
+/// @brief Protected shares of the context in KVMerger (@ref methods_kvmerger_budget): tokens exempt from merging.
 struct merge_protection {
   double recent;  ///< rho_r: newest tokens, as a fraction of the context
   double top;     ///< rho_a: best-scoring tokens (aggregated attention), as a fraction of the context
@@ -115,7 +115,7 @@ struct merge_protection {
 
 /// @brief The protected shares kvmerger(double) uses at kept fraction @p fraction.
 ///
-/// The paper's settings (algorithms.md 2.6) are the anchors: 0.17 / 0.12 at a 50 % budget and
+/// The paper's settings (@ref methods_kvmerger_budget) are the anchors: 0.17 / 0.12 at a 50 % budget and
 /// 0.08 / 0.02 at 35 %. Between 35 % and 50 % both shares are interpolated linearly; above 50 % the
 /// 50 % shares are used; below 35 % the 35 % shares are scaled by `fraction / 0.35`, so the protected
 /// tokens stay 2/7 (about 29 %) of the budget and the rest of the budget holds merged sets.
@@ -134,7 +134,7 @@ inline merge_protection kvmerger_protection(double fraction) {
   return {at35.recent * scale, at35.top * scale};
 }
 
-/// @brief KVMerger (2), budgeted mode: merging sets chosen per head so that no head keeps more than
+/// @brief KVMerger (@ref methods_kvmerger), budgeted mode: merging sets chosen per head so that no head keeps more than
 /// `fraction` of its length, in every layer; Gaussian-kernel merge into the pivot. Pass every prompt
 /// query (aggregated attention).
 /// @param fraction kept fraction in (0, 1] @param recent_fraction rho_r in [0, 1] @param top_fraction rho_a in [0, 1]
@@ -153,7 +153,7 @@ inline auto kvmerger(double fraction, double recent_fraction, double top_fractio
   return policy<scorers::accumulated_attention, selector, mergers::gaussian_pivot>{{}, s, {}};
 }
 
-/// @brief KVMerger (2), budgeted mode, with the protected shares of kvmerger_protection(@p fraction).
+/// @brief KVMerger (@ref methods_kvmerger), budgeted mode, with the protected shares of kvmerger_protection(@p fraction).
 /// @param fraction kept fraction in (0, 1] @return the policy
 /// @throws kvcompact::error when @p fraction is outside (0, 1]
 inline auto kvmerger(double fraction) {
@@ -161,7 +161,7 @@ inline auto kvmerger(double fraction) {
   return kvmerger(fraction, p.recent, p.top);
 }
 
-/// @brief CaM (3) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
+/// @brief CaM (@ref methods_cam) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
 /// kept; each evicted value is spread over the next `merge_count` kept values.
 /// @param budget slots per head @param start first tokens kept @param merge_count M @return the policy
 inline auto cam(index_t budget, index_t start, index_t merge_count = 32) {

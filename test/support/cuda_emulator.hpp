@@ -155,7 +155,7 @@ enum cudaError_t : int {
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;  ///< streams are accepted and ignored
 enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 /// The device properties kvcompact's benchmarks read.
 struct cudaDeviceProp {
   char name[256];            ///< "kvemu"
@@ -1098,9 +1098,13 @@ inline cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
-  *value = ::kvemu::config().sm_count;
-  return cudaSuccess;
+/// Multiprocessors: KVEMU_SM_COUNT; shared memory a block may opt in to: 227 KiB (sm_90).
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int) {
+  switch (attribute) {
+    case cudaDevAttrMultiProcessorCount: *value = ::kvemu::config().sm_count; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(::kvemu::max_dynamic_shared); return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
 }
 /// Raises the dynamic shared memory @p kernel may be launched with (at most 227 KiB, as on sm_90).
 template <class Kernel>
@@ -1263,3 +1267,4 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 // ---------------------------------------------------------------------------------------------
 // Instruction emulation by feature (see "Extending the emulator" above): one include per header.
 // ---------------------------------------------------------------------------------------------
+#include "support/cuda_emulator_mma.hpp"  // NOLINT: mma.sync emulation (prefill-score)

@@ -39,7 +39,7 @@ kvtest::random_cache<float> exact_cache(std::uint32_t seed) {
   return c;
 }
 
-// Independent budget schedules (algorithms.md 6.5 PyramidKV, 4.4 WindowKV group pyramid).
+// Independent budget schedules (docs/methods.md 6.5 PyramidKV, 4.4 WindowKV group pyramid).
 index_t pyramid_budget(index_t C, index_t w, index_t layer, index_t layers, index_t T) {
   if (T < C) return T;
   const index_t c = C - w;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Prefill scores computed by cpu::session for every scorer, against the double-precision references
-// of test/support/reference.hpp (algorithms.md P1, P2, P4, 1.4-1.7, 6.1-6.3, 6.8).
+// of test/support/reference.hpp (docs/methods.md P1, P2, P4, 1.4-1.7, 6.1-6.3, 6.8).
 //
 // Scores are observed through `recording_selector`, a pass-through selector defined here: it keeps
 // every slot and copies ctx.score(h, j) and ctx.query_score(g, j) into test-owned buffers.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // cpu::session decode path: attend() output and scorer-state updates against the double references of
 // test/support/reference.hpp, observe() == attend(), CORM's O(1) last_hit formulation against the
-// windowed-OR definition (algorithms.md 1.4-1.6), decode-time eviction of the presets (budget,
+// windowed-OR definition (docs/methods.md 1.4-1.6), decode-time eviction of the presets (budget,
 // protected tokens, victim choice, bit-exact survivors), and the error paths (NaN scores, full cache).
 //
 // Tolerances (fp32 library vs double reference):
@@ -523,7 +523,7 @@ BOOST_AUTO_TEST_CASE(observe_updates_state_exactly_like_attend) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // -----------------------------------------------------------------------------------------------
-// CORM: O(1) last_hit state vs the windowed-OR definition (algorithms.md 1.5, 1.6)
+// CORM: O(1) last_hit state vs the windowed-OR definition (docs/methods.md 1.5, 1.6)
 // -----------------------------------------------------------------------------------------------
 
 BOOST_AUTO_TEST_SUITE(corm_decode)

@@ -135,6 +135,11 @@ class session {
       if (slot < 0)
         throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
                                            std::to_string(capacity()) + ") and the policy evicted nothing");
+      if (!detail::slot_in_range(cache_.layout, sequence, slot)) {  // a new slot beyond the pages the sequence owns
+        --length;
+        throw error("append", "cache", "slot " + std::to_string(slot) + " of sequence " + std::to_string(sequence) +
+                                           " is not in a page the layout gives it: add a page before appending");
+      }
       const index_t base = cache_.layout.offset(sequence, layer, h, slot);
       for (index_t d = 0; d < head_dim(); ++d) {
         cache_.keys[base + d * cache_.layout.dim_stride()] = keys[h * head_dim() + d];

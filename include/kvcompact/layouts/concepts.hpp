@@ -65,6 +65,10 @@ KVCOMPACT_HOST_DEVICE bool slot_in_range(const L& layout, index_t sequence, inde
 /// live in device memory also offers `validate_extents(where)` (checks without reading that data,
 /// used by the CUDA backend) and `KVCOMPACT_HOST_DEVICE bool slot_in_range(sequence, slot)`, which
 /// device kernels test before every access.
+///
+/// Example: a user layout, memory order [sequence][slot][layer][kv_head][dim] (compiled and tested by
+/// test/unit/user_components.cpp):
+/// @snippet user_components.cpp layout
 template <class L>
 concept kv_layout = detail::layout_has_extents<L> && detail::layout_has_offset<L> && detail::layout_is_trivially_copyable<L>;
 

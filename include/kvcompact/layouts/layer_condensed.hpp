@@ -14,7 +14,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace layouts {
 
-/// @brief Which cache layer each model layer reads, and how (algorithms.md section 5.3).
+/// @brief Which cache layer each model layer reads, and how (@ref methods_lckv_map).
 ///
 /// Model layer `l` reads the KV of model layer `c(l)`. Only layers that some layer reads compute and
 /// store KV; they are numbered densely as storage layers in ascending order. A layer with

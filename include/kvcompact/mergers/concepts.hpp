@@ -32,6 +32,9 @@ concept merger_has_merge = requires(const M& m, probe_selection_context& ctx, in
 ///    decode-time eviction, reads keep flags, merge targets, scores, keys and values from the
 ///    selection context and rewrites keys and values of kept slots;
 /// 4. trivially copyable.
+///
+/// Example: a merger adding evicted values to the next kept slot (compiled and tested by test/unit/user_components.cpp):
+/// @snippet user_components.cpp merger
 template <class M>
 concept entry_merger = detail::declares_merger<M> && detail::merger_has_merge<M> && std::is_trivially_copyable_v<M>;
 

@@ -9,7 +9,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace scorers {
 
-/// @brief Attention accumulated over every query so far (algorithms.md 6.2): prefill sums the
+/// @brief Attention accumulated over every query so far (@ref methods_h2o): prefill sums the
 /// window rows (pass all prompt queries for the original H2O), each decode step adds the current
 /// query's probability, reduced over the GQA group.
 struct accumulated_attention {

@@ -10,7 +10,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace selectors {
 
-/// @brief Ada-KV allocation (algorithms.md 6.6): the layer's `H * B` best (pooled) candidate scores
+/// @brief Ada-KV allocation (@ref methods_adakv): the layer's `H * B` best (pooled) candidate scores
 /// over all KV heads decide how many each head keeps,
 /// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B floor_fraction))`; each head then keeps its own top-alloc[h] plus its protected tokens.
 /// Per-head lengths differ. Prefill-only: decode appends.

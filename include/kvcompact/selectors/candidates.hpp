@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief Candidate gathering shared by the score-based selectors: unprotected slots in position
-/// order, optional 1-D pooling of their scores (algorithms.md P3), best-first ranking.
+/// order, optional 1-D pooling of their scores (@ref methods_p3), best-first ranking.
 #pragma once
 
 #include <kvcompact/detail/heap_sort.hpp>

@@ -70,6 +70,9 @@ concept selector_has_select = requires(const S& s, probe_selection_context& ctx,
 ///
 /// The context is described by kvcompact::detail::probe_selection_context: lengths, positions, scores,
 /// keys, values, keep flags, merge targets, slots in position order and scratch space.
+///
+/// Example: a threshold selector (compiled and tested by test/unit/user_components.cpp):
+/// @snippet user_components.cpp selector
 template <class S>
 concept keep_selector = detail::declares_selector<S> && detail::selector_has_select<S> && std::is_trivially_copyable_v<S>;
 
@@ -103,7 +106,7 @@ KVCOMPACT_HOST_DEVICE inline bool is_protected(index_t position, index_t step, i
   return position < sinks || position > step - recent;
 }
 
-/// Better-first order of candidates: higher score, then lower position (algorithms.md P5).
+/// Better-first order of candidates: higher score, then lower position (docs/methods.md P5).
 KVCOMPACT_HOST_DEVICE inline bool ranks_before(float score_a, index_t position_a, float score_b, index_t position_b) {
   return score_a > score_b || (score_a == score_b && position_a < position_b);
 }
