@@ -4,8 +4,10 @@
 # Conan's CMakeDeps generates -- one definition of what the targets need on every path:
 #   kvcompact::kvcompact  compiles its users as C++20; links CCCL::libcudacxx (libcu++) when CCCL is found;
 #   kvcompact::cuda       kvcompact::kvcompact + CUDA::cudart (+ CCCL::CCCL), when find_package(CUDAToolkit)
-#                         succeeds here (defined here unless the package manager made it already).
-# Components: `cuda` is the only one. Asking for it REQUIRED without a CUDA toolkit, or for a component
+#                         succeeds here (defined here unless the package manager made it already);
+#   kvcompact::openmp     kvcompact::kvcompact + OpenMP::OpenMP_CXX (threads of the CPU backend), when
+#                         find_package(OpenMP) succeeds here.
+# Components: `cuda` and `openmp`. Asking for one REQUIRED without what it needs, or for a component
 # kvcompact does not have, sets kvcompact_FOUND to FALSE with kvcompact_NOT_FOUND_MESSAGE, so that
 # find_package(kvcompact ... REQUIRED COMPONENTS ...) fails with that message.
 
@@ -54,11 +56,31 @@ if(CUDAToolkit_FOUND AND TARGET CUDA::cudart)
   set(kvcompact_cuda_FOUND TRUE)
 endif()
 
+# OpenMP (threads of the CPU backend): searched only by consumers that ask for the openmp component or
+# have found it already; without it the CPU backend runs serially, with the same results.
+if(NOT TARGET OpenMP::OpenMP_CXX AND "openmp" IN_LIST kvcompact_FIND_COMPONENTS)
+  if(kvcompact_FIND_QUIETLY)
+    find_package(OpenMP QUIET COMPONENTS CXX)
+  else()
+    find_package(OpenMP COMPONENTS CXX)
+  endif()
+endif()
+set(kvcompact_openmp_FOUND FALSE)
+if(TARGET OpenMP::OpenMP_CXX)
+  if(NOT TARGET kvcompact::openmp)
+    add_library(kvcompact::openmp INTERFACE IMPORTED)
+    set_property(TARGET kvcompact::openmp PROPERTY INTERFACE_LINK_LIBRARIES kvcompact::kvcompact OpenMP::OpenMP_CXX)
+  endif()
+  set(kvcompact_openmp_FOUND TRUE)
+endif()
+
 foreach(_kvc_component IN LISTS kvcompact_FIND_COMPONENTS)
-  if(NOT _kvc_component STREQUAL "cuda")
-    set(_kvc_missing "kvcompact has no component '${_kvc_component}' (it has: cuda)")
-  elseif(NOT kvcompact_cuda_FOUND)
+  if(NOT _kvc_component STREQUAL "cuda" AND NOT _kvc_component STREQUAL "openmp")
+    set(_kvc_missing "kvcompact has no component '${_kvc_component}' (it has: cuda, openmp)")
+  elseif(_kvc_component STREQUAL "cuda" AND NOT kvcompact_cuda_FOUND)
     set(_kvc_missing "the cuda component needs the CUDA toolkit (find_package(CUDAToolkit) failed: set CUDAToolkit_ROOT or put nvcc on PATH)")
+  elseif(_kvc_component STREQUAL "openmp" AND NOT kvcompact_openmp_FOUND)
+    set(_kvc_missing "the openmp component needs OpenMP (find_package(OpenMP) failed: a compiler with OpenMP, e.g. g++ or clang++ with libomp)")
   else()
     continue()
   endif()

@@ -59,6 +59,9 @@ if(MODE STREQUAL "host")
       -DREQUESTED_VERSION=${major}.${minor} -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON)
   kvcompact_run("build host consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/host")
   kvcompact_run("run host consumer" "${WORK_DIR}/host/kvcompact_consumer")
+  if(EXISTS "${WORK_DIR}/host/kvcompact_consumer_openmp")  # the openmp component, where the compiler has OpenMP
+    kvcompact_run("run host consumer (kvcompact::openmp)" "${WORK_DIR}/host/kvcompact_consumer_openmp")
+  endif()
 
   run_refused("find_package(kvcompact ${major}.${next_minor})" "compatible with requested version"
               "${CMAKE_COMMAND}" -S "${CONSUMER_DIR}" -B "${WORK_DIR}/refused" ${common} -DREQUESTED_VERSION=${major}.${next_minor})

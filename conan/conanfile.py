@@ -16,7 +16,9 @@ CMakeDeps, as with the CMake package:
     kvcompact_target_cuda_cxx20(app)                          # .cu sources as C++20 (build module)
 
 The CUDA toolkit (nvcc, cudart, CCCL/libcu++) is a system prerequisite of the cuda component, found
-by the consumer's find_package(CUDAToolkit); this recipe does not require it.
+by the consumer's find_package(CUDAToolkit); this recipe does not require it. The CPU backend's
+threads are OpenMP, used when the consumer compiles with it (find_package(OpenMP) before kvcompact
+gives kvcompact::openmp); without it the same code runs serially: nothing to require here either.
 """
 import os
 import re

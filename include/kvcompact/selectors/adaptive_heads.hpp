@@ -12,7 +12,8 @@ namespace selectors {
 
 /// @brief Ada-KV allocation (@ref methods_adakv): the layer's `H * B` best (pooled) candidate scores
 /// over all KV heads decide how many each head keeps,
-/// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B floor_fraction))`; each head then keeps its own top-alloc[h] plus its protected tokens.
+/// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B_h floor_fraction))`, with `B_h` the head's budget
+/// less its protected tokens; each head then keeps its own top-alloc[h] plus its protected tokens.
 /// Per-head lengths differ. Prefill-only: decode appends.
 /// @tparam Schedule a kvcompact::budget_schedule giving the per-head average (protected included)
 template <budget_schedule Schedule>
@@ -33,7 +34,6 @@ struct adaptive_heads {
   KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
     const int heads = ctx.kv_heads();
     index_t total = 0;  // H * B
-    index_t floor_share = 0;
     for (int h = 0; h < heads; ++h) {
       const index_t n = ctx.length(h);
       const index_t b = budget(ctx.layer(), ctx.num_layers(), n);
@@ -47,7 +47,6 @@ struct adaptive_heads {
       rule.rank(ctx, h, count);
       const index_t base = b > protected_count ? b - protected_count : 0;
       total += base;
-      floor_share = static_cast<index_t>(static_cast<double>(base) * floor_fraction);
       ctx.index_scratch(h, 1)[0] = 0;      // cnt[h]
       ctx.index_scratch(h, 1)[1] = static_cast<std::int32_t>(count);
     }
@@ -72,6 +71,9 @@ struct adaptive_heads {
     for (int h = 0; h < heads; ++h) {
       std::int32_t* state = ctx.index_scratch(h, 1);
       if (state[0] < 0) continue;
+      const index_t n = ctx.length(h), protected_count = n - state[1];  // state[1]: the head's candidates
+      const index_t b = budget(ctx.layer(), ctx.num_layers(), n);
+      const auto floor_share = static_cast<index_t>(static_cast<double>(b > protected_count ? b - protected_count : 0) * floor_fraction);
       index_t alloc = static_cast<index_t>(static_cast<double>(state[0]) * (1.0 - floor_fraction) + static_cast<double>(floor_share) + 0.5);
       if (alloc > state[1]) alloc = state[1];
       state[0] = static_cast<std::int32_t>(alloc);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <kvcompact/error.hpp>
+#include <kvcompact/layouts/concepts.hpp>
 #include <kvcompact/types.hpp>
 
 #include <concepts>
@@ -87,12 +88,19 @@ constexpr bool check_selector() {
   return keep_selector<S>;
 }
 
-/// Throws kvcompact::error (argument "policy") when the selector's budget of some layer of a cache with
-/// @p capacity slots per head exceeds that capacity: such a budget can never be held. A budget above
-/// a head's current length is fine (a short prompt is simply not compressed).
-template <class Selector>
-void require_budgets_fit(const Selector& selector, index_t layers, index_t capacity, const char* where) {
+/// Throws kvcompact::error (argument "policy") when the selector's schedule refuses the cache's layer
+/// count (a schedule's optional `validate(num_layers, where)`, e.g. kvcompact::budgets::layer_table) or
+/// when its budget of some storage layer exceeds that layer's capacity: such a budget can never be
+/// held. A budget above a head's current length is fine (a short prompt is simply not compressed).
+template <class Selector, class Layout>
+void require_budgets_fit(const Selector& selector, const Layout& layout, const char* where) {
+  if constexpr (requires { &std::remove_cvref_t<decltype(selector.schedule)>::validate; })
+    static_assert(requires { selector.schedule.validate(index_t{}, where); },
+                  "kvcompact: a budget schedule's validate must be callable as validate(num_layers, where)");
+  const index_t layers = layout.num_layers();
+  if constexpr (requires { selector.schedule.validate(layers, where); }) selector.schedule.validate(layers, where);
   for (index_t l = 0; l < layers; ++l) {
+    const index_t capacity = layer_capacity(layout, l);
     const index_t budget = selector.budget(l, layers, capacity);
     require(budget <= capacity, where, "policy", [&] {
       return "the selector's budget of layer " + std::to_string(l) + " is " + std::to_string(budget) + " slots per head, above the cache's capacity " +
