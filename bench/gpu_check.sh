@@ -15,10 +15,13 @@
 # a failing or timed-out step is recorded and the others still run. Exit status: 0 when every step
 # passed, 1 otherwise.
 #
-#   bash bench/gpu_check.sh [--dry-run] [--quick]
-#     --dry-run  print the plan (every command and its time limit) and write the results file with
-#                every step "not run", without building or touching a GPU (tests the script anywhere)
-#     --quick    kernel_bench and peer_torch at N = 8k only
+#   bash bench/gpu_check.sh [--dry-run | --build-only | --no-build] [--quick]
+#     --dry-run     print the plan (every command and its time limit) and write the results file with
+#                   every step "not run", without building or touching a GPU (tests the script anywhere)
+#     --build-only  configure and build only (no GPU needed: prepares $GPU_CHECK_BUILD_DIR on a machine
+#                   with nvcc, to be carried to the GPU machine), results file in a temporary folder
+#     --no-build    skip configure and build: run the checks on the executables already in the build dir
+#     --quick       kernel_bench and peer_torch at N = 8k only
 # Environment: GPU_CHECK_BUDGET (s), GPU_CHECK_ARCH (90), GPU_CHECK_JOBS (nproc), GPU_CHECK_BUILD_DIR
 # (build-gpu), GPU_CHECK_REPS (10), GPU_CHECK_CMAKE_ARGS (extra configure arguments, e.g. where a
 # carried Boost lives; without Boost.Test the tests are recorded as skipped and the benchmarks still
@@ -28,19 +31,26 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-dry_run=0
+dry_run=0 build_only=0 no_build=0
 quick=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) dry_run=1 ;;
+    --build-only) build_only=1 ;;
+    --no-build) no_build=1 ;;
     --quick) quick=(--quick) ;;
-    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^# shellcheck/{/^# shellcheck/!p}' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ $((dry_run + build_only + no_build)) -gt 1 ]; then
+  echo "gpu_check.sh: --dry-run, --build-only and --no-build exclude each other" >&2
+  exit 2
+fi
 
 start=$(date +%s)
 budget=${GPU_CHECK_BUDGET:-480}
+[ "$build_only" = 1 ] && budget=${GPU_CHECK_BUDGET:-3600}  # a build on few cores, no GPU time spent
 arch=${GPU_CHECK_ARCH:-90}
 jobs=${GPU_CHECK_JOBS:-$(nproc)}
 build=${GPU_CHECK_BUILD_DIR:-build-gpu}
@@ -53,7 +63,9 @@ gpu_slug=$(printf '%s' "$gpu_name" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9
 results=bench/results
 logs=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 stem="$results/${day}_${gpu_slug}"
-[ "$dry_run" = 1 ] && stem="$logs/${day}_${gpu_slug}_dry_run"  # a dry run leaves the repository alone
+# a dry run or a build-only run leaves the repository alone
+[ "$dry_run" = 1 ] && stem="$logs/${day}_${gpu_slug}_dry_run"
+[ "$build_only" = 1 ] && stem="$logs/${day}_${gpu_slug}_build_only"
 mkdir -p "$results"
 
 names=() statuses=() seconds=() commands=()
@@ -135,8 +147,6 @@ finish_parallel() {
 # ---- environment ------------------------------------------------------------------------------
 CMAKE=cmake
 if [ -f .ci/cmake-path ]; then CMAKE=$(bash .ci/cmake-path 2>/dev/null || echo cmake); fi
-CTEST="$(dirname "$(command -v "$CMAKE" || echo /usr/bin/cmake)")/ctest"
-[ -x "$CTEST" ] || CTEST=ctest
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 NCU=$(command -v ncu || true)
@@ -164,16 +174,32 @@ configure=("$CMAKE" -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVCOM
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DKVCOMPACT_BUILD_BENCHMARKS=ON -DKVCOMPACT_BUILD_EXAMPLES=OFF
   -DKVCOMPACT_BUILD_DOCS=OFF -DKVCOMPACT_INSTALL=OFF "${extra_cmake[@]}")
 tests=1
-if ! step configure 60 "${configure[@]}" -DKVCOMPACT_BUILD_TESTS=ON; then
-  # The tests need Boost.Test; without it (no network to install it) the benchmarks still run.
-  tests=0
-  step configure_benchmarks_only 60 "${configure[@]}" -DKVCOMPACT_BUILD_TESTS=OFF
+if [ "$no_build" = 1 ]; then
+  # Executables built earlier (bash bench/gpu_check.sh --build-only, here or on a machine with nvcc).
+  [ -x "$build/test/${cuda_tests[0]}" ] || tests=0
+  names+=(build) commands+=("--no-build: executables from $build") seconds+=(0)
+  if [ -x "$build/bench/kernel_bench" ]; then statuses+=("passed"); else statuses+=("FAILED: $build/bench/kernel_bench missing"); fi
+else
+  if ! step configure 60 "${configure[@]}" -DKVCOMPACT_BUILD_TESTS=ON; then
+    # The tests need Boost.Test; without it (no network to install it) the benchmarks still run.
+    tests=0
+    step configure_benchmarks_only 60 "${configure[@]}" -DKVCOMPACT_BUILD_TESTS=OFF
+  fi
+  targets=(bench_kernel_bench)
+  [ "$tests" = 1 ] && targets=("${cuda_tests[@]}" bench_kernel_bench)
+  build_limit=240
+  [ "$build_only" = 1 ] && build_limit=$budget  # no GPU time is spent: the whole budget may build
+  step build "$build_limit" "$CMAKE" --build "$build" -j "$jobs" --target "${targets[@]}"
 fi
-targets=(bench_kernel_bench)
-[ "$tests" = 1 ] && targets=("${cuda_tests[@]}" bench_kernel_bench)
-step build 240 "$CMAKE" --build "$build" -j "$jobs" --target "${targets[@]}"
 
 # ---- 2. correctness: native tests and compute-sanitizer, side by side -------------------------
+if [ "$build_only" = 1 ]; then
+  echo
+  echo "==== gpu_check --build-only: $build is ready ($(($(date +%s) - start)) s; build log: $logs/build.log);"
+  echo "     on the GPU machine: bash bench/gpu_check.sh --no-build"
+  [ "${statuses[-1]}" = passed ]
+  exit $?
+fi
 first_case() {  # first test case of a Boost.Test executable (for a short sanitizer run)
   "$1" --list_content 2>&1 | sed -n 's/^ *\([A-Za-z_][A-Za-z0-9_]*\)\*\{0,1\}$/\1/p' | head -n1
 }
@@ -189,8 +215,20 @@ sanitize_small() {  # TOOL: compute-sanitizer on the first case of the decode an
 }
 export -f first_case sanitize_small
 export SANITIZER build
+run_cuda_tests() {  # every native CUDA test executable (directly, not through ctest, whose files name
+  local exe rc all=0 ran=0  # the build machine's paths: a build dir may come from elsewhere)
+  for exe in "$build"/test/cuda_*_test; do
+    echo "+ $exe"
+    "$exe" --color_output=no
+    rc=$?
+    case $rc in 0) ran=1 ;; 77) echo "(skipped: status 77)" ;; *) echo "FAILED: status $rc"; all=1 ;; esac
+  done
+  [ "$all" = 0 ] && [ "$ran" = 0 ] && return 77
+  return "$all"
+}
+export -f run_cuda_tests
 if [ "$tests" = 1 ]; then
-  step_parallel cuda_tests 150 "ctest --test-dir $build -L cuda" "$CTEST" --test-dir "$build" -L cuda --output-on-failure --timeout 140
+  step_parallel cuda_tests 150 "every $build/test/cuda_*_test" bash -c run_cuda_tests
 else
   names+=(cuda_tests) commands+=("ctest -L cuda") statuses+=("skipped: configure with tests failed (Boost.Test missing?)") seconds+=(0)
 fi

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Seeded bugs for the emulator's detectors: each is a small kernel with one classic CUDA bug, and its
-// fixed twin. `seeded_bugs NAME bug|fixed` runs one under the CPU emulator and prints the result.
+// fixed twin. `seeded_bugs NAME bug|fixed` runs one under the CPU emulator and prints the result
+// (`bug-one-copy`: shared_state_across_blocks under the emulator's former shared-memory model).
 // test/CMakeLists.txt registers, per bug, a test that passes only when the detector of the build
 // reports the bug (ThreadSanitizer, AddressSanitizer, UndefinedBehaviorSanitizer, or the emulator's
 // own barrier and progress checks), a test that the fixed twin runs clean with the right result,
@@ -13,7 +14,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -143,6 +143,29 @@ __global__ void offsets_kernel(std::int64_t* out, int odd) {
   out[t] = offsets[(t + 1) % threads];
 }
 
+// Every block needs a lookup table in shared memory. Bug: only block 0 fills it, as if `__shared__`
+// state outlived its block (on a GPU the next block on that multiprocessor finds whatever the last
+// one left, or another kernel's data). The emulator gives every block its own fresh storage, so the
+// blocks after the first read an empty table and the result is wrong in every build. The same
+// kernel under the emulator's former model (`bug-one-copy`: one copy of each `__shared__` variable
+// for the whole grid, blocks one after another) runs to the end with the right result.
+#define KVEMU_SEEDED_TABLE_KERNEL(name)                                            \
+  template <bool Fixed>                                                            \
+  __global__ void name(const int* table, int* out) {                               \
+    __shared__ int staged[threads];                                                \
+    const int t = static_cast<int>(threadIdx.x);                                   \
+    if (Fixed || blockIdx.x == 0) staged[t] = table[t];                            \
+    __syncthreads();                                                               \
+    out[static_cast<int>(blockIdx.x) * threads + t] = staged[(t + 1) % threads];   \
+  }
+KVEMU_SEEDED_TABLE_KERNEL(table_kernel)
+#pragma push_macro("__shared__")
+#undef __shared__
+#define __shared__ static
+KVEMU_SEEDED_TABLE_KERNEL(table_kernel_one_copy)
+#pragma pop_macro("__shared__")
+#undef KVEMU_SEEDED_TABLE_KERNEL
+
 int check(const std::string& name, bool ok, const std::string& got) {
   std::printf("seeded %s: %s\n", name.c_str(), got.c_str());
   std::printf("%s\n", ok ? "seeded: ran to the end with the right result" : "seeded: WRONG RESULT");
@@ -150,7 +173,7 @@ int check(const std::string& name, bool ok, const std::string& got) {
 }
 
 template <bool Fixed>
-int run(const std::string& name) {
+int run(const std::string& name, bool one_copy) {
   const dim3 one(1), block(threads);
   if (name == "missing_barrier") {
     kvtest::device_array<int> out{std::vector<int>(threads)};
@@ -204,6 +227,17 @@ int run(const std::string& name) {
     const auto v = out.download();
     return check(name, v[0] == 1001, "out[0] = " + std::to_string(v[0]));
   }
+  if (name == "shared_state_across_blocks") {
+    constexpr int blocks = 4;
+    std::vector<int> table(threads);
+    for (int t = 0; t < threads; ++t) table[static_cast<std::size_t>(t)] = 7 * t + 3;
+    kvtest::device_array<int> in{table}, out{std::vector<int>(blocks * threads)};
+    kcd::launch(one_copy ? table_kernel_one_copy<Fixed> : table_kernel<Fixed>, dim3(blocks), block, 0, nullptr, in.data(), out.data());
+    const auto v = out.download();
+    bool ok = true;
+    for (int i = 0; i < blocks * threads; ++i) ok &= v[static_cast<std::size_t>(i)] == table[static_cast<std::size_t>((i % threads + 1) % threads)];
+    return check(name, ok, "block 1: out[0] = " + std::to_string(v[threads]) + " (expected " + std::to_string(table[1]) + ")");
+  }
   std::fprintf(stderr, "seeded_bugs: unknown bug '%s'\n", name.c_str());
   return 2;
 }
@@ -211,11 +245,12 @@ int run(const std::string& name) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3 || (std::strcmp(argv[2], "bug") != 0 && std::strcmp(argv[2], "fixed") != 0)) {
-    std::fprintf(stderr, "usage: seeded_bugs NAME bug|fixed\n");
+  const std::string mode = argc == 3 ? argv[2] : "";
+  if (mode != "bug" && mode != "fixed" && mode != "bug-one-copy") {
+    std::fprintf(stderr, "usage: seeded_bugs NAME bug|fixed|bug-one-copy\n");
     return 2;
   }
-  const int status = std::strcmp(argv[2], "fixed") == 0 ? run<true>(argv[1]) : run<false>(argv[1]);
+  const int status = mode == "fixed" ? run<true>(argv[1], false) : run<false>(argv[1], mode == "bug-one-copy");
   if (cudaGetLastError() != cudaSuccess) {
     std::fprintf(stderr, "seeded_bugs: a launch failed\n");
     return 1;
