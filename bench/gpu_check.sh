@@ -49,6 +49,7 @@ if [ $((dry_run + build_only + no_build)) -gt 1 ]; then
 fi
 
 start=$(date +%s)
+invocation="bash bench/gpu_check.sh${*:+ $*}"
 budget=${GPU_CHECK_BUDGET:-480}
 [ "$build_only" = 1 ] && budget=${GPU_CHECK_BUDGET:-3600}  # a build on few cores, no GPU time spent
 arch=${GPU_CHECK_ARCH:-90}
@@ -257,11 +258,24 @@ fi
 table_of() {  # the markdown table lines of a log
   [ -f "$logs/$1.log" ] && grep -E '^\|' "$logs/$1.log"
 }
+fenced_section() {  # LOG TITLE PATTERN MAX: the first MAX lines of a log that match PATTERN, as a code block
+  [ -f "$logs/$1.log" ] || return 0
+  printf '\n%s\n\n```\n' "$2"
+  grep -E "$3" "$logs/$1.log" | head -n "$4"
+  echo '```'
+}
+bench_section() {  # LOG TITLE HEADER: a benchmark's header lines (matching HEADER) and its tables
+  [ -f "$logs/$1.log" ] || return 0
+  printf '\n## %s\n\n' "$2"
+  grep -E "$3" "$logs/$1.log"
+  echo
+  table_of "$1"
+}
 failed=0
 {
   echo "# GPU check: $gpu_name, $day"
   echo
-  echo "Written by \`bash bench/gpu_check.sh${quick:+ --quick}$([ "$dry_run" = 1 ] && echo ' --dry-run')\` in $(($(date +%s) - start)) s (budget ${budget} s)."
+  echo "Written by \`$invocation\` in $(($(date +%s) - start)) s (budget ${budget} s)."
   echo
   echo '```'
   cat "$logs/environment.txt"
@@ -275,39 +289,11 @@ failed=0
     echo "| ${names[$i]} | ${statuses[$i]} | ${seconds[$i]} | \`${commands[$i]//|/\\|}\` |"
   done
   for tool in memcheck racecheck synccheck; do
-    if [ -f "$logs/sanitizer_$tool.log" ]; then
-      echo
-      echo "### compute-sanitizer $tool"
-      echo
-      echo '```'
-      grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|hazard|Invalid|Barrier|error' "$logs/sanitizer_$tool.log" | head -n 20
-      echo '```'
-    fi
+    fenced_section "sanitizer_$tool" "### compute-sanitizer $tool" 'ERROR SUMMARY|RACECHECK SUMMARY|hazard|Invalid|Barrier|error' 20
   done
-  if [ -f "$logs/kernel_bench.log" ]; then
-    echo
-    echo "## kvcompact: bench/kernel_bench"
-    echo
-    grep -E '^device:' "$logs/kernel_bench.log"
-    echo
-    table_of kernel_bench
-  fi
-  if [ -f "$logs/peer_torch.log" ]; then
-    echo
-    echo "## Peers: bench/peer_torch.py"
-    echo
-    grep -E '^(device|peer):' "$logs/peer_torch.log"
-    echo
-    table_of peer_torch
-  fi
-  if [ -f "$logs/ncu.log" ]; then
-    echo
-    echo "## Nsight Compute (speed of light)"
-    echo
-    echo '```'
-    grep -E '^  [a-z_]|Memory Throughput|DRAM Throughput|Duration|Compute \(SM\) Throughput' "$logs/ncu.log" | head -n 60
-    echo '```'
-  fi
+  bench_section kernel_bench "kvcompact: bench/kernel_bench" '^device:'
+  bench_section peer_torch "Peers: bench/peer_torch.py" '^(device|peer):'
+  fenced_section ncu "## Nsight Compute (speed of light)" '^  [a-z_]|Memory Throughput|DRAM Throughput|Duration|Compute \(SM\) Throughput' 60
 } >"$stem.md"
 for i in "${!names[@]}"; do
   case "${statuses[$i]}" in passed | "not run (dry run)") ;; *) failed=1 ;; esac
