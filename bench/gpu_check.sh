@@ -81,6 +81,7 @@ step() {
   local left
   left=$(remaining)
   [ "$limit" -gt "$left" ] && limit=$left
+  [ "$limit" -lt 0 ] && limit=0
   local text="$*"
   names+=("$name") commands+=("$text")
   printf '\n==== %s (limit %ss): %s\n' "$name" "$limit" "$text"
@@ -116,6 +117,7 @@ step_parallel() {
   local left
   left=$(remaining)
   [ "$limit" -gt "$left" ] && limit=$left
+  [ "$limit" -lt 0 ] && limit=0
   printf '\n==== %s (limit %ss, in parallel): %s\n' "$name" "$limit" "$description"
   if [ "$dry_run" = 1 ] || [ "$limit" -le 5 ]; then
     names+=("$name") commands+=("$description") seconds+=(0)
@@ -196,10 +198,12 @@ fi
 # ---- 2. correctness: native tests and compute-sanitizer, side by side -------------------------
 if [ "$build_only" = 1 ]; then
   echo
-  echo "==== gpu_check --build-only: $build is ready ($(($(date +%s) - start)) s; build log: $logs/build.log);"
-  echo "     on the GPU machine: bash bench/gpu_check.sh --no-build"
-  [ "${statuses[-1]}" = passed ]
-  exit $?
+  if [ "${statuses[-1]}" = passed ]; then
+    echo "==== gpu_check --build-only: $build is ready ($(($(date +%s) - start)) s); on the GPU machine: bash bench/gpu_check.sh --no-build"
+    exit 0
+  fi
+  echo "==== gpu_check --build-only: build ${statuses[-1]} ($(($(date +%s) - start)) s; logs: $logs)"
+  exit 1
 fi
 first_case() {  # first test case of a Boost.Test executable (for a short sanitizer run)
   "$1" --list_content 2>&1 | sed -n 's/^ *\([A-Za-z_][A-Za-z0-9_]*\)\*\{0,1\}$/\1/p' | head -n1
