@@ -8,7 +8,7 @@
 // and, in the build without sanitizers, a test that the bug runs to the end unnoticed there: the
 // detector, not luck, is what finds it.
 #include <kvcompact/cuda/detail/execution.cuh>
-#include <kvcompact/cuda/detail/inter_block.cuh>
+#include <kvcompact/cuda/detail/grid_sync.cuh>
 
 #include "support/device_cache.hpp"
 

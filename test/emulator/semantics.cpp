@@ -7,7 +7,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <kvcompact/cuda/detail/execution.cuh>
-#include <kvcompact/cuda/detail/inter_block.cuh>
+#include <kvcompact/cuda/detail/grid_sync.cuh>
 
 #include "support/device_cache.hpp"
 

@@ -19,7 +19,9 @@
 ///   were added for `__shfl_sync`, `__shfl_up_sync`, `__shfl_down_sync`).
 /// - `kvemu::lane_id()`, `kvemu::warp_id()`; `kvemu::fail(message)` for misuse (prints, exits with status 1).
 /// - Memory ordering between blocks: `kvemu::load_acquire`, `kvemu::store_release` (library code reaches
-///   them through include/kvcompact/cuda/detail/inter_block.cuh); `kvemu::yield()` for spin-waits.
+///   them through include/kvcompact/cuda/detail/grid_sync.cuh), `kvemu::fetch_add_acq_rel`;
+///   `kvemu::yield()` for spin-waits; `kvemu::spin_hook()`, run at every yield (tests set it to
+///   change device memory "from another block" while one waits).
 /// Feature headers must not touch the scheduler's bookkeeping or shared state of their own across
 /// lanes: everything a lane keeps lives in the lane's own variables.
 ///
@@ -863,8 +865,18 @@ warp_gathered<T> warp_all_gather(const T& mine) {
   return all;
 }
 
+/// Run at every yield() when set: tests set it to change device memory "from another block" while a
+/// thread waits.
+inline std::function<void()>& spin_hook() {
+  static std::function<void()> hook;
+  return hook;
+}
+
 /// Gives the other threads and blocks a turn (spin-waits call it, directly or through the loads below).
-inline void yield() { suspend(wait_kind::yielded); }
+inline void yield() {
+  if (spin_hook()) spin_hook()();
+  suspend(wait_kind::yielded);
+}
 
 /// ld.acquire.gpu: yields first (so a spin-wait on it lets the writer progress), then loads.
 template <class T>
@@ -887,6 +899,11 @@ void store_release(T* address, T value) {
 template <class T>
 void store_relaxed(T* address, T value) {
   std::atomic_ref<T>(*address).store(value, std::memory_order_relaxed);
+}
+/// atom.add.acq_rel.gpu: the arrival counter of "the last block to arrive finishes the work".
+template <class T>
+T fetch_add_acq_rel(T* address, T value) {
+  return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_acq_rel);
 }
 
 /// Arrives at the block barrier at @p site and returns the number of threads whose predicate held.
@@ -1005,7 +1022,7 @@ inline unsigned __match_any_sync(unsigned, unsigned long long value) {
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
-inline int __clz(unsigned x) { return x ? __builtin_clz(x) : 32; }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 inline unsigned __float_as_uint(float x) {
   unsigned u = 0;
   std::memcpy(&u, &x, 4);
@@ -1268,3 +1285,4 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 // Instruction emulation by feature (see "Extending the emulator" above): one include per header.
 // ---------------------------------------------------------------------------------------------
 #include "support/cuda_emulator_mma.hpp"  // NOLINT: mma.sync emulation (prefill-score)
+#include "support/cuda_emulator_cub.hpp"   // NOLINT: stand-ins for the CUB collectives kvcompact uses (device-select)

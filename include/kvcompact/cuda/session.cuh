@@ -7,12 +7,14 @@
 
 #include <kvcompact/cuda/check.cuh>
 #include <kvcompact/cuda/detail/append_kernel.cuh>
+#include <kvcompact/cuda/detail/compaction.cuh>
 #include <kvcompact/cuda/detail/decode_kernels.cuh>
 #include <kvcompact/cuda/detail/device_status.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/select_kernels.cuh>
+#include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/cuda/detail/workspace.cuh>
 #include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/detail/size_checks.hpp>
@@ -191,8 +193,9 @@ class session {
   /// and compacts in place; lengths, positions, decode state and budgets are updated on the device.
   /// Scoring runs the observation window's softmax in two passes over K on tensor cores, each key
   /// read once per pass for all window rows of its KV head, without materialising the window x N
-  /// matrix; top-k selection is a parallel radix select and CORM's budget-free rule runs
-  /// per slot; other selectors and mergers run their own code serially per sequence.
+  /// matrix; top-k selection is a grid-wide radix select (many blocks per head) and CORM's
+  /// budget-free rule runs per slot; other selectors and mergers run their own code serially per
+  /// sequence; compaction moves the kept rows with 16-byte accesses over many blocks per head.
   /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
   /// @throws kvcompact::error on a bad window, or a second call / a call after append() ("session");
   /// faults inside kernels surface in check()
@@ -241,9 +244,7 @@ class session {
                        stream_, p, policy_.selector);
         detail::check_launch(where, "hit_window_select_kernel");
       } else {
-        detail::launch(&detail::top_k_select_kernel<typename selector_type::schedule_type, T, Layout, state_type>, dim3(heads, layer_grid),
-                       detail::prefill_threads, 0, stream_, p, policy_.selector);
-        detail::check_launch(where, "top_k_select_kernel");
+        select_top_k(p, where);
       }
       if constexpr (Policy::merges) {
         detail::launch(&detail::merge_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), 1, 0, stream_, p, policy_);
@@ -254,10 +255,7 @@ class session {
                      policy_);
       detail::check_launch(where, "serial_select_kernel");
     }
-    const index_t tile = detail::compaction_tile(head_dim(), sizeof(T));
-    detail::launch(&detail::compact_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads,
-                   static_cast<std::size_t>(tile * 2 * head_dim()) * sizeof(T), stream_, p, policy_, tile);
-    detail::check_launch(where, "compact_kernel");
+    detail::launch_compaction(p, policy_, workspace_span(plan_.compaction, plan_.compaction_bytes), stream_, where);
   }
 
   /// @brief Inserts one token's K and V into every KV head of a storage layer, for every sequence. A
@@ -324,15 +322,7 @@ class session {
   /// @brief Waits for the stream and raises the first fault a kernel recorded since the last check.
   /// @param where name used in the error message
   /// @throws kvcompact::error describing the fault; kvcompact::cuda::cuda_error when the stream failed
-  void check(const char* where = "cuda::session") const {
-    cuda::check(cudaStreamSynchronize(stream_), where, "cudaStreamSynchronize");
-    detail::device_status status{};
-    cuda::check(cudaMemcpy(&status, status_, sizeof(status), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
-    if (status.fault != 0) {
-      cuda::check(cudaMemset(status_, 0, sizeof(detail::device_status)), where, "cudaMemset(status)");
-      detail::raise(status, where);
-    }
-  }
+  void check(const char* where = "cuda::session") const { detail::raise_recorded(status_, stream_, where); }
 
   /// @brief The stream every call runs on. @return the stream
   [[nodiscard]] cudaStream_t stream() const { return stream_; }
@@ -357,6 +347,35 @@ class session {
   index_t group() const { return shape_.query_heads / cache_.layout.num_kv_heads(); }
   unsigned layer_blocks(const char* where) const {
     return detail::grid_extent(cache_.layout.num_sequences() * cache_.layout.num_layers(), where, "sequences x layers");
+  }
+
+  /// The workspace bytes [offset, offset + bytes).
+  std::span<std::byte> workspace_span(std::size_t offset, std::size_t bytes) const { return {workspace_ + offset, bytes}; }
+
+  /// Top-k selectors: candidates and their pooled scores per head, then the grid-wide top-k keeps
+  /// each head's best into the keep flags.
+  void select_top_k(const detail::prefill_problem<T, Layout, state_type>& p, const char* where) {
+    std::byte* w = workspace_;
+    const detail::top_k_candidates candidates{detail::at_offset<float>(w, plan_.top_k_keys), detail::at_offset<std::int32_t>(w, plan_.top_k_counts),
+                                              detail::at_offset<std::int32_t>(w, plan_.top_k_quota)};
+    using schedule_type = typename Policy::selector_type::schedule_type;
+    detail::launch(&detail::top_k_candidates_kernel<schedule_type, T, Layout, state_type>,
+                   dim3(static_cast<unsigned>(cache_.layout.num_kv_heads()), layer_blocks(where)), detail::prefill_threads, 0, stream_, p,
+                   policy_.selector, candidates);
+    detail::check_launch(where, "top_k_candidates_kernel");
+    detail::top_k_problem problem;
+    problem.keys = {candidates.keys, capacity()};
+    problem.counts = candidates.counts;
+    problem.segments = cache_.head_count();
+    problem.max_items = capacity();
+    problem.k = candidates.quota;
+    problem.floor = policy_.selector.min_score;
+    problem.flags = {p.keep, capacity()};
+    problem.flag_index = {p.indices, 2 * capacity()};  // index_scratch(h, 0): the candidates' slots
+    problem.status = status_;
+    problem.segment_layers = cache_.layout.num_layers();
+    problem.segment_heads = cache_.layout.num_kv_heads();
+    detail::launch_top_k(problem, workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes), stream_, where);
   }
 
   detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window) const {
