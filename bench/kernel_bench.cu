@@ -265,7 +265,7 @@ int main(int argc, char** argv) {
         const index_t heads = batch * kv_heads;
         const auto slots = static_cast<std::size_t>(heads * n);
         buffer<float> keys(slots), states(slots);
-        fill_random<<<256, 256>>>(keys.data, static_cast<index_t>(slots), 8);
+        kd::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, keys.data, static_cast<index_t>(slots), 8);
         const std::vector<std::int32_t> counts(static_cast<std::size_t>(heads), static_cast<std::int32_t>(n)),
             quota(counts.size(), static_cast<std::int32_t>(n / 4));
         buffer<std::int32_t> counts_d(counts.size()), quota_d(quota.size()), budgets(counts.size()), zeros(static_cast<std::size_t>(batch));
