@@ -258,7 +258,7 @@ def main() -> int:
     parser.add_argument("--known", type=Path,
                         help="file of known failures (a regex of the failure message and the issue item that removes it, "
                              "tab-separated): reported as KNOWN; an entry that matches no failure fails the run")
-    parser.add_argument("--wide-access", default=r"decode_partial_kernel|window_scores|compact",
+    parser.add_argument("--wide-access", default=r"decode_attention_kernel|window_scores|compact",
                         help="regex of the kernels that stream the cache and must move it in 16-byte global accesses "
                              "(ld/st .v4 of 32-bit, .v2 of 64-bit, .b128, or cp.async of 16 bytes)")
     args = parser.parse_args()

@@ -25,24 +25,24 @@ struct async_copy {
 
 /// The copies a thread started and has not waited for.
 struct async_copy_queue {
-  dim3 block{0, 0, 0};                           ///< the block the thread belongs to
   std::vector<async_copy> open;                  ///< copies of the group not yet committed
   std::deque<std::vector<async_copy>> groups;    ///< committed groups, oldest first
 };
 
-/// Queue of the running thread (reset when its fiber starts running another block).
+/// Queue of the running thread (reset when its OS thread starts running another block).
 inline async_copy_queue& async_copies() {
-  static std::vector<async_copy_queue> queues;
-  block_state& s = state();
-  const auto index = static_cast<std::size_t>(s.current->linear);
-  if (queues.size() <= index) queues.resize(index + 1);
-  async_copy_queue& q = queues[index];
-  const dim3& b = s.block_index;
-  if (q.block.x != b.x || q.block.y != b.y || q.block.z != b.z) {
-    q = async_copy_queue{};
-    q.block = b;
+  static thread_local std::vector<async_copy_queue> queues;  // blocks run on OS threads, one block at a time each
+  static thread_local const block* owner = nullptr;
+  static thread_local dim3 owner_index{0, 0, 0};
+  const block& b = *running_block;
+  if (owner != &b || owner_index.x != b.index.x || owner_index.y != b.index.y || owner_index.z != b.index.z) {
+    queues.clear();
+    owner = &b;
+    owner_index = b.index;
   }
-  return q;
+  const auto index = static_cast<std::size_t>(this_thread().linear);
+  if (queues.size() <= index) queues.resize(index + 1);
+  return queues[index];
 }
 
 /// cp.async.cg.shared.global [to], [from], 16.
@@ -68,7 +68,7 @@ inline void cp_async_wait(int pending) {
   }
 }
 
-/// fence.acq_rel.gpu (blocks never overlap in the emulator: a compiler and CPU fence suffices).
+/// fence.acq_rel.gpu: a sequentially consistent CPU fence (blocks run on concurrent OS threads).
 inline void fence_device() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 /// griddepcontrol.launch_dependents (kernels run one after another: nothing to release).
