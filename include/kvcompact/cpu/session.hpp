@@ -3,6 +3,8 @@
 /// @brief The CPU backend: prefill compression, decode attention with scoring, decode-time eviction.
 #pragma once
 
+#include <kvcompact/detail/selection.hpp>
+#include <kvcompact/detail/sequential_group.hpp>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
@@ -21,6 +23,9 @@ namespace cpu {
 
 /// @brief Runs a policy over an engine's cache on the CPU. Reference backend: plain loops, the same
 /// component math as the CUDA kernels, no allocation (state and workspace come from the caller).
+/// Selectors and mergers run through the selection contract (kvcompact::ranked_selector,
+/// kvcompact::cooperative_selector, kvcompact::entry_merger) with a one-worker execution group:
+/// ranking by partial selection (std::nth_element), never a full sort of a head.
 ///
 /// Layers: compress_prefill() and append() take storage layers; attend() and observe() take the
 /// layer that attends, which for a kvcompact::layer_mapped_layout is a model layer (mapped to its
@@ -49,7 +54,7 @@ class session {
     const auto h = static_cast<std::size_t>(layout.num_kv_heads());
     const auto g = static_cast<std::size_t>(shape.query_heads);
     const std::size_t words = cap * (3 * h + g) + cap * 2 * h + cap * h + cap * h + (cap + 2) + h + cap * g;
-    return words * 4 + cap * h + h + 64;
+    return words * 4 + cap * h * sizeof(std::uint64_t) + h * sizeof(detail::ranked_head) + cap * h + h + 64;
   }
 
   /// @brief Binds a policy to a cache and checks every argument.
@@ -129,9 +134,10 @@ class session {
         ctx.keep(h, j, true);
         ctx.set_target(h, j, -1);
       }
-      policy_.selector.select_decode(ctx, h);
-      if constexpr (Policy::merges) policy_.merger.merge(ctx, h);
-      const index_t slot = detail::claim_slot(ctx, h, length, capacity(), [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
+      detail::select_decode(group_, policy_.selector, ctx, h);
+      detail::merge_head(group_, policy_.merger, ctx, h);
+      const index_t slot =
+          detail::claim_slot(group_, ctx, h, length, capacity(), [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
       if (slot < 0)
         throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
                                            std::to_string(capacity()) + ") and the policy evicted nothing");
@@ -190,6 +196,11 @@ class session {
   void carve(std::span<std::byte> workspace) {
     std::byte* p = workspace.data();
     const index_t cap = capacity(), h = cache_.layout.num_kv_heads(), g = shape_.query_heads;
+    p += (8 - reinterpret_cast<std::uintptr_t>(p) % 8) % 8;  // the 8-byte arrays first (64 bytes of slack cover this)
+    group_ = detail::sequential_group(reinterpret_cast<std::uint64_t*>(p), cap * h);
+    p += cap * h * sizeof(std::uint64_t);
+    ranking_ = reinterpret_cast<detail::ranked_head*>(p);
+    p += h * sizeof(detail::ranked_head);
     auto floats = [&](index_t count) { auto* r = reinterpret_cast<float*>(p); p += count * 4; return r; };
     auto ints = [&](index_t count) { auto* r = reinterpret_cast<std::int32_t*>(p); p += count * 4; return r; };
     scratch_.scores = floats(cap * h);
@@ -313,9 +324,9 @@ class session {
         ctx.keep(h, j, false);
         ctx.set_target(h, j, -1);
       }
-    policy_.selector.select(ctx);
+    detail::select_layer(group_, policy_.selector, ctx, ranking_);
     for (int h = 0; h < ctx.kv_heads(); ++h) {
-      if constexpr (Policy::merges) policy_.merger.merge(ctx, h);
+      detail::merge_head(group_, policy_.merger, ctx, h);
       const index_t head = cache_.head_index(sequence, layer, h);
       budgets_[head] = static_cast<std::int32_t>(policy_.selector.budget(layer, cache_.layout.num_layers(), ctx.length(h)));
       compact(ctx, h, step);
@@ -390,6 +401,8 @@ class session {
   std::int32_t* budgets_ = nullptr;
   layer_scratch scratch_{};
   float* row_ = nullptr;
+  detail::sequential_group group_{nullptr, 0};
+  detail::ranked_head* ranking_ = nullptr;
 };
 
 }  // namespace cpu

@@ -25,17 +25,11 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda {
 
 namespace detail {
-template <class Selector>
-struct is_top_k : std::false_type {};
-template <class Schedule>
-struct is_top_k<selectors::top_k<Schedule>> : std::true_type {};
-
 /// Grid (Hkv, S x L): initial decode budgets and slot states of a filled cache; checks every slot's
 /// mapping into storage.
 template <class Policy, class T, class Layout, class State>
@@ -158,8 +152,9 @@ class session {
   /// @brief Compresses every sequence and storage layer of a prefilled cache: scores, selects, merges
   /// and compacts in place; lengths, positions, decode state and budgets are updated on the device.
   /// Scoring runs the observation window's softmax in two passes over K without materialising the
-  /// window x N matrix; top-k selection is a parallel radix select and CORM's budget-free rule runs
-  /// per slot; other selectors and mergers run their own code serially per sequence.
+  /// window x N matrix; selectors and mergers run through the selection contract in parallel (ranked
+  /// selectors: per-slot verdicts and a radix select per head; cooperative selectors and mergers:
+  /// their own group code on a thread block per head).
   /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
   /// @throws kvcompact::error on a bad window; faults inside kernels surface in check()
   void compress_prefill(const query_window& window = {}) {
@@ -202,26 +197,7 @@ class session {
                      0, stream_, p, policy_);
       detail::check_launch(where, "slot_score_kernel");
     }
-    using selector_type = typename Policy::selector_type;
-    if constexpr (detail::is_top_k<selector_type>::value || std::is_same_v<selector_type, selectors::hit_window>) {
-      if constexpr (std::is_same_v<selector_type, selectors::hit_window>) {
-        detail::launch(&detail::hit_window_select_kernel<T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid), detail::prefill_threads, 0,
-                       stream_, p, policy_.selector);
-        detail::check_launch(where, "hit_window_select_kernel");
-      } else {
-        detail::launch(&detail::top_k_select_kernel<typename selector_type::schedule_type, T, Layout, state_type>, dim3(heads, layer_grid),
-                       detail::prefill_threads, 0, stream_, p, policy_.selector);
-        detail::check_launch(where, "top_k_select_kernel");
-      }
-      if constexpr (Policy::merges) {
-        detail::launch(&detail::merge_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), 1, 0, stream_, p, policy_);
-        detail::check_launch(where, "merge_kernel");
-      }
-    } else {
-      detail::launch(&detail::serial_select_kernel<Policy, T, Layout, state_type>, dim3(static_cast<unsigned>(sequences)), 1, 0, stream_, p,
-                     policy_);
-      detail::check_launch(where, "serial_select_kernel");
-    }
+    detail::launch_selection(policy_, p, heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
     const index_t tile = detail::compaction_tile(head_dim(), sizeof(T));
     detail::launch(&detail::compact_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads,
                    static_cast<std::size_t>(tile * 2 * head_dim()) * sizeof(T), stream_, p, policy_, tile);
@@ -339,6 +315,7 @@ class session {
             detail::at_offset<std::uint8_t>(w, plan_.keep),
             detail::at_offset<float>(w, plan_.query_scores),
             detail::at_offset<std::uint8_t>(w, plan_.order_ready),
+            detail::at_offset<::kvcompact::detail::ranked_head>(w, plan_.ranking),
             detail::at_offset<std::int32_t>(w, plan_.shared),
             detail::at_offset<std::int32_t>(w, plan_.step),
             detail::at_offset<std::int32_t>(w, plan_.layer_faults),

@@ -1,27 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Decode-time insertion with eviction on the device: one block per (KV head, sequence) ranks
-/// the head's slots by decode score, lets the policy pick victims (in parallel for top-k selectors),
-/// merges them if the policy merges, and writes the new token into a freed slot. No host sync, no
-/// memmove, no allocation.
+/// @brief Decode-time insertion with eviction on the device: one block per (KV head, sequence) computes
+/// the head's decode scores, lets the policy pick victims and merge them (the selection contract's
+/// group code on the block, see decode_eviction.cuh), and writes the new token into a freed slot. No
+/// host sync, no memmove, no allocation.
 #pragma once
 
-#include <kvcompact/cuda/detail/block_primitives.cuh>
+#include <kvcompact/cuda/detail/decode_eviction.cuh>
 #include <kvcompact/cuda/detail/device_status.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
-#include <kvcompact/selectors/hit_window.hpp>
-#include <kvcompact/selectors/top_k.hpp>
 
 
 #include <cstdint>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
-
-/// Threads per block of the append kernel.
-inline constexpr int append_threads = 256;
 
 /// Per-(sequence, KV head) scratch the decode path hands to selectors and mergers (device arrays).
 struct decode_scratch {
@@ -50,80 +45,6 @@ struct append_problem {
   device_status* status;                ///< fault record
 };
 
-/// A candidate victim: its decode score, position and slot (-1: none).
-struct victim {
-  float score;            ///< decode score
-  std::int32_t position;  ///< logical position
-  std::int32_t slot;      ///< slot, -1 for no candidate
-};
-
-/// Picks the candidate that ranks later (kvcompact's order: higher score first, then lower position).
-struct pick_worse {
-  /// @return the worse of @p a and @p b
-  __device__ victim operator()(const victim& a, const victim& b) const {
-    if (a.slot < 0) return b;
-    if (b.slot < 0) return a;
-    return ::kvcompact::detail::ranks_before(a.score, a.position, b.score, b.position) ? b : a;
-  }
-};
-
-/// Victims chosen by the selector's own select_decode(), run by one thread.
-template <class Selector, class Ctx>
-__device__ void select_victims_serially(const Selector& selector, Ctx& ctx, int h) {
-  if (threadIdx.x == 0) selector.select_decode(ctx, h);
-  __syncthreads();
-}
-
-/// Victim choice of any selector: the generic, serial path.
-template <class Selector>
-struct decode_victims {
-  /// Clears the keep flags of head @p h's victims.
-  template <class Ctx>
-  __device__ static void run(const Selector& selector, Ctx& ctx, int h) {
-    select_victims_serially(selector, ctx, h);
-  }
-};
-
-/// Top-k selectors without pooling evict the worst-ranked unprotected slots: a block-wide reduction
-/// per victim, the same victims as top_k::select_decode (pooling takes the serial path).
-template <budget_schedule Schedule>
-struct decode_victims<selectors::top_k<Schedule>> {
-  /// Clears the keep flags of head @p h's victims.
-  template <class Ctx>
-  __device__ static void run(const selectors::top_k<Schedule>& selector, Ctx& ctx, int h) {
-    if (!selector.decode_eviction) return;
-    if (selector.rule.pool != selectors::pooling::none) {
-      select_victims_serially(selector, ctx, h);
-      return;
-    }
-    const index_t excess = ctx.length(h) + 1 - ctx.budget(h);
-    for (index_t e = 0; e < excess; ++e) {
-      victim local{0.0f, 0, -1};
-      for (index_t j = threadIdx.x; j < ctx.length(h); j += blockDim.x) {
-        const index_t position = ctx.position(h, j);
-        if (!ctx.kept(h, j) || selector.rule.protects(position, ctx.step())) continue;
-        local = pick_worse{}(local, victim{ctx.score(h, j), static_cast<std::int32_t>(position), static_cast<std::int32_t>(j)});
-      }
-      const victim worst = block_reduce<append_threads>(local, pick_worse{});
-      if (worst.slot < 0) return;  // fewer candidates than the excess
-      if (threadIdx.x == 0) ctx.keep(h, worst.slot, false);
-      __syncthreads();
-    }
-  }
-};
-
-/// CORM's budget-free rule decides each slot on its own: one thread per slot.
-template <>
-struct decode_victims<selectors::hit_window> {
-  /// Clears the keep flags of head @p h's victims.
-  template <class Ctx>
-  __device__ static void run(const selectors::hit_window& selector, Ctx& ctx, int h) {
-    for (index_t j = threadIdx.x; j < ctx.length(h); j += blockDim.x)
-      if (!selector.keeps(ctx.score(h, j), ctx.position(h, j), ctx.step() - 1)) ctx.keep(h, j, false);
-    __syncthreads();
-  }
-};
-
 /// One block per (KV head, sequence) of one storage layer.
 template <class Policy, class T, class Layout>
 KVCOMPACT_KERNEL void __launch_bounds__(append_threads)
@@ -148,7 +69,6 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads)
   layer_context<T, Layout> ctx(p.cache, scratch, s, p.layer, p.query_heads, position);
   auto* states = p.states;
   __shared__ index_t nan_slot;
-  __shared__ index_t chosen;
   if (threadIdx.x == 0) {
     nan_slot = -1;
     scratch.order_ready[h] = 0;
@@ -166,15 +86,11 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads)
     if (threadIdx.x == 0) report(p.status, device_fault::nan_score, s, p.layer, h, nan_slot);
     return;
   }
-  decode_victims<typename Policy::selector_type>::run(policy.selector, ctx, static_cast<int>(h));
-  if (threadIdx.x == 0) {
-    if constexpr (Policy::merges) policy.merger.merge(ctx, static_cast<int>(h));
-    chosen = ::kvcompact::detail::claim_slot(ctx, static_cast<int>(h), p.cache.lengths[head], capacity, [&](index_t from, index_t to) {
-      if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to))
-        report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
-    });
-  }
-  __syncthreads();
+  const append_group workers;
+  decode_victims(workers, policy, ctx, static_cast<int>(h));
+  const index_t chosen = merge_and_claim(workers, policy, ctx, static_cast<int>(h), p.cache.lengths[head], capacity, [&](index_t from, index_t to) {
+    if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to)) report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
+  });
   if (chosen < 0) {
     if (threadIdx.x == 0) report(p.status, device_fault::head_full, s, p.layer, h, capacity);
     return;

@@ -1,166 +1,131 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Prefill selection on the device. Top-k selectors run in parallel, one block per head: the
-/// unprotected candidates in position order (block scan), pooled scores (the selector's own pooling
-/// code), then a radix select of the best candidates on 64-bit keys that encode kvcompact's ranking
-/// (score, then lower position), so the keep-set is the CPU backend's exactly. Every other selector
-/// and every merger runs its own select()/merge() serially, layer after layer, per sequence.
+/// @brief Prefill selection and merging on the device, through the selection contract: every kernel
+/// runs the selector's or merger's own code (kvcompact::detail::ranked_selection,
+/// kvcompact::cooperative_selector, kvcompact::entry_merger) on a thread block as the execution
+/// group, the same group code the CPU backend runs with one worker. Ranked selectors: candidates and
+/// keys per head, the layer allocation (layer scope), then each head's best candidates by a radix
+/// select on 64-bit keys that encode kvcompact's ranking (score, then lower position), so the
+/// keep-sets are the CPU backend's exactly. Cooperative selectors and mergers: one block per head (per
+/// sequence, layers in order, for layer-scope cooperative selectors). Then the compaction.
 #pragma once
 
-#include <kvcompact/cuda/detail/block_primitives.cuh>
+#include <kvcompact/cuda/detail/block_group.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
-#include <kvcompact/selectors/hit_window.hpp>
-#include <kvcompact/selectors/top_k.hpp>
-
+#include <kvcompact/detail/selection.hpp>
+#include <kvcompact/policy.hpp>
 
 #include <cstdint>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
 
-/// A 64-bit key whose unsigned order is kvcompact's ranking: higher score first, then lower position.
-__device__ inline std::uint64_t rank_key(float score, index_t position) {
-  std::uint32_t bits = __float_as_uint(score == 0.0f ? 0.0f : score);  // -0 and +0 tie, as in ranks_before
-  bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return (static_cast<std::uint64_t>(bits) << 32) | (0xffffffffu - static_cast<std::uint32_t>(position));
-}
+/// The execution group of the prefill selection kernels.
+using prefill_group = block_group<prefill_threads>;
 
-/// The key of the @p k-th largest (1-based) of a block's keys, by eight 8-bit radix passes. Keys are
-/// produced by `key_of(i)` for i in [0, count), 0 meaning "not a candidate"; @p k must not exceed
-/// the number of candidates.
-template <int Threads, class KeyOf>
-__device__ std::uint64_t kth_largest_key(index_t count, index_t k, const KeyOf& key_of) {
-  __shared__ unsigned histogram[256];
-  __shared__ std::uint64_t prefix;
-  __shared__ std::uint64_t mask;
-  __shared__ index_t remaining;
-  if (threadIdx.x == 0) {
-    prefix = 0;
-    mask = 0;
-    remaining = k;
-  }
-  for (int pass = 0; pass < 8; ++pass) {
-    const int shift = 56 - 8 * pass;
-    for (int b = threadIdx.x; b < 256; b += Threads) histogram[b] = 0;
-    __syncthreads();
-    // Scores cluster, so most keys of a pass share a digit: lanes of a warp with the same digit add
-    // once (warp-aggregated), instead of serialising on one shared-memory address.
-    for (index_t first = 0; first < count; first += Threads) {
-      const index_t i = first + threadIdx.x;
-      const std::uint64_t key = i < count ? key_of(i) : 0;
-      const bool counted = key != 0 && (key & mask) == prefix;
-      const unsigned digit = counted ? static_cast<unsigned>((key >> shift) & 0xffu) : 256u;
-      const unsigned same = __match_any_sync(0xffffffffu, digit);
-      if (counted && static_cast<int>(threadIdx.x % 32) == __ffs(same) - 1) atomicAdd(&histogram[digit], static_cast<unsigned>(__popc(same)));
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      index_t above = 0;
-      for (int digit = 255; digit >= 0; --digit) {
-        if (above + histogram[digit] >= remaining) {
-          prefix |= static_cast<std::uint64_t>(digit) << shift;
-          mask |= static_cast<std::uint64_t>(0xffu) << shift;
-          remaining -= above;
-          break;
-        }
-        above += histogram[digit];
-      }
-    }
-    __syncthreads();
-  }
-  return prefix;
-}
-
-/// Grid (Hkv, S x L): top_k::select for one head, in parallel.
-template <class Schedule, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
-    top_k_select_kernel(prefill_problem<T, Layout, State> p, selectors::top_k<Schedule> selector) {
+/// Grid (Hkv, S x L): phase 1 of a ranked selector for one head: verdicts, candidates in position
+/// order, rank keys; the head's state goes to `p.ranking`.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_gather_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
   if (p.layer_faults[s * p.layers() + l]) return;
-  const index_t base = p.head_base(s, l, h);
-  const index_t n = p.cache.lengths[p.cache.head_index(s, l, h)];
-  const index_t budget = selector.budget(l, p.layers(), n);
-  std::uint8_t* keep = p.keep + base;
-  if (n <= budget) {
-    for (index_t j = threadIdx.x; j < n; j += blockDim.x) keep[j] = 1;
-    return;
-  }
-  const index_t step = p.step[s * p.layers() + l];
-  const std::int32_t* positions = p.cache.positions + base;
-  const std::int32_t* order = p.order + base;
-  const float* scores = p.scores + base;
-  float* pooled = p.floats + base;
-  std::int32_t* candidates = p.indices + 2 * base;  // index_scratch(h, 0), as the CPU selector uses it
-  index_t protected_here = 0;
-  for (index_t j = threadIdx.x; j < n; j += blockDim.x)
-    if (selector.rule.protects(positions[j], step)) {
-      keep[j] = 1;
-      ++protected_here;
-    }
-  const index_t quota = budget - block_sum<prefill_threads>(protected_here);
-  index_t count = 0;  // candidates gathered so far (same in every thread)
-  for (index_t first = 0; first < n; first += prefill_threads) {
-    const index_t i = first + threadIdx.x;
-    const index_t slot = i < n ? order[i] : 0;
-    const bool is_candidate = i < n && !selector.rule.protects(positions[slot], step);
-    index_t gathered = 0;
-    const index_t at = block_flag_scan<prefill_threads>(is_candidate, gathered);
-    if (is_candidate) candidates[count + at] = static_cast<std::int32_t>(slot);
-    count += gathered;
-  }
-  __syncthreads();  // candidates written by other threads are read below
-  if (quota <= 0) return;
-  index_t eligible_here = 0;
-  for (index_t c = threadIdx.x; c < count; c += blockDim.x) {
-    const float value = selector.rule.pooled_score(c, count, [&](index_t i) { return scores[candidates[i]]; });
-    pooled[candidates[c]] = value;
-    eligible_here += value >= selector.min_score;
-  }
-  const index_t eligible = block_sum<prefill_threads>(eligible_here);  // also orders the pooled writes before the reads below
-  const index_t wanted = quota < eligible ? quota : eligible;
-  if (wanted == 0) return;
-  auto key_of = [&](index_t c) -> std::uint64_t {
-    const std::int32_t slot = candidates[c];
-    return pooled[slot] >= selector.min_score ? rank_key(pooled[slot], positions[slot]) : 0;
-  };
-  const std::uint64_t threshold = wanted == eligible ? 1 : kth_largest_key<prefill_threads>(count, wanted, key_of);
-  for (index_t c = threadIdx.x; c < count; c += blockDim.x)
-    if (key_of(c) >= threshold) keep[candidates[c]] = 1;
+  const prefill_group workers;
+  const auto ctx = p.context(s, l);
+  const ::kvcompact::detail::ranked_head head = ::kvcompact::detail::gather_candidates(workers, selector, ctx, static_cast<int>(h));
+  workers.once([&] { p.ranking[p.cache.head_index(s, l, h)] = head; });
 }
 
-/// Grid (slot tiles, Hkv, S x L): CORM's budget-free rule, one thread per slot.
-template <class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) hit_window_select_kernel(prefill_problem<T, Layout, State> p, selectors::hit_window selector) {
-  const auto [s, l, h, j, valid] = slot_of_thread(p);
-  if (!valid || p.layer_faults[s * p.layers() + l]) return;
-  const index_t base = p.head_base(s, l, h);
-  p.keep[base + j] = selector.keeps(p.scores[base + j], p.cache.positions[base + j], p.step[s * p.layers() + l]) ? 1 : 0;
+/// Grid (S x L): phase 2 of a layer-scope ranked selector: the layer-wide ranking and the per-head
+/// allocation of one layer.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+  const index_t s = blockIdx.x / p.layers(), l = blockIdx.x % p.layers();
+  if (p.layer_faults[s * p.layers() + l]) return;
+  const prefill_group workers;
+  ::kvcompact::detail::allocate_layer(workers, selector, p.context(s, l), p.ranking + p.cache.head_index(s, l, 0));
 }
 
-/// Grid (S), one thread: every other selector, exactly as the CPU backend runs it: layer after layer
-/// (a WindowKV leader publishes before its followers read), then the merger per head.
-template <class Policy, class T, class Layout, class State>
-KVCOMPACT_KERNEL void serial_select_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
+/// Grid (Hkv, S x L): phase 3 of a ranked selector: the head keeps its best candidates.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_keep_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  if (p.layer_faults[s * p.layers() + l]) return;
+  const prefill_group workers;
+  ::kvcompact::detail::keep_best_candidates(workers, selector, p.context(s, l), static_cast<int>(h), p.ranking[p.cache.head_index(s, l, h)]);
+}
+
+/// Phase 3 launch: every head keeps its best candidates. The one place that picks the top-k
+/// primitive of ranked selection: today one block per head (block_group::kth_largest, a radix
+/// select); a grid-wide multi-block top-k replaces this launch without touching the phases around it.
+template <class Selector, class T, class Layout, class State>
+void launch_best_candidates(const prefill_problem<T, Layout, State>& p, const Selector& selector, dim3 per_head, cudaStream_t stream,
+                            const char* where) {
+  launch(&ranked_keep_kernel<Selector, T, Layout, State>, per_head, prefill_threads, 0, stream, p, selector);
+  check_launch(where, "ranked_keep_kernel");
+}
+
+/// Grid (Hkv, S x L): a head-scope cooperative selector on one head.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_select_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  if (p.layer_faults[s * p.layers() + l]) return;
+  const prefill_group workers;
+  const auto ctx = p.context(s, l);
+  selector.select(workers, ctx, static_cast<int>(h));
+}
+
+/// Grid (S): a layer-scope cooperative selector on every layer of one sequence, in increasing order
+/// (a layer may read what an earlier one published in the sequence's shared store).
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const index_t s = blockIdx.x;
-  p.shared[s * (p.cache.layout.capacity() + 2)] = -1;  // no decision published yet
+  const prefill_group workers;
+  workers.once([&] { p.shared[s * (p.cache.layout.capacity() + 2)] = -1; });  // no decision published yet
   for (index_t l = 0; l < p.layers(); ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
-    auto ctx = p.context(s, l);
-    policy.selector.select(ctx);
-    if constexpr (Policy::merges)
-      for (int h = 0; h < ctx.kv_heads(); ++h) policy.merger.merge(ctx, h);
+    const auto ctx = p.context(s, l);
+    selector.select(workers, ctx);
   }
 }
 
-/// Grid (Hkv, S x L), one thread: the merger after a parallel selection.
-template <class Policy, class T, class Layout, class State>
-KVCOMPACT_KERNEL void merge_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
+/// Grid (Hkv, S x L): the merger on one head after selection.
+template <class Merger, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) merge_kernel(prefill_problem<T, Layout, State> p, Merger merger) {
   const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
   if (p.layer_faults[s * p.layers() + l]) return;
-  auto ctx = p.context(s, l);
-  policy.merger.merge(ctx, static_cast<int>(h));
+  const prefill_group workers;
+  ::kvcompact::detail::merge_head(workers, merger, p.context(s, l), static_cast<int>(h));
+}
+
+/// Launches the selection and merge stages of compress_prefill for @p policy (slot order, step and
+/// scores are ready): the selector's tier and scope pick the kernels.
+/// @param heads KV heads @param layer_grid sequences x layers @param sequence_grid sequences
+template <class Policy, class T, class Layout, class State>
+void launch_selection(const Policy& policy, const prefill_problem<T, Layout, State>& p, unsigned heads, unsigned layer_grid,
+                      unsigned sequence_grid, cudaStream_t stream, const char* where) {
+  using selector_type = typename Policy::selector_type;
+  const dim3 per_head(heads, layer_grid);
+  if constexpr (ranked_selector<selector_type>) {
+    launch(&ranked_gather_kernel<selector_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.selector);
+    check_launch(where, "ranked_gather_kernel");
+    if constexpr (selector_type::scope == selection_scope::layer) {
+      launch(&ranked_allocate_kernel<selector_type, T, Layout, State>, dim3(layer_grid), prefill_threads, 0, stream, p, policy.selector);
+      check_launch(where, "ranked_allocate_kernel");
+    }
+    launch_best_candidates(p, policy.selector, per_head, stream, where);
+  } else if constexpr (selector_type::scope == selection_scope::head) {
+    launch(&cooperative_select_kernel<selector_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.selector);
+    check_launch(where, "cooperative_select_kernel");
+  } else {
+    launch(&cooperative_layers_kernel<selector_type, T, Layout, State>, dim3(sequence_grid), prefill_threads, 0, stream, p, policy.selector);
+    check_launch(where, "cooperative_layers_kernel");
+  }
+  if constexpr (Policy::merges) {
+    launch(&merge_kernel<typename Policy::merger_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.merger);
+    check_launch(where, "merge_kernel");
+  }
 }
 
 /// Slots moved per step of the compaction kernel.

@@ -3,6 +3,7 @@
 /// @brief Where each array of the CUDA backend lives inside the caller's state and workspace.
 #pragma once
 
+#include <kvcompact/detail/ranked_selection.hpp>
 #include <kvcompact/types.hpp>
 
 #include <cstddef>
@@ -27,6 +28,7 @@ struct workspace_plan {
   std::size_t keep = 0;          ///< uint8: keep flags
   std::size_t query_scores = 0;  ///< float [S][L][Hq][capacity]: row-reduced scores per query head
   std::size_t order_ready = 0;   ///< uint8 [S][L][Hkv]
+  std::size_t ranking = 0;       ///< kvcompact::detail::ranked_head [S][L][Hkv]: ranked selectors' per-head state
   std::size_t shared = 0;        ///< int32 [S][capacity + 2]: store shared by the layers of a sequence
   std::size_t step = 0;          ///< int32 [S][L]: newest position of each layer
   std::size_t layer_faults = 0;  ///< int32 [S][L]: nonzero leaves the layer as it is
@@ -60,6 +62,7 @@ struct workspace_plan {
     take(p.keep, slot_heads, 1);
     take(p.query_scores, sequences * layers * query_heads * capacity, 4);
     take(p.order_ready, sequences * layers * kv_heads, 1);
+    take(p.ranking, sequences * layers * kv_heads, sizeof(::kvcompact::detail::ranked_head));
     take(p.shared, sequences * (capacity + 2), 4);
     take(p.step, sequences * layers, 4);
     take(p.layer_faults, sequences * layers, 4);
