@@ -37,6 +37,29 @@ struct probe_group {
   template <class KeyOf>
   KVCOMPACT_HOST_DEVICE void sort(std::int32_t*, index_t, const KeyOf&, std::int32_t*) const {}
 };
+
+/// Callables of the shapes the group members take (named types: nvcc rejects lambdas in requires-expressions).
+struct probe_callables {
+  /// `f(i)` of for_each, `write(i, prefix, value)` of exclusive_scan, `f()` of once.
+  struct visit {
+    KVCOMPACT_HOST_DEVICE void operator()() const {}
+    KVCOMPACT_HOST_DEVICE void operator()(index_t) const {}
+    KVCOMPACT_HOST_DEVICE void operator()(index_t, int, int) const {}
+  };
+  /// `value_of(i)`.
+  struct value {
+    KVCOMPACT_HOST_DEVICE int operator()(index_t) const { return 0; }
+  };
+  /// `op(a, b)`.
+  struct combine {
+    KVCOMPACT_HOST_DEVICE int operator()(int a, int b) const { return a + b; }
+  };
+  /// `key_of(i)` of kth_largest and sort.
+  struct key {
+    KVCOMPACT_HOST_DEVICE std::uint64_t operator()(index_t) const { return 0; }
+    KVCOMPACT_HOST_DEVICE unsigned operator()(std::int32_t) const { return 0; }
+  };
+};
 }  // namespace detail
 
 /// @brief A group of workers that runs one cooperative step of a selector or merger.
@@ -70,16 +93,17 @@ struct probe_group {
 /// `value_of` is called exactly once per index (it may write); `key_of` may be called several times
 /// and must return the same key each time.
 template <class G>
-concept execution_group = requires(const G& g, std::int32_t* items) {
+concept execution_group = requires(const G& g, std::int32_t* items, detail::probe_callables::visit visit, detail::probe_callables::value value,
+                                   detail::probe_callables::combine combine, detail::probe_callables::key key) {
   { g.size() } -> std::convertible_to<int>;
   { g.rank() } -> std::convertible_to<int>;
   g.sync();
-  g.for_each(index_t{}, [](index_t) {});
-  g.once([] {});
-  { g.reduce(index_t{}, [](index_t) { return 0; }, 0, [](int a, int b) { return a + b; }) } -> std::convertible_to<int>;
-  { g.exclusive_scan(index_t{}, [](index_t) { return 0; }, 0, [](int a, int b) { return a + b; }, [](index_t, int, int) {}) } -> std::convertible_to<int>;
-  { g.kth_largest(index_t{}, index_t{}, [](index_t) { return std::uint64_t{0}; }) } -> std::convertible_to<std::uint64_t>;
-  g.sort(items, index_t{}, [](std::int32_t) { return 0u; }, items);
+  g.for_each(index_t{}, visit);
+  g.once(visit);
+  { g.reduce(index_t{}, value, 0, combine) } -> std::convertible_to<int>;
+  { g.exclusive_scan(index_t{}, value, 0, combine, visit) } -> std::convertible_to<int>;
+  { g.kth_largest(index_t{}, index_t{}, key) } -> std::convertible_to<std::uint64_t>;
+  g.sort(items, index_t{}, key, items);
 };
 
 static_assert(execution_group<detail::probe_group>);

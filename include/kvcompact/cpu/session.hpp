@@ -136,8 +136,7 @@ class session {
       }
       detail::select_decode(group_, policy_.selector, ctx, h);
       detail::merge_head(group_, policy_.merger, ctx, h);
-      const index_t slot =
-          detail::claim_slot(group_, ctx, h, length, capacity(), [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
+      const index_t slot = detail::claim_slot(group_, ctx, h, length, capacity(), slot_mover{this, sequence, layer, h});
       if (slot < 0)
         throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
                                            std::to_string(capacity()) + ") and the policy evicted nothing");
@@ -351,6 +350,17 @@ class session {
   void move_slot(index_t sequence, index_t layer, index_t h, index_t from, index_t to) {
     detail::move_slot(cache_, slot_state_, sequence, layer, h, from, to);
   }
+
+  // Moves slots of one head for claim_slot(), whose group code is host-device.
+  struct slot_mover {
+    session* self;
+    index_t sequence, layer, h;
+    KVCOMPACT_EXEC_CHECK_DISABLE
+    template <class Index>
+    KVCOMPACT_HOST_DEVICE void operator()(Index from, Index to) const {
+      self->move_slot(sequence, layer, h, from, to);
+    }
+  };
 
   void run_attention(index_t sequence, index_t layer, const float* queries, index_t position, float* output) {
     detail::require(queries != nullptr, output ? "attend" : "observe", "queries", "null pointer");

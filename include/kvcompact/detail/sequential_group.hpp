@@ -20,6 +20,19 @@ namespace detail {
   throw error("sequential_group", "n", std::to_string(n) + " keys exceed the " + std::to_string(capacity) + " the selection scratch holds");
 }
 
+/// std::nth_element behind a function nvcc sees as host-only and not constexpr, so host-device
+/// members can call it with the execution-space check disabled.
+template <class Iterator, class Compare>
+void host_nth_element(Iterator first, Iterator nth, Iterator last, Compare compare) {
+  std::nth_element(first, nth, last, compare);
+}
+
+/// std::sort behind a host-only, non-constexpr function (see host_nth_element).
+template <class Iterator, class Compare>
+void host_sort(Iterator first, Iterator last, Compare compare) {
+  std::sort(first, last, compare);
+}
+
 /// One worker running a cooperative step as plain loops. kth_largest() copies the keys into caller-
 /// provided scratch (at least as many entries as the largest `n` it is asked for) and partially
 /// orders them with std::nth_element. The members are host-device so that components (host-device
@@ -84,7 +97,7 @@ class sequential_group {
       if (key != 0) keys_[items++] = key;
     }
     if (k >= items) return 1;
-    std::nth_element(keys_, keys_ + (k - 1), keys_ + items, std::greater<>{});
+    host_nth_element(keys_, keys_ + (k - 1), keys_ + items, std::greater<>{});
     return keys_[k - 1];
   }
 
@@ -92,7 +105,7 @@ class sequential_group {
   KVCOMPACT_EXEC_CHECK_DISABLE
   template <class KeyOf>
   KVCOMPACT_HOST_DEVICE void sort(std::int32_t* items, index_t n, const KeyOf& key_of, std::int32_t*) const {
-    std::sort(items, items + n, [&](std::int32_t a, std::int32_t b) {
+    host_sort(items, items + n, [&](std::int32_t a, std::int32_t b) {
       const auto ka = key_of(a), kb = key_of(b);
       return ka < kb || (ka == kb && a < b);
     });

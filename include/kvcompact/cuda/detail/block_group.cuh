@@ -25,6 +25,7 @@ template <int Threads>
 class block_group {
   static_assert(Threads >= 32 && (Threads & (Threads - 1)) == 0, "kvcompact: block_group needs a power-of-two block of at least one warp");
   static constexpr int warps = Threads / 32;
+  static constexpr int scan_items = 8;  // consecutive elements per thread and scan tile
 
  public:
   /// Threads.
@@ -56,25 +57,36 @@ class block_group {
     return block_reduce<Threads>(acc, op);
   }
 
-  /// Exclusive scan in tiles of Threads elements (Hillis-Steele in shared memory, a carry between tiles).
+  /// Exclusive scan in tiles of `scan_items` consecutive elements per thread: each thread combines its
+  /// own elements in order, a Hillis-Steele scan in shared memory combines the threads' totals, and a
+  /// carry links the tiles.
   template <class T, class ValueOf, class Op, class Write>
   __device__ T exclusive_scan(index_t n, const ValueOf& value_of, T identity, const Op& op, const Write& write) const {
-    __shared__ T buffer[Threads];
+    __shared__ T totals[Threads];
     const int t = static_cast<int>(threadIdx.x);
     T carry = identity;
-    for (index_t first = 0; first < n; first += Threads) {
-      const index_t i = first + t;
-      const T own = i < n ? static_cast<T>(value_of(i)) : identity;
-      buffer[t] = own;
+    for (index_t first = 0; first < n; first += Threads * scan_items) {
+      const index_t mine = first + static_cast<index_t>(t) * scan_items;
+      T values[scan_items];
+      T total = identity;
+      for (int k = 0; k < scan_items; ++k) {
+        values[k] = mine + k < n ? static_cast<T>(value_of(mine + k)) : identity;
+        total = op(total, values[k]);
+      }
+      totals[t] = total;
       __syncthreads();
       for (int offset = 1; offset < Threads; offset *= 2) {
-        const T left = t >= offset ? buffer[t - offset] : identity;
+        const T left = t >= offset ? totals[t - offset] : identity;
         __syncthreads();
-        if (t >= offset) buffer[t] = op(left, buffer[t]);
+        if (t >= offset) totals[t] = op(left, totals[t]);
         __syncthreads();
       }
-      if (i < n) write(i, t > 0 ? op(carry, buffer[t - 1]) : carry, own);
-      carry = op(carry, buffer[Threads - 1]);
+      T prefix = t > 0 ? op(carry, totals[t - 1]) : carry;
+      for (int k = 0; k < scan_items && mine + k < n; ++k) {
+        write(mine + k, prefix, values[k]);
+        prefix = op(prefix, values[k]);
+      }
+      carry = op(carry, totals[Threads - 1]);
       __syncthreads();
     }
     return carry;
