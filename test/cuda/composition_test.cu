@@ -212,6 +212,46 @@ void check_properties(const std::string& name, const kvtest::layout_cache<T, kc:
   }
 }
 
+/// The same prompt compressed by both backends, each with its own copy of the policy (they may
+/// differ in where a component records something), ready for decode steps.
+template <class Policy>
+struct twin_sessions {
+  using cpu_session = kc::cpu::session<Policy, T, kc::layouts::strided>;
+  using gpu_session = kc::cuda::session<Policy, T, kc::layouts::strided>;
+  kc::attention_shape shape{H * G};
+  kvtest::layout_cache<T, kc::layouts::strided> prompt, cpu;
+  kvtest::session_storage<Policy, T, kc::layouts::strided> cpu_storage;
+  cpu_session reference;
+  kvtest::device_cache<T, kc::layouts::strided> device;
+  kvtest::device_window rows;
+  kvtest::device_session_storage<gpu_session> storage;
+  gpu_session gpu;
+
+  twin_sessions(const kvtest::layout_cache<T, kc::layouts::strided>& cache, const kvtest::random_window& window, const Policy& on_cpu,
+                const Policy& on_gpu)
+      : prompt(cache),
+        cpu(cache),
+        cpu_storage(cpu.layout, shape),
+        reference(on_cpu, cpu.view(), shape, cpu_storage.state_span(), cpu_storage.workspace_span()),
+        device(cache),
+        rows(window),
+        storage(device.layout.layout, shape, ROWS),
+        gpu(on_gpu, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS) {
+    reference.compress_prefill(window.view());
+    gpu.compress_prefill(rows.view());
+  }
+
+  /// Checks that both caches agree (ties within rounding, support/backend_comparison.hpp) and returns the GPU's.
+  kvtest::layout_cache<T, kc::layouts::strided> compare() {
+    gpu.check("twin_sessions");
+    auto result = device.download(prompt);
+    std::vector<bool> matches;
+    const auto diff = kvtest::compare_snapshots<T>(kvtest::take_snapshot(cpu.view()), kvtest::take_snapshot(result.view()), Policy::merges, matches);
+    BOOST_TEST(diff.acceptable, diff.first);
+    return result;
+  }
+};
+
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(user_components_run_on_the_device_as_on_the_cpu_at_prefill) {
@@ -236,23 +276,8 @@ BOOST_AUTO_TEST_CASE(user_components_run_on_the_device_as_on_the_cpu_at_prefill)
     on_cpu.group_size = &host_size;
     on_gpu.group_size = device_size.data();
     using policy_t = kc::policy<kc::scorers::accumulated_attention, block_champions>;
-    const kc::attention_shape shape{H * G};
-    auto cpu = cache;
-    kvtest::session_storage<policy_t, T, kc::layouts::strided> cpu_storage(cpu.layout, shape);
-    kc::cpu::session<policy_t, T, kc::layouts::strided> reference(policy_t{{}, on_cpu, {}}, cpu.view(), shape, cpu_storage.state_span(),
-                                                                   cpu_storage.workspace_span());
-    reference.compress_prefill(window.view());
-    kvtest::device_cache<T, kc::layouts::strided> device(cache);
-    const kvtest::device_window rows(window);
-    using gpu_session = kc::cuda::session<policy_t, T, kc::layouts::strided>;
-    kvtest::device_session_storage<gpu_session> storage(device.layout.layout, shape, ROWS);
-    gpu_session gpu(policy_t{{}, on_gpu, {}}, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
-    gpu.compress_prefill(rows.view());
-    gpu.check("compress_prefill");
-    auto result = device.download(cache);
-    std::vector<bool> matches;
-    const auto diff = kvtest::compare_snapshots<T>(kvtest::take_snapshot(cpu.view()), kvtest::take_snapshot(result.view()), false, matches);
-    BOOST_TEST(diff.acceptable, diff.first);
+    twin_sessions<policy_t> twins(cache, window, policy_t{{}, on_cpu, {}}, policy_t{{}, on_gpu, {}});
+    const auto result = twins.compare();
     BOOST_TEST(host_size == 1);
     BOOST_TEST(device_size.download()[0] == kc::cuda::detail::prefill_threads);  // ran on a whole block
     check_properties("cooperative", cache, result, 6, PROMPT, false);
@@ -279,18 +304,7 @@ BOOST_AUTO_TEST_CASE(user_components_evict_on_the_device_as_on_the_cpu_during_de
   auto run = [&](const std::string& name, const auto& cpu_policy, const auto& gpu_policy, index_t budget) {
     using policy_t = std::decay_t<decltype(cpu_policy)>;
     BOOST_TEST_CONTEXT(name) {
-      const kc::attention_shape shape{H * G};
-      auto cpu = cache;
-      kvtest::session_storage<policy_t, T, kc::layouts::strided> cpu_storage(cpu.layout, shape);
-      kc::cpu::session<policy_t, T, kc::layouts::strided> reference(cpu_policy, cpu.view(), shape, cpu_storage.state_span(),
-                                                                     cpu_storage.workspace_span());
-      reference.compress_prefill(window.view());
-      kvtest::device_cache<T, kc::layouts::strided> device(cache);
-      const kvtest::device_window rows(window);
-      using gpu_session = kc::cuda::session<policy_t, T, kc::layouts::strided>;
-      kvtest::device_session_storage<gpu_session> storage(device.layout.layout, shape, ROWS);
-      gpu_session gpu(gpu_policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
-      gpu.compress_prefill(rows.view());
+      twin_sessions<policy_t> twins(cache, window, cpu_policy, gpu_policy);
       std::mt19937 rng(505);
       std::vector<std::int32_t> positions(S, static_cast<std::int32_t>(PROMPT));
       for (int step = 0; step < 12; ++step) {
@@ -300,16 +314,13 @@ BOOST_AUTO_TEST_CASE(user_components_evict_on_the_device_as_on_the_cpu_during_de
           for (float x : kvtest::random_vector(S * H * D, 1.0, rng)) keys.push_back(kc::from_float<T>(x));
           for (float x : kvtest::random_vector(S * H * D, 1.0, rng)) values.push_back(kc::from_float<T>(x));
           const kvtest::device_array<T> d_keys(keys), d_values(values);
-          gpu.append(l, d_keys.data(), d_values.data(), d_positions.data());
-          for (index_t s = 0; s < S; ++s) reference.append(s, l, keys.data() + s * H * D, values.data() + s * H * D, positions[static_cast<std::size_t>(s)]);
+          twins.gpu.append(l, d_keys.data(), d_values.data(), d_positions.data());
+          for (index_t s = 0; s < S; ++s)
+            twins.reference.append(s, l, keys.data() + s * H * D, values.data() + s * H * D, positions[static_cast<std::size_t>(s)]);
         }
         for (auto& p : positions) ++p;
       }
-      gpu.check("decode loop");
-      auto result = device.download(cache);
-      std::vector<bool> matches;
-      const auto diff = kvtest::compare_snapshots<T>(kvtest::take_snapshot(cpu.view()), kvtest::take_snapshot(result.view()), policy_t::merges, matches);
-      BOOST_TEST(diff.acceptable, diff.first);
+      const auto result = twins.compare();
       index_t over = 0, missing_newest = 0;
       for (std::size_t head = 0; head < result.lengths.size(); ++head) {
         over += result.lengths[head] > budget;

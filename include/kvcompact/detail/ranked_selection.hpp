@@ -222,9 +222,18 @@ KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& se
   }
 }
 
+/// Eviction key of a candidate slot of a ranked selector whose keys are local (larger: evicted first;
+/// the lowest rank key, then the higher position). `ctx.score(h, slot)` holds the decode score.
+template <class Selector, class Ctx>
+KVCOMPACT_HOST_DEVICE std::uint64_t local_eviction_key(const Selector& selector, const Ctx& ctx, int h, index_t slot) {
+  const std::int32_t only = static_cast<std::int32_t>(slot);
+  return eviction_key(selector.rank_key(candidate_list<Ctx>{ctx, h, &only, 1}, 0), ctx.position(h, slot));
+}
+
 /// Decode-time eviction of a ranked selector for head @p h (every slot starts kept; scores are decode
-/// scores): slots judged `evict` go, then the `decode_evictions` worst candidates. Candidates are
-/// gathered in position order (ctx.order(h) is prepared here) unless the selector's keys are local.
+/// scores): slots judged `evict` go, then the `decode_evictions` worst candidates. With local keys each
+/// candidate's key is computed in place (no gathering, no position order); otherwise the candidates
+/// are gathered in position order (ctx.order(h) is prepared here) so keys may pool neighbours.
 template <class Group, class Selector, class Ctx>
 KVCOMPACT_HOST_DEVICE void evict_ranked(const Group& group, const Selector& selector, const Ctx& ctx, int h) {
   const index_t n = ctx.length(h);
@@ -233,21 +242,29 @@ KVCOMPACT_HOST_DEVICE void evict_ranked(const Group& group, const Selector& sele
     if (selector.decode_verdict(ctx, h, j) == slot_verdict::evict) ctx.keep(h, j, false);
   });
   if (excess <= 0) return;
-  const bool in_slot_order = local_keys(selector);
-  if (!in_slot_order) ctx.prepare_order(group, h);
+  if (local_keys(selector)) {
+    auto key_of = [&](index_t j) {
+      return selector.decode_verdict(ctx, h, j) == slot_verdict::candidate ? local_eviction_key(selector, ctx, h, j) : std::uint64_t{0};
+    };
+    const std::uint64_t cut = group.kth_largest(n, excess, key_of);
+    group.for_each(n, [&](index_t j) {
+      if (key_of(j) >= cut) ctx.keep(h, j, false);
+    });
+    return;
+  }
+  ctx.prepare_order(group, h);
   const std::int32_t* order = ctx.order(h);
-  auto slot_at = [&](index_t i) { return in_slot_order ? static_cast<std::int32_t>(i) : order[i]; };
   std::int32_t* slots = ctx.index_scratch(h, 0);
   float* keys = ctx.float_scratch(h);
   const index_t count = group.exclusive_scan(
-      n, [&](index_t i) { return selector.decode_verdict(ctx, h, slot_at(i)) == slot_verdict::candidate ? index_t{1} : index_t{0}; }, index_t{0},
+      n, [&](index_t i) { return selector.decode_verdict(ctx, h, order[i]) == slot_verdict::candidate ? index_t{1} : index_t{0}; }, index_t{0},
       count_sum{}, [&](index_t i, index_t at, index_t is_candidate) {
-        if (is_candidate) slots[at] = slot_at(i);
+        if (is_candidate) slots[at] = order[i];
       });
   const candidate_list<Ctx> list{ctx, h, slots, count};
   group.for_each(count, [&](index_t c) { keys[c] = selector.rank_key(list, c); });
   auto key_of = [&](index_t c) { return eviction_key(keys[c], ctx.position(h, slots[c])); };
-  const std::uint64_t cut = excess >= count ? 1 : group.kth_largest(count, excess, key_of);
+  const std::uint64_t cut = group.kth_largest(count, excess, key_of);
   group.for_each(count, [&](index_t c) {
     if (key_of(c) >= cut) ctx.keep(h, slots[c], false);
   });

@@ -92,13 +92,15 @@ class block_group {
     return carry;
   }
 
-  /// The k-th largest nonzero key: an MSB-first radix select in 8-bit digits that stops as soon as
-  /// the chosen digit's bucket holds exactly the keys still wanted (their minimum is the answer).
+  /// The k-th largest nonzero key: the maximum for k = 1 (decode's usual single victim), else an
+  /// MSB-first radix select in 8-bit digits that stops as soon as the chosen digit's bucket holds
+  /// exactly the keys still wanted (their minimum is the answer).
   template <class KeyOf>
   __device__ std::uint64_t kth_largest(index_t n, index_t k, const KeyOf& key_of) const {
     if (k <= 0) return ~std::uint64_t{0};
     const index_t items = reduce(n, [&](index_t i) { return key_of(i) != 0 ? index_t{1} : index_t{0}; }, index_t{0}, sum{});
     if (k >= items) return 1;
+    if (k == 1) return reduce(n, [&](index_t i) { return key_of(i); }, std::uint64_t{0}, largest{});
     __shared__ unsigned histogram[256];
     std::uint64_t prefix = 0, mask = 0;
     index_t remaining = k;
@@ -189,6 +191,9 @@ class block_group {
  private:
   struct sum {
     __device__ index_t operator()(index_t a, index_t b) const { return a + b; }
+  };
+  struct largest {
+    __device__ std::uint64_t operator()(std::uint64_t a, std::uint64_t b) const { return a > b ? a : b; }
   };
   struct smallest {
     __device__ std::uint64_t operator()(std::uint64_t a, std::uint64_t b) const { return a < b ? a : b; }

@@ -66,9 +66,7 @@ __device__ index_t ranked_decode_evictions(const Selector& selector, const Ctx& 
 /// (lowest rank key, then the higher position). `ctx.score(h, slot)` must hold the decode score.
 template <class Selector, class Ctx>
 __device__ std::uint64_t ranked_decode_key(const Selector& selector, const Ctx& ctx, int h, index_t slot) {
-  const std::int32_t only = static_cast<std::int32_t>(slot);
-  const ::kvcompact::detail::candidate_list<Ctx> alone{ctx, h, &only, 1};
-  return ::kvcompact::detail::eviction_key(selector.rank_key(alone, 0), ctx.position(h, slot));
+  return ::kvcompact::detail::local_eviction_key(selector, ctx, h, slot);
 }
 
 }  // namespace cuda::detail

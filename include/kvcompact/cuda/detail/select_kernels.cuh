@@ -25,12 +25,24 @@ namespace cuda::detail {
 /// The execution group of the prefill selection kernels.
 using prefill_group = block_group<prefill_threads>;
 
+/// The (sequence, layer, KV head) a block of a (Hkv, S x L) grid works on.
+struct head_block {
+  index_t s, l, h;  ///< sequence, layer, KV head
+  bool faulted;     ///< the layer is to be left as it is
+};
+
+template <class T, class Layout, class State>
+__device__ head_block head_of_block(const prefill_problem<T, Layout, State>& p) {
+  const index_t s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  return {s, l, static_cast<index_t>(blockIdx.x), p.layer_faults[s * p.layers() + l] != 0};
+}
+
 /// Grid (Hkv, S x L): phase 1 of a ranked selector for one head: verdicts, candidates in position
 /// order, rank keys; the head's state goes to `p.ranking`.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_gather_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
-  if (p.layer_faults[s * p.layers() + l]) return;
+  const auto [s, l, h, faulted] = head_of_block(p);
+  if (faulted) return;
   const prefill_group workers;
   const auto ctx = p.context(s, l);
   const ::kvcompact::detail::ranked_head head = ::kvcompact::detail::gather_candidates(workers, selector, ctx, static_cast<int>(h));
@@ -50,8 +62,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_allocate_kernel(
 /// Grid (Hkv, S x L): phase 3 of a ranked selector: the head keeps its best candidates.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_keep_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
-  if (p.layer_faults[s * p.layers() + l]) return;
+  const auto [s, l, h, faulted] = head_of_block(p);
+  if (faulted) return;
   const prefill_group workers;
   ::kvcompact::detail::keep_best_candidates(workers, selector, p.context(s, l), static_cast<int>(h), p.ranking[p.cache.head_index(s, l, h)]);
 }
@@ -69,8 +81,8 @@ void launch_best_candidates(const prefill_problem<T, Layout, State>& p, const Se
 /// Grid (Hkv, S x L): a head-scope cooperative selector on one head.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_select_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
-  if (p.layer_faults[s * p.layers() + l]) return;
+  const auto [s, l, h, faulted] = head_of_block(p);
+  if (faulted) return;
   const prefill_group workers;
   const auto ctx = p.context(s, l);
   selector.select(workers, ctx, static_cast<int>(h));
@@ -93,8 +105,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_layers_kern
 /// Grid (Hkv, S x L): the merger on one head after selection.
 template <class Merger, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) merge_kernel(prefill_problem<T, Layout, State> p, Merger merger) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
-  if (p.layer_faults[s * p.layers() + l]) return;
+  const auto [s, l, h, faulted] = head_of_block(p);
+  if (faulted) return;
   const prefill_group workers;
   ::kvcompact::detail::merge_head(workers, merger, p.context(s, l), static_cast<int>(h));
 }
