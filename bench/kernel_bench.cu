@@ -3,7 +3,8 @@
 // head_dim 128, bf16, BHSD), N = 8k, 32k, 128k cached tokens, batch 1 and 8:
 //  - decode attention alone (a policy without scoring) and fused with H2O's score update,
 //  - decode-time eviction (append with H2O at its budget),
-//  - prefill compression of the layer to 25% (SnapKV window 64, TOVA, StreamingLLM, KNorm), and of a
+//  - prefill compression of the layer to 25% (SnapKV windows 32 and 64, TOVA, StreamingLLM, KNorm),
+//    with the scoring stage's FLOP and byte floors of each window printed beside them, and of a
 //    whole 32-layer cache in one call (SnapKV, time per layer),
 //  - the device copy bandwidth (cudaMemcpy device to device, bytes read + written).
 // Each time is the median of CUDA-event timings after warm-up. "% copy" is the bytes an operation
@@ -222,6 +223,15 @@ int main(int argc, char** argv) {
         s.session.check("kernel_bench");
       };
       compress("compress SnapKV (window 64) to 25%", kc::policies::snapkv(n / 4, window_rows), window);
+      // The same with a 32-row window over the same buffers.
+      compress("compress SnapKV (window 32) to 25%", kc::policies::snapkv(n / 4, 32),
+               kc::query_window{window_queries.data, window_positions.data + (window_rows - 32), 32});
+      // Scoring floors of the layer (docs/cuda_backend.md): two passes of logits on tensor cores.
+      for (const index_t w : {index_t{32}, window_rows}) {
+        const double flops = 2.0 * 2.0 * static_cast<double>(batch * n * head_dim * query_heads * w);
+        std::printf("|   scoring floor, window %2lld: %.2f GFLOP -> %.1f us at 660 TFLOP/s (mma.sync); K twice %.1f us at copy bandwidth |\n",
+                    static_cast<long long>(w), flops / 1e9, flops / 660e12 * 1e6, cache.kv_bytes() / bandwidth * 1e6);
+      }
       // TOVA scores with the last prompt query only: a one-row window.
       buffer<float> last_queries(static_cast<std::size_t>(batch * query_heads * head_dim));
       fill_random<<<64, 256>>>(last_queries.data, static_cast<index_t>(last_queries.count), 6);

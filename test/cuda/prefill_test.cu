@@ -3,7 +3,10 @@
 // kvcompact::cpu::session does (keep-sets, positions, bit-identical K/V, budgets, decode states; ties
 // within rounding allowed as support/backend_comparison.hpp describes), for every preset on a BHSD
 // bf16 cache, and for a selection of presets on fp16 BSHD, fp32 paged (NHD and HND, device page
-// table), layer-condensed and a user-defined layout written in this file.
+// table), layer-condensed and a user-defined layout written in this file. The window scores
+// themselves are checked against the double-precision reference with a stated tolerance for head
+// dimensions 64, 128 and a generic one, groups 1 and 4, windows of 1, 5, 16 and 40 rows and of all
+// prompt queries, contiguous, paged and layer-condensed layouts, bf16, fp16 and fp32.
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
 #include <boost/test/unit_test.hpp>
@@ -83,7 +86,70 @@ void for_each_preset(F&& f) {
   f("cam", p::cam(BUDGET, 4));
 }
 
+// Un-pooled top-k over the raw scores of an attention scorer, nothing protected: keep-set differences
+// can then be judged against the reference scores directly.
+using plain_top_k = kc::selectors::top_k<kc::budgets::fixed>;
+template <class Scorer>
+kc::policy<Scorer, plain_top_k> ranked_by(Scorer scorer, index_t budget) {
+  return {scorer, plain_top_k{kc::budgets::fixed{budget}, {0, 0, kc::selectors::pooling::none, 1}, -3.402823466e38f, false}, {}};
+}
+
+// A cache of one sequence, two layers, two KV heads, 80 slots, head lengths in [50, 80] (equal and
+// position-aligned across heads when @p aligned), keys exact in every storage type.
+template <class T>
+kvtest::random_cache<T> scoring_cache(index_t dims, bool aligned, std::uint32_t seed) {
+  kvtest::fill_options fill;
+  fill.min_length = 50;
+  fill.max_length = 80;
+  fill.aligned_heads = aligned;
+  auto c = kvtest::make_random_cache<float>({1, 2, H, 80, dims}, fill, seed);
+  kvtest::round_to_exact_values(c);
+  return kvtest::convert_cache<T>(c);
+}
+
 }  // namespace
+
+BOOST_AUTO_TEST_CASE(window_scores_match_the_double_reference) {
+  namespace sc = kc::scorers;
+  constexpr index_t budget = 24;
+  {  // bf16, head_dim 128, group 4, 16 window rows, contiguous
+    const auto cache = kvtest::copy_into(scoring_cache<kc::bfloat16_t>(128, false, 81), kc::layouts::bhsd(1, 2, H, 80, 128));
+    const auto window = kvtest::make_random_window(1, 2, 4 * H, 16, 128, {79}, 1.0, 82);
+    kvtest::check_scores_against_reference("bf16 d128 g4 w16", ranked_by(sc::observation_window{}, budget), cache, window, 4 * H, budget);
+  }
+  {  // fp16, head_dim 64, group 1, one row (TOVA: scores shared by all KV heads), paged NHD
+    const auto source = scoring_cache<kc::half_t>(64, true, 83);
+    kvtest::random_paging paging;
+    kvtest::make_random_paging(paging, source.shape, 16, kc::layouts::page_format::nhd, 2, 84);
+    const auto cache = kvtest::copy_into(source, paging.layout);
+    const auto window = kvtest::make_random_window(1, 2, H, 1, 64, {79}, 1.0, 85);
+    kvtest::check_scores_against_reference("fp16 d64 g1 w1 paged", ranked_by(sc::last_query{}, budget), cache, window, H, budget);
+  }
+  {  // fp32 (tf32 products), generic head_dim 40, group 4, 5 rows (padded to 8)
+    const auto cache = kvtest::copy_into(scoring_cache<float>(40, false, 86), kc::layouts::bshd(1, 2, H, 80, 40));
+    const auto window = kvtest::make_random_window(1, 2, 4 * H, 5, 40, {79}, 1.0, 87);
+    kvtest::check_scores_against_reference("fp32 d40 g4 w5", ranked_by(sc::accumulated_attention{}, budget), cache, window, 4 * H, budget);
+  }
+  {  // bf16, head_dim 64, group 1, every prompt query (80 rows), layer-condensed; mean over rows, max over the group
+    const auto map = kc::layouts::layer_map::cross_layer(4, 2);
+    const kc::layouts::layer_condensed<kc::layouts::strided> layout{kc::layouts::bhsd(1, map.cache_layers, H, 80, 64), map};
+    const auto cache = kvtest::copy_into(scoring_cache<kc::bfloat16_t>(64, false, 88), layout);
+    const auto window = kvtest::make_random_window(1, 2, H, 80, 64, {79}, 1.0, 89);
+    sc::observation_window scorer;
+    scorer.rows = kc::reduction::mean;
+    scorer.group = kc::reduction::max;
+    kvtest::check_scores_against_reference("bf16 d64 g1 all prompt rows, layer-condensed", ranked_by(scorer, budget), cache, window, H, budget);
+  }
+  {  // bf16, head_dim 128, group 4, 40 rows: more rows than the emulator's 48 KiB of shared memory, so staged block by block; paged HND
+    const auto source = scoring_cache<kc::bfloat16_t>(128, false, 90);
+    kvtest::random_paging paging;
+    kvtest::make_random_paging(paging, source.shape, 16, kc::layouts::page_format::hnd, 1, 91);
+    const auto cache = kvtest::copy_into(source, paging.layout);
+    const auto window = kvtest::make_random_window(1, 2, 4 * H, 40, 128, {79}, 1.0, 92);
+    kvtest::check_scores_against_reference("bf16 d128 g4 w40 paged, staged rows", ranked_by(sc::observation_window{}, budget), cache, window, 4 * H,
+                                           budget);
+  }
+}
 
 BOOST_AUTO_TEST_CASE(every_preset_matches_the_cpu_backend_on_bhsd_bf16) {
   const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(prompt_cache(11)), kc::layouts::bhsd(S, L, H, CAP, D));

@@ -491,3 +491,4 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
     for (int n = 0; n < 16; ++n) (layout == mem_row_major ? p[m * ldm + n] : p[n * ldm + m]) = f.x[m * 16 + n];
 }
 }  // namespace nvcuda::wmma
+#include "support/cuda_emulator_mma.hpp"  // NOLINT: mma.sync emulation (prefill-score)

@@ -258,6 +258,14 @@ inline random_window make_random_window(index_t sequences, index_t layers, index
   return w;
 }
 
+/// @brief Rounds the window's queries to multiples of 1/64 (at most 8 significant bits for |q| < 2),
+/// exactly representable in bf16 and fp16: a backend that converts window queries to the storage type
+/// (the CUDA scoring kernels do) then sees the same numbers as the fp32 CPU backend, and the two differ
+/// only by summation order. Tests whose later steps depend on identical prefill keep-sets use it.
+inline void round_to_exact_values(random_window& w) {
+  for (auto& q : w.queries) q = std::round(q * 64.0f) / 64.0f;
+}
+
 /// @brief Random fp32 vector of `count` entries uniform in [-scale, scale).
 inline std::vector<float> random_vector(index_t count, double scale, std::mt19937& rng) {
   std::vector<float> v(static_cast<std::size_t>(count));

@@ -121,6 +121,8 @@ class session {
             [&] { return "GQA group x head_dim = " + std::to_string(group() * head_dim()) + " exceeds the " +
                 std::to_string(detail::decode_max_outputs_per_thread * detail::decode_threads) + " the CUDA decode kernel handles"; });
     require(window_rows > 0, where, "window_rows", "must be positive");
+    require(!Policy::needs_attention || head_dim() <= detail::max_window_head_dim, where, "cache.layout.head_dim",
+            [&] { return "is " + std::to_string(head_dim()) + "; attention scorers on the CUDA backend take head dimensions up to 256"; });
     require(state.size() >= state_bytes(cache_.layout), where, "state",
             [&] { return "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)); });
     require(workspace.size() >= workspace_bytes(cache_.layout, shape, window_rows), where, "workspace",
@@ -142,6 +144,9 @@ class session {
     cuda::check(cudaGetDevice(&device), where, "cudaGetDevice");
     cuda::check(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device), where, "cudaDeviceGetAttribute");
     multiprocessors_ = multiprocessors;
+    int shared_optin = 0;
+    cuda::check(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), where, "cudaDeviceGetAttribute");
+    shared_limit_ = shared_optin > 48 * 1024 ? static_cast<std::size_t>(shared_optin) : std::size_t{48 * 1024};
     cuda::check(cudaMemsetAsync(status_, 0, sizeof(detail::device_status), stream_), where, "cudaMemsetAsync(status)");
     detail::launch(&detail::initialise_kernel<Policy, T, Layout, state_type>, dim3(static_cast<unsigned>(kv_heads), layer_blocks(where)),
                    detail::prefill_threads, 0, stream_, cache_, policy_, states_, budgets_, status_);
@@ -151,8 +156,9 @@ class session {
 
   /// @brief Compresses every sequence and storage layer of a prefilled cache: scores, selects, merges
   /// and compacts in place; lengths, positions, decode state and budgets are updated on the device.
-  /// Scoring runs the observation window's softmax in two passes over K without materialising the
-  /// window x N matrix; selectors and mergers run through the selection contract in parallel (ranked
+  /// Scoring runs the observation window's softmax in two passes over K on tensor cores, each key
+  /// read once per pass for all window rows of its KV head, without materialising the window x N
+  /// matrix; selectors and mergers run through the selection contract in parallel (ranked
   /// selectors: per-slot verdicts and a radix select per head; cooperative selectors and mergers:
   /// their own group code on a thread block per head).
   /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
@@ -177,24 +183,18 @@ class session {
     cuda::check(cudaMemsetAsync(p.layer_faults, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(faults)");
     detail::launch(&detail::prepare_kernel<T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads, 0, stream_, p);
     detail::check_launch(where, "prepare_kernel");
-    const unsigned slot_tiles = static_cast<unsigned>(detail::ceil_div(capacity(), detail::prefill_threads));
     if constexpr (Policy::needs_attention) {
-      const std::size_t bytes = detail::window_shared_bytes<T>(head_dim());
-      const dim3 grid(static_cast<unsigned>(p.chunks), heads, layer_grid);
-      detail::allow_shared_memory(&detail::window_statistics_kernel<T, Layout, state_type>, bytes, where);
-      detail::launch(&detail::window_statistics_kernel<T, Layout, state_type>, grid, detail::prefill_threads, bytes, stream_, p);
-      detail::check_launch(where, "window_statistics_kernel");
-      using scorer_type = typename Policy::scorer_type;
-      detail::allow_shared_memory(&detail::window_scores_kernel<scorer_type, T, Layout, state_type>, bytes, where);
-      detail::launch(&detail::window_scores_kernel<scorer_type, T, Layout, state_type>, grid, detail::prefill_threads, bytes, stream_, p,
-                     policy_.scorer);
-      detail::check_launch(where, "window_scores_kernel");
-      detail::launch(&detail::group_scores_kernel<scorer_type, T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid),
-                     detail::prefill_threads, 0, stream_, p, policy_.scorer);
-      detail::check_launch(where, "group_scores_kernel");
+      switch (detail::padded_head_dim(head_dim())) {
+        case 64: score_window<64>(p); break;
+        case 128: score_window<128>(p); break;
+        default: score_window<256>(p); break;
+      }
     } else {
-      detail::launch(&detail::slot_score_kernel<Policy, T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid), detail::prefill_threads,
-                     0, stream_, p, policy_);
+      constexpr auto kernel = &detail::slot_score_kernel<Policy, detail::needs_query_scores<Policy>, T, Layout, state_type>;
+      const std::size_t bytes = detail::slot_shared_bytes(head_dim(), sizeof(T));
+      detail::allow_shared_memory(kernel, bytes, where);
+      detail::launch(kernel, dim3(static_cast<unsigned>(detail::ceil_div(capacity(), detail::slot_tile)), heads, layer_grid), detail::slot_tile,
+                     bytes, stream_, p, policy_);
       detail::check_launch(where, "slot_score_kernel");
     }
     detail::launch_selection(policy_, p, heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
@@ -292,7 +292,7 @@ class session {
   static std::size_t round_up(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
   static detail::workspace_plan plan(const Layout& layout, const attention_shape& shape, index_t window_rows) {
     return detail::workspace_plan::make(layout.num_sequences(), layout.num_layers(), layout.num_kv_heads(), layout.capacity(),
-                                        layout.head_dim(), shape.query_heads, window_rows);
+                                        layout.head_dim(), shape.query_heads, window_rows, static_cast<index_t>(sizeof(T)));
   }
   index_t capacity() const { return cache_.layout.capacity(); }
   index_t head_dim() const { return cache_.layout.head_dim(); }
@@ -303,6 +303,13 @@ class session {
 
   detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window) const {
     std::byte* w = workspace_;
+    const index_t heads = cache_.head_count(), padded_rows = detail::padded_window_rows(window.rows);
+    // Key chunks: enough blocks for about two waves of the score kernel (two blocks per SM), at
+    // most what the statistics array was planned for, in multiples of window_chunk_quantum keys.
+    const index_t wanted = detail::ceil_div(4 * static_cast<index_t>(multiprocessors_), heads);
+    const index_t cap = detail::window_chunk_cap(heads, capacity());
+    const index_t chunks = wanted < 1 ? 1 : (wanted > cap ? cap : wanted);
+    const index_t chunk_keys = detail::ceil_div(detail::ceil_div(capacity(), chunks), detail::window_chunk_quantum) * detail::window_chunk_quantum;
     return {cache_,
             shape_.query_heads,
             scale_,
@@ -320,10 +327,49 @@ class session {
             detail::at_offset<std::int32_t>(w, plan_.step),
             detail::at_offset<std::int32_t>(w, plan_.layer_faults),
             detail::at_offset<float>(w, plan_.stats),
-            detail::ceil_div(capacity(), detail::window_key_chunk),
+            detail::ceil_div(capacity(), chunk_keys),
+            chunk_keys,
+            detail::at_offset<float>(w, plan_.row_lse),
+            detail::at_offset<std::int32_t>(w, plan_.row_visible),
+            detail::at_offset<T>(w, plan_.window_queries),
+            padded_rows,
+            0,
+            false,
             states_,
             budgets_,
             status_};
+  }
+
+  /// The observation-window scoring stage for padded head dimension @p Dp (score_kernels.cuh).
+  template <int Dp>
+  void score_window(detail::prefill_problem<T, Layout, state_type>& p) const {
+    constexpr const char* where = "compress_prefill";
+    using scorer_type = typename Policy::scorer_type;
+    const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads()), layer_grid = layer_blocks(where);
+    const index_t group_rows = group() * p.padded_rows;
+    const index_t block_rows = (scorer_type::shares_across_kv_heads ? cache_.layout.num_kv_heads() : 1) * group_rows;
+    const std::size_t resident = detail::score_shared_bytes<T, Dp>(block_rows);
+    p.rows_resident = resident <= shared_limit_;
+    const std::size_t stage_budget = shared_limit_ < 96 * 1024 ? shared_limit_ : std::size_t{96 * 1024};
+    p.staged_rows = p.rows_resident ? block_rows
+                                    : static_cast<index_t>(stage_budget / detail::score_shared_bytes<T, Dp>(1)) / 8 * 8;
+    detail::launch(&detail::window_queries_kernel<Dp, T, Layout, state_type>, dim3(static_cast<unsigned>(shape_.query_heads), layer_grid),
+                   detail::prefill_threads, 0, stream_, p);
+    detail::check_launch(where, "window_queries_kernel");
+    const dim3 grid(static_cast<unsigned>(p.chunks), heads, layer_grid);
+    constexpr auto statistics = &detail::window_statistics_kernel<Dp, T, Layout, state_type>;
+    const std::size_t statistics_bytes = detail::statistics_shared_bytes<T, Dp>();
+    detail::allow_shared_memory(statistics, statistics_bytes, where);
+    detail::launch(statistics, grid, detail::statistics_threads, statistics_bytes, stream_, p);
+    detail::check_launch(where, "window_statistics_kernel");
+    detail::launch(&detail::window_normaliser_kernel<T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads, 0, stream_, p);
+    detail::check_launch(where, "window_normaliser_kernel");
+    constexpr auto scores = &detail::window_scores_kernel<scorer_type, Dp, detail::needs_query_scores<Policy>, T, Layout, state_type>;
+    const std::size_t score_bytes = detail::score_shared_bytes<T, Dp>(p.staged_rows);
+    detail::allow_shared_memory(scores, score_bytes, where);
+    detail::launch(scores, dim3(static_cast<unsigned>(p.chunks), scorer_type::shares_across_kv_heads ? 1u : heads, layer_grid),
+                   detail::score_threads, score_bytes, stream_, p, policy_.scorer);
+    detail::check_launch(where, "window_scores_kernel");
   }
 
   void run_attention(const char* where, index_t layer, const T* queries, const std::int32_t* positions, T* output) {
@@ -385,6 +431,7 @@ class session {
   index_t window_rows_;
   float scale_ = 1.0f;
   int multiprocessors_ = 1;
+  std::size_t shared_limit_ = 48 * 1024;
   state_type* states_ = nullptr;
   std::int32_t* budgets_ = nullptr;
   detail::device_status* status_ = nullptr;

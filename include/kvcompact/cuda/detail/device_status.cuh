@@ -21,6 +21,7 @@ enum class device_fault : std::int32_t {
   page_out_of_range = 2,  ///< a slot's page-table entry is outside the page pool
   head_full = 3,          ///< a head is at capacity and the policy evicted nothing
   bad_length = 4,         ///< a length is outside [0, capacity]
+  non_finite_window = 5,  ///< NaN or Inf in a window query, or in a key a window row attends (slot: the window row)
 };
 
 /// The first fault recorded since the last check (later ones are dropped).
@@ -76,6 +77,11 @@ inline void raise(const device_status& status, const char* where) {
     case device_fault::page_out_of_range:
       throw error(where, "cache.layout.block_table", "a page-table entry is outside the page pool" + at() + "; the access was skipped");
     case device_fault::head_full: throw error(where, "cache", "the head is full and the policy evicted nothing" + at());
+    case device_fault::non_finite_window:
+      throw error(where, "window.queries",
+                  "NaN or Inf in window row " + std::to_string(status.slot) + " of query heads of KV head " + std::to_string(status.head) +
+                      " (sequence " + std::to_string(status.sequence) + ", layer " + std::to_string(status.layer) +
+                      "), or in a key it attends; the layer was left unchanged");
     case device_fault::bad_length:
       throw error(where, "cache.lengths", "length " + std::to_string(status.slot) + " is outside [0, capacity] (sequence " +
                                               std::to_string(status.sequence) + ", layer " + std::to_string(status.layer) + ", head " +

@@ -35,8 +35,15 @@ struct prefill_problem {
   std::int32_t* shared;        ///< [S][capacity + 2]
   std::int32_t* step;          ///< [S][L] newest position
   std::int32_t* layer_faults;  ///< [S][L] nonzero: leave the layer as it is
-  float* stats;                ///< window softmax statistics
-  index_t chunks;              ///< key chunks of the window kernels
+  float* stats;                ///< [S][L][Hkv][chunks][3][G x padded rows] per-chunk softmax statistics (max, sum, visible keys)
+  index_t chunks;              ///< key chunks per head of the window kernels
+  index_t chunk_keys;          ///< keys per chunk (a multiple of window_chunk_quantum)
+  float* row_lse;              ///< [S][L][Hkv][G x padded rows] log2 softmax denominator of each window row (scaled logits)
+  std::int32_t* row_visible;   ///< [S][L][Hkv][G x padded rows] keys each window row sees (-1: a padding row)
+  T* window_queries;           ///< [S][L][Hq][padded rows][padded head_dim] the window in the storage type
+  index_t padded_rows;         ///< window rows per query head, padded to a multiple of 8
+  index_t staged_rows;         ///< window rows the score kernel stages in shared memory at once
+  bool rows_resident;          ///< every window row of a score block fits in shared memory (staged once)
   State* states;               ///< decode state
   std::int32_t* budgets;       ///< [S][L][Hkv] decode budgets
   device_status* status;       ///< fault record

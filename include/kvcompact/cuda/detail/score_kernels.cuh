@@ -1,46 +1,94 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Prefill scoring on the device. Slot scorers: one thread per slot. Attention scorers: the
-/// observation window's softmax in two passes over K (statistics, then probabilities reduced over the
-/// window rows straight into per-query-head scores), so the window x N attention matrix is never
-/// written; then the GQA reduction into per-KV-head scores. Every kernel also flags NaN scores.
+/// @brief Prefill scoring on the device.
+///
+/// Slot scorers (KNorm, recency): one thread per slot over a shared-memory tile of keys loaded with
+/// 16-byte loads. Attention scorers (SnapKV, PyramidKV, Ada-KV, H2O, TOVA, CORM, ...): the softmax of
+/// every window row over all keys, in two passes over K on tensor cores (docs/cuda_backend.md has the
+/// arithmetic):
+///  1. window_queries_kernel converts the fp32 window to the storage type once (zero-padded to
+///     8-row query heads and a head dimension of 64, 128 or 256) and flags NaN/Inf queries;
+///  2. window_statistics_kernel: per key chunk and window row, the running maximum and sum of
+///     exp2 of the scaled logits and the visible-key count; each warp keeps 16-row query tiles in
+///     registers and reads a shared-memory tile of keys, so each key is read from memory once for
+///     all G x W rows of its KV head;
+///  3. window_normaliser_kernel combines the chunks into each row's log2 denominator and flags
+///     non-finite rows (NaN/Inf in a query or in a key it attends);
+///  4. window_scores_kernel recomputes the logits with keys in registers and the rows in shared
+///     memory, turns them into probabilities, applies the scorer's row term, reduces over the rows of
+///     each query head in registers (then across the 4 lanes of a quad), over the query heads of the
+///     KV head (or of all KV heads for scorers that share scores) and writes each slot's score once,
+///     plus the per-query-head scores only when the selector or merger reads them.
+/// The window x N attention matrix never exists. Every score written is checked for NaN.
 #pragma once
 
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
-#include <kvcompact/cuda/detail/row_loads.cuh>
 #include <kvcompact/cuda/detail/window_logits.cuh>
 #include <kvcompact/cuda/detail/workspace.cuh>
-#include <kvcompact/detail/slot_ops.hpp>
+#include <kvcompact/mergers/average.hpp>
+#include <kvcompact/mergers/cam.hpp>
+#include <kvcompact/mergers/drop.hpp>
+#include <kvcompact/mergers/gaussian_pivot.hpp>
+#include <kvcompact/policy.hpp>
+#include <kvcompact/selectors/adaptive_heads.hpp>
+#include <kvcompact/selectors/hit_window.hpp>
+#include <kvcompact/selectors/merging_sets.hpp>
+#include <kvcompact/selectors/top_k.hpp>
 
+#include <climits>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
 
 /// Threads per block of the prefill kernels.
 inline constexpr int prefill_threads = 256;
-/// Keys per tile of the window kernels.
-inline constexpr int window_tile = logit_tile_keys;
+/// Threads per block of window_statistics_kernel (8 warps).
+inline constexpr int statistics_threads = 256;
+/// Threads per block of window_scores_kernel (4 warps).
+inline constexpr int score_threads = 128;
+/// Slots per block of slot_score_kernel.
+inline constexpr int slot_tile = 64;
+/// log2(e): the kernels work with exp2 of logits scaled by scale * log2(e).
+inline constexpr float log2_e = 1.44269504088896340736f;
 
-/// Window rows a window-kernel block holds in shared memory at once.
-KVCOMPACT_HOST_DEVICE inline index_t window_rows_per_pass(index_t head_dim) { return head_dim <= 128 ? 32 : 16; }
+/// Whether a selector or merger reads per-query-head scores (`ctx.query_score`). True unless known
+/// otherwise, so a user-written component always gets them; the built-in ones that never read them
+/// are listed below, and the kernels then skip writing them.
+template <class Component>
+struct reads_query_scores : std::true_type {};
+/// Top-k reads per-KV-head scores only.
+template <class Schedule>
+struct reads_query_scores<selectors::top_k<Schedule>> : std::false_type {};
+/// CORM's budget-free rule reads per-KV-head scores only.
+template <>
+struct reads_query_scores<selectors::hit_window> : std::false_type {};
+/// Ada-KV reads per-KV-head scores only.
+template <class Schedule>
+struct reads_query_scores<selectors::adaptive_heads<Schedule>> : std::false_type {};
+/// KVMerger's merging sets read per-KV-head scores and keys.
+template <class Schedule>
+struct reads_query_scores<selectors::merging_sets<Schedule>> : std::false_type {};
+/// Dropping reads nothing.
+template <>
+struct reads_query_scores<mergers::drop> : std::false_type {};
+/// Averaging reads keys and values.
+template <>
+struct reads_query_scores<mergers::average> : std::false_type {};
+/// CaM reads per-KV-head scores and values.
+template <>
+struct reads_query_scores<mergers::cam> : std::false_type {};
+/// The Gaussian pivot reads per-KV-head scores and keys.
+template <>
+struct reads_query_scores<mergers::gaussian_pivot> : std::false_type {};
 
-/// Bytes of the query and key operands of a window-kernel block (tensor-core or FMA layout).
-template <class T>
-KVCOMPACT_HOST_DEVICE inline index_t window_operand_bytes(index_t head_dim) {
-  const index_t rows = window_rows_per_pass(head_dim);
-  if (uses_tensor_cores<T>(head_dim)) return (2 * rows + window_tile) * mma_stride(head_dim) * static_cast<index_t>(sizeof(T));
-  return (rows * head_dim + window_tile * (head_dim + 1)) * static_cast<index_t>(sizeof(float));
-}
-
-/// Dynamic shared memory of the window kernels, in bytes.
-template <class T>
-inline std::size_t window_shared_bytes(index_t head_dim) {
-  const index_t rows = window_rows_per_pass(head_dim);
-  return static_cast<std::size_t>(window_operand_bytes<T>(head_dim)) + static_cast<std::size_t>(rows * window_tile + 3 * rows) * sizeof(float) +
-         static_cast<std::size_t>(rows) * sizeof(std::int32_t) + window_tile * (sizeof(index_t) + sizeof(std::int32_t));
-}
+/// Whether prefill scoring must fill the per-query-head scores for a policy.
+template <class Policy>
+inline constexpr bool needs_query_scores =
+    reads_query_scores<typename Policy::selector_type>::value || reads_query_scores<typename Policy::merger_type>::value;
 
 /// Records a NaN score of a layer: reported, and the layer is left as it is.
 template <class T, class Layout, class State>
@@ -102,249 +150,461 @@ __device__ slot_thread slot_of_thread(const prefill_problem<T, Layout, State>& p
   return t;
 }
 
-/// Grid (slot tiles, Hkv, S x L): scores of slot scorers (key and position), copied to the query
-/// heads of the group as the CPU backend does.
-template <class Policy, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) slot_score_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
-  const auto [s, l, h, j, valid] = slot_of_thread(p);
-  if (!valid) return;
-  const index_t capacity = p.cache.layout.capacity();
-  if (checked_offset(p.cache.layout, s, l, h, j, p.status) < 0) {
-    atomicExch(&p.layer_faults[s * p.layers() + l], 1);
-    return;
-  }
-  const float score = ::kvcompact::detail::slot_score(policy, p.cache, s, l, h, j);
-  if (isnan(score)) flag_nan(p, s, l, h, j);
-  p.scores[p.head_base(s, l, h) + j] = score;
-  const index_t group = p.query_heads / p.cache.layout.num_kv_heads();
-  for (index_t g = h * group; g < (h + 1) * group; ++g) p.query_scores[((s * p.layers() + l) * p.query_heads + g) * capacity + j] = score;
+/// Records a non-finite window row (NaN or Inf in a query or in a key it attends): reported, and the
+/// layer is left as it is.
+template <class T, class Layout, class State>
+__device__ void flag_non_finite(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h, index_t row) {
+  report(p.status, device_fault::non_finite_window, s, l, h, row);
+  atomicExch(&p.layer_faults[s * p.layers() + l], 1);
 }
 
-/// Shared-memory carve-up and the steps both window passes share.
+/// A head's length as the scoring kernels use it: 0 when outside [0, capacity] (prepare_kernel
+/// reports that and leaves the layer alone).
 template <class T, class Layout, class State>
-struct window_block {
-  const prefill_problem<T, Layout, State>& p;
-  index_t s, l, h, dims, group, rows_total, per_pass;
-  bool tensor_cores;         ///< logits on tensor cores (fp16 / bf16, head_dim a multiple of 16)
-  float* q = nullptr;        ///< FMA: [per_pass][D] query rows
-  float* k = nullptr;        ///< FMA: [tile][D + 1] key tile
-  T* q_high = nullptr;       ///< tensor cores: [per_pass][mma_stride] high parts of the query rows
-  T* q_low = nullptr;        ///< tensor cores: [per_pass][mma_stride] low parts
-  T* k_raw = nullptr;        ///< tensor cores: [tile][mma_stride] key tile as stored
-  float* logit;              ///< [per_pass][tile]
-  float* row_a;              ///< [per_pass] running max (pass 1) / combined max (pass 2)
-  float* row_b;              ///< [per_pass] running sum / combined sum
-  float* row_c;              ///< [per_pass] visible keys
-  std::int32_t* query_pos;   ///< [per_pass]
-  index_t* key_offset;       ///< [tile]
-  std::int32_t* key_pos;     ///< [tile]
-
-  __device__ window_block(const prefill_problem<T, Layout, State>& problem, unsigned char* shared)
-      : p(problem), s(blockIdx.z / problem.layers()), l(blockIdx.z % problem.layers()), h(blockIdx.y) {
-    dims = p.cache.layout.head_dim();
-    group = p.query_heads / p.cache.layout.num_kv_heads();
-    rows_total = group * p.window.rows;
-    per_pass = window_rows_per_pass(dims);
-    tensor_cores = uses_tensor_cores<T>(dims);
-    if (tensor_cores) {
-      const index_t operand = per_pass * mma_stride(dims);
-      q_high = reinterpret_cast<T*>(shared);
-      q_low = q_high + operand;
-      k_raw = q_low + operand;
-    } else {
-      q = reinterpret_cast<float*>(shared);
-      k = q + per_pass * dims;
-    }
-    logit = reinterpret_cast<float*>(shared + window_operand_bytes<T>(dims));
-    row_a = logit + per_pass * window_tile;
-    row_b = row_a + per_pass;
-    row_c = row_b + per_pass;
-    query_pos = reinterpret_cast<std::int32_t*>(row_c + per_pass);
-    key_offset = reinterpret_cast<index_t*>(query_pos + per_pass);
-    key_pos = reinterpret_cast<std::int32_t*>(key_offset + window_tile);
-  }
-  /// Window row `first + r` belongs to query head `group index (first + r) / rows` of this KV head.
-  __device__ void load_queries(index_t first, index_t count) const {
-    const index_t rows = p.window.rows;
-    for (index_t i = threadIdx.x; i < count * dims; i += blockDim.x) {
-      const index_t r = i / dims, d = i % dims, row = first + r, g = h * group + row / rows;
-      const float x = p.window.queries[p.window.offset(s, l, g, row % rows, p.layers(), p.query_heads, dims) + d];
-      if (tensor_cores) split_query(x, q_high[r * mma_stride(dims) + d], q_low[r * mma_stride(dims) + d]);
-      else q[i] = x;
-    }
-    for (index_t r = threadIdx.x; r < count; r += blockDim.x) query_pos[r] = p.window.positions[s * rows + (first + r) % rows];
-  }
-  /// Loads keys [first, first + n) and fills `logit[r][j]` with the scaled logit of window row r on
-  /// key j, or -inf where the key is not visible to the row (later position or outside storage).
-  __device__ void logits(index_t first, index_t n, index_t rows) const {
-    const index_t base = p.head_base(s, l, h), stride = p.cache.layout.dim_stride();
-    for (index_t j = threadIdx.x; j < window_tile; j += blockDim.x) {
-      key_offset[j] = j < n ? checked_offset(p.cache.layout, s, l, h, first + j, p.status) : -1;
-      key_pos[j] = j < n ? p.cache.positions[base + first + j] : 0;
-    }
-    __syncthreads();
-    const int width = static_cast<int>(row_chunk<T>(stride, dims)), chunks_per_row = static_cast<int>(dims) / width;
-    for (int i = threadIdx.x; i < window_tile * chunks_per_row; i += blockDim.x) {
-      const int j = i / chunks_per_row, d = i % chunks_per_row * width;
-      if (tensor_cores) copy_row_chunk(p.cache.keys, key_offset[j], d, stride, width, k_raw + j * mma_stride(dims) + d);
-      else load_row_chunk(p.cache.keys, key_offset[j], d, stride, width, k + j * (dims + 1) + d);
-    }
-    __syncthreads();
-    if constexpr (!std::is_void_v<typename mma_element<T>::type>) {
-      if (tensor_cores) {
-        mma_tile_logits(q_high, q_low, k_raw, rows, dims, logit);
-        __syncthreads();
-      }
-    }
-    for (int i = threadIdx.x; i < rows * window_tile; i += blockDim.x) {
-      const int r = i / window_tile, j = i % window_tile;
-      float value = -INFINITY;
-      if (j < n && key_offset[j] >= 0 && key_pos[j] <= query_pos[r]) {
-        float dot = 0.0f;
-        if (tensor_cores) {
-          dot = logit[i];
-        } else {
-          for (int d = 0; d < dims; ++d) dot += q[r * dims + d] * k[j * (dims + 1) + d];
-        }
-        value = dot * p.scale;
-      }
-      logit[i] = value;
-    }
-    __syncthreads();
-  }
-  /// Index of a window statistic: [S][L][Hkv][3][rows][chunks].
-  __device__ index_t stat(index_t which, index_t row, index_t chunk) const {
-    return ((p.cache.head_index(s, l, h) * 3 + which) * rows_total + row) * p.chunks + chunk;
-  }
-};
-
-/// Pass 1, grid (key chunks, Hkv, S x L): per window row and key chunk, the softmax maximum, sum
-/// and visible-key count over the chunk.
-template <class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_statistics_kernel(prefill_problem<T, Layout, State> p) {
-  KVCOMPACT_DYNAMIC_SHARED(unsigned char, shared);
-  const window_block<T, Layout, State> b(p, shared);
-  const index_t chunk = blockIdx.x;
-  const index_t n = p.cache.lengths[p.cache.head_index(b.s, b.l, b.h)];
-  const index_t begin = chunk * window_key_chunk;
-  const index_t end = begin + window_key_chunk < n ? begin + window_key_chunk : n;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (index_t first = 0; first < b.rows_total; first += b.per_pass) {
-    const index_t rows = b.rows_total - first < b.per_pass ? b.rows_total - first : b.per_pass;
-    b.load_queries(first, rows);
-    for (index_t r = threadIdx.x; r < rows; r += blockDim.x) {
-      b.row_a[r] = -INFINITY;
-      b.row_b[r] = 0.0f;
-      b.row_c[r] = 0.0f;
-    }
-    __syncthreads();
-    for (index_t tile = begin; tile < end; tile += window_tile) {
-      b.logits(tile, end - tile < window_tile ? end - tile : window_tile, rows);
-      for (index_t r = warp; r < rows; r += blockDim.x / 32) {
-        const float x = b.logit[r * window_tile + lane];
-        float tile_max = x;
-        for (int o = 16; o > 0; o /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
-        const float old_max = b.row_a[r], new_max = fmaxf(old_max, tile_max);
-        float e = x == -INFINITY ? 0.0f : expf(x - new_max);
-        for (int o = 16; o > 0; o /= 2) e += __shfl_xor_sync(0xffffffffu, e, o);
-        const unsigned visible = __ballot_sync(0xffffffffu, x != -INFINITY);
-        if (lane == 0) {
-          b.row_b[r] = b.row_b[r] * (old_max == -INFINITY ? 0.0f : expf(old_max - new_max)) + e;
-          b.row_a[r] = new_max;
-          b.row_c[r] += static_cast<float>(__popc(visible));
-        }
-      }
-      __syncthreads();
-    }
-    for (index_t r = threadIdx.x; r < rows; r += blockDim.x) {
-      p.stats[b.stat(0, first + r, chunk)] = b.row_a[r];
-      p.stats[b.stat(1, first + r, chunk)] = b.row_b[r];
-      p.stats[b.stat(2, first + r, chunk)] = b.row_c[r];
-    }
-    __syncthreads();
-  }
+__device__ index_t scored_length(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h) {
+  const std::int32_t raw = p.cache.lengths[p.cache.head_index(s, l, h)];
+  return raw < 0 || raw > p.cache.layout.capacity() ? 0 : raw;
 }
 
-/// Pass 2, grid (key chunks, Hkv, S x L): recomputes the chunk's logits, turns them into
-/// probabilities with the rows' combined statistics, applies the scorer's row term and reduces over
-/// the window rows of each query head in row order (as the CPU backend does), into query_scores.
-template <class Scorer, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_scores_kernel(prefill_problem<T, Layout, State> p, Scorer scorer) {
+/// Element offset of a slot's key for the scoring kernels: -1 past @p length, or (reported, layer
+/// left alone) when the slot does not map into storage.
+template <class T, class Layout, class State>
+__device__ index_t scored_offset(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h, index_t slot, index_t length) {
+  if (slot >= length) return -1;
+  const index_t offset = checked_offset(p.cache.layout, s, l, h, slot, p.status);
+  if (offset < 0) atomicExch(&p.layer_faults[s * p.layers() + l], 1);
+  return offset;
+}
+
+/// 32-bit words per key row staged by slot_score_kernel: odd, so threads reading their own rows at the
+/// same dimension hit distinct banks.
+KVCOMPACT_HOST_DEVICE inline index_t slot_row_pitch_words(index_t head_dim, index_t element_bytes) {
+  return (head_dim * element_bytes + 3) / 4 | 1;
+}
+/// Shared memory of slot_score_kernel.
+inline std::size_t slot_shared_bytes(index_t head_dim, index_t element_bytes) {
+  return static_cast<std::size_t>(slot_tile) * (static_cast<std::size_t>(slot_row_pitch_words(head_dim, element_bytes)) * 4 + sizeof(index_t));
+}
+
+/// Grid (slot tiles of slot_tile, Hkv, S x L): scores of slot scorers (key and position). The
+/// block's keys are copied to shared memory with 16-byte loads where the layout allows, then each
+/// thread calls the scorer's slot_score on its own row. Per-query-head scores (each KV head's, as the
+/// CPU backend does) are written only when @p QueryScores.
+template <class Policy, bool QueryScores, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(slot_tile) slot_score_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
   KVCOMPACT_DYNAMIC_SHARED(unsigned char, shared);
-  const window_block<T, Layout, State> b(p, shared);
-  const index_t chunk = blockIdx.x, capacity = p.cache.layout.capacity();
-  const index_t n = p.cache.lengths[p.cache.head_index(b.s, b.l, b.h)];
-  const index_t begin = chunk * window_key_chunk;
-  const index_t chunk_end = begin + window_key_chunk < capacity ? begin + window_key_chunk : capacity;
-  const index_t end = chunk_end < n ? chunk_end : n;
-  float* scores = p.query_scores + ((b.s * p.layers() + b.l) * p.query_heads + b.h * b.group) * capacity;  // [G][capacity]
-  for (index_t i = threadIdx.x; i < b.group * (chunk_end - begin); i += blockDim.x)
-    scores[(i / (chunk_end - begin)) * capacity + begin + i % (chunk_end - begin)] = ::kvcompact::detail::reduction_identity(scorer.rows);
+  const index_t s = blockIdx.z / p.layers(), l = blockIdx.z % p.layers(), h = blockIdx.y;
+  const index_t dims = p.cache.layout.head_dim(), stride = p.cache.layout.dim_stride(), capacity = p.cache.layout.capacity();
+  const index_t n = scored_length(p, s, l, h), first = static_cast<index_t>(blockIdx.x) * slot_tile;
+  if (first >= n) return;
+  const int pitch = static_cast<int>(slot_row_pitch_words(dims, sizeof(T)));
+  std::uint32_t* rows = reinterpret_cast<std::uint32_t*>(shared);
+  index_t* offsets = reinterpret_cast<index_t*>(rows + slot_tile * pitch);
+  const index_t j = first + threadIdx.x;
+  offsets[threadIdx.x] = scored_offset(p, s, l, h, j, n);
   __syncthreads();
-  const index_t rows_per_head = p.window.rows;
-  for (index_t first = 0; first < b.rows_total; first += b.per_pass) {
-    const index_t rows = b.rows_total - first < b.per_pass ? b.rows_total - first : b.per_pass;
-    b.load_queries(first, rows);
-    for (index_t r = threadIdx.x; r < rows; r += blockDim.x) {
-      float m = -INFINITY, sum = 0.0f, visible = 0.0f;
-      for (index_t c = 0; c < p.chunks; ++c) m = fmaxf(m, p.stats[b.stat(0, first + r, c)]);
-      for (index_t c = 0; c < p.chunks; ++c) {
-        const float mc = p.stats[b.stat(0, first + r, c)];
-        if (mc != -INFINITY) sum += p.stats[b.stat(1, first + r, c)] * expf(mc - m);
-        visible += p.stats[b.stat(2, first + r, c)];
-      }
-      b.row_a[r] = m;
-      b.row_b[r] = sum;
-      b.row_c[r] = visible;
+  const int words = static_cast<int>(dims * static_cast<index_t>(sizeof(T)) / 4);
+  const bool vector_rows = stride == 1 && words % 4 == 0;
+  if (vector_rows) {  // 16-byte loads from each row (a row starts 4-byte aligned; 16 checked per row)
+    for (int i = threadIdx.x; i < slot_tile * (words / 4); i += blockDim.x) {
+      const int row = i / (words / 4), quad = i % (words / 4);
+      if (offsets[row] < 0) continue;
+      const T* source = p.cache.keys + offsets[row];
+      uint4 bits;
+      if (reinterpret_cast<std::uintptr_t>(source) % 16 == 0) bits = reinterpret_cast<const uint4*>(source)[quad];
+      else std::memcpy(&bits, reinterpret_cast<const unsigned char*>(source) + quad * 16, 16);
+      std::uint32_t* out = rows + row * pitch + quad * 4;
+      out[0] = bits.x, out[1] = bits.y, out[2] = bits.z, out[3] = bits.w;
     }
-    __syncthreads();
-    for (index_t tile = begin; tile < end; tile += window_tile) {
-      const index_t count = end - tile < window_tile ? end - tile : window_tile;
-      b.logits(tile, count, rows);
-      if (threadIdx.x < count) {
-        const index_t j = threadIdx.x;
-        index_t current = -1;
-        float acc = 0.0f;
-        for (index_t r = 0; r < rows; ++r) {
-          const float x = b.logit[r * window_tile + j];
-          if (x == -INFINITY) continue;
-          const index_t g = (first + r) / rows_per_head;
-          if (g != current) {
-            if (current >= 0) scores[current * capacity + tile + j] = acc;
-            current = g;
-            acc = scores[g * capacity + tile + j];
-          }
-          const float probability = expf(x - b.row_a[r]) / b.row_b[r];
-          acc = ::kvcompact::detail::reduction_combine(
-              scorer.rows, acc, scorer.row_term(probability, static_cast<index_t>(b.row_c[r]), b.query_pos[r]));
-        }
-        if (current >= 0) scores[current * capacity + tile + j] = acc;
-      }
-      __syncthreads();
+  } else {
+    for (int i = threadIdx.x; i < slot_tile * static_cast<int>(dims); i += blockDim.x) {
+      const int row = i / static_cast<int>(dims), d = i % static_cast<int>(dims);
+      if (offsets[row] >= 0) reinterpret_cast<T*>(rows + row * pitch)[d] = p.cache.keys[offsets[row] + d * stride];
     }
   }
-  for (index_t i = threadIdx.x; i < b.group * (end - begin); i += blockDim.x) {
-    float& value = scores[(i / (end - begin)) * capacity + begin + i % (end - begin)];
-    value = ::kvcompact::detail::reduction_finish(scorer.rows, value, static_cast<int>(rows_per_head));
+  __syncthreads();
+  if (offsets[threadIdx.x] < 0) return;
+  const T* own = reinterpret_cast<const T*>(rows + threadIdx.x * pitch);
+  auto key = [own](index_t d) { return to_float(own[d]); };
+  const float score = policy.scorer.slot_score(key, dims, p.cache.positions[p.head_base(s, l, h) + j]);
+  if (isnan(score)) flag_nan(p, s, l, h, j);
+  p.scores[p.head_base(s, l, h) + j] = score;
+  if constexpr (QueryScores) {
+    const index_t group = p.query_heads / p.cache.layout.num_kv_heads();
+    for (index_t g = h * group; g < (h + 1) * group; ++g) p.query_scores[((s * p.layers() + l) * p.query_heads + g) * capacity + j] = score;
   }
 }
 
-/// Grid (slot tiles, Hkv, S x L): per-KV-head scores, the scorer's group reduction of the query
-/// heads' scores (all query heads when it shares scores across KV heads), in query-head order.
-template <class Scorer, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) group_scores_kernel(prefill_problem<T, Layout, State> p, Scorer scorer) {
-  const auto [s, l, h, j, valid] = slot_of_thread(p);
-  if (!valid) return;
-  const index_t capacity = p.cache.layout.capacity();
+/// A window element in the storage type the tensor cores take (fp32 as tf32).
+template <class T>
+__device__ inline T window_element(float x) {
+  if constexpr (std::is_same_v<T, float>) return ::kvcompact::detail::bits_float(round_to_tf32(::kvcompact::detail::float_bits(x)));
+  else return from_float<T>(x);
+}
+
+/// Grid (Hq, S x L): converts the fp32 window of one query head to the storage type, padded with
+/// zeros to padded_rows x Dp, and flags NaN or Inf queries.
+template <int Dp, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_queries_kernel(prefill_problem<T, Layout, State> p) {
+  const index_t g = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t dims = p.cache.layout.head_dim(), rows = p.window.rows;
   const index_t group = p.query_heads / p.cache.layout.num_kv_heads();
-  const index_t first = Scorer::shares_across_kv_heads ? 0 : h * group;
-  const index_t count = Scorer::shares_across_kv_heads ? p.query_heads : group;
-  const float* scores = p.query_scores + (s * p.layers() + l) * p.query_heads * capacity;
-  float acc = ::kvcompact::detail::reduction_identity(scorer.group);
-  for (index_t g = first; g < first + count; ++g) acc = ::kvcompact::detail::reduction_combine(scorer.group, acc, scores[g * capacity + j]);
-  const float score = ::kvcompact::detail::reduction_finish(scorer.group, acc, static_cast<int>(count));
-  if (isnan(score)) flag_nan(p, s, l, h, j);
-  p.scores[p.head_base(s, l, h) + j] = score;
+  T* out = p.window_queries + ((s * p.layers() + l) * p.query_heads + g) * p.padded_rows * Dp;
+  const float* in = p.window.queries + p.window.offset(s, l, g, 0, p.layers(), p.query_heads, dims);
+  const int total = static_cast<int>(p.padded_rows) * Dp;
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int r = i / Dp, d = i % Dp;
+    float x = 0.0f;
+    if (r < rows && d < dims) {
+      x = in[r * dims + d];
+      if (!isfinite(x)) flag_non_finite(p, s, l, g / group, r);
+    }
+    out[i] = window_element<T>(x);
+  }
+}
+
+/// Folds the partial softmax (max @p m2, sum @p sum2) into (@p m, @p sum); maxima are in the
+/// exp2 domain and -inf marks an empty partial.
+__device__ inline void merge_softmax(float& m, float& sum, float m2, float sum2) {
+  const float top = fmaxf(m, m2);
+  if (top == -INFINITY) return;
+  sum = (m == -INFINITY ? 0.0f : sum * exp2f(m - top)) + (m2 == -INFINITY ? 0.0f : sum2 * exp2f(m2 - top));
+  m = top;
+}
+
+/// Grid (key chunks, Hkv, S x L), statistics_threads: pass 1. Each warp holds 16-row tiles of the
+/// KV head's G x padded_rows window rows as A fragments; the block streams its key chunk through a
+/// shared-memory tile (each key read once) and every warp takes the tile's 8-key column blocks it
+/// owns (all of them when the rows need all 8 warps, every second one when they need 4, ...). Each
+/// lane keeps a running (max, sum, count) of its two rows per tile over its own key columns; the
+/// partials are merged across the quad and the warps at the end of the chunk and stored per row.
+template <int Dp, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(statistics_threads, 1) window_statistics_kernel(prefill_problem<T, Layout, State> p) {
+  using shape = window_tile<T, Dp>;
+  constexpr int row_tiles = shape::a_tiles, warps = statistics_threads / 32, key_tile = shape::statistics_keys;
+  constexpr int warp_rows = 16 * row_tiles;
+  KVCOMPACT_DYNAMIC_SHARED(unsigned char, shared);
+  unsigned char* keys = shared;
+  index_t* key_offset = reinterpret_cast<index_t*>(keys + key_tile * shape::smem_stride);
+  std::int32_t* key_wide = reinterpret_cast<std::int32_t*>(key_offset + key_tile);
+  std::int32_t* key_pos = key_wide + key_tile;
+  float* partial = reinterpret_cast<float*>(key_pos + key_tile);  // [warps][warp_rows][3]
+  const lane_id lane = this_lane();
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const index_t s = blockIdx.z / p.layers(), l = blockIdx.z % p.layers(), h = blockIdx.y, chunk = blockIdx.x;
+  const index_t n = scored_length(p, s, l, h), begin = chunk * p.chunk_keys;
+  if (begin >= n) return;
+  const index_t end = begin + p.chunk_keys < n ? begin + p.chunk_keys : n;
+  const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
+  const index_t dims = p.cache.layout.head_dim(), stride = p.cache.layout.dim_stride();
+  const int padded_rows = static_cast<int>(p.padded_rows), window_rows = static_cast<int>(p.window.rows);
+  const int rows = static_cast<int>(p.query_heads / p.cache.layout.num_kv_heads()) * padded_rows;
+  int row_warps = 1;
+  while (row_warps < warps && row_warps * warp_rows < rows) row_warps *= 2;
+  const int key_warps = warps / row_warps, row_warp = warp % row_warps, key_warp = warp / row_warps;
+  const T* queries = p.window_queries + (s * p.layers() + l) * p.query_heads * p.padded_rows * Dp + h * rows * static_cast<index_t>(Dp);
+  const float scale = p.scale * log2_e;
+  for (int first_row = 0; first_row < rows; first_row += row_warps * warp_rows) {
+    mma_a a[row_tiles][shape::steps];
+    std::int32_t query_pos[row_tiles][2];
+    bool live[row_tiles][2];
+    float m[row_tiles][2], sum[row_tiles][2];
+    int seen[row_tiles][2];
+    KVCOMPACT_UNROLL
+    for (int tile = 0; tile < row_tiles; ++tile) {
+      int row[2];
+      KVCOMPACT_UNROLL
+      for (int half = 0; half < 2; ++half) {
+        row[half] = first_row + row_warp * warp_rows + tile * 16 + lane.g + 8 * half;
+        const int in_head = row[half] % padded_rows;
+        live[tile][half] = row[half] < rows && in_head < window_rows;
+        query_pos[tile][half] = live[tile][half] ? p.window.positions[s * window_rows + in_head] : 0;
+        m[tile][half] = -INFINITY, sum[tile][half] = 0.0f, seen[tile][half] = 0;
+      }
+      KVCOMPACT_UNROLL
+      for (int i = 0; i < shape::lane_chunks; ++i) {
+        const int c = 4 * i + lane.t;
+        const uint4 zero{0u, 0u, 0u, 0u};
+        const uint4 low = row[0] < rows ? reinterpret_cast<const uint4*>(queries + row[0] * static_cast<index_t>(Dp))[c] : zero;
+        const uint4 high = row[1] < rows ? reinterpret_cast<const uint4*>(queries + row[1] * static_cast<index_t>(Dp))[c] : zero;
+        put_a_chunk(a[tile], i, low, high);
+      }
+    }
+    for (index_t tile_first = begin; tile_first < end; tile_first += key_tile) {
+      __syncthreads();  // the previous tile is consumed
+      if (threadIdx.x < key_tile) {
+        const index_t j = tile_first + threadIdx.x;
+        const index_t offset = scored_offset(p, s, l, h, j, end);
+        key_offset[threadIdx.x] = offset;
+        key_wide[threadIdx.x] = describe_row<T, Dp>(p.cache.keys, offset, stride, dims).wide;
+        key_pos[threadIdx.x] = offset >= 0 ? p.cache.positions[base + j] : 0;
+      }
+      __syncthreads();
+      for (int c = threadIdx.x; c < key_tile * shape::row_chunks; c += blockDim.x) {
+        const int k = c / shape::row_chunks, part = c % shape::row_chunks;
+        const cache_row row{key_offset[k], key_wide[k] != 0};
+        *reinterpret_cast<uint4*>(keys + k * shape::smem_stride + part * 16) = load_cache_chunk<T, Dp>(p.cache.keys, row, part, stride, dims);
+      }
+      __syncthreads();
+      for (int block = key_warp; block < key_tile / 8; block += key_warps) {
+        mma_b b[shape::steps];
+        load_b_fragments<T, Dp>(b, keys, block * 8, lane);
+        const int k0 = block * 8 + 2 * lane.t;
+        const bool key_ok[2] = {key_offset[k0] >= 0, key_offset[k0 + 1] >= 0};
+        const std::int32_t position[2] = {key_pos[k0], key_pos[k0 + 1]};
+        KVCOMPACT_UNROLL
+        for (int tile = 0; tile < row_tiles; ++tile) {
+          const mma_c c = tile_product<T, Dp>(a[tile], b);
+          KVCOMPACT_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            const int half = i / 2, e = i % 2;
+            if (!(live[tile][half] && key_ok[e] && position[e] <= query_pos[tile][half])) continue;
+            const float x = c.r[i] * scale;
+            if (x > m[tile][half]) {
+              sum[tile][half] = sum[tile][half] * exp2f(m[tile][half] - x) + 1.0f;
+              m[tile][half] = x;
+            } else {
+              sum[tile][half] += exp2f(x - m[tile][half]);
+            }
+            ++seen[tile][half];
+          }
+        }
+      }
+    }
+    KVCOMPACT_UNROLL
+    for (int tile = 0; tile < row_tiles; ++tile)
+      KVCOMPACT_UNROLL
+      for (int half = 0; half < 2; ++half) {
+        KVCOMPACT_UNROLL
+        for (int o = 1; o <= 2; o *= 2) {
+          const float m2 = __shfl_xor_sync(0xffffffffu, m[tile][half], o), sum2 = __shfl_xor_sync(0xffffffffu, sum[tile][half], o);
+          seen[tile][half] += __shfl_xor_sync(0xffffffffu, seen[tile][half], o);
+          merge_softmax(m[tile][half], sum[tile][half], m2, sum2);
+        }
+        if (lane.t == 0) {
+          float* out = partial + (warp * warp_rows + tile * 16 + lane.g + 8 * half) * 3;
+          out[0] = m[tile][half], out[1] = sum[tile][half], out[2] = static_cast<float>(seen[tile][half]);
+        }
+      }
+    __syncthreads();
+    for (int i = threadIdx.x; i < row_warps * warp_rows; i += blockDim.x) {
+      const int row = first_row + i;
+      if (row >= rows) continue;
+      float top = -INFINITY, total = 0.0f, visible = 0.0f;
+      for (int w = i / warp_rows; w < warps; w += row_warps) {
+        const float* in = partial + (w * warp_rows + i % warp_rows) * 3;
+        merge_softmax(top, total, in[0], in[1]);
+        visible += in[2];
+      }
+      float* out = p.stats + ((head * p.chunks + chunk) * 3) * rows + row;
+      out[0] = top, out[rows] = total, out[2 * rows] = visible;
+    }
+  }
+}
+
+/// Grid (Hkv, S x L): pass 1's chunks combined into each window row's log2 denominator (+inf when
+/// the row sees no key) and visible-key count (-1 for padding rows); rows with NaN or Inf are flagged.
+template <class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_normaliser_kernel(prefill_problem<T, Layout, State> p) {
+  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t head = p.cache.head_index(s, l, h);
+  const index_t used = ceil_div(scored_length(p, s, l, h), p.chunk_keys);
+  const index_t rows = p.query_heads / p.cache.layout.num_kv_heads() * p.padded_rows;
+  for (index_t r = threadIdx.x; r < rows; r += blockDim.x) {
+    const bool live = r % p.padded_rows < p.window.rows;
+    float m = -INFINITY, sum = 0.0f, visible = 0.0f;
+    for (index_t c = 0; c < used; ++c) {
+      const float* in = p.stats + ((head * p.chunks + c) * 3) * rows + r;
+      merge_softmax(m, sum, in[0], in[rows]);
+      visible += in[2 * rows];
+    }
+    if (live && (!isfinite(sum) || m == INFINITY)) flag_non_finite(p, s, l, h, r % p.padded_rows);
+    p.row_lse[head * rows + r] = sum > 0.0f ? m + log2f(sum) : INFINITY;
+    p.row_visible[head * rows + r] = live ? static_cast<std::int32_t>(visible) : -1;
+  }
+}
+
+/// Copies window rows [@p first, @p first + @p count) of KV head @p h (its G x padded_rows rows) and
+/// their log2 denominators, visible-key counts and positions to shared-memory slots from @p slot.
+template <int Dp, class T, class Layout, class State>
+__device__ void stage_window_rows(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h, int first, int count, int slot,
+                                  unsigned char* q_rows, float* row_lse, std::int32_t* row_pos, std::int32_t* row_seen) {
+  using shape = window_tile<T, Dp>;
+  const int rows = static_cast<int>(p.query_heads / p.cache.layout.num_kv_heads() * p.padded_rows);
+  const T* queries = p.window_queries + (s * p.layers() + l) * p.query_heads * p.padded_rows * Dp + h * rows * static_cast<index_t>(Dp);
+  for (int i = threadIdx.x; i < count * 4; i += blockDim.x)
+    stage_query_row<T, Dp>(q_rows + (slot + i / 4) * shape::smem_stride, queries, first + i / 4, true, i % 4);
+  const index_t head = p.cache.head_index(s, l, h);
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    const int r = first + i;
+    const std::int32_t seen = p.row_visible[head * rows + r];
+    row_lse[slot + i] = p.row_lse[head * rows + r];
+    row_seen[slot + i] = seen;
+    row_pos[slot + i] = seen >= 0 ? p.window.positions[s * p.window.rows + r % p.padded_rows] : 0;
+  }
+}
+
+/// Shared memory of window_scores_kernel staging @p rows window rows.
+template <class T, int Dp>
+inline std::size_t score_shared_bytes(index_t rows) {
+  return static_cast<std::size_t>(rows) * static_cast<std::size_t>(window_tile<T, Dp>::smem_stride + 3 * 4);
+}
+
+/// Shared memory of window_statistics_kernel.
+template <class T, int Dp>
+inline std::size_t statistics_shared_bytes() {
+  using shape = window_tile<T, Dp>;
+  return static_cast<std::size_t>(shape::statistics_keys) * (shape::smem_stride + sizeof(index_t) + 2 * 4) +
+         static_cast<std::size_t>(statistics_threads / 32 * 16 * shape::a_tiles * 3) * sizeof(float);
+}
+
+/// Grid (key chunks, Hkv or 1 for scorers that share scores across KV heads, S x L), score_threads:
+/// pass 2. Each warp holds 16-key tiles of its KV head(s) as A fragments loaded straight from the
+/// cache (16-byte loads; the page table or layout is consulted once per key, by one lane); the window
+/// rows come from shared memory (staged once when they fit, else block by block). For each key and
+/// query head the lane folds the scorer's row terms of its rows in registers; at the end of a query
+/// head the 4 lanes of the quad combine, and the group reduction follows in registers. Each slot's
+/// score is written once (per-query-head scores too when @p QueryScores).
+template <class Scorer, int Dp, bool QueryScores, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2) window_scores_kernel(prefill_problem<T, Layout, State> p, Scorer scorer) {
+  using shape = window_tile<T, Dp>;
+  constexpr int key_tiles = shape::a_tiles, warps = score_threads / 32, warp_keys = 16 * key_tiles, block_keys = warps * warp_keys;
+  constexpr int key_slots = (warp_keys + 31) / 32;
+  constexpr bool all_heads = Scorer::shares_across_kv_heads;
+  KVCOMPACT_DYNAMIC_SHARED(unsigned char, shared);
+  const int staged = static_cast<int>(p.staged_rows);
+  unsigned char* q_rows = shared;
+  float* row_lse = reinterpret_cast<float*>(shared + staged * shape::smem_stride);
+  std::int32_t* row_pos = reinterpret_cast<std::int32_t*>(row_lse + staged);
+  std::int32_t* row_seen = row_pos + staged;
+  const lane_id lane = this_lane();
+  const int lane_index = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const index_t s = blockIdx.z / p.layers(), l = blockIdx.z % p.layers();
+  const index_t kv_heads = p.cache.layout.num_kv_heads(), group = p.query_heads / kv_heads, capacity = p.cache.layout.capacity();
+  const index_t h_first = all_heads ? 0 : blockIdx.y, h_count = all_heads ? kv_heads : 1;
+  const index_t dims = p.cache.layout.head_dim(), stride = p.cache.layout.dim_stride();
+  const int rows = static_cast<int>(group * p.padded_rows), padded_rows = static_cast<int>(p.padded_rows);
+  index_t longest = 0;
+  for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
+    const index_t n = scored_length(p, s, l, hh);
+    longest = n > longest ? n : longest;
+  }
+  const index_t begin = static_cast<index_t>(blockIdx.x) * p.chunk_keys;
+  if (begin >= longest) return;
+  const index_t end = begin + p.chunk_keys < longest ? begin + p.chunk_keys : longest;
+  const float scale = p.scale * log2_e;
+  if (p.rows_resident) {
+    for (index_t hh = h_first; hh < h_first + h_count; ++hh)
+      stage_window_rows<Dp>(p, s, l, hh, 0, rows, static_cast<int>(hh - h_first) * rows, q_rows, row_lse, row_pos, row_seen);
+    __syncthreads();
+  }
+  for (index_t tile_first = begin; tile_first < end; tile_first += block_keys) {
+    const index_t warp_first = tile_first + warp * warp_keys;
+    float group_acc[key_tiles][2];
+    KVCOMPACT_UNROLL
+    for (int tile = 0; tile < key_tiles; ++tile) group_acc[tile][0] = group_acc[tile][1] = ::kvcompact::detail::reduction_identity(scorer.group);
+    for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
+      const index_t n = scored_length(p, s, l, hh), base = p.head_base(s, l, hh);
+      index_t own_offset[key_slots];
+      std::int32_t own_pos[key_slots], own_wide[key_slots];
+      KVCOMPACT_UNROLL
+      for (int q = 0; q < key_slots; ++q) {  // one lane per key: the layout (page table) is read once per key
+        const int k = q * 32 + lane_index;
+        const index_t j = warp_first + k;
+        own_offset[q] = k < warp_keys && j < end ? scored_offset(p, s, l, hh, j, n) : -1;
+        own_wide[q] = describe_row<T, Dp>(p.cache.keys, own_offset[q], stride, dims).wide;
+        own_pos[q] = own_offset[q] >= 0 ? p.cache.positions[base + j] : 0;
+      }
+      mma_a a[key_tiles][shape::steps];
+      bool key_ok[key_tiles][2];
+      std::int32_t key_pos[key_tiles][2];
+      KVCOMPACT_UNROLL
+      for (int tile = 0; tile < key_tiles; ++tile) {
+        cache_row row[2];
+        KVCOMPACT_UNROLL
+        for (int half = 0; half < 2; ++half) {
+          const int from = 16 * (tile % 2) + lane.g + 8 * half, mask = lane_index ^ from;  // key tile * 16 + g + 8 half lives in lane `from`
+          const std::uint64_t bits = static_cast<std::uint64_t>(own_offset[tile / 2]);
+          const std::uint32_t low = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(bits & 0xffffffffu), mask));
+          const std::uint32_t high = static_cast<std::uint32_t>(__shfl_xor_sync(0xffffffffu, static_cast<int>(bits >> 32), mask));
+          row[half].offset = static_cast<index_t>((static_cast<std::uint64_t>(high) << 32) | low);
+          row[half].wide = __shfl_xor_sync(0xffffffffu, own_wide[tile / 2], mask) != 0;
+          key_pos[tile][half] = __shfl_xor_sync(0xffffffffu, own_pos[tile / 2], mask);
+          key_ok[tile][half] = row[half].offset >= 0;
+        }
+        KVCOMPACT_UNROLL
+        for (int i = 0; i < shape::lane_chunks; ++i)
+          put_a_chunk(a[tile], i, load_cache_chunk<T, Dp>(p.cache.keys, row[0], 4 * i + lane.t, stride, dims),
+                      load_cache_chunk<T, Dp>(p.cache.keys, row[1], 4 * i + lane.t, stride, dims));
+      }
+      float row_acc[key_tiles][2];
+      KVCOMPACT_UNROLL
+      for (int tile = 0; tile < key_tiles; ++tile) row_acc[tile][0] = row_acc[tile][1] = ::kvcompact::detail::reduction_identity(scorer.rows);
+      const int step = p.rows_resident ? rows : staged;
+      const int slot_base = p.rows_resident ? static_cast<int>(hh - h_first) * rows : 0;
+      for (int first = 0; first < rows; first += step) {
+        const int count = rows - first < step ? rows - first : step;
+        if (!p.rows_resident) {
+          __syncthreads();
+          stage_window_rows<Dp>(p, s, l, hh, first, count, 0, q_rows, row_lse, row_pos, row_seen);
+          __syncthreads();
+        }
+        for (int block = 0; block < count / 8; ++block) {
+          const int slot = slot_base + block * 8;
+          mma_b b[shape::steps];
+          load_b_fragments<T, Dp>(b, q_rows, slot, lane);
+          const int r0 = slot + 2 * lane.t;
+          const float lse[2] = {row_lse[r0], row_lse[r0 + 1]};
+          const std::int32_t query_pos[2] = {row_pos[r0], row_pos[r0 + 1]}, seen[2] = {row_seen[r0], row_seen[r0 + 1]};
+          KVCOMPACT_UNROLL
+          for (int tile = 0; tile < key_tiles; ++tile) {
+            const mma_c c = tile_product<T, Dp>(a[tile], b);
+            KVCOMPACT_UNROLL
+            for (int i = 0; i < 4; ++i) {
+              const int half = i / 2, e = i % 2;
+              if (!(key_ok[tile][half] && seen[e] >= 0 && key_pos[tile][half] <= query_pos[e])) continue;
+              const float probability = exp2f(c.r[i] * scale - lse[e]);
+              row_acc[tile][half] =
+                  ::kvcompact::detail::reduction_combine(scorer.rows, row_acc[tile][half], scorer.row_term(probability, seen[e], query_pos[e]));
+            }
+          }
+          const int row = first + block * 8;
+          if ((row + 8) % padded_rows != 0) continue;
+          const index_t query_head = hh * group + row / padded_rows;  // its last 8 rows are done
+          KVCOMPACT_UNROLL
+          for (int tile = 0; tile < key_tiles; ++tile)
+            KVCOMPACT_UNROLL
+            for (int half = 0; half < 2; ++half) {
+              float v = row_acc[tile][half];
+              v = ::kvcompact::detail::reduction_combine(scorer.rows, v, __shfl_xor_sync(0xffffffffu, v, 1));
+              v = ::kvcompact::detail::reduction_combine(scorer.rows, v, __shfl_xor_sync(0xffffffffu, v, 2));
+              v = ::kvcompact::detail::reduction_finish(scorer.rows, v, static_cast<int>(p.window.rows));
+              if constexpr (QueryScores) {
+                const index_t j = warp_first + tile * 16 + lane.g + 8 * half;
+                if (lane.t == 0 && key_ok[tile][half]) p.query_scores[((s * p.layers() + l) * p.query_heads + query_head) * capacity + j] = v;
+              }
+              group_acc[tile][half] = ::kvcompact::detail::reduction_combine(scorer.group, group_acc[tile][half], v);
+              row_acc[tile][half] = ::kvcompact::detail::reduction_identity(scorer.rows);
+            }
+        }
+      }
+    }
+    if (lane.t == 0) {
+      const int reduced = static_cast<int>(all_heads ? p.query_heads : group);
+      KVCOMPACT_UNROLL
+      for (int tile = 0; tile < key_tiles; ++tile)
+        KVCOMPACT_UNROLL
+        for (int half = 0; half < 2; ++half) {
+          const index_t j = warp_first + tile * 16 + lane.g + 8 * half;
+          const float score = ::kvcompact::detail::reduction_finish(scorer.group, group_acc[tile][half], reduced);
+          for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
+            if (j >= end || j >= scored_length(p, s, l, hh)) continue;
+            if (isnan(score)) flag_nan(p, s, l, hh, j);
+            p.scores[p.head_base(s, l, hh) + j] = score;
+          }
+        }
+    }
+  }
 }
 
 }  // namespace cuda::detail

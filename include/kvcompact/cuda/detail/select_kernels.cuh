@@ -24,6 +24,9 @@ namespace cuda::detail {
 
 /// The execution group of the prefill selection kernels.
 using prefill_group = block_group<prefill_threads>;
+/// Design occupancy of the selection and merge kernels: two blocks of 256 threads per SM (a block's
+/// group primitives take under 24 KiB of shared memory; more blocks wait at the same barriers).
+inline constexpr int selection_blocks_per_sm = 2;
 
 /// The (sequence, layer, KV head) a block of a (Hkv, S x L) grid works on.
 struct head_block {
@@ -40,7 +43,7 @@ __device__ head_block head_of_block(const prefill_problem<T, Layout, State>& p) 
 /// Grid (Hkv, S x L): phase 1 of a ranked selector for one head: verdicts, candidates in position
 /// order, rank keys; the head's state goes to `p.ranking`.
 template <class Selector, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_gather_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) ranked_gather_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const auto [s, l, h, faulted] = head_of_block(p);
   if (faulted) return;
   const prefill_group workers;
@@ -52,7 +55,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_gather_kernel(pr
 /// Grid (S x L): phase 2 of a layer-scope ranked selector: the layer-wide ranking and the per-head
 /// allocation of one layer.
 template <class Selector, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const index_t s = blockIdx.x / p.layers(), l = blockIdx.x % p.layers();
   if (p.layer_faults[s * p.layers() + l]) return;
   const prefill_group workers;
@@ -61,7 +64,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_allocate_kernel(
 
 /// Grid (Hkv, S x L): phase 3 of a ranked selector: the head keeps its best candidates.
 template <class Selector, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) ranked_keep_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) ranked_keep_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const auto [s, l, h, faulted] = head_of_block(p);
   if (faulted) return;
   const prefill_group workers;
@@ -80,7 +83,7 @@ void launch_best_candidates(const prefill_problem<T, Layout, State>& p, const Se
 
 /// Grid (Hkv, S x L): a head-scope cooperative selector on one head.
 template <class Selector, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_select_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_select_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const auto [s, l, h, faulted] = head_of_block(p);
   if (faulted) return;
   const prefill_group workers;
@@ -91,7 +94,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_select_kern
 /// Grid (S): a layer-scope cooperative selector on every layer of one sequence, in increasing order
 /// (a layer may read what an earlier one published in the sequence's shared store).
 template <class Selector, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const index_t s = blockIdx.x;
   const prefill_group workers;
   workers.once([&] { p.shared[s * (p.cache.layout.capacity() + 2)] = -1; });  // no decision published yet
@@ -104,7 +107,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) cooperative_layers_kern
 
 /// Grid (Hkv, S x L): the merger on one head after selection.
 template <class Merger, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) merge_kernel(prefill_problem<T, Layout, State> p, Merger merger) {
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) merge_kernel(prefill_problem<T, Layout, State> p, Merger merger) {
   const auto [s, l, h, faulted] = head_of_block(p);
   if (faulted) return;
   const prefill_group workers;

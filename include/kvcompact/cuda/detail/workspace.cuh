@@ -12,8 +12,23 @@
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
 
-/// Keys scored by one block of the window-scoring kernels.
-inline constexpr index_t window_key_chunk = 512;
+/// The padded head dimension of the window-scoring tiles for @p head_dim (at most 256): 64, 128 or 256.
+KVCOMPACT_HOST_DEVICE constexpr int padded_head_dim(index_t head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
+/// Window rows per query head padded to the 8-row tiles of the scoring kernels.
+KVCOMPACT_HOST_DEVICE constexpr index_t padded_window_rows(index_t rows) { return (rows + 7) / 8 * 8; }
+
+/// Fewest keys one block of the window-scoring kernels takes (a multiple of both kernels' key tiles).
+inline constexpr index_t window_chunk_quantum = 256;
+/// Blocks the window-scoring kernels are planned for at most: key chunks per head are capped so that
+/// heads x chunks stays near this (several waves on any current GPU), which bounds the statistics array.
+inline constexpr index_t window_block_target = 1024;
+
+/// Most key chunks per head the statistics array is sized for.
+KVCOMPACT_HOST_DEVICE inline index_t window_chunk_cap(index_t heads, index_t capacity) {
+  const index_t by_blocks = (window_block_target + heads - 1) / heads;
+  const index_t by_keys = (capacity + window_chunk_quantum - 1) / window_chunk_quantum;
+  return by_blocks < by_keys ? by_blocks : by_keys;
+}
 /// Most blocks one head's decode attention is split into.
 inline constexpr index_t max_decode_splits = 64;
 
@@ -32,7 +47,10 @@ struct workspace_plan {
   std::size_t shared = 0;        ///< int32 [S][capacity + 2]: store shared by the layers of a sequence
   std::size_t step = 0;          ///< int32 [S][L]: newest position of each layer
   std::size_t layer_faults = 0;  ///< int32 [S][L]: nonzero leaves the layer as it is
-  std::size_t stats = 0;         ///< float [S][L][Hkv][3][rows x G][key chunks]: softmax statistics of window rows
+  std::size_t stats = 0;         ///< float [S][L][Hkv][key chunks][3][G x padded rows]: per-chunk softmax statistics of window rows
+  std::size_t row_lse = 0;       ///< float [S][L][Hkv][G x padded rows]: log2 of each window row's softmax denominator (scaled logits)
+  std::size_t row_visible = 0;   ///< int32 [S][L][Hkv][G x padded rows]: keys each window row sees
+  std::size_t window_queries = 0;  ///< storage type [S][L][Hq][padded rows][padded head_dim]: the window in the storage type
   // Decode.
   std::size_t logits = 0;              ///< float [S][Hq][capacity]
   std::size_t partial_out = 0;         ///< float [S][Hq][splits][head_dim]
@@ -42,9 +60,10 @@ struct workspace_plan {
   std::size_t decode_order_ready = 0;  ///< uint8 [S][Hkv][Hkv]: one private array per (sequence, head) block
   std::size_t total = 0;               ///< bytes in all
 
-  /// Lays the arrays out for a cache of @p sequences x @p layers x @p kv_heads x @p capacity slots.
+  /// Lays the arrays out for a cache of @p sequences x @p layers x @p kv_heads x @p capacity slots of
+  /// @p element_bytes-byte elements; window scoring takes up to @p window_rows rows.
   static workspace_plan make(index_t sequences, index_t layers, index_t kv_heads, index_t capacity, index_t head_dim, index_t query_heads,
-                             index_t window_rows) {
+                             index_t window_rows, index_t element_bytes) {
     workspace_plan p;
     std::size_t at = 0;
     const auto take = [&](std::size_t& field, index_t count, std::size_t element) {
@@ -52,8 +71,8 @@ struct workspace_plan {
       at += (static_cast<std::size_t>(count) * element + 255) / 256 * 256;
     };
     const index_t slot_heads = sequences * layers * kv_heads * capacity;
-    const index_t chunks = (capacity + window_key_chunk - 1) / window_key_chunk;
-    const index_t group = query_heads / kv_heads;
+    const index_t heads = sequences * layers * kv_heads;
+    const index_t group_rows = query_heads / kv_heads * padded_window_rows(window_rows);
     take(p.scores, slot_heads, 4);
     take(p.floats, slot_heads, 4);
     take(p.indices, 2 * slot_heads, 4);
@@ -66,7 +85,11 @@ struct workspace_plan {
     take(p.shared, sequences * (capacity + 2), 4);
     take(p.step, sequences * layers, 4);
     take(p.layer_faults, sequences * layers, 4);
-    take(p.stats, sequences * layers * kv_heads * 3 * group * window_rows * chunks, 4);
+    take(p.stats, heads * window_chunk_cap(heads, capacity) * 3 * group_rows, 4);
+    take(p.row_lse, heads * group_rows, 4);
+    take(p.row_visible, heads * group_rows, 4);
+    take(p.window_queries, sequences * layers * query_heads * padded_window_rows(window_rows) * padded_head_dim(head_dim),
+         static_cast<std::size_t>(element_bytes));
     take(p.logits, sequences * query_heads * capacity, 4);
     take(p.partial_out, sequences * query_heads * max_decode_splits * head_dim, 4);
     take(p.partial_max, sequences * query_heads * max_decode_splits, 4);
