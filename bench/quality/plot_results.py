@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Plots and tabulates kv_quality results (bench/quality/kv_quality.cpp) from its CSV files.
 
-Usage: python3 bench/quality/plot_results.py [--png OUT.png] [--tables] [--layer-budget F] CSV [CSV ...]
+Usage: python3 bench/quality/plot_results.py [--png OUT.png] [--tables] [--layer-budget F] [--exclude A,B] CSV [CSV ...]
 
 Reads every ``ppl`` row (ppl,preset,budget,ppl,kv_kept,err_layer0..) and ``needle`` row
 (needle,preset,budget,context,depth,hit,kv_kept) of the given files.
@@ -11,6 +11,8 @@ attention-output error averaged over layers, and pass-key accuracy per needle co
 the depths); needs matplotlib.
 --tables prints Markdown tables: a summary per (preset, budget), pass-key hits per context and per
 trial (context, depth), and the per-layer attention error at budget --layer-budget (default 0.2).
+--exclude leaves the named presets out of the plot (not out of the tables), e.g. one whose perplexity
+would stretch the axis.
 """
 
 import argparse
@@ -156,7 +158,7 @@ def plot(ppl, needle, out):
         ax.axis("off")
     handles, labels = used[0].get_legend_handles_labels()
     legend_ax.legend(handles, labels, loc="center", ncol=2, fontsize=9,
-                     title="solid: algorithms.md 1-4 methods, dashed: baselines")
+                     title="solid: docs/methods.md 1-4 methods, dashed: baselines")
     fig.suptitle("kvcompact presets on SmolLM2-135M-Instruct (bench/quality/kv_quality)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -169,6 +171,7 @@ def main():
     parser.add_argument("--png", help="write the plot here")
     parser.add_argument("--tables", action="store_true", help="print Markdown tables")
     parser.add_argument("--layer-budget", type=float, default=0.2, help="budget of the per-layer error table")
+    parser.add_argument("--exclude", default="", help="comma-separated presets left out of the plot")
     args = parser.parse_args()
     if not args.png and not args.tables:
         parser.error("nothing to do: pass --png and/or --tables")
@@ -176,7 +179,9 @@ def main():
     if args.tables:
         print_tables(ppl, needle, args.layer_budget)
     if args.png:
-        plot(ppl, needle, args.png)
+        excluded = set(filter(None, args.exclude.split(",")))
+        plot({k: v for k, v in ppl.items() if k not in excluded},
+             {c: {k: v for k, v in by_preset.items() if k not in excluded} for c, by_preset in needle.items()}, args.png)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,19 @@
 # so how the prompts are grouped into processes changes no result. Measured single-process times on
 # 2 shared vCPUs with two processes running (2026-11-28/29): ppl 1853 s, needle_2k 2443 s,
 # needle_4k (three depths) and each 8000-token depth are in bench/results/smollm2_quality_2026-11-29.md.
+# The engine has been faster since (blocked prefill attention, one-pass perplexity continuations, the
+# threaded CPU backend); the whole grid has not been timed again yet (docs/smollm2.md, 2026-11-30). A slice
+# of it (six presets at four budgets plus five layout configurations, ppl_1024 and needle_2k) took 155 s
+# and 359 s on 2026-12-01 (bench/results/smollm2_quality_2026-12-01.md).
+# The grid also holds the presets with calibrated per-layer budgets (prefixkv, xkv: the budget files of
+# bench/quality/budgets/, written by calibrate_budgets), the bounded slot memory (bounded_memory) and
+# the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp at 10 and 20 %
+# (sliding_window, mixattention; inference-time approximations, docs/methods.md 9.4).
 # Writes OUT_DIR/<run>.{csv,md,err} and OUT_DIR/times.txt.
 #
-# Usage: [JOBS=N] bench/quality/run_sweep.sh OUT_DIR [KV_QUALITY]   (KV_QUALITY: build/bench/quality/kv_quality)
+# Usage: [JOBS=N] [PRESETS=a,b] [BUDGETS=0.1,0.2] [EXTRA=p:b,...] [PARTS="ppl_1024 needle_2k"]
+#        bench/quality/run_sweep.sh OUT_DIR [KV_QUALITY]   (KV_QUALITY: build/bench/quality/kv_quality)
+# PRESETS, BUDGETS, EXTRA and PARTS select a slice of the grid (default: all of it).
 # Then:  python3 bench/quality/plot_results.py --tables --png PLOT.png OUT_DIR/*.csv
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,22 +33,27 @@ KVCOMPACT_SMOLLM2_GGUF=$(bash examples/smollm2/fetch_model.sh)
 export KVCOMPACT_SMOLLM2_GGUF
 essays=$(bash bench/quality/fetch_essays.sh)
 export OMP_WAIT_POLICY=passive
-presets=streaming_llm,h2o,tova,snapkv,pyramidkv,adakv,knorm,corm,corm_budgeted,windowkv,kvmerger,cam,kvmerger_unscaled,windowkv_layerwise,knorm_skip2
+presets=${PRESETS:-streaming_llm,h2o,tova,snapkv,pyramidkv,adakv,knorm,corm,corm_budgeted,windowkv,kvmerger,cam,bounded_memory,prefixkv,xkv,kvmerger_unscaled,windowkv_layerwise,knorm_skip2}
+budgets=${BUDGETS:-0.1,0.2,0.3,0.35,0.5}
+extra=${EXTRA-windowkv:0.12,windowkv_layerwise:0.12,sliding_window:0.1,sliding_window:0.2,mixattention:0.1,mixattention:0.2}
+parts=${PARTS:-ppl_1024 needle_2k needle_4k needle_8k_d10 needle_8k_d50 needle_8k_d90}
+tables=prefixkv=bench/quality/budgets/smollm2_prefixkv.txt,xkv=bench/quality/budgets/smollm2_xkv.txt
 
 run() {  # name, kv_quality arguments...
   local name=$1 t0 rc=0
   shift
   t0=$(date +%s)
   echo "$name start $(date -u +%FT%TZ)" >> "$out/times.txt"
-  "$quality" --essays "$essays" --presets "$presets" --extra windowkv:0.12,windowkv_layerwise:0.12 --threads 1 --csv "$out/$name.csv" "$@" \
-    > "$out/$name.md" 2> "$out/$name.err" || rc=$?
+  "$quality" --essays "$essays" --presets "$presets" --budgets "$budgets" --extra "$extra" --budget-tables "$tables" --threads 1 \
+    --csv "$out/$name.csv" "$@" > "$out/$name.md" 2> "$out/$name.err" || rc=$?
   echo "$name rc $rc end $(date -u +%FT%TZ) wall $(( $(date +%s) - t0 )) s" >> "$out/times.txt"
   return "$rc"
 }
 
 max_jobs=${JOBS:-$(nproc)}
 status=0
-start() {  # runs one grid part in the background once fewer than $max_jobs are running
+start() {  # runs one grid part (if PARTS names it) in the background once fewer than $max_jobs are running
+  case " $parts " in *" $1 "*) ;; *) return 0 ;; esac
   while [ "$(jobs -rp | wc -l)" -ge "$max_jobs" ]; do wait -n || status=1; done
   run "$@" &
 }

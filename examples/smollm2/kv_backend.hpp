@@ -35,6 +35,16 @@ public:
     /// Computes attention of one token's queries @p q ([q_head][head_dim], post-RoPE)
     /// over the cached slots of @p layer; writes [q_head][head_dim] to @p out.
     virtual void attend(int layer, const float* q, std::int32_t position, float* out) = 0;
+    /// @return true when a chunk of tokens may be appended first and then attended at once by
+    /// attend_prefill() (no eviction between the tokens of a chunk).
+    virtual bool batched_prefill() const { return false; }
+    /// Causal attention of @p tokens consecutive queries (positions @p first.., each
+    /// [q_head][head_dim], rows of q_heads * head_dim floats) over the slots of @p layer, all of them
+    /// already appended; writes the same shape to @p out. Only called when batched_prefill().
+    virtual void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) {
+        (void)layer, (void)q, (void)tokens, (void)first, (void)out;
+        throw std::logic_error("kv_backend::attend_prefill: this backend attends token by token");
+    }
     /// Called once after the prompt was processed, with its last queries
     /// (engine::last_window()); compressing backends compress here.
     virtual void finish_prefill(const query_window& window) = 0;
@@ -43,6 +53,8 @@ public:
     virtual void restore(const kv_cache_storage& prefilled) = 0;
     /// @return the underlying cache arrays.
     virtual const kv_cache_storage& cache() const = 0;
+    /// @return bytes of K and V the backend holds now (a backend whose storage is not cache() overrides it).
+    virtual std::size_t occupied_bytes() const { return cache().occupied_bytes(); }
 };
 
 /// Softmax attention of one query head over the first @p length slots of one
@@ -89,6 +101,61 @@ inline void attend_all_slots(const kv_cache_storage& cache, int layer, int n_hea
     }
 }
 
+/// Causal attention of @p tokens consecutive queries (positions @p first + t, rows of n_heads *
+/// head_dim floats in @p q) over the valid slots of @p layer whose position is not after the
+/// query's: tiles of query_tile tokens x the GQA group's query heads against key_tile slots with an
+/// online softmax, so each key and value tile is read once per query tile (not once per token).
+/// Parallel over (KV head, query tile); each output row is written by one thread in a fixed order,
+/// so the result does not depend on the thread count.
+inline void attend_causal(const kv_cache_storage& cache, int layer, int n_heads, const float* q, std::size_t tokens,
+                          std::int32_t first, float scale, float* out) {
+    constexpr std::size_t query_tile = 16, key_tile = 64;
+    const std::size_t group = static_cast<std::size_t>(n_heads / cache.kv_heads), d = static_cast<std::size_t>(cache.head_dim);
+    const std::size_t row_width = static_cast<std::size_t>(n_heads) * d, tiles = (tokens + query_tile - 1) / query_tile;
+    const auto items = static_cast<std::ptrdiff_t>(tiles * static_cast<std::size_t>(cache.kv_heads));
+#pragma omp parallel for schedule(dynamic)
+    for (std::ptrdiff_t item = 0; item < items; ++item) {
+        const int h = static_cast<int>(static_cast<std::size_t>(item) / tiles);
+        const std::size_t t0 = static_cast<std::size_t>(item) % tiles * query_tile, count = std::min(query_tile, tokens - t0);
+        const std::size_t rows = count * group;  // row ti * group + gi: token t0 + ti, query head h * group + gi
+        std::vector<float> maxima(rows, -INFINITY), sums(rows, 0.0f), acc(rows * d, 0.0f);
+        float logits[key_tile];
+        const int length = cache.lengths[cache.head_index(layer, h)];
+        const std::int32_t* positions = &cache.positions[cache.slot_index(layer, h, 0)];
+        for (int s0 = 0; s0 < length; s0 += static_cast<int>(key_tile)) {
+            const int n = std::min(static_cast<int>(key_tile), length - s0);
+            const std::int32_t oldest = *std::min_element(positions + s0, positions + s0 + n);
+            for (std::size_t r = 0; r < rows; ++r) {
+                const std::int32_t position = first + static_cast<std::int32_t>(t0 + r / group);
+                if (oldest > position) continue;  // the whole tile is in this query's future
+                const float* qr = q + (t0 + r / group) * row_width + (static_cast<std::size_t>(h) * group + r % group) * d;
+                float tile_max = -INFINITY;
+                for (int s = 0; s < n; ++s) {
+                    logits[s] = positions[s0 + s] <= position ? ops::dot(qr, cache.key(layer, h, s0 + s), d) * scale : -INFINITY;
+                    tile_max = std::max(tile_max, logits[s]);
+                }
+                const float maximum = std::max(maxima[r], tile_max), rescale = std::exp(maxima[r] - maximum);
+                float* a = &acc[r * d];
+                for (std::size_t i = 0; i < d; ++i) a[i] *= rescale;
+                sums[r] *= rescale;
+                maxima[r] = maximum;
+                for (int s = 0; s < n; ++s) {
+                    if (logits[s] == -INFINITY) continue;
+                    const float p = std::exp(logits[s] - maximum);
+                    sums[r] += p;
+                    const float* v = cache.value(layer, h, s0 + s);
+                    for (std::size_t i = 0; i < d; ++i) a[i] += p * v[i];
+                }
+            }
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+            float* o = out + (t0 + r / group) * row_width + (static_cast<std::size_t>(h) * group + r % group) * d;
+            const float inverse = sums[r] > 0.0f ? 1.0f / sums[r] : 0.0f;
+            for (std::size_t i = 0; i < d; ++i) o[i] = acc[r * d + i] * inverse;
+        }
+    }
+}
+
 /// Uncompressed cache: every token gets a new slot, attention sees all of them.
 class full_kv_backend final : public kv_backend {
 public:
@@ -104,6 +171,12 @@ public:
 
     void attend(int layer, const float* q, std::int32_t, float* out) override {
         attend_all_slots(cache_, layer, n_heads_, q, scale_, scores_.data(), out);
+    }
+
+    bool batched_prefill() const override { return true; }
+
+    void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
+        attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
     }
 
     void finish_prefill(const query_window&) override {}

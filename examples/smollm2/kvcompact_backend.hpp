@@ -55,6 +55,12 @@ public:
         else attend_all_slots(cache_, layer, n_heads_, q, scale_, scores_.data(), out);
     }
 
+    bool batched_prefill() const override { return !session_; }
+
+    void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
+        attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
+    }
+
     void finish_prefill(const query_window& window) override {
         session_.emplace(policy_, view_, shape_, std::span<std::byte>(state_), std::span<std::byte>(workspace_));
         session_->compress_prefill(kvcompact::query_window{window.q.data(), window.positions.data(), window.rows});
@@ -81,9 +87,9 @@ private:
 };
 
 /// @return true when preset @p name scores with accumulated attention, which
-/// wants every prompt query as its observation window (H2O, KVMerger, CaM).
+/// wants every prompt query as its observation window (H2O, KVMerger, CaM, PrefixKV, the bounded memory).
 inline bool preset_wants_all_queries(std::string_view name) {
-    return name == "h2o" || name == "kvmerger" || name == "cam";
+    return name == "h2o" || name == "kvmerger" || name == "cam" || name == "prefixkv" || name == "bounded_memory";
 }
 
 /// Builds the kvcompact backend that runs @p policy over a cache of the given shape.
@@ -93,7 +99,8 @@ std::unique_ptr<kv_backend> make_policy_backend(const Policy& policy, int n_laye
     return std::make_unique<kvcompact_backend<Policy>>(policy, n_layers, n_heads, n_kv_heads, head_dim, capacity);
 }
 
-/// Builds the kvcompact backend for preset @p name (kvcompact::policies::preset_names).
+/// Builds the kvcompact backend for preset @p name (kvcompact::policies::preset_names, or
+/// calibrated_preset_names with options.layer_budgets set).
 /// @param options budget (slots kept per head after prefill compression), prompt length, window rows
 /// @throws kvcompact::error for an unknown name or an infeasible budget
 inline std::unique_ptr<kv_backend> make_kvcompact_backend(std::string_view name,

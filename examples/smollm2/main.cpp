@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file main.cpp
-/// @brief smollm2_decode: greedy generation with SmolLM2-135M-Instruct (GGUF),
+/// @brief smollm2_decode: greedy generation with SmolLM2-135M-Instruct (GGUF), streamed as it decodes,
 ///        optionally with a kvcompact policy managing the KV cache.
 ///
-/// Usage: smollm2_decode [--model FILE] [--prompt TEXT | --prompt-file FILE] [--raw]
-///                       [--system TEXT] [--n N] [--threads N]
-///                       [--preset NAME] [--budget FRACTION] [--window ROWS]
-///                       [--print-ids] [--logits-out FILE] [--self-check]
-/// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh).
+/// Usage: see usage_text below (`smollm2_decode --help`).
+/// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh). The calibrated presets
+/// (prefixkv, xkv) read the per-layer table for --budget from --budget-file (bench/quality/budgets/).
 
 #include <algorithm>
 #include <chrono>
@@ -15,8 +13,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
+#include <new>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -28,9 +30,11 @@
 
 #include "chat.hpp"
 #include "engine.hpp"
+#include "fingerprint.hpp"
 #include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
+#include "layer_map_backend.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -46,17 +50,83 @@ struct options {
     bool raw = false;            ///< feed the prompt without the chat template
     int max_new = 64;            ///< tokens to generate
     int threads = 0;             ///< 0: OpenMP default
-    std::string preset = "full"; ///< "full" or a kvcompact::policies::preset_names entry
+    std::string preset = "full"; ///< "full", a kvcompact::policies::preset_names or calibrated_preset_names entry, or a layer_map_presets one
     double budget = 1.0;         ///< fraction of the prompt's KV kept by compression
     int window = 32;             ///< observation window / recent tokens of the preset
+    std::string budget_file;     ///< per-layer budget file of the calibrated presets
+    kvcompact::budgets::model_signature model;  ///< the loaded model's signature (set after loading; budget files)
     bool print_ids = false;
     std::string logits_out;
     bool self_check = false;
 };
 
-[[noreturn]] void usage(const char* why) {
-    std::fprintf(stderr, "smollm2_decode: %s\n(see the header of examples/smollm2/main.cpp for options)\n", why);
+/// What --help prints.
+constexpr const char* usage_text =
+    "Usage: smollm2_decode [options]\n"
+    "Greedy generation with SmolLM2-135M-Instruct (GGUF), optionally with a kvcompact policy\n"
+    "managing the KV cache.\n"
+    "  --model FILE        GGUF model (default: $KVCOMPACT_SMOLLM2_GGUF, see fetch_model.sh)\n"
+    "  --prompt TEXT       the user's question (default: a question about France)\n"
+    "  --prompt-file FILE  read the prompt from FILE\n"
+    "  --raw               feed the prompt without the chat template (it must not be empty)\n"
+    "  --system TEXT       system prompt of the chat template\n"
+    "  --n N               tokens to generate, 0 to 1048576 (default 64)\n"
+    "  --threads N         OpenMP threads, 0 (default) to 1024\n"
+    "  --preset NAME       full (default) or a kvcompact preset: streaming_llm, h2o, tova, snapkv,\n"
+    "                      pyramidkv, adakv, knorm, corm, corm_budgeted, windowkv, kvmerger, cam;\n"
+    "                      the calibrated prefixkv, xkv (with --budget-file); the MixAttention-style\n"
+    "                      caches sliding_window, mixattention\n"
+    "  --budget FRACTION   share of the prompt's KV kept by compression, in (0, 1] (default 1)\n"
+    "  --window ROWS       observation window / recent tokens of the preset, 1 to 65536 (default 32)\n"
+    "  --budget-file FILE  per-layer budget table of prefixkv / xkv (bench/quality/budgets/)\n"
+    "  --print-ids         print prompt and generated token ids\n"
+    "  --logits-out FILE   write the logits of every generated token (fp32) to FILE\n"
+    "  --self-check        check prefill/decode consistency and no-evict presets, then exit\n"
+    "  --help              print this text and exit\n";
+
+/// Most tokens (prompt plus generated) one run may hold.
+constexpr long max_tokens = 1L << 20;
+
+[[noreturn]] void usage(const std::string& why) {
+    std::fprintf(stderr, "smollm2_decode: %s\n(smollm2_decode --help lists the options)\n", why.c_str());
     std::exit(2);
+}
+
+/// @return @p text converted whole by @p convert (std::stol, std::stod), nullopt when it is not a number.
+template <class Convert>
+auto whole_number(const std::string& text, Convert convert) -> std::optional<decltype(convert(text, nullptr))> {
+    std::size_t used = 0;
+    try {
+        const auto value = convert(text, &used);
+        if (used == text.size()) return value;
+    } catch (const std::exception&) {
+    }
+    return std::nullopt;
+}
+
+/// @return @p text as an integer in [lo, hi]; exits with a usage error naming @p option otherwise.
+long parse_integer(const std::string& option, const std::string& text, long lo, long hi) {
+    const auto value = whole_number(text, [](const std::string& t, std::size_t* used) { return std::stol(t, used); });
+    if (!value || *value < lo || *value > hi)
+        usage(option + " wants an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + text + "'");
+    return *value;
+}
+
+/// @return @p text as a number in (0, 1]; exits with a usage error naming @p option otherwise.
+double parse_fraction(const std::string& option, const std::string& text) {
+    const auto value = whole_number(text, [](const std::string& t, std::size_t* used) { return std::stod(t, used); });
+    if (!value || !(*value > 0.0 && *value <= 1.0)) usage(option + " wants a fraction of the prompt in (0, 1], got '" + text + "'");
+    return *value;
+}
+
+/// @return the contents of @p path; exits with a usage error when it cannot be read.
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) usage("--prompt-file: cannot open '" + path + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (in.bad()) usage("--prompt-file: cannot read '" + path + "'");
+    return ss.str();
 }
 
 options parse(int argc, char** argv) {
@@ -65,32 +135,30 @@ options parse(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
-            if (i + 1 >= argc) usage(("missing value for " + a).c_str());
+            if (i + 1 >= argc) usage("missing value for " + a);
             return argv[++i];
         };
-        if (a == "--model") o.model_path = next();
-        else if (a == "--prompt") o.prompt = next();
-        else if (a == "--prompt-file") {
-            std::ifstream in(next());
-            std::stringstream ss;
-            ss << in.rdbuf();
-            o.prompt = ss.str();
+        if (a == "--help" || a == "-h") {
+            std::fputs(usage_text, stdout);
+            std::exit(0);
         }
+        else if (a == "--model") o.model_path = next();
+        else if (a == "--prompt") o.prompt = next();
+        else if (a == "--prompt-file") o.prompt = read_file(next());
         else if (a == "--system") o.system = next();
         else if (a == "--raw") o.raw = true;
-        else if (a == "--n") o.max_new = std::stoi(next());
-        else if (a == "--threads") o.threads = std::stoi(next());
+        else if (a == "--n") o.max_new = static_cast<int>(parse_integer(a, next(), 0, max_tokens));
+        else if (a == "--threads") o.threads = static_cast<int>(parse_integer(a, next(), 0, 1024));
         else if (a == "--preset") o.preset = next();
-        else if (a == "--budget") {
-            o.budget = std::stod(next());
-            if (!(o.budget > 0.0 && o.budget <= 1.0)) usage("--budget wants a fraction of the prompt in (0, 1]");
-        }
-        else if (a == "--window") o.window = std::stoi(next());
+        else if (a == "--budget") o.budget = parse_fraction(a, next());
+        else if (a == "--window") o.window = static_cast<int>(parse_integer(a, next(), 1, 65536));
+        else if (a == "--budget-file") o.budget_file = next();
         else if (a == "--print-ids") o.print_ids = true;
         else if (a == "--logits-out") o.logits_out = next();
         else if (a == "--self-check") o.self_check = true;
-        else usage(("unknown option " + a).c_str());
+        else usage("unknown option " + a);
     }
+    if (o.raw && o.prompt.empty()) usage("--raw with an empty prompt: there is no token to start from");
     if (o.model_path.empty() && o.self_check) {
         std::fprintf(stderr, "smollm2_decode --self-check: skipped, KVCOMPACT_SMOLLM2_GGUF is not set\n");
         std::exit(77);  // ctest SKIP_RETURN_CODE
@@ -105,12 +173,21 @@ long budget_slots(const options& o, std::size_t prompt_length) {
     return std::max(1L, std::lround(o.budget * static_cast<double>(prompt_length)));
 }
 
-/// Creates the KV backend for @p o.preset with room for @p capacity tokens per head.
-std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length,
-                                         int capacity) {
+/// Creates the KV backend for @p o.preset with room for @p capacity tokens per head; a calibrated
+/// preset loads its table for o.budget from o.budget_file, checked against o.model.
+std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length, int capacity) {
     if (o.preset == "full") return std::make_unique<full_kv_backend>(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
-    const kvcompact::policies::preset_options preset{budget_slots(o, prompt_length),
-                                                     static_cast<kvcompact::index_t>(prompt_length), o.window};
+    if (is_layer_map_preset(o.preset))
+        return make_layer_map_backend(o.preset, static_cast<int>(budget_slots(o, prompt_length)), c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
+                                      capacity);
+    kvcompact::policies::preset_options preset{budget_slots(o, prompt_length), static_cast<kvcompact::index_t>(prompt_length), o.window};
+    const auto& calibrated = kvcompact::policies::calibrated_preset_names;
+    kvcompact::budgets::layer_table table;
+    if (std::find(calibrated.begin(), calibrated.end(), o.preset) != calibrated.end()) {
+        if (o.budget_file.empty()) usage("--preset " + o.preset + " needs --budget-file FILE (bench/quality/budgets/)");
+        table = kvcompact::budgets::load_layer_budgets(o.budget_file, o.model, o.budget);
+        preset.layer_budgets = &table;
+    }
     return make_kvcompact_backend(o.preset, preset, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
 }
 
@@ -134,9 +211,13 @@ double seconds_since(clock_type::time_point t0) {
     return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-/// Prefills @p prompt in one batch, then decodes greedily until EOS or @p o.max_new tokens.
+/// Called with each generated token as soon as it is chosen (EOS included).
+using token_callback = std::function<void(token_id)>;
+
+/// Prefills @p prompt in one batch, then decodes greedily until EOS or @p o.max_new tokens, calling
+/// @p on_token (if set) with every token as it is generated.
 generation generate(const options& o, const model_config& c, const model_weights& w, const tokenizer& tok,
-                    const std::vector<token_id>& prompt, bool keep_logits) {
+                    const std::vector<token_id>& prompt, bool keep_logits, const token_callback& on_token = {}) {
     auto backend = make_backend(o, c, prompt.size(), static_cast<int>(prompt.size()) + o.max_new);
     engine eng(c, w, *backend);
     generation g;
@@ -150,13 +231,14 @@ generation generate(const options& o, const model_config& c, const model_weights
     for (int i = 0; i < o.max_new; ++i) {
         const token_id next = argmax(logits);
         g.tokens.push_back(next);
+        if (on_token) on_token(next);
         if (keep_logits) g.logits.push_back(logits);
         if (next == tok.eos()) break;
         const token_id one[1] = {next};
         logits = eng.forward(one);
     }
     g.decode_s = seconds_since(t0);
-    g.kv_bytes = backend->cache().occupied_bytes();
+    g.kv_bytes = backend->occupied_bytes();
     g.kv_full_bytes = backend->cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen()));
     return g;
 }
@@ -234,7 +316,7 @@ void print_ids(const char* label, const std::vector<token_id>& ids) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const options o = parse(argc, argv);
+    options o = parse(argc, argv);
 #ifdef _OPENMP
     if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
@@ -243,20 +325,29 @@ int main(int argc, char** argv) try {
     const auto config = model_config::from_gguf(file);
     const tokenizer tok(file);
     const auto weights = model_weights::from_gguf(file, config);
+    o.model = model_signature(file, config);
     std::fprintf(stderr, "loaded %s: %d layers, %d/%d heads, dim %d, vocab %d, in %.2f s\n", o.model_path.c_str(),
                  config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim, config.vocab, seconds_since(t0));
 
     if (o.self_check) return self_check(o, config, weights, tok);
 
     const auto prompt = tok.encode(o.raw ? o.prompt : chat_prompt(o.prompt, o.system));
+    if (prompt.empty()) throw std::runtime_error("the prompt encodes to no token");
+    if (static_cast<long>(prompt.size()) + o.max_new > max_tokens)
+        throw std::runtime_error("the prompt has " + std::to_string(prompt.size()) + " tokens; with --n " + std::to_string(o.max_new) +
+                                 " that is more than the " + std::to_string(max_tokens) + " tokens this engine holds");
     if (prompt.size() + static_cast<std::size_t>(o.max_new) > static_cast<std::size_t>(config.context_length))
         std::fprintf(stderr, "warning: %zu prompt + %d new tokens exceed the trained context of %d\n", prompt.size(),
                      o.max_new, config.context_length);
-    const auto g = generate(o, config, weights, tok, prompt, !o.logits_out.empty());
-    std::string text;
-    for (auto id : g.tokens)
-        if (id != tok.eos()) text += tok.decode(id);
-    std::printf("%s\n", text.c_str());
+    // The answer is streamed: each token's text is written as soon as it is decoded.
+    const auto g = generate(o, config, weights, tok, prompt, !o.logits_out.empty(), [&](token_id id) {
+        if (id == tok.eos()) return;
+        const std::string piece = tok.decode(id);
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+    });
+    std::printf("\n");
+    std::fflush(stdout);  // before the statistics on stderr
     if (o.print_ids) {
         print_ids("prompt_ids", prompt);
         print_ids("generated_ids", g.tokens);
@@ -276,6 +367,9 @@ int main(int argc, char** argv) try {
     std::fprintf(stderr, "kv cache [%s]: %zu bytes occupied vs %zu full (%.1f%%)\n", o.preset.c_str(), g.kv_bytes,
                  g.kv_full_bytes, 100.0 * static_cast<double>(g.kv_bytes) / static_cast<double>(g.kv_full_bytes));
     return 0;
+} catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "smollm2_decode: error: out of memory\n");
+    return 1;
 } catch (const std::exception& e) {
     std::fprintf(stderr, "smollm2_decode: error: %s\n", e.what());
     return 1;

@@ -26,26 +26,41 @@ using token_id = std::int32_t;
 class tokenizer {
 public:
     /// Loads vocabulary, merges, token types and special ids from @p f.
+    /// @throws std::runtime_error naming the metadata key for a malformed vocabulary: entries that
+    /// are not strings, token types that do not match the tokens, an empty control token (it would
+    /// match everywhere), an end-of-sequence id outside the vocabulary
     explicit tokenizer(const gguf::file& f) {
-        const auto& model = f.get("tokenizer.ggml.model").as_string();
+        const auto& model = f.get_string("tokenizer.ggml.model");
         if (model != "gpt2") throw std::runtime_error("tokenizer: unsupported tokenizer model '" + model + "'");
         if (f.has("tokenizer.ggml.pre")) {
-            const auto& pre = f.get("tokenizer.ggml.pre").as_string();
+            const auto& pre = f.get_string("tokenizer.ggml.pre");
             if (pre != "smollm") throw std::runtime_error("tokenizer: unsupported pre-tokenizer '" + pre + "'");
         }
-        const auto& tokens = f.get("tokenizer.ggml.tokens").as_array().elements;
-        const auto& types = f.get("tokenizer.ggml.token_type").as_array().elements;
+        const auto& tokens = f.get_strings("tokenizer.ggml.tokens").elements;
+        const auto& types = f.get_integers("tokenizer.ggml.token_type").elements;
+        if (types.size() != tokens.size())
+            throw std::runtime_error("tokenizer: tokenizer.ggml.token_type has " + std::to_string(types.size()) + " entries for " +
+                                     std::to_string(tokens.size()) + " tokens");
+        if (tokens.size() > static_cast<std::size_t>(std::numeric_limits<token_id>::max()))
+            throw std::runtime_error("tokenizer: tokenizer.ggml.tokens holds more tokens than a 32-bit id can name");
         pieces_.reserve(tokens.size());
         for (std::size_t i = 0; i < tokens.size(); ++i) {
             pieces_.push_back(tokens[i].as_string());
             ids_.emplace(pieces_.back(), static_cast<token_id>(i));
-            const auto type = types.at(i).as_uint();
+            const auto type = types[i].as_uint();
             special_.push_back(type == control_type || type == user_defined_type);
-            if (special_.back()) special_ids_.push_back(static_cast<token_id>(i));
+            if (!special_.back()) continue;
+            if (pieces_.back().empty())
+                throw std::runtime_error("tokenizer: control token " + std::to_string(i) + " has empty text (it would match everywhere)");
+            special_ids_.push_back(static_cast<token_id>(i));
         }
-        const auto& merges = f.get("tokenizer.ggml.merges").as_array().elements;
+        const auto& merges = f.get_strings("tokenizer.ggml.merges").elements;
         for (std::size_t r = 0; r < merges.size(); ++r) merge_rank_.emplace(merges[r].as_string(), static_cast<int>(r));
-        eos_ = static_cast<token_id>(f.get("tokenizer.ggml.eos_token_id").as_uint());
+        const std::uint64_t eos = f.get_uint("tokenizer.ggml.eos_token_id");
+        if (eos >= tokens.size())
+            throw std::runtime_error("tokenizer: tokenizer.ggml.eos_token_id " + std::to_string(eos) + " is outside the " + std::to_string(tokens.size()) +
+                                     "-token vocabulary");
+        eos_ = static_cast<token_id>(eos);
         build_byte_maps();
     }
 

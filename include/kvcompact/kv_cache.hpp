@@ -49,25 +49,35 @@ struct kv_cache {
     return layout.num_sequences() * layout.num_layers() * layout.num_kv_heads();
   }
 
-  /// @brief Checks pointers, alignment, the layout and every length.
+  /// @brief Checks the layout (kvcompact::detail::validate_layout), pointers, alignment, that keys
+  /// and values are not the same memory, and every length.
   /// @param where name of the calling entry point, used in error messages
   /// @throws kvcompact::error naming the first bad argument
   void validate(const char* where) const {
-    if constexpr (detail::layout_has_validate<Layout>) layout.validate(where);
+    detail::validate_layout(layout, where);
     detail::require(keys != nullptr, where, "cache.keys", "null pointer");
     detail::require(values != nullptr, where, "cache.values", "null pointer");
     detail::require(lengths != nullptr, where, "cache.lengths", "null pointer");
     detail::require(positions != nullptr, where, "cache.positions", "null pointer");
+    detail::require(static_cast<const void*>(keys) != static_cast<const void*>(values), where, "cache.values", "is the same memory as cache.keys");
     detail::require(reinterpret_cast<std::uintptr_t>(keys) % alignof(T) == 0, where, "cache.keys", "misaligned for the element type");
     detail::require(reinterpret_cast<std::uintptr_t>(values) % alignof(T) == 0, where, "cache.values", "misaligned for the element type");
     detail::require(reinterpret_cast<std::uintptr_t>(lengths) % alignof(std::int32_t) == 0, where, "cache.lengths", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(positions) % alignof(std::int32_t) == 0, where, "cache.positions", "misaligned");
     for (index_t i = 0; i < head_count(); ++i) {
-      if (lengths[i] < 0 || lengths[i] > layout.capacity()) {
+      const index_t capacity = detail::layer_capacity(layout, (i / layout.num_kv_heads()) % layout.num_layers());
+      if (lengths[i] < 0 || lengths[i] > capacity) {
         throw error(where, "cache.lengths",
-                    "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", outside [0, capacity " +
-                        std::to_string(layout.capacity()) + "]");
+                    "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", outside [0, capacity " + std::to_string(capacity) +
+                        " of its layer]");
       }
+    }
+    for (index_t i = 0; i < head_count(); ++i) {  // a paged layout maps only the pages a sequence owns
+      const index_t sequence = i / (layout.num_layers() * layout.num_kv_heads());
+      if (lengths[i] > 0 && !detail::slot_in_range(layout, sequence, lengths[i] - 1))
+        throw error(where, "cache.lengths",
+                    "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", but slot " + std::to_string(lengths[i] - 1) +
+                        " of sequence " + std::to_string(sequence) + " is not in a page the layout gives it");
     }
   }
 };

@@ -1,12 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief Presets: each published method as a composition of components, and a runtime-name dispatcher.
+///
+/// Every factory checks its arguments and throws kvcompact::error naming the bad one: budgets,
+/// windows, kernels and group sizes must be positive (odd for pooling kernels), shares lie in
+/// [0, 1], and protected tokens never exceed the budget. Protected tokens (sinks, recent tokens, the
+/// observation window) above the budget are rejected rather than capped, by the factories and by
+/// the sessions alike: the selectors never evict a protected token, so such a policy could only keep
+/// more than its budget. A policy that evicts during decode needs one slot beyond its protected
+/// tokens (`streaming_llm(4, 4)` is rejected: four sinks leave nothing to evict).
 #pragma once
 
 #include <kvcompact/mergers/average.hpp>
 #include <kvcompact/mergers/cam.hpp>
 #include <kvcompact/mergers/drop.hpp>
 #include <kvcompact/mergers/gaussian_pivot.hpp>
+#include <kvcompact/mergers/nearest_key.hpp>
+#include <kvcompact/layouts/layer_condensed.hpp>
+#include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/policy.hpp>
 #include <kvcompact/scorers/accumulated_attention.hpp>
@@ -18,96 +29,216 @@
 #include <kvcompact/selectors/adaptive_heads.hpp>
 #include <kvcompact/selectors/budgets.hpp>
 #include <kvcompact/selectors/hit_window.hpp>
+#include <kvcompact/selectors/layer_table.hpp>
 #include <kvcompact/selectors/merging_sets.hpp>
 #include <kvcompact/selectors/top_k.hpp>
 #include <kvcompact/selectors/windows.hpp>
 
 #include <array>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
 namespace policies {
 
-/// @brief StreamingLLM (algorithms.md 6.1): `sinks` first tokens plus the newest, `budget` in all.
-/// @param budget slots per head @param sinks attention sinks @return the policy
+/// @brief StreamingLLM (@ref methods_streaming_llm): `sinks` first tokens plus the newest, `budget` in all.
+/// @param budget slots per head @param sinks attention sinks, fewer than @p budget @return the policy
+/// @throws kvcompact::error when @p budget is not positive or @p sinks is negative or not below @p budget
 inline auto streaming_llm(index_t budget, index_t sinks = 4) {
-  return policy<scorers::recency, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}, {sinks, 0}}, {}};
+  detail::require_positive(budget, "streaming_llm", "budget");
+  detail::require_non_negative(sinks, "streaming_llm", "sinks");
+  const policy<scorers::recency, selectors::top_k<budgets::fixed>> p{{}, {budgets::fixed{budget}, {sinks, 0}}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "streaming_llm", "sinks");
+  return p;
 }
 
-/// @brief H2O (6.2): `recent` newest tokens plus the heaviest accumulated attention, `budget` in all.
+/// @brief H2O (@ref methods_h2o): `recent` newest tokens plus the heaviest accumulated attention, `budget` in all.
 /// Pass every prompt query as the window for the original column sums.
-/// @param budget slots per head @param recent recent tokens kept @return the policy
+/// @param budget slots per head @param recent recent tokens kept, at most @p budget @return the policy
+/// @throws kvcompact::error when @p budget is not positive or @p recent is negative or above @p budget
 inline auto h2o(index_t budget, index_t recent) {
-  return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}, {0, recent}}, {}};
+  detail::require_positive(budget, "h2o", "budget");
+  detail::require_non_negative(recent, "h2o", "recent");
+  const policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>> p{{}, {budgets::fixed{budget}, {0, recent}}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "h2o", "recent");
+  return p;
 }
 
-/// @brief TOVA (6.3): the top `budget` by the last query's head-averaged attention (one-row window).
+/// @brief TOVA (@ref methods_tova): the top `budget` by the last query's head-averaged attention (one-row window).
 /// @param budget slots per head @return the policy
+/// @throws kvcompact::error when @p budget is not positive
 inline auto tova(index_t budget) {
+  detail::require_positive(budget, "tova", "budget");
   return policy<scorers::last_query, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}};
 }
 
-/// @brief SnapKV (6.4): window-summed attention, max-pooled, top `budget - window` plus the window.
-/// @param budget slots per head (window included) @param window observation window w @param kernel pooling kernel
-/// @return the policy
+/// @brief SnapKV (@ref methods_snapkv): window-summed attention, max-pooled, top `budget - window` plus the window.
+/// @param budget slots per head (window included) @param window observation window w, at most @p budget
+/// @param kernel pooling kernel (odd) @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto snapkv(index_t budget, index_t window = 32, index_t kernel = 7) {
   using selector = selectors::top_k<budgets::fixed>;
-  return policy<scorers::observation_window, selector>{
+  detail::require_positive(budget, "snapkv", "budget");
+  detail::require_non_negative(window, "snapkv", "window");
+  detail::require_pool_kernel(selectors::pooling::max, kernel, "snapkv", "kernel");
+  const policy<scorers::observation_window, selector> p{
       {}, selector{budgets::fixed{budget}, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "snapkv", "window");
+  return p;
 }
 
-/// @brief PyramidKV (6.5): SnapKV scores with a per-layer pyramid of budgets averaging `average`.
-/// @param average average slots per head (window included) @param window observation window @param kernel pooling kernel
-/// @return the policy
+/// @brief PyramidKV (@ref methods_pyramidkv): SnapKV scores with a per-layer pyramid of budgets averaging `average`.
+/// @param average average slots per head (window included) @param window observation window, at most @p average
+/// @param kernel pooling kernel (odd) @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto pyramidkv(index_t average, index_t window = 32, index_t kernel = 7) {
+  detail::require_positive(average, "pyramidkv", "average");
+  detail::require_non_negative(window, "pyramidkv", "window");
+  detail::require_at_least(average, window, "pyramidkv", "average", "the window");
+  detail::require_pool_kernel(selectors::pooling::max, kernel, "pyramidkv", "kernel");
   using selector = selectors::top_k<budgets::pyramid>;
   return policy<scorers::observation_window, selector>{
       {}, selector{budgets::pyramid{average, window}, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
 }
 
-/// @brief Ada-KV (6.6): window-mean attention, max-pooled; head-wise budgets averaging `budget`.
-/// @param budget average slots per head (window included) @param window observation window
-/// @param floor_fraction alpha_f @return the policy
+/// @brief Ada-KV (@ref methods_adakv): window-mean attention, max-pooled; head-wise budgets averaging `budget`.
+/// @param budget average slots per head (window included) @param window observation window, at most @p budget
+/// @param floor_fraction alpha_f in [0, 1] @return the policy
+/// @throws kvcompact::error when an argument is out of range (a NaN floor included)
 inline auto adakv(index_t budget, index_t window = 32, double floor_fraction = 0.2) {
+  detail::require_positive(budget, "adakv", "budget");
+  detail::require_non_negative(window, "adakv", "window");
+  detail::require_protected_fit(window, budget, "adakv", "window");
+  detail::require_unit_interval(floor_fraction, "adakv", "floor_fraction");
   using selector = selectors::adaptive_heads<budgets::fixed>;
   scorers::observation_window scorer{};
   scorer.rows = reduction::mean;
   return policy<scorers::observation_window, selector>{scorer, selector{budgets::fixed{budget}, {0, window, selectors::pooling::max, 7}, floor_fraction}, {}};
 }
 
-/// @brief KNorm (6.8): the `budget` keys of lowest L2 norm.
+/// @brief KNorm (@ref methods_knorm): the `budget` keys of lowest L2 norm.
 /// @param budget slots per head @return the policy
-inline auto knorm(index_t budget) { return policy<scorers::key_norm, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}}; }
+/// @throws kvcompact::error when @p budget is not positive
+inline auto knorm(index_t budget) {
+  detail::require_positive(budget, "knorm", "budget");
+  return policy<scorers::key_norm, selectors::top_k<budgets::fixed>>{{}, {budgets::fixed{budget}}, {}};
+}
 
-/// @brief CORM (1.5, faithful, budget-free): keeps what one of the last `window` queries found important.
-/// @param window w @param recent r >= w @param sinks explicit sinks @return the policy
+/// @brief CORM (@ref methods_corm_selection, faithful, budget-free): keeps what one of the last `window` queries found important.
+/// @param window w, positive @param recent r >= w @param sinks explicit sinks @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto corm(index_t window, index_t recent, index_t sinks = 0) {
+  detail::require_positive(window, "corm", "window");
+  detail::require_at_least(recent, window, "corm", "recent", "the window");
+  detail::require_non_negative(sinks, "corm", "sinks");
   return policy<scorers::recent_query, selectors::hit_window>{{}, {window, recent, sinks}, {}};
 }
 
-/// @brief Budgeted CORM (1.7): the `recent` newest plus the most important above the threshold, `budget` in all.
-/// @param budget slots per head @param recent recent tokens kept (and window rows) @param alpha threshold multiplier
-/// @return the policy
+/// @brief Budgeted CORM (@ref methods_corm_budgeted): the `recent` newest plus the most important above the threshold, `budget` in all.
+/// @param budget slots per head @param recent recent tokens kept (and window rows), at most @p budget
+/// @param alpha threshold multiplier, finite and not negative @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto corm_budgeted(index_t budget, index_t recent, float alpha = 1.0f) {
+  detail::require_positive(budget, "corm_budgeted", "budget");
+  detail::require_non_negative(recent, "corm_budgeted", "recent");
+  detail::require_finite_non_negative(alpha, "corm_budgeted", "alpha");
   scorers::recent_query scorer{};
   scorer.score_mode = scorers::recent_query::mode::importance;
   scorer.alpha = alpha;
-  return policy<scorers::recent_query, selectors::top_k<budgets::fixed>>{scorer, {budgets::fixed{budget}, {0, recent}, alpha}, {}};
+  const policy<scorers::recent_query, selectors::top_k<budgets::fixed>> p{scorer, {budgets::fixed{budget}, {0, recent}, alpha}, {}};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "corm_budgeted", "recent");
+  return p;
 }
 
-/// @brief WindowKV (4): whole windows of `window` tokens under a group pyramid averaging `average`
+/// @brief WindowKV (@ref methods_windowkv): whole windows of `window` tokens under a group pyramid averaging `average`
 /// review tokens, indices shared by groups of `group` layers; the `suffix` newest tokens are kept.
 /// @param average average review tokens per layer @param group layers per group @param task the engine's task type
 /// @param window tokens per window @param suffix observation window @return the policy
+/// @throws kvcompact::error when @p average, @p group or @p window is not positive or @p suffix is negative
 inline auto windowkv(index_t average, index_t group, selectors::task_type task = selectors::task_type::localization, index_t window = 8,
                      index_t suffix = 32) {
+  detail::require_positive(average, "windowkv", "average");
+  detail::require_positive(group, "windowkv", "group");
+  detail::require_positive(window, "windowkv", "window");
+  detail::require_non_negative(suffix, "windowkv", "suffix");
   using selector = selectors::windows<budgets::group_pyramid>;
   return policy<scorers::last_query, selector>{{}, selector{budgets::group_pyramid{average, group}, window, suffix, group, task}, {}};
 }
 
-/// @brief Protected shares of the context in KVMerger (algorithms.md 2.6): tokens exempt from merging.
+/// @brief PrefixKV (@ref methods_prefixkv): attention accumulated over every prompt query, averaged over all
+/// query heads of the layer (every KV head keeps the same tokens), under a per-layer table of kept
+/// fractions found offline by PrefixKV's prefix search; the first `sinks` tokens and the last prompt
+/// token are kept. Pass every prompt query as the window. Prompt only: decode appends (PrefixKV's own
+/// decode rule is not reproduced, @ref methods_prefixkv_decode).
+/// @param table kept fraction of each storage layer (kvcompact::budgets::load_layer_budgets)
+/// @param sinks attention sinks (PrefixKV's evaluation uses 1)
+/// @return the policy
+inline auto prefixkv(budgets::layer_table table, index_t sinks = 1) {
+  using selector = selectors::top_k<budgets::layer_table>;
+  table.min_slots = table.min_slots > sinks + 1 ? table.min_slots : sinks + 1;
+  return policy<scorers::layer_accumulated_attention, selector>{{}, selector{table, {sinks, 1}, -3.402823466e38f, false}, {}};
+}
+
+/// @brief XKV (@ref methods_xkv): SnapKV's scores and selection under a per-layer table of kept fractions
+/// allocated offline by XKV's sensitivity profile and knapsack.
+/// @param table kept fraction of each storage layer (kvcompact::budgets::load_layer_budgets)
+/// @param window observation window w (kept, counted in each layer's budget) @param kernel pooling kernel
+/// @return the policy
+inline auto xkv(budgets::layer_table table, index_t window = 32, index_t kernel = 7) {
+  using selector = selectors::top_k<budgets::layer_table>;
+  table.min_slots = table.min_slots > window ? table.min_slots : window;
+  return policy<scorers::observation_window, selector>{
+      {}, selector{table, {0, window, selectors::pooling::max, kernel}, -3.402823466e38f, false}, {}};
+}
+
+/// @brief The cache of a MixAttention model (@ref methods_mixattention_cache): storage layers read only by
+/// sliding layers are ring buffers of `window + sinks` slots per head (the first `sinks` positions stay,
+/// each new token overwrites the oldest other slot), every other storage layer keeps its tokens up to
+/// `full_slots` (then it, too, drops its oldest non-sink slot). Use it over a
+/// kvcompact::layouts::layer_condensed layout with the same map, whose inner
+/// kvcompact::layouts::ragged_layers gives the ring layers `window + sinks` slots.
+/// @param map the model's layer map (its window and sinks) @param full_slots slots of the other storage layers
+/// @return the policy
+/// @throws kvcompact::error naming `full_slots` when it is below `window + sinks` or not positive
+inline auto mixattention(const layouts::layer_map& map, index_t full_slots) {
+  index_t slots[layouts::layer_map::max_layers] = {};
+  const index_t ring = index_t{map.window} + map.sinks;
+  detail::require(full_slots > 0 && full_slots >= ring, "mixattention", "full_slots",
+                  [&] { return std::to_string(full_slots) + " is below the ring layers' " + std::to_string(ring) + " slots"; });
+  for (int s = 0; s < map.cache_layers; ++s) slots[s] = map.window_only(s) ? ring : full_slots;
+  using selector = selectors::top_k<budgets::layer_table>;
+  const auto table = budgets::layer_table::slots(std::span<const index_t>(slots, static_cast<std::size_t>(map.cache_layers)));
+  return policy<scorers::recency, selector>{{}, selector{table, {map.sinks, 0}}, {}};
+}
+
+/// @brief The storage-layer capacities mixattention() needs: `window + sinks` slots for the layers read
+/// only by sliding layers, @p full_slots for the others (pass them to kvcompact::layouts::ragged_layers::make).
+/// @param map the model's layer map @param full_slots slots of the other storage layers
+/// @return one capacity per storage layer
+inline std::vector<index_t> mixattention_capacities(const layouts::layer_map& map, index_t full_slots) {
+  std::vector<index_t> capacities;
+  for (int s = 0; s < map.cache_layers; ++s) capacities.push_back(map.window_only(s) ? index_t{map.window} + map.sinks : full_slots);
+  return capacities;
+}
+
+/// @brief A bounded slot memory (@ref methods_bct_write), the training-free stand-in for BCT's cache: at
+/// most `slots` entries per head at any length. When a head is full, its least-attended entry outside
+/// the `recent` newest is written into the entry whose key is most similar (kvcompact::mergers::nearest_key)
+/// instead of being dropped; prefill compresses the prompt the same way. Pass every prompt query as the
+/// window (accumulated attention).
+/// @param slots M: entries per head @param recent newest tokens kept as they are
+/// @return the policy
+/// @throws kvcompact::error naming `recent` when it is not below @p slots
+inline auto bounded_memory(index_t slots, index_t recent = 32) {
+  detail::require(recent >= 0 && recent < slots, "bounded_memory", "recent",
+                  [&] { return "must be in [0, slots = " + std::to_string(slots) + "), got " + std::to_string(recent); });
+  return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>, mergers::nearest_key>{{}, {budgets::fixed{slots}, {0, recent}}, {}};
+}
+
+/// @brief Protected shares of the context in KVMerger (@ref methods_kvmerger_budget): tokens exempt from merging.
 struct merge_protection {
   double recent;  ///< rho_r: newest tokens, as a fraction of the context
   double top;     ///< rho_a: best-scoring tokens (aggregated attention), as a fraction of the context
@@ -115,7 +246,7 @@ struct merge_protection {
 
 /// @brief The protected shares kvmerger(double) uses at kept fraction @p fraction.
 ///
-/// The paper's settings (algorithms.md 2.6) are the anchors: 0.17 / 0.12 at a 50 % budget and
+/// The paper's settings (@ref methods_kvmerger_budget) are the anchors: 0.17 / 0.12 at a 50 % budget and
 /// 0.08 / 0.02 at 35 %. Between 35 % and 50 % both shares are interpolated linearly; above 50 % the
 /// 50 % shares are used; below 35 % the 35 % shares are scaled by `fraction / 0.35`, so the protected
 /// tokens stay 2/7 (about 29 %) of the budget and the rest of the budget holds merged sets.
@@ -123,7 +254,7 @@ struct merge_protection {
 /// @return rho_r and rho_a
 /// @throws kvcompact::error when @p fraction is outside (0, 1]
 inline merge_protection kvmerger_protection(double fraction) {
-  detail::require(fraction > 0.0 && fraction <= 1.0, "kvmerger_protection", "fraction", "must be in (0, 1], got " + std::to_string(fraction));
+  detail::require_kept_fraction(fraction, "kvmerger_protection", "fraction");
   constexpr merge_protection at35{0.08, 0.02}, at50{0.17, 0.12};
   if (fraction >= 0.5) return at50;
   if (fraction >= 0.35) {
@@ -134,17 +265,16 @@ inline merge_protection kvmerger_protection(double fraction) {
   return {at35.recent * scale, at35.top * scale};
 }
 
-/// @brief KVMerger (2), budgeted mode: merging sets chosen per head so that no head keeps more than
+/// @brief KVMerger (@ref methods_kvmerger), budgeted mode: merging sets chosen per head so that no head keeps more than
 /// `fraction` of its length, in every layer; Gaussian-kernel merge into the pivot. Pass every prompt
 /// query (aggregated attention).
 /// @param fraction kept fraction in (0, 1] @param recent_fraction rho_r in [0, 1] @param top_fraction rho_a in [0, 1]
 /// @return the policy
 /// @throws kvcompact::error when an argument is out of range
 inline auto kvmerger(double fraction, double recent_fraction, double top_fraction) {
-  detail::require(fraction > 0.0 && fraction <= 1.0, "kvmerger", "fraction", "must be in (0, 1], got " + std::to_string(fraction));
-  detail::require(recent_fraction >= 0.0 && recent_fraction <= 1.0, "kvmerger", "recent_fraction",
-                  "must be in [0, 1], got " + std::to_string(recent_fraction));
-  detail::require(top_fraction >= 0.0 && top_fraction <= 1.0, "kvmerger", "top_fraction", "must be in [0, 1], got " + std::to_string(top_fraction));
+  detail::require_kept_fraction(fraction, "kvmerger", "fraction");
+  detail::require_unit_interval(recent_fraction, "kvmerger", "recent_fraction");
+  detail::require_unit_interval(top_fraction, "kvmerger", "top_fraction");
   using selector = selectors::merging_sets<budgets::fraction>;
   selector s{budgets::fraction{fraction}};
   s.recent_fraction = recent_fraction;
@@ -153,7 +283,7 @@ inline auto kvmerger(double fraction, double recent_fraction, double top_fractio
   return policy<scorers::accumulated_attention, selector, mergers::gaussian_pivot>{{}, s, {}};
 }
 
-/// @brief KVMerger (2), budgeted mode, with the protected shares of kvmerger_protection(@p fraction).
+/// @brief KVMerger (@ref methods_kvmerger), budgeted mode, with the protected shares of kvmerger_protection(@p fraction).
 /// @param fraction kept fraction in (0, 1] @return the policy
 /// @throws kvcompact::error when @p fraction is outside (0, 1]
 inline auto kvmerger(double fraction) {
@@ -161,14 +291,23 @@ inline auto kvmerger(double fraction) {
   return kvmerger(fraction, p.recent, p.top);
 }
 
-/// @brief CaM (3) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
+/// @brief CaM (@ref methods_cam) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
 /// kept; each evicted value is spread over the next `merge_count` kept values.
-/// @param budget slots per head @param start first tokens kept @param merge_count M @return the policy
+/// @param budget slots per head
+/// @param start first tokens kept, fewer than @p budget
+/// @param merge_count M, positive
+/// @return the policy
+/// @throws kvcompact::error when an argument is out of range
 inline auto cam(index_t budget, index_t start, index_t merge_count = 32) {
+  detail::require_positive(budget, "cam", "budget");
+  detail::require_non_negative(start, "cam", "start");
+  detail::require_positive(merge_count, "cam", "merge_count");
   mergers::cam merger{};
   merger.merge_count = merge_count;
-  return policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>, mergers::cam>{
-      {}, {budgets::fixed{budget}, {start, budget - start}}, merger};
+  const policy<scorers::accumulated_attention, selectors::top_k<budgets::fixed>, mergers::cam> p{
+      {}, {budgets::fixed{budget}, {start, budget > start ? budget - start : 0}}, merger};
+  detail::require_protected_fit(detail::smallest_budget(p.selector), budget, "cam", "start");
+  return p;
 }
 
 /// @brief Runtime parameters shared by the name dispatcher.
@@ -178,16 +317,22 @@ struct preset_options {
   index_t window = 32;     ///< observation window / recent tokens
   index_t sinks = 4;       ///< attention sinks where the method has them
   index_t layer_group = 0; ///< WindowKV layer group (0: all layers in groups of 4)
+  const budgets::layer_table* layer_budgets = nullptr;  ///< per-layer table of the calibrated presets (not owned)
 };
 
 /// @brief Names accepted by with_preset().
-inline constexpr std::array<std::string_view, 12> preset_names{"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv",
-                                                               "knorm", "corm", "corm_budgeted", "windowkv", "kvmerger", "cam"};
+inline constexpr std::array<std::string_view, 13> preset_names{"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "knorm",
+                                                               "corm", "corm_budgeted", "windowkv", "kvmerger", "cam", "bounded_memory"};
+
+/// @brief Names of the presets whose per-layer budgets come from an offline calibration: with_preset()
+/// accepts them when preset_options::layer_budgets points to the table.
+inline constexpr std::array<std::string_view, 2> calibrated_preset_names{"prefixkv", "xkv"};
 
 /// @brief Builds the preset called @p name and calls `f(policy)` with it (one instantiation per preset).
-/// @param name one of preset_names @param options budgets and windows @param f a generic callable
+/// @param name one of preset_names or calibrated_preset_names @param options budgets and windows @param f a generic callable
 /// @return what @p f returns
-/// @throws kvcompact::error for an unknown name or a budget the method cannot meet
+/// @throws kvcompact::error for an unknown name, a budget the method cannot meet, or a calibrated preset
+/// without preset_options::layer_budgets
 template <class F>
 decltype(auto) with_preset(std::string_view name, const preset_options& options, F&& f) {
   const index_t b = options.budget;
@@ -207,6 +352,13 @@ decltype(auto) with_preset(std::string_view name, const preset_options& options,
   if (name == "windowkv") return f(windowkv(b > w ? b - w : 1, options.layer_group > 0 ? options.layer_group : 4, selectors::task_type::localization, 8, w));
   if (name == "kvmerger") return f(kvmerger(fraction < 1.0 ? fraction : 1.0));
   if (name == "cam") return f(cam(b, s));
+  if (name == "bounded_memory") return f(bounded_memory(b, w));
+  if (name == "prefixkv" || name == "xkv") {
+    detail::require(options.layer_budgets != nullptr, "with_preset", "options.layer_budgets",
+                    "the " + std::string(name) + " preset needs its per-layer budget table (budgets::load_layer_budgets)");
+    if (name == "prefixkv") return f(prefixkv(*options.layer_budgets));
+    return f(xkv(*options.layer_budgets, w));
+  }
   throw error("with_preset", "name", "unknown preset \"" + std::string(name) + "\"");
 }
 

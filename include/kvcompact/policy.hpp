@@ -27,6 +27,10 @@ struct shares_scores<S, true> : std::bool_constant<S::shares_across_kv_heads> {}
 /// @tparam Scorer a kvcompact::slot_scorer
 /// @tparam Selector a kvcompact::keep_selector
 /// @tparam Merger a kvcompact::entry_merger (kvcompact::mergers::drop by default)
+///
+/// Example: CORM's importance, WindowKV's windows and KVMerger's merge in one policy (built and run by
+/// examples/compose_components.cpp); the presets of kvcompact::policies are built the same way:
+/// @snippet compose_components.cpp compose
 template <class Scorer, class Selector, class Merger = mergers::drop>
 struct policy {
   static_assert(detail::check_scorer<Scorer>(), "kvcompact: policy<Scorer, Selector, Merger>: Scorer is not a kvcompact::slot_scorer");

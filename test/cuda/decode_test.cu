@@ -5,7 +5,9 @@
 //    cache, a sequence skipped by a negative position), with and without fused scoring;
 //  - observe() leaves the scorers' per-slot states of kvcompact::cpu::session (H2O, TOVA, CORM);
 //  - a decode loop with eviction (every preset that evicts during decode, plus SnapKV which appends)
-//    gives the CPU backend's outputs and cache, on a BHSD and on a layer-condensed (LCKV) cache.
+//    gives the CPU backend's outputs and cache, on a BHSD and on a layer-condensed (LCKV) cache;
+//  - MixAttention's ring-buffer layers (layer_condensed<ragged_layers>) and the bounded slot memory
+//    (nearest-key merge at every step) give the CPU backend's outputs and cache.
 // Tolerances: queries and outputs are stored in T, so the reference uses the T-rounded queries and an
 // output may differ from it by the rounding of T (2^-8 relative for bf16, 2^-11 for fp16) plus fp32
 // summation error; states agree within 1e-4 relative (fp32 probabilities, different summation order).
@@ -257,6 +259,23 @@ BOOST_AUTO_TEST_CASE(layer_condensed_decode_matches_the_cpu_backend) {
   kvtest::round_to_exact_values(window);  // both backends score the same logits: identical prefill keep-sets
   check_decode_loop("lckv streaming_llm", kc::policies::streaming_llm(24, 4), host, window, H * G, map.model_layers, 10);
   check_decode_loop("lckv h2o", kc::policies::h2o(24, 4), host, window, H * G, map.model_layers, 10);
+}
+
+BOOST_AUTO_TEST_CASE(mixattention_rings_and_the_bounded_memory_decode_like_the_cpu_backend) {
+  // Character.AI pattern of 7 layers, window 8 with 2 sinks: storage layers {0, 1, 3}, 1 and 3 are rings
+  // of 10 slots in a ragged layout; 10-token prompts, 16 steps, so the rings wrap.
+  const auto map = kc::layouts::layer_map::character_ai(7, 8, 2);
+  constexpr index_t S = 2, H = 2, G = 2, FULL = 40, D = 64, ROWS = 4, PROMPT = 10;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = PROMPT;
+  const auto source = kvtest::make_random_cache<kc::bfloat16_t>({S, map.cache_layers, H, FULL, D}, fill, 505);
+  const kc::layouts::layer_condensed<kc::layouts::ragged_layers> rings{
+      kc::layouts::ragged_layers::make(S, kc::policies::mixattention_capacities(map, FULL), H, D), map};
+  auto window = kvtest::make_random_window(S, map.cache_layers, H * G, ROWS, D, {PROMPT - 1, PROMPT - 1}, 1.0, 506);
+  kvtest::round_to_exact_values(window);
+  check_decode_loop("mixattention rings", kc::policies::mixattention(map, FULL), kvtest::copy_into(source, rings), window, H * G, map.model_layers, 16);
+  // the bounded memory merges its victims into the nearest slot at prefill and at every step
+  check_decode_loop("bounded_memory", kc::policies::bounded_memory(6, 2), kvtest::copy_into(source, source.layout), window, H * G, map.cache_layers, 8);
 }
 
 #include "support/gpu_main.hpp"

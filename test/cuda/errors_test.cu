@@ -2,7 +2,8 @@
 // GPU test: bad input to kvcompact::cuda::session gets a kvcompact::error naming the argument, on
 // the host before any launch (null or misaligned pointers, head_dim mismatch, GQA shape, state and
 // workspace sizes, window rows) or from check() for what only kernels can see (NaN scores, page-table
-// entries outside the pool, lengths outside [0, capacity], a full head that evicts nothing) -- and
+// entries outside the pool, lengths outside [0, capacity], a full head that evicts nothing, also at a
+// ragged layer's own capacity) -- and
 // the cache is left unchanged where a kernel found a fault.
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
@@ -146,6 +147,33 @@ BOOST_AUTO_TEST_CASE(a_full_head_that_evicts_nothing_is_reported) {
   session.append(0, kv.data(), kv.data(), position.data());
   BOOST_CHECK_EXCEPTION(session.check("append"), kc::error, [](const kc::error& e) { return names(e, "cache"); });
   BOOST_TEST(setup.device.lengths.download()[0] == CAP);
+}
+
+BOOST_AUTO_TEST_CASE(a_ring_layer_is_full_at_its_own_capacity) {
+  // ragged layers: layer 0 holds 8 slots, layer 1 CAP. A policy that never evicts fills layer 0 after 8
+  // tokens; the 9th is refused there (no write beyond the layer's block), layer 1 still takes it.
+  using ragged = kc::layouts::ragged_layers;
+  const std::vector<index_t> capacities{8, CAP};
+  const auto host = kvtest::copy_into(kvtest::make_random_cache<T>({S, L, H, CAP, D}, {}, 6), ragged::make(S, capacities, H, D));
+  auto empty = host;
+  for (auto& n : empty.lengths) n = 0;
+  const device_setup<decltype(kc::policies::snapkv(8, 4)), ragged> setup(kc::policies::snapkv(8, 4), empty);
+  auto session = setup.session();
+  kvtest::device_array<T> kv(std::vector<T>(static_cast<std::size_t>(S * H * D), kc::from_float<T>(0.5f)));
+  for (std::int32_t t = 0; t < 9; ++t) {
+    kvtest::device_array<std::int32_t> position(std::vector<std::int32_t>{t});
+    session.append(1, kv.data(), kv.data(), position.data());
+    session.append(0, kv.data(), kv.data(), position.data());
+    if (t < 8) session.check("append");
+  }
+  BOOST_CHECK_EXCEPTION(session.check("append"), kc::error, [](const kc::error& e) { return names(e, "cache"); });
+  const auto lengths = setup.device.lengths.download();
+  BOOST_TEST(lengths[0] == 8);
+  BOOST_TEST(lengths[2] == 9);
+  auto too_long = empty;
+  too_long.lengths[0] = 9;  // above layer 0's capacity, below capacity()
+  const device_setup<decltype(kc::policies::snapkv(8, 4)), ragged> bad(kc::policies::snapkv(8, 4), too_long);
+  BOOST_CHECK_EXCEPTION(bad.session(), kc::error, [](const kc::error& e) { return names(e, "cache.lengths"); });
 }
 
 #include "support/gpu_main.hpp"

@@ -114,10 +114,16 @@ void instantiate_every_component() {
   instantiate(p::kvmerger(0.5));
   instantiate(p::cam(64, 4));
   instantiate(kc::policy<kc::scorers::key_norm, kc::selectors::top_k<kc::budgets::fraction>, kc::mergers::average>{});
+  const auto map = kc::layouts::layer_map::character_ai(8, 16, 2);
+  instantiate(p::prefixkv(kc::budgets::layer_table{}));
+  instantiate(p::xkv(kc::budgets::layer_table{}));
+  instantiate(p::bounded_memory(64, 8));
+  instantiate(p::mixattention(map, 64));
   convert<float><<<1, 1>>>(nullptr, nullptr, 0);
   convert<kc::half_t><<<1, 1>>>(nullptr, nullptr, 0);
   convert<kc::bfloat16_t><<<1, 1>>>(nullptr, nullptr, 0);
   offsets<<<1, 1>>>(kc::layouts::bhsd(1, 1, 1, 8, 8), nullptr);
   offsets<<<1, 1>>>(kc::layouts::paged{}, nullptr);
   offsets<<<1, 1>>>(kc::layouts::layer_condensed<kc::layouts::strided>{}, nullptr);
+  offsets<<<1, 1>>>(kc::layouts::layer_condensed<kc::layouts::ragged_layers>{kc::layouts::ragged_layers{}, map}, nullptr);
 }

@@ -3,7 +3,8 @@
 // kvcompact::cpu::session does (keep-sets, positions, bit-identical K/V, budgets, decode states; ties
 // within rounding allowed as support/backend_comparison.hpp describes), for every preset on a BHSD
 // bf16 cache, and for a selection of presets on fp16 BSHD, fp32 paged (NHD and HND, device page
-// table), layer-condensed and a user-defined layout written in this file. The window scores
+// table), layer-condensed and a user-defined layout written in this file, and for the presets with a
+// per-layer table (PrefixKV, XKV) and the bounded slot memory. The window scores
 // themselves are checked against the double-precision reference with a stated tolerance for head
 // dimensions 64, 128 and a generic one, groups 1 and 4, windows of 1, 5, 16 and 40 rows and of all
 // prompt queries, contiguous, paged and layer-condensed layouts, bf16, fp16 and fp32.
@@ -215,6 +216,20 @@ BOOST_AUTO_TEST_CASE(head_dims_of_every_kernel_path_match_the_cpu_backend) {
     kvtest::check_prefill_matches("snapkv head_dim " + std::to_string(dims), p::snapkv(BUDGET, WINDOW), cache, window, H * G);
     kvtest::check_prefill_matches("corm_budgeted head_dim " + std::to_string(dims), p::corm_budgeted(BUDGET, WINDOW), cache, window, H * G);
   }
+}
+
+BOOST_AUTO_TEST_CASE(per_layer_table_and_bounded_memory_presets_match_the_cpu_backend) {
+  // PrefixKV's layer-shared scores need aligned heads (equal lengths): sequence 0's prompt everywhere
+  auto source = prompt_cache(81);
+  for (auto& n : source.lengths) n = static_cast<std::int32_t>(prompt_length(0));
+  const auto cache = kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(source), kc::layouts::bhsd(S, L, H, CAP, D));
+  const auto window = kvtest::make_random_window(S, L, H * G, prompt_length(0), D, {prompt_length(0) - 1, prompt_length(0) - 1}, 1.0, 82);
+  const std::vector<double> keep{0.2, 0.55, 0.35, 0.9};
+  const auto table = kc::budgets::layer_table::fractions(keep);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("prefixkv", p::prefixkv(table), cache, window, H * G);
+  kvtest::check_prefill_matches("xkv", p::xkv(table, WINDOW), cache, prompt_window(L, 83), H * G);
+  kvtest::check_prefill_matches("bounded_memory", p::bounded_memory(BUDGET, WINDOW), cache, window, H * G);
 }
 
 BOOST_AUTO_TEST_CASE(a_user_layout_matches_the_cpu_backend) {

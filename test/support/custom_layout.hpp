@@ -56,15 +56,17 @@ inline std::uint32_t element_bits(float x) { return std::bit_cast<std::uint32_t>
 inline std::uint32_t element_bits(kvcompact::half_t x) { return x.bits; }
 inline std::uint32_t element_bits(kvcompact::bfloat16_t x) { return x.bits; }
 
-/// @brief One past the largest element offset a layout addresses (scans every element: small caches only).
+/// @brief One past the largest element offset a layout addresses (scans every element, each layer up to
+/// its own capacity: small caches only). Slots the layout does not map (slot_in_range false: pages a request does not own) are skipped.
 template <class Layout>
 index_t storage_elements(const Layout& layout) {
   index_t top = 0;
   for (index_t s = 0; s < layout.num_sequences(); ++s)
     for (index_t l = 0; l < layout.num_layers(); ++l)
       for (index_t h = 0; h < layout.num_kv_heads(); ++h)
-        for (index_t j = 0; j < layout.capacity(); ++j)
-          top = std::max(top, layout.offset(s, l, h, j) + (layout.head_dim() - 1) * layout.dim_stride() + 1);
+        for (index_t j = 0; j < kvcompact::detail::layer_capacity(layout, l); ++j)
+          if (kvcompact::detail::slot_in_range(layout, s, j))
+            top = std::max(top, layout.offset(s, l, h, j) + (layout.head_dim() - 1) * layout.dim_stride() + 1);
   return top;
 }
 
@@ -85,8 +87,9 @@ struct layout_cache {
   index_t head_index(index_t s, index_t l, index_t h) const { return (s * layout.num_layers() + l) * layout.num_kv_heads() + h; }
 };
 
-/// @brief Copies every slot (valid or not), length and position of @p source into a new cache with @p layout.
-/// Storage not addressed by the layout is filled with a recognisable pattern (bits 0x7777 / 0x77777777).
+/// @brief Copies every slot the layout maps (valid or not; in a layer with fewer slots than @p source, its
+/// first ones), length and position of @p source into a new cache with @p layout. Storage not addressed by the layout is filled with a recognisable pattern
+/// (bits 0x7777 / 0x77777777).
 template <class T, class Layout>
 layout_cache<T, Layout> copy_into(const random_cache<T>& source, const Layout& layout) {
   layout_cache<T, Layout> out{layout, {}, {}, source.lengths, source.positions};
@@ -100,8 +103,8 @@ layout_cache<T, Layout> copy_into(const random_cache<T>& source, const Layout& l
   for (index_t s = 0; s < sh.sequences; ++s)
     for (index_t l = 0; l < sh.layers; ++l)
       for (index_t h = 0; h < sh.kv_heads; ++h)
-        for (index_t j = 0; j < sh.capacity; ++j)
-          for (index_t d = 0; d < sh.head_dim; ++d) {
+        for (index_t j = 0; j < std::min(sh.capacity, kvcompact::detail::layer_capacity(layout, l)); ++j)
+          for (index_t d = 0; d < sh.head_dim && kvcompact::detail::slot_in_range(layout, s, j); ++d) {
             const auto from = static_cast<std::size_t>(source.element(s, l, h, j, d));
             const auto to = static_cast<std::size_t>(out.element(s, l, h, j, d));
             out.keys[to] = source.keys[from];

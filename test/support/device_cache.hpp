@@ -8,9 +8,11 @@
 #include "support/custom_layout.hpp"
 
 #include <kvcompact/cuda/check.cuh>
+#include <kvcompact/layouts/flashinfer_paged.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/layouts/paged.hpp>
 #include <kvcompact/layouts/strided.hpp>
+#include <kvcompact/layouts/vllm_paged.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -67,25 +69,49 @@ template <class Layout>
 struct device_layout {
   Layout layout;                      ///< points into table for paged layouts
   device_array<std::int32_t> table;   ///< device copy of the block table (empty for strided layouts)
+  device_array<std::int32_t> table2;  ///< device copy of a second table (FlashInfer's page indices)
+  device_array<kvcompact::index_t> layer_offsets;  ///< device copy of per-layer offsets (engine layouts)
 };
 
 /// @brief Layouts without tables are used as they are.
 template <class Layout>
 device_layout<Layout> to_device(const Layout& layout) {
-  return {layout, {}};
+  return {layout, {}, {}, {}};
 }
 /// @brief Paged layouts get a device copy of their block table.
 inline device_layout<kvcompact::layouts::paged> to_device(const kvcompact::layouts::paged& layout) {
   std::vector<std::int32_t> table(layout.block_table, layout.block_table + layout.sequences * layout.table_stride);
-  device_layout<kvcompact::layouts::paged> out{layout, device_array<std::int32_t>(table)};
+  device_layout<kvcompact::layouts::paged> out{layout, device_array<std::int32_t>(table), {}, {}};
   out.layout.block_table = out.table.data();
+  return out;
+}
+/// @brief vLLM layouts get device copies of their block table and layer offsets.
+inline device_layout<kvcompact::layouts::vllm_paged> to_device(const kvcompact::layouts::vllm_paged& layout) {
+  std::vector<std::int32_t> table(layout.block_table, layout.block_table + layout.num_seqs * layout.block_table_stride);
+  std::vector<kvcompact::index_t> offsets(layout.layer_offsets, layout.layer_offsets + layout.layers);
+  device_layout<kvcompact::layouts::vllm_paged> out{layout, device_array<std::int32_t>(table), {}, device_array<kvcompact::index_t>(offsets)};
+  out.layout.block_table = out.table.data();
+  out.layout.layer_offsets = out.layer_offsets.data();
+  return out;
+}
+/// @brief FlashInfer layouts get device copies of indptr, indices and layer offsets.
+inline device_layout<kvcompact::layouts::flashinfer_paged> to_device(const kvcompact::layouts::flashinfer_paged& layout) {
+  std::vector<std::int32_t> indptr(layout.indptr, layout.indptr + layout.batch_size + 1);
+  std::vector<std::int32_t> indices(layout.indices, layout.indices + indptr.back());
+  std::vector<kvcompact::index_t> offsets(layout.layer_offsets, layout.layer_offsets + layout.layers);
+  device_layout<kvcompact::layouts::flashinfer_paged> out{layout, device_array<std::int32_t>(indptr), device_array<std::int32_t>(indices),
+                                                          device_array<kvcompact::index_t>(offsets)};
+  out.layout.indptr = out.table.data();
+  out.layout.indices = out.table2.data();
+  out.layout.layer_offsets = out.layer_offsets.data();
   return out;
 }
 /// @brief Layer-condensed layouts convert their inner layout.
 template <class Inner>
 device_layout<kvcompact::layouts::layer_condensed<Inner>> to_device(const kvcompact::layouts::layer_condensed<Inner>& layout) {
   device_layout<Inner> inner = to_device(layout.inner);
-  device_layout<kvcompact::layouts::layer_condensed<Inner>> out{{inner.layout, layout.map}, std::move(inner.table)};
+  device_layout<kvcompact::layouts::layer_condensed<Inner>> out{
+      {inner.layout, layout.map}, std::move(inner.table), std::move(inner.table2), std::move(inner.layer_offsets)};
   return out;
 }
 

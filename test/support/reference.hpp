@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief Independent double-precision references for the kvcompact tests: a random cache builder
-/// (owned storage, BHSD strided layout), random observation windows, softmax attention (algorithms.md
+/// (owned storage, BHSD strided layout), random observation windows, softmax attention (docs/methods.md
 /// P1), decode attention output, and the prefill scores of every scorer (P2 row reduction, P4 GQA
 /// reduction, CORM's last_hit / importance terms, TOVA/WindowKV all-head sharing).
 ///
-/// Everything here is written from algorithms.md with plain loops in double precision; nothing calls
+/// Everything here is written from docs/methods.md with plain loops in double precision; nothing calls
 /// library math (only the library's plain data types kv_cache, layouts::strided and query_window are
 /// used, to hand the data to a session). Random numbers come from std::mt19937 raw output converted
 /// by hand (std::*_distribution output is implementation-defined), so every seed gives the same data
@@ -287,7 +287,7 @@ struct probability_row {
 };
 
 /// @brief softmax_j(q . k_j * scale) over the slots j of head (s, l, h) whose position is <= query_position
-/// (causal masking by logical position, algorithms.md P1), in double.
+/// (causal masking by logical position, docs/methods.md P1), in double.
 template <class T>
 probability_row attention_probabilities(const random_cache<T>& c, index_t s, index_t l, index_t h, const float* q, index_t query_position,
                                         double scale) {
@@ -334,8 +334,8 @@ enum class reduce { sum, mean, max };
 /// @brief What one window row contributes for one slot.
 enum class term_kind {
   probability,      ///< a[g][r][j] (SnapKV, H2O, TOVA, WindowKV)
-  corm_last_hit,    ///< position of row r when a * n_r >= alpha, else -1 (CORM faithful, algorithms.md 1.6)
-  corm_importance,  ///< a * n_r (budgeted CORM's u, algorithms.md 1.7)
+  corm_last_hit,    ///< position of row r when a * n_r >= alpha, else -1 (CORM faithful, docs/methods.md 1.6)
+  corm_importance,  ///< a * n_r (budgeted CORM's u, docs/methods.md 1.7)
 };
 
 /// @brief Description of an attention scorer's prefill score.
@@ -421,7 +421,7 @@ std::vector<std::vector<double>> prefill_attention_scores(const random_cache<T>&
   return out;
 }
 
-/// @brief KNorm score of a slot: -||k_j||_2 (algorithms.md 6.8), in double.
+/// @brief KNorm score of a slot: -||k_j||_2 (docs/methods.md 6.8), in double.
 template <class T>
 double key_norm_score(const random_cache<T>& c, index_t s, index_t l, index_t h, index_t j) {
   double sum = 0.0;
@@ -459,7 +459,7 @@ std::vector<double> decode_reduced_probabilities(const random_cache<T>& c, index
   return out;
 }
 
-/// @brief CORM decode importance (algorithms.md 1.4, 1.8 reading (a)): slot j of KV head h is important to
+/// @brief CORM decode importance (docs/methods.md 1.4, 1.8 reading (a)): slot j of KV head h is important to
 /// the current token iff some query head g of the group has a[g][j] >= alpha / n (n = visible keys, or
 /// position + 1). `min_margin` is lowered to the smallest |a*n - alpha| / alpha seen.
 template <class T>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Budget schedules (algorithms.md 4.4, 6.5) against references written from the spec.
+// Budget schedules (docs/methods.md 4.4, 6.5) against references written from the spec.
 #include <boost/test/unit_test.hpp>
 
 #include <kvcompact/selectors/budgets.hpp>
@@ -14,7 +14,7 @@ using kvc::index_t;
 
 namespace {
 
-// ---- references, written from algorithms.md with plain integer arithmetic --------------------------
+// ---- references, written from docs/methods.md with plain integer arithmetic --------------------------
 
 // PyramidKV per-layer budget (6.5), window tokens included. C = average, w = window, T = prompt length.
 index_t ref_pyramid(index_t C, index_t w, index_t beta, index_t layer, index_t L, index_t T) {
@@ -150,7 +150,7 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(group_pyramid)
 
-// Worked examples of algorithms.md 4.4 (LLaMA-3-8B: L = 32, gamma = 8, beta = 14).
+// Worked examples of docs/methods.md 4.4 (LLaMA-3-8B: L = 32, gamma = 8, beta = 14).
 BOOST_AUTO_TEST_CASE(windowkv_worked_examples) {
   const struct {
     index_t C;

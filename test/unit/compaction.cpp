@@ -39,7 +39,7 @@ kvtest::random_cache<float> exact_cache(std::uint32_t seed) {
   return c;
 }
 
-// Independent budget schedules (algorithms.md 6.5 PyramidKV, 4.4 WindowKV group pyramid).
+// Independent budget schedules (docs/methods.md 6.5 PyramidKV, 4.4 WindowKV group pyramid).
 index_t pyramid_budget(index_t C, index_t w, index_t layer, index_t layers, index_t T) {
   if (T < C) return T;
   const index_t c = C - w;
@@ -104,7 +104,7 @@ std::vector<std::vector<index_t>> check_preset(const std::string& name, const Po
             BOOST_TEST(n == BUDGET);
             BOOST_TEST(kept_range(0, SINKS));
             BOOST_TEST(kept_range(T0 - (BUDGET - SINKS), T0));
-          } else if (name == "h2o" || name == "snapkv" || name == "corm_budgeted") {
+          } else if (name == "h2o" || name == "snapkv" || name == "corm_budgeted" || name == "bounded_memory") {
             if (name == "corm_budgeted") BOOST_TEST((n >= WINDOW && n <= BUDGET));
             else BOOST_TEST(n == BUDGET);
             BOOST_TEST(kept_range(T0 - WINDOW, T0));
@@ -150,7 +150,9 @@ std::vector<std::vector<index_t>> check_preset(const std::string& name, const Po
           }
           // K/V of kept entries: bit-identical to the original entry at the same position unless merged
           std::set<index_t> may_change;  // positions whose values a merger may have rewritten
-          if (name == "kvmerger") {
+          if (name == "bounded_memory") {  // evicted entries join their nearest kept entry, whatever its position
+            if (n < T0) may_change = keep;
+          } else if (name == "kvmerger") {
             for (index_t p : pos)
               if ((p > 0 && !keep.count(p - 1)) || (p + 1 < T0 && !keep.count(p + 1))) may_change.insert(p);
           } else if (name == "cam") {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Compositions no preset uses, and decode in every layout, through cpu::session against independent
-// double-precision references written here from algorithms.md:
+// double-precision references written here from docs/methods.md:
 //  - window selection (selectors::windows, both task types) over SLOT scorers (recency, KNorm): the
 //    session must hand a window selector a per-query-head score even for scorers without attention
 //    (commit 5e14465), and both task types average over all query heads (4.5), so KV heads other than
@@ -48,7 +48,7 @@ struct poisoned_session {
         session(p, c, shape, std::as_writable_bytes(std::span(state)), std::as_writable_bytes(std::span(workspace))) {}
 };
 
-// WindowKV decision (algorithms.md 4.5, 4.6) from per-query-head scores S[g][i], i = position rank
+// WindowKV decision (docs/methods.md 4.5, 4.6) from per-query-head scores S[g][i], i = position rank
 // (0 = oldest) of a head holding n tokens. Returns keep flags per rank. *ok turns false when the last
 // dropped and the first surviving window score closer than the margin (fp32 could swap them).
 std::vector<bool> ref_windowkv(const std::vector<std::vector<double>>& S, index_t n, index_t suffix, index_t omega, index_t budget,

@@ -218,7 +218,7 @@ namespace {
 
 constexpr index_t TOKENS = 24, DS = 2, DH = 2, DG = 4, DD = 8, DCAP = 32;
 
-// The per-layer visibility rule written from algorithms.md 5.3/5.5 (not from layer_map::visible):
+// The per-layer visibility rule written from docs/methods.md 5.3/5.5 (not from layer_map::visible):
 // c(l) > l reads ahead -> keys < t; otherwise keys <= t; sliding layers only the last `window` positions.
 bool reference_visible(const lay::layer_map& m, int l, index_t key, index_t query) {
   const bool ahead = m.source[l] > l;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Mergers (algorithms.md 2.5 KVMerger's Gaussian-kernel merge, 3.2 CaM, the plain average and drop)
+// Mergers (docs/methods.md 2.5 KVMerger's Gaussian-kernel merge, 3.2 CaM, the plain average and drop)
 // run through a real cpu::session: a test selector imposes a keep-set and merge targets (or none, to
 // exercise the adjacent-assignment rule), the session merges and compacts, and the compacted cache is
 // compared with a double-precision reference written from the spec. The presets kvmerger and cam are
@@ -169,7 +169,7 @@ std::map<index_t, std::vector<index_t>> merge_sets(const head_view& hv, const st
 
 enum class kernel_rule { gaussian_fixed, gaussian_mean_distance, average };
 
-/// Kept slots of one head (slot order) with their expected K/V under a pivot merger (algorithms.md 2.5).
+/// Kept slots of one head (slot order) with their expected K/V under a pivot merger (docs/methods.md 2.5).
 std::vector<expected_slot> expected_pivot_merge(const head_view& hv, const std::uint8_t* keep, const std::int32_t* target, kernel_rule rule,
                                                 double sigma, bool value_set_size) {
   const auto sets = merge_sets(hv, keep, target);
@@ -216,7 +216,7 @@ std::vector<expected_slot> expected_pivot_merge(const head_view& hv, const std::
   return out;
 }
 
-/// CaM (algorithms.md 3.2) with z = p (expected) or z given per evicted slot; `score(slot)` is the statistic.
+/// CaM (docs/methods.md 3.2) with z = p (expected) or z given per evicted slot; `score(slot)` is the statistic.
 template <class Score, class Z>
 std::vector<expected_slot> expected_cam(const head_view& hv, const std::uint8_t* keep, index_t merge_count, bool reference_max, const Score& score,
                                         const Z& z_of) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Prefill scores computed by cpu::session for every scorer, against the double-precision references
-// of test/support/reference.hpp (algorithms.md P1, P2, P4, 1.4-1.7, 6.1-6.3, 6.8).
+// of test/support/reference.hpp (docs/methods.md P1, P2, P4, 1.4-1.7, 6.1-6.3, 6.8).
 //
 // Scores are observed through `recording_selector`, a pass-through selector defined here: it keeps
 // every slot and copies ctx.score(h, j) and ctx.query_score(g, j) into test-owned buffers.
@@ -224,6 +224,32 @@ BOOST_AUTO_TEST_CASE(observation_window_all_row_and_group_reductions) {
               check_attention_scorer(scorer, cache, window, query_heads, spec);
             }
           }
+}
+
+BOOST_AUTO_TEST_CASE(blocked_window_scoring_over_long_caches) {
+  // The backend scores in blocks of 256 slots and strips of at most 32 window rows (all query heads of
+  // a group per row), converting keys in chunks of 128 dimensions: 520-600 shuffled slots, 70 window
+  // rows inside the cache (causal masking within every strip), head_dim 160 and groups of 1, 3 and 5
+  // cross all of those edges.
+  std::uint32_t seed = 900;
+  for (index_t group : {1, 3, 5}) {
+    BOOST_TEST_CONTEXT("G=" << group) {
+      kvtest::fill_options fill;
+      fill.min_length = 520;
+      fill.max_length = 600;
+      fill.tokens = 700;
+      fill.shuffle_slots = true;
+      auto cache = kvtest::make_random_cache({1, 2, 2, 600, 160}, fill, ++seed);
+      const auto window = kvtest::make_random_window(1, 2, 2 * group, 70, 160, {699}, 2.0, seed + 50);
+      check_attention_scorer(kvcompact::scorers::observation_window{}, cache, window, 2 * group, kvtest::attention_score_spec{});
+      auto half_cache = kvtest::make_random_cache<kvcompact::half_t>({1, 2, 2, 600, 160}, fill, seed + 100);
+      kvtest::attention_score_spec max_rows;
+      max_rows.rows = reduce::max;
+      kvcompact::scorers::observation_window max_scorer{};
+      max_scorer.rows = kvcompact::reduction::max;
+      check_attention_scorer(max_scorer, half_cache, window, 2 * group, max_rows);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(window_rows_inside_the_cache_are_causally_masked) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Selectors (top_k, hit_window, adaptive_heads, windows, merging_sets) against independent
-// double-precision references written from algorithms.md (P3, P5, P6, 1.5-1.7, 2.4, 2.6, 4.5-4.7, 6.6),
+// double-precision references written from docs/methods.md (P3, P5, P6, 1.5-1.7, 2.4, 2.6, 4.5-4.7, 6.6),
 // called directly through the test-side selection context (support/selection_harness.hpp), plus
 // cpu::session runs for WindowKV's intra-group sharing and a user-built CORM + WindowKV + KVMerger policy.
 //

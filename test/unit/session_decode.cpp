@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // cpu::session decode path: attend() output and scorer-state updates against the double references of
 // test/support/reference.hpp, observe() == attend(), CORM's O(1) last_hit formulation against the
-// windowed-OR definition (algorithms.md 1.4-1.6), decode-time eviction of the presets (budget,
+// windowed-OR definition (docs/methods.md 1.4-1.6), decode-time eviction of the presets (budget,
 // protected tokens, victim choice, bit-exact survivors), and the error paths (NaN scores, full cache).
 //
 // Tolerances (fp32 library vs double reference):
@@ -295,19 +295,25 @@ void run_decode(const Policy& policy, const decode_config& cfg) {
 
 BOOST_AUTO_TEST_SUITE(attend_output)
 
+/// Shape of one check_attend_output() run: capacity (and the token range of the positions), GQA groups, head dims.
+struct attend_shape {
+  index_t capacity = 24, tokens = 40, min_length = 10;
+  std::vector<index_t> groups{1, 2, 4}, dims{16, 64};
+};
+
 template <class T>
-void check_attend_output(std::uint32_t seed) {
-  for (index_t group : {1, 2, 4})
-    for (index_t d : {16, 64})
+void check_attend_output(std::uint32_t seed, const attend_shape& shape_set = {}) {
+  for (index_t group : shape_set.groups)
+    for (index_t d : shape_set.dims)
       for (float custom_scale : {0.0f, 0.3f}) {
-        BOOST_TEST_CONTEXT("G=" << group << " d=" << d << " scale=" << custom_scale) {
+        BOOST_TEST_CONTEXT("G=" << group << " d=" << d << " scale=" << custom_scale << " capacity=" << shape_set.capacity) {
           ++seed;
           kvtest::fill_options fill;
-          fill.min_length = 10;
-          fill.max_length = 24;
-          fill.tokens = 40;
+          fill.min_length = shape_set.min_length;
+          fill.max_length = shape_set.capacity;
+          fill.tokens = shape_set.tokens;
           fill.shuffle_slots = true;
-          auto cache = kvtest::make_random_cache<T>({2, 2, 2, 24, d}, fill, seed);
+          auto cache = kvtest::make_random_cache<T>({2, 2, 2, shape_set.capacity, d}, fill, seed);
           const index_t Hq = 2 * group;
           const auto policy = kvcompact::policies::h2o(24, 4);
           using P = std::remove_const_t<decltype(policy)>;
@@ -319,7 +325,7 @@ void check_attend_output(std::uint32_t seed) {
           index_t bad = 0;
           for (index_t s = 0; s < 2; ++s)
             for (index_t l = 0; l < 2; ++l)
-              for (index_t position : {20, 33, 39}) {  // < 39: some slots hold future positions and are masked
+              for (index_t position : {shape_set.tokens / 2, shape_set.tokens * 5 / 6, shape_set.tokens - 1}) {  // < last: future slots are masked
                 const auto q = kvtest::random_vector(Hq * d, 2.0, rng);
                 std::vector<float> out(static_cast<std::size_t>(Hq * d), std::numeric_limits<float>::quiet_NaN());
                 session.attend(s, l, q.data(), position, out.data());
@@ -341,6 +347,12 @@ void check_attend_output(std::uint32_t seed) {
 BOOST_AUTO_TEST_CASE(fp32_storage) { check_attend_output<float>(10); }
 BOOST_AUTO_TEST_CASE(fp16_storage) { check_attend_output<kvcompact::half_t>(20); }
 BOOST_AUTO_TEST_CASE(bf16_storage) { check_attend_output<kvcompact::bfloat16_t>(30); }
+// Several 256-slot blocks, row chunks of 128 dimensions and group sizes off the 4-query-head passes.
+BOOST_AUTO_TEST_CASE(long_caches_in_blocks) {
+  const attend_shape long_cache{600, 900, 300, {3, 5}, {160}};
+  check_attend_output<float>(40, long_cache);
+  check_attend_output<kvcompact::half_t>(50, long_cache);
+}
 
 BOOST_AUTO_TEST_CASE(slot_scorer_policy_attends_the_same) {
   // A policy without attention scoring (KNorm) runs the same attention.
@@ -402,6 +414,29 @@ BOOST_AUTO_TEST_CASE(h2o_accumulates_group_mean_without_eviction) {
       run_decode(kvcompact::policies::h2o(cfg.budget, cfg.recent), cfg);
     }
   }
+}
+
+BOOST_AUTO_TEST_CASE(blocked_passes_over_long_caches) {
+  // The CPU backend works in blocks of 256 slots, strips of at most 32 window rows (all query heads
+  // of a group), row chunks of 128 dimensions and passes of 4 query heads: a 560-token prompt, a
+  // 40-row window inside it, head_dim 160 and groups of 3 and 5 cross every one of those edges. No
+  // eviction (budget = capacity), so every state is checked against the per-slot definition.
+  for (method m : {method::h2o, method::tova})
+    for (index_t group : {3, 5}) {
+      BOOST_TEST_CONTEXT(name(m) << " G=" << group) {
+        decode_config cfg;
+        cfg.m = m;
+        cfg.group = group;
+        cfg.head_dim = 160;
+        cfg.prompt = 560;
+        cfg.window = 40;
+        cfg.steps = 4;
+        cfg.budget = cfg.prompt + cfg.steps;
+        cfg.seed = 700 + static_cast<std::uint32_t>(group);
+        if (m == method::h2o) run_decode(kvcompact::policies::h2o(cfg.budget, cfg.recent), cfg);
+        else run_decode(kvcompact::policies::tova(cfg.budget), cfg);
+      }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(h2o_evicts_lowest_accumulated_attention) {
@@ -523,7 +558,7 @@ BOOST_AUTO_TEST_CASE(observe_updates_state_exactly_like_attend) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // -----------------------------------------------------------------------------------------------
-// CORM: O(1) last_hit state vs the windowed-OR definition (algorithms.md 1.5, 1.6)
+// CORM: O(1) last_hit state vs the windowed-OR definition (docs/methods.md 1.5, 1.6)
 // -----------------------------------------------------------------------------------------------
 
 BOOST_AUTO_TEST_SUITE(corm_decode)
@@ -678,8 +713,10 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(errors)
 
-bool mentions_scores(const kvcompact::error& e) {
-  return e.argument() == "scores" && std::string(e.what()).find("scores") != std::string::npos;
+// A NaN key surfaces as a NaN score; a NaN query is rejected where it enters, as window.queries.
+bool names_its_source(const kvcompact::error& e, bool nan_in_key) {
+  const std::string argument = nan_in_key ? "scores" : "window.queries";
+  return e.argument() == argument && std::string(e.what()).find(argument) != std::string::npos;
 }
 
 template <class Policy>
@@ -693,7 +730,8 @@ void expect_nan_error(const Policy& policy, bool nan_in_key) {
   const kvcompact::attention_shape shape{4};
   auto memory = kvtest::session_memory::for_session<session_t<Policy, float>>(cache.layout, shape);
   session_t<Policy, float> session(policy, cache.view(), shape, memory.state(), memory.workspace());
-  BOOST_CHECK_EXCEPTION(session.compress_prefill(window.view()), kvcompact::error, mentions_scores);
+  BOOST_CHECK_EXCEPTION(session.compress_prefill(window.view()), kvcompact::error,
+                        [&](const kvcompact::error& e) { return names_its_source(e, nan_in_key); });
 }
 
 BOOST_AUTO_TEST_CASE(nan_in_keys_or_queries_at_prefill_is_reported) {

@@ -193,6 +193,19 @@ struct fold_forward {
 };
 //! [merger]
 
+//! [budget schedule]
+// More slots for lower layers: `first` at layer 0 falling linearly to `last` at the top layer.
+struct linear_decay {
+  kvcompact::index_t first, last;
+
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t budget(kvcompact::index_t layer, kvcompact::index_t num_layers, kvcompact::index_t length) const {
+    const kvcompact::index_t b = num_layers > 1 ? first - (first - last) * layer / (num_layers - 1) : first;
+    return b < length ? b : length;  // a head never keeps more than it holds
+  }
+};
+static_assert(kvcompact::budget_schedule<linear_decay>);
+//! [budget schedule]
+
 namespace kc = kvcompact;
 using kc::index_t;
 
@@ -419,4 +432,23 @@ BOOST_AUTO_TEST_CASE(user_attention_scorer_tracks_the_peak_probability) {
       }
   BOOST_TEST(bad == 0);
   BOOST_TEST(raised > 10);  // decode queries did raise some peaks
+}
+
+// A user budget schedule under a built-in selector: each layer keeps the schedule's budget.
+BOOST_AUTO_TEST_CASE(user_budget_schedule_sets_each_layers_budget) {
+  constexpr index_t layers = 4, first = 24, last = 6;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = T;
+  auto cache = kvtest::make_random_cache<float>({1, layers, H, CAP, D}, fill, 311);
+  using schedule_policy = kc::policy<key_l1, kc::selectors::top_k<linear_decay>>;
+  const schedule_policy policy{{}, {linear_decay{first, last}}, {}};
+  run_session<schedule_policy, kc::layouts::strided> run(policy, cache.view(), {G});
+  run.session.compress_prefill();
+  for (index_t l = 0; l < layers; ++l) {
+    const index_t want = first - (first - last) * l / (layers - 1);  // 24, 18, 12, 6
+    for (index_t h = 0; h < H; ++h) {
+      BOOST_TEST(cache.length(0, l, h) == want, "layer " << l << " head " << h);
+      BOOST_TEST(run.session.budget(0, l, h) == want);
+    }
+  }
 }

@@ -3,8 +3,13 @@
 /// @brief The CPU backend: prefill compression, decode attention with scoring, decode-time eviction.
 #pragma once
 
+#include <kvcompact/cpu/detail/parallel.hpp>
+#include <kvcompact/cpu/detail/vector_math.hpp>
+#include <kvcompact/detail/cache_checks.hpp>
+#include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/detail/selection.hpp>
 #include <kvcompact/detail/sequential_group.hpp>
+#include <kvcompact/detail/size_checks.hpp>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
@@ -14,8 +19,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -30,6 +37,22 @@ namespace cpu {
 /// Layers: compress_prefill() and append() take storage layers; attend() and observe() take the
 /// layer that attends, which for a kvcompact::layer_mapped_layout is a model layer (mapped to its
 /// storage layer, with its visibility rule) and otherwise the storage layer itself.
+///
+/// Call order: compress_prefill() runs at most once, before the first append(); a second call, or
+/// one after append(), throws (the cache is compressed already; a new prompt wants a new session,
+/// which costs no allocation). Decoding without compress_prefill() is valid: the session manages
+/// the cache as it was given (StreamingLLM from an empty cache, say). append() positions grow per
+/// head: each token's position exceeds every position its heads hold. attend() and observe() may
+/// take a position below the newest key (a prompt appended first and attended token by token): keys
+/// after the query's position are masked.
+///
+/// Data checks (kvcompact::error naming the argument): queries (window and decode), appended keys and
+/// values and the softmax scale must be finite; positions of valid slots must be set (not negative)
+/// and distinct within a head (checked by compress_prefill(), or the first append() without it).
+/// Keys and values already in the cache are checked where they would otherwise spread or surface:
+/// a policy that merges checks every valid slot before its first merge (compress_prefill(), or the
+/// first append()); any policy reports a non-finite prefill score ("scores") and a non-finite
+/// attend() output ("cache"). A non-finite value that no query ever reads is not reported.
 /// @tparam Policy a kvcompact::compression_policy
 /// @tparam T storage element
 /// @tparam Layout a kvcompact::kv_layout
@@ -43,19 +66,41 @@ class session {
 
   /// @brief Bytes of persistent state (per-slot scorer state and per-head decode budgets) for a layout.
   /// @param layout the cache layout @return the size in bytes
+  /// @throws kvcompact::error when the layout's extents are invalid or the size overflows
   [[nodiscard]] static std::size_t state_bytes(const Layout& layout) {
+    detail::validate_layout_extents(layout, "state_bytes");
+    detail::require_size_fits({layout.num_sequences(), layout.num_layers(), layout.num_kv_heads(), layout.capacity(), sizeof(state_type)},
+                              "state_bytes", "layout");
     const auto heads = static_cast<std::size_t>(layout.num_sequences() * layout.num_layers() * layout.num_kv_heads());
     return heads * static_cast<std::size_t>(layout.capacity()) * sizeof(state_type) + heads * sizeof(std::int32_t);
   }
   /// @brief Bytes of workspace (scratch reused by every call).
   /// @param layout the cache layout @param shape attention shape @return the size in bytes
+  /// @throws kvcompact::error when the layout's extents or the query heads are invalid, or the size overflows
   [[nodiscard]] static std::size_t workspace_bytes(const Layout& layout, const attention_shape& shape) {
+    detail::validate_layout_extents(layout, "workspace_bytes");
+    shape.validate(layout.num_kv_heads(), layout.head_dim(), "workspace_bytes");
+    detail::require_size_fits({layout.capacity(), layout.num_kv_heads() + shape.query_heads}, "workspace_bytes", "shape.query_heads");
     const auto cap = static_cast<std::size_t>(layout.capacity());
     const auto h = static_cast<std::size_t>(layout.num_kv_heads());
     const auto g = static_cast<std::size_t>(shape.query_heads);
-    const std::size_t words = cap * (3 * h + g) + cap * 2 * h + cap * h + cap * h + (cap + 2) + h + cap * g;
-    return words * 4 + cap * h * sizeof(std::uint64_t) + h * sizeof(detail::ranked_head) + cap * h + h + 64;
+    const auto strip = static_cast<std::size_t>(strip_capacity(shape.query_heads));
+    const auto blocks = static_cast<std::size_t>(blocks_of(layout.capacity())), dims = static_cast<std::size_t>(layout.head_dim());
+    const std::size_t selection = cap * (3 * h + g) + cap * 2 * h + cap * h + cap * h + (cap + 2) + h;
+    const std::size_t attention = cap * strip + dims * strip + 3 * strip * blocks + 2 * strip + g * blocks * dims;
+    return (selection + attention) * 4 + cap * h * sizeof(std::uint64_t) + h * sizeof(detail::ranked_head) + cap * h + h + 64;
   }
+
+  /// @brief Sets how many threads the calls of this session use (OpenMP builds; a build without
+  /// OpenMP runs serially). Results do not depend on the count.
+  /// @param count threads; 0 (the default) means OpenMP's default team size, i.e. all cores unless
+  /// OMP_NUM_THREADS or omp_set_num_threads() say otherwise
+  void set_threads(int count) {
+    detail::require(count >= 0, "set_threads", "count", "must not be negative");
+    threads_ = count;
+  }
+  /// @brief Threads the calls of this session use. @return the count (1 without OpenMP)
+  [[nodiscard]] int threads() const { return detail::team_size(threads_); }
 
   /// @brief Binds a policy to a cache and checks every argument.
   /// @param policy the policy @param cache the engine's cache @param shape query heads and scale
@@ -67,10 +112,7 @@ class session {
       : policy_(policy), cache_(cache), shape_(shape) {
     cache_.validate("cpu::session");
     const index_t kv_heads = cache_.layout.num_kv_heads();
-    detail::require(shape.query_heads > 0 && shape.query_heads % kv_heads == 0, "cpu::session", "shape.query_heads",
-                    [&] { return "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads"; });
-    detail::require(shape.head_dim == 0 || shape.head_dim == cache_.layout.head_dim(), "cpu::session", "shape.head_dim",
-                    [&] { return "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(cache_.layout.head_dim()); });
+    shape.validate(kv_heads, cache_.layout.head_dim(), "cpu::session");
     detail::require(state.size() >= state_bytes(cache_.layout), "cpu::session", "state",
                     [&] { return "has " + std::to_string(state.size()) + " bytes, state_bytes() asks for " + std::to_string(state_bytes(cache_.layout)); });
     detail::require(workspace.size() >= workspace_bytes(cache_.layout, shape), "cpu::session", "workspace",
@@ -79,7 +121,7 @@ class session {
     detail::require(reinterpret_cast<std::uintptr_t>(state.data()) % alignof(std::int32_t) == 0, "cpu::session", "state", "misaligned");
     detail::require(reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(std::int32_t) == 0, "cpu::session", "workspace",
                     "misaligned");
-    detail::require_budgets_fit(policy_.selector, cache_.layout.num_layers(), capacity(), "cpu::session");
+    detail::validate_policy(policy_, cache_.layout, "cpu::session");
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(cache_.layout.head_dim()));
     slot_state_ = reinterpret_cast<state_type*>(state.data());
     budgets_ = reinterpret_cast<std::int32_t*>(state.data() + cache_.head_count() * capacity() * sizeof(state_type));
@@ -96,16 +138,27 @@ class session {
   /// @brief Compresses every sequence and storage layer of a prefilled cache: scores, selects, merges
   /// and compacts in place; lengths, positions, decode state and budgets are updated.
   /// @param window observation-window queries (ignored by scorers that need no attention)
-  /// @throws kvcompact::error on a bad window or a NaN score
+  /// @throws kvcompact::error on a bad window (non-finite queries, negative positions included), bad
+  /// cache content (unset or repeated positions; for merging policies a non-finite key or value), a
+  /// NaN score, or a second call / a call after append() ("session")
   void compress_prefill(const query_window& window = {}) {
+    detail::require(!compressed_, "compress_prefill", "session", "called twice: the cache is compressed already (one compression per session)");
+    detail::require(!decoding_, "compress_prefill", "session", "called after append(): compress the prefill before decoding starts");
     if constexpr (Policy::needs_attention) {
       detail::require(window.queries != nullptr, "compress_prefill", "window.queries", "null pointer, but the scorer needs attention");
       detail::require(window.positions != nullptr, "compress_prefill", "window.positions", "null pointer");
       detail::require(window.rows > 0, "compress_prefill", "window.rows", "must be positive");
       detail::require(window.head_dim == 0 || window.head_dim == head_dim(), "compress_prefill", "window.head_dim",
                       [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
+      for (index_t r = 0; r < cache_.layout.num_sequences() * window.rows; ++r)
+        detail::require(window.positions[r] >= 0, "compress_prefill", "window.positions",
+                        [&] { return "entry " + std::to_string(r) + " is " + std::to_string(window.positions[r]) + ": positions must not be negative"; });
+      detail::require_finite(window.queries, cache_.layout.num_sequences() * cache_.layout.num_layers() * shape_.query_heads * window.rows * head_dim(),
+                             "compress_prefill", "window.queries");
     }
     cache_.validate("compress_prefill");
+    check_cache_content("compress_prefill");
+    compressed_ = true;
     for (index_t s = 0; s < cache_.layout.num_sequences(); ++s) {
       scratch_.shared[0] = -1;  // no decision published yet (followers of a missing leader keep everything)
       for (index_t l = 0; l < cache_.layout.num_layers(); ++l) compress_layer(s, l, window);
@@ -117,12 +170,25 @@ class session {
   /// slot; no memmove, no allocation.
   /// @param sequence sequence @param layer storage layer
   /// @param keys [kv_heads][head_dim] new keys (post-RoPE) @param values [kv_heads][head_dim] new values
-  /// @param position the token's logical position
+  /// @param position the token's logical position, above every position the layer's heads hold
   /// @throws kvcompact::error when a head is full and nothing can be evicted, or on bad arguments
+  /// (non-finite keys or values, a position that does not grow)
   void append(index_t sequence, index_t layer, const T* keys, const T* values, index_t position) {
     check_indices("append", sequence, layer);
     detail::require(keys != nullptr, "append", "keys", "null pointer");
     detail::require(values != nullptr, "append", "values", "null pointer");
+    check_position("append", position);
+    detail::require_finite(keys, cache_.layout.num_kv_heads() * head_dim(), "append", "keys");
+    detail::require_finite(values, cache_.layout.num_kv_heads() * head_dim(), "append", "values");
+    if (!compressed_ && !decoding_) check_cache_content("append");
+    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
+      const index_t newest = detail::newest_position(cache_, sequence, layer, h);
+      detail::require(position > newest, "append", "position", [&] {
+        return std::to_string(position) + " does not follow position " + std::to_string(newest) + " held by head " + std::to_string(h) +
+               " of layer " + std::to_string(layer) + " (positions grow with every appended token)";
+      });
+    }
+    decoding_ = true;
     layer_context<T, Layout> ctx = context(sequence, layer, position);
     for (int h = 0; h < ctx.kv_heads(); ++h) {
       const index_t head = cache_.head_index(sequence, layer, h);
@@ -136,10 +202,16 @@ class session {
       }
       detail::select_decode(group_, policy_.selector, ctx, h);
       detail::merge_head(group_, policy_.merger, ctx, h);
-      const index_t slot = detail::claim_slot(group_, ctx, h, length, capacity(), slot_mover{this, sequence, layer, h});
+      const index_t layer_slots = detail::layer_capacity(cache_.layout, layer);  // below capacity() in ragged layouts
+      const index_t slot = detail::claim_slot(group_, ctx, h, length, layer_slots, slot_mover{this, sequence, layer, h});
       if (slot < 0)
         throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
-                                           std::to_string(capacity()) + ") and the policy evicted nothing");
+                                           std::to_string(layer_slots) + ") and the policy evicted nothing");
+      if (!detail::slot_in_range(cache_.layout, sequence, slot)) {  // a new slot beyond the pages the sequence owns
+        --length;
+        throw error("append", "cache", "slot " + std::to_string(slot) + " of sequence " + std::to_string(sequence) +
+                                           " is not in a page the layout gives it: add a page before appending");
+      }
       const index_t base = cache_.layout.offset(sequence, layer, h, slot);
       for (index_t d = 0; d < head_dim(); ++d) {
         cache_.keys[base + d * cache_.layout.dim_stride()] = keys[h * head_dim() + d];
@@ -154,23 +226,35 @@ class session {
   /// @param sequence sequence @param layer attending layer (model layer for layer-mapped layouts)
   /// @param queries [query_heads][head_dim] fp32 queries @param position the token's position
   /// @param output [query_heads][head_dim] attention output
+  /// @throws kvcompact::error on bad arguments (non-finite queries, a negative position) and when the
+  /// output is not finite ("cache": a NaN or Inf key or value was read, or the logits overflowed)
   void attend(index_t sequence, index_t layer, const float* queries, index_t position, float* output) {
     detail::require(output != nullptr, "attend", "output", "null pointer");
+    check_queries("attend", queries, position);
     run_attention(sequence, layer, queries, position, output);
+    for (index_t i = 0; i < shape_.query_heads * head_dim(); ++i)
+      detail::require(std::isfinite(output[i]), "attend", "cache", [&] {
+        return "the output of query head " + std::to_string(i / head_dim()) + " is not finite: the keys or values it read hold NaN or Inf, or "
+               "the logits overflow";
+      });
   }
 
   /// @brief Scorer update only, for engines with their own attention kernel (one extra read of K).
   /// @param sequence sequence @param layer attending layer @param queries [query_heads][head_dim] fp32 queries
   /// @param position the token's position
+  /// @throws kvcompact::error on bad arguments (non-finite queries, a negative position)
   void observe(index_t sequence, index_t layer, const float* queries, index_t position) {
+    check_queries("observe", queries, position);
     run_attention(sequence, layer, queries, position, nullptr);
   }
 
   /// @brief Sets the decode budget of every head of a sequence (slots kept during decode).
-  /// @param sequence sequence @param slots the budget
+  /// @param sequence sequence @param slots the budget, at least what the policy's protected tokens need
+  /// @throws kvcompact::error when either is out of range
   void set_budget(index_t sequence, index_t slots) {
     check_indices("set_budget", sequence, 0);
     detail::require(slots > 0 && slots <= capacity(), "set_budget", "slots", "must be in [1, capacity]");
+    detail::require_protected_fit(detail::smallest_decode_budget(policy_.selector), slots, "set_budget", "slots");
     for (index_t l = 0; l < cache_.layout.num_layers(); ++l)
       for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) budgets_[cache_.head_index(sequence, l, h)] = static_cast<std::int32_t>(slots);
   }
@@ -188,13 +272,22 @@ class session {
   [[nodiscard]] const kv_cache<T, Layout>& cache() const { return cache_; }
 
  private:
+  static constexpr index_t slot_block = 256;  // slots per parallel block (fixed: results never depend on the thread count)
+
   index_t capacity() const { return cache_.layout.capacity(); }
   index_t head_dim() const { return cache_.layout.head_dim(); }
   index_t group() const { return shape_.query_heads / cache_.layout.num_kv_heads(); }
 
+  // Rows of the logit buffer: one strip of window rows, or the query heads of a decode step.
+  static index_t strip_capacity(index_t query_heads) {
+    const index_t rows = query_heads > detail::tile_rows ? query_heads : detail::tile_rows;
+    return (rows + detail::tile_rows - 1) / detail::tile_rows * detail::tile_rows;
+  }
+
   void carve(std::span<std::byte> workspace) {
     std::byte* p = workspace.data();
     const index_t cap = capacity(), h = cache_.layout.num_kv_heads(), g = shape_.query_heads;
+    const index_t strip = strip_capacity(g), blocks = blocks_of(cap);
     p += (8 - reinterpret_cast<std::uintptr_t>(p) % 8) % 8;  // the 8-byte arrays first (64 bytes of slack cover this)
     group_ = detail::sequential_group(reinterpret_cast<std::uint64_t*>(p), cap * h);
     p += cap * h * sizeof(std::uint64_t);
@@ -205,7 +298,14 @@ class session {
     scratch_.scores = floats(cap * h);
     scratch_.query_scores = floats(cap * g);
     scratch_.floats = floats(cap * h);
-    row_ = floats(cap * g);
+    logits_ = floats(cap * strip);
+    packed_ = floats(head_dim() * strip);
+    block_max_ = floats(strip * blocks);
+    block_sum_ = floats(strip * blocks);
+    partial_output_ = floats(g * blocks * head_dim());
+    block_count_ = ints(strip * blocks);
+    row_counts_ = ints(strip);
+    row_positions_ = ints(strip);
     scratch_.indices = ints(cap * 2 * h);
     scratch_.order = ints(cap * h);
     scratch_.targets = ints(cap * h);
@@ -214,6 +314,28 @@ class session {
     scratch_.keep = reinterpret_cast<std::uint8_t*>(p);
     p += cap * h;
     scratch_.order_ready = reinterpret_cast<std::uint8_t*>(p);
+  }
+
+  void check_position(const char* where, index_t position) const {
+    detail::require(position >= 0 && position <= std::numeric_limits<std::int32_t>::max(), where, "position",
+                    [&] { return "is " + std::to_string(position) + ", outside [0, 2^31)"; });
+  }
+
+  void check_queries(const char* where, const float* queries, index_t position) const {
+    detail::require(queries != nullptr, where, "queries", "null pointer");
+    check_position(where, position);
+    detail::require_finite(queries, shape_.query_heads * head_dim(), where, "queries");
+  }
+
+  // What the cache holds when the session first compresses or decodes: positions set and distinct;
+  // heads aligned where the policy compares them slot by slot or shares decisions across layers; for a
+  // policy that merges, finite keys and values (a merge would spread a NaN into kept slots).
+  void check_cache_content(const char* where) const {
+    detail::require_valid_positions(cache_, scratch_.indices, where);
+    if constexpr (Policy::shares_scores_across_kv_heads) detail::require_slot_aligned_heads(cache_, where);
+    if (const index_t group = detail::decision_group(policy_.selector); group > 0)
+      detail::require_equal_layer_groups(cache_, group, scratch_.indices, where);
+    if constexpr (Policy::merges) detail::require_finite_slots(cache_, where);
   }
 
   void check_indices(const char* where, index_t sequence, index_t layer) const {
@@ -233,84 +355,175 @@ class session {
     return detail::new_slot_state(policy_, cache_, sequence, layer, h, slot);
   }
 
-  // Softmax probabilities of one query over the slots of a head that pass `visible` (others get 0).
-  // Returns how many slots are visible.
+  index_t position_of(index_t sequence, index_t layer, index_t h, index_t slot) const {
+    return cache_.positions[cache_.slot_index(sequence, layer, h, slot)];
+  }
+  index_t length_of(index_t sequence, index_t layer, index_t h) const { return cache_.lengths[cache_.head_index(sequence, layer, h)]; }
+  static index_t blocks_of(index_t length) { return (length + slot_block - 1) / slot_block; }
+  int team() const { return detail::team_size(threads_); }
+
+  // Runs body(h, first, end) for every block of slot_block slots of every KV head, in parallel.
+  template <class Body>
+  void for_each_block(index_t sequence, index_t layer, const Body& body) const {
+    const index_t per_head = blocks_of(capacity());
+    detail::parallel_for(cache_.layout.num_kv_heads() * per_head, team(), [&](index_t item) {
+      const index_t h = item / per_head, first = item % per_head * slot_block, length = length_of(sequence, layer, h);
+      if (first < length) body(h, first, first + slot_block < length ? first + slot_block : length);
+    });
+  }
+
+  // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
+  // logits[row * capacity + j] (times the scale). The rows come packed in tiles of `width` (8, 16 or
+  // 32) rows (packed_), the keys through load_row: each key row is read once per tile of rows.
+  template <int width>
+  void window_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, index_t rows, float* logits) const {
+    const index_t dims = head_dim(), tiles = (rows + width - 1) / width;
+    float buffer[detail::tile_keys][detail::row_chunk];
+    for (index_t j = first; j < end; j += detail::tile_keys)
+      for (index_t t = 0; t < tiles; ++t) {
+        float acc[detail::tile_keys][width] = {};
+        for (index_t d = 0; d < dims; d += detail::row_chunk) {
+          const index_t count = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
+          const float* keys[detail::tile_keys];
+          for (int k = 0; k < detail::tile_keys; ++k) {
+            const index_t slot = j + k < end ? j + k : end - 1;
+            keys[k] = detail::load_row(cache_.keys + cache_.layout.offset(sequence, layer, h, slot), cache_.layout.dim_stride(), d, count, buffer[k]);
+          }
+          detail::tile_product<width>(packed_ + (t * dims + d) * width, keys, count, acc);
+        }
+        const index_t used = rows - t * width < width ? rows - t * width : width;
+        for (index_t r = 0; r < used; ++r)
+          for (index_t k = 0; k < detail::tile_keys && j + k < end; ++k) logits[(t * width + r) * capacity() + j + k] = acc[k][r] * scale_;
+      }
+  }
+
+  // Softmax of the slots [first, end) of `rows` logit rows (logits[row * capacity + j]): masks the
+  // slots a row does not see, replaces each logit by exp(logit - block max) (0 when masked) and
+  // records the block's max, sum and visible count per row at stats index `at` + row.
   template <class Visible>
-  index_t probabilities(index_t sequence, index_t layer, index_t h, const float* query, const Visible& visible, float* row) const {
-    const index_t length = cache_.lengths[cache_.head_index(sequence, layer, h)];
-    const index_t stride = cache_.layout.dim_stride();
-    float max_logit = -INFINITY;
+  void block_softmax(float* logits, index_t rows, index_t first, index_t end, const Visible& visible, index_t at) const {
+    for (index_t r = 0; r < rows; ++r) {
+      const detail::segment_softmax block =
+          detail::softmax_segment(logits + r * capacity() + first, end - first, [&](index_t i) { return visible(first + i, r); });
+      block_max_[at + r] = block.maximum;
+      block_sum_[at + r] = block.sum;
+      block_count_[at + r] = block.visible;
+    }
+  }
+
+  // Combines the block statistics of one row (blocks at stats index first + b * step, in block order):
+  // each block's max is replaced by the factor that turns its exps into probabilities; returns the
+  // row's visible count.
+  index_t combine_blocks(index_t first, index_t step, index_t blocks) const {
+    float maximum = -INFINITY;
     index_t count = 0;
-    for (index_t j = 0; j < length; ++j) {
-      row[j] = 0.0f;
-      if (!visible(position_of(sequence, layer, h, j))) continue;
-      const index_t base = cache_.layout.offset(sequence, layer, h, j);
-      float dot = 0.0f;
-      for (index_t d = 0; d < head_dim(); ++d) dot += query[d] * to_float(cache_.keys[base + d * stride]);
-      row[j] = dot * scale_;
-      max_logit = row[j] > max_logit ? row[j] : max_logit;
-      ++count;
+    for (index_t b = 0; b < blocks; ++b) {
+      maximum = block_max_[first + b * step] > maximum ? block_max_[first + b * step] : maximum;
+      count += block_count_[first + b * step];
     }
     float sum = 0.0f;
-    for (index_t j = 0; j < length; ++j) {
-      if (!visible(position_of(sequence, layer, h, j))) continue;
-      row[j] = std::exp(row[j] - max_logit);
-      sum += row[j];
-    }
-    if (count > 0)  // no visible key (a reads-ahead layer's first token): the output is zero
-      for (index_t j = 0; j < length; ++j) row[j] = row[j] / sum;
+    for (index_t b = 0; b < blocks; ++b)
+      if (block_count_[first + b * step] > 0) sum += block_sum_[first + b * step] * detail::exp_approx(block_max_[first + b * step] - maximum);
+    for (index_t b = 0; b < blocks; ++b)
+      block_max_[first + b * step] = block_count_[first + b * step] > 0 ? detail::exp_approx(block_max_[first + b * step] - maximum) / sum : 0.0f;
     return count;
   }
 
-  index_t position_of(index_t sequence, index_t layer, index_t h, index_t slot) const {
-    return cache_.positions[cache_.slot_index(sequence, layer, h, slot)];
+  // Scores of attention scorers: for each KV head, strips of window rows (all query heads of the group
+  // for consecutive rows, at most tile_rows of them) go through blocked window products with the
+  // softmax fused per block of slots; the window x slots matrix is never stored, only one strip's.
+  void score_window(index_t sequence, index_t layer, const query_window& window) {
+    const auto& scorer = policy_.scorer;
+    const index_t group_size = group(), dims = head_dim(), layers = cache_.layout.num_layers();
+    const index_t strip_rows = group_size < detail::tile_rows ? detail::tile_rows / group_size : 1;  // window rows per strip
+    const std::int32_t* query_positions = window.positions + sequence * window.rows;
+    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
+      const index_t length = length_of(sequence, layer, h), blocks = blocks_of(length);
+      const std::int32_t* positions = cache_.positions + cache_.slot_index(sequence, layer, h, 0);
+      float* scores = scratch_.query_scores + h * group_size * capacity();
+      for (index_t g = 0; g < group_size; ++g)
+        for (index_t j = 0; j < length; ++j) scores[g * capacity() + j] = detail::reduction_identity(scorer.rows);
+      for (index_t first_row = 0; first_row < window.rows; first_row += strip_rows) {
+        // Row r of the strip: window row first_row + r / G of query head h * G + r % G.
+        const index_t rows = (window.rows - first_row < strip_rows ? window.rows - first_row : strip_rows) * group_size;
+        const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = (rows + width - 1) / width * width;
+        for (index_t r = 0; r < padded; ++r) {
+          const float* q = r < rows ? window.queries + window.offset(sequence, layer, h * group_size + r % group_size, first_row + r / group_size,
+                                                                     layers, shape_.query_heads, dims)
+                                    : nullptr;
+          row_positions_[r] = r < rows ? query_positions[first_row + r / group_size] : 0;
+          for (index_t d = 0; d < dims; ++d) packed_[(r / width * dims + d) * width + r % width] = q ? q[d] : 0.0f;
+        }
+        detail::parallel_for(blocks, team(), [&](index_t b) {
+          const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
+          if (width == 8) window_logits<8>(sequence, layer, h, first, end, rows, logits_);
+          else if (width == 16) window_logits<16>(sequence, layer, h, first, end, rows, logits_);
+          else window_logits<detail::tile_rows>(sequence, layer, h, first, end, rows, logits_);
+          block_softmax(logits_, rows, first, end, [&](index_t j, index_t r) { return positions[j] <= row_positions_[r]; }, b * rows);
+        });
+        for (index_t r = 0; r < rows; ++r) row_counts_[r] = static_cast<std::int32_t>(combine_blocks(r, rows, blocks));
+        detail::parallel_for(blocks, team(), [&](index_t b) {
+          const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
+          for (index_t r = 0; r < rows; ++r) {  // row order: each query head's window rows in order
+            const float factor = block_max_[b * rows + r];
+            const index_t visible = row_counts_[r], query_position = row_positions_[r];
+            const float* exps = logits_ + r * capacity();
+            float* acc = scores + r % group_size * capacity();
+            for (index_t j = first; j < end; ++j) {
+              const float combined = detail::reduction_combine(scorer.rows, acc[j], scorer.row_term(exps[j] * factor, visible, query_position));
+              acc[j] = positions[j] <= query_position ? combined : acc[j];
+            }
+          }
+        });
+      }
+      for (index_t g = 0; g < group_size; ++g)
+        for (index_t j = 0; j < length; ++j)
+          scores[g * capacity() + j] = detail::reduction_finish(scorer.rows, scores[g * capacity() + j], static_cast<int>(window.rows));
+    }
+  }
+
+  // Group reduction of per-query-head values (terms[g * capacity + j], g the query head) into one
+  // value per slot of KV head h: over its query heads, or over all query heads for scores shared
+  // across KV heads.
+  template <class Use>
+  void reduce_group(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* terms, const Use& use) const {
+    const auto& scorer = policy_.scorer;
+    const index_t first_g = Policy::shares_scores_across_kv_heads ? 0 : h * group();
+    const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
+    float acc[slot_block];  // one block's slots, reduced over the query heads in order
+    for (index_t j = first; j < end; ++j) acc[j - first] = detail::reduction_identity(scorer.group);
+    for (index_t g = first_g; g < first_g + count; ++g) {
+      const index_t length = length_of(sequence, layer, g / group()), seen = length < end ? (length > first ? length : first) : end;
+      const float* row = terms + g * capacity();
+      for (index_t j = first; j < seen; ++j) acc[j - first] = detail::reduction_combine(scorer.group, acc[j - first], row[j]);
+      for (index_t j = seen; j < end; ++j) acc[j - first] = detail::reduction_combine(scorer.group, acc[j - first], 0.0f);  // beyond that head's slots
+    }
+    for (index_t j = first; j < end; ++j) use(j, detail::reduction_finish(scorer.group, acc[j - first], static_cast<int>(count)));
   }
 
   void score_layer(index_t sequence, index_t layer, const query_window& window) {
     const index_t kv_heads = cache_.layout.num_kv_heads();
-    const auto& scorer = policy_.scorer;
     if constexpr (!Policy::needs_attention) {
-      for (index_t h = 0; h < kv_heads; ++h)
-        for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j)
-          scratch_.scores[h * capacity() + j] = detail::slot_score(policy_, cache_, sequence, layer, h, j);
-      for (index_t g = 0; g < shape_.query_heads; ++g)  // per-query-head view for window selectors: its KV head's score
-        for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, g / group())]; ++j)
-          scratch_.query_scores[g * capacity() + j] = scratch_.scores[(g / group()) * capacity() + j];
+      for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
+        for (index_t j = first; j < end; ++j) {
+          const float score = detail::slot_score(policy_, cache_, sequence, layer, h, j);
+          scratch_.scores[h * capacity() + j] = score;
+          for (index_t g = h * group(); g < (h + 1) * group(); ++g) scratch_.query_scores[g * capacity() + j] = score;  // per-query-head view
+        }
+      });
     } else {
-      for (index_t g = 0; g < shape_.query_heads; ++g) {
-        const index_t h = g / group();
-        const index_t length = cache_.lengths[cache_.head_index(sequence, layer, h)];
-        float* acc = scratch_.query_scores + g * capacity();
-        for (index_t j = 0; j < length; ++j) acc[j] = detail::reduction_identity(scorer.rows);
-        for (index_t r = 0; r < window.rows; ++r) {
-          const index_t query_position = window.positions[sequence * window.rows + r];
-          const float* q = window.queries + window.offset(sequence, layer, g, r, cache_.layout.num_layers(), shape_.query_heads, head_dim());
-          auto causal = [&](index_t p) { return p <= query_position; };
-          const index_t visible = probabilities(sequence, layer, h, q, causal, row_);
-          for (index_t j = 0; j < length; ++j)
-            if (causal(position_of(sequence, layer, h, j))) acc[j] = detail::reduction_combine(scorer.rows, acc[j], scorer.row_term(row_[j], visible, query_position));
-        }
-        for (index_t j = 0; j < length; ++j) acc[j] = detail::reduction_finish(scorer.rows, acc[j], static_cast<int>(window.rows));
-      }
-      for (index_t h = 0; h < kv_heads; ++h) {
-        const index_t first = Policy::shares_scores_across_kv_heads ? 0 : h * group();
-        const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
-        for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j) {
-          float acc = detail::reduction_identity(scorer.group);
-          for (index_t g = first; g < first + count; ++g)
-            acc = detail::reduction_combine(scorer.group, acc, scratch_.query_scores[g * capacity() + j]);
-          scratch_.scores[h * capacity() + j] = detail::reduction_finish(scorer.group, acc, static_cast<int>(count));
-        }
-      }
+      score_window(sequence, layer, window);
+      for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
+        reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
+      });
     }
     for (index_t h = 0; h < kv_heads; ++h)
-      for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j)
+      for (index_t j = 0; j < length_of(sequence, layer, h); ++j)
         if (std::isnan(scratch_.scores[h * capacity() + j]))
           throw error("compress_prefill", "scores",
                       "NaN score at layer " + std::to_string(layer) + " head " + std::to_string(h) + " slot " + std::to_string(j) +
                           " (NaN in keys or queries?)");
   }
-
   void compress_layer(index_t sequence, index_t layer, const query_window& window) {
     score_layer(sequence, layer, window);
     index_t step = 0;
@@ -362,57 +575,137 @@ class session {
     }
   };
 
+  // Logits of the group's query heads against the keys [first, end) of KV head h (logits[g * capacity + j]),
+  // each key row read once for all of them; 4 query heads per pass over the key row.
+  void decode_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* queries, float* logits) const {
+    const index_t group_size = group(), dims = head_dim();
+    float buffer[detail::row_chunk];
+    for (index_t j = first; j < end; ++j) {
+      const T* key = cache_.keys + cache_.layout.offset(sequence, layer, h, j);
+      for (index_t g0 = 0; g0 < group_size; g0 += 4) {
+        auto rows = [&]<int R>(std::integral_constant<int, R>) {
+          float acc[R][detail::simd_lanes] = {};
+          const float* q[R];
+          for (int r = 0; r < R; ++r) q[r] = queries + (h * group_size + g0 + r) * dims;
+          for (index_t d = 0; d < dims; d += detail::row_chunk) {
+            const index_t chunk = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
+            const float* shifted[R];
+            for (int r = 0; r < R; ++r) shifted[r] = q[r] + d;
+            detail::dot_rows<R>(shifted, detail::load_row(key, cache_.layout.dim_stride(), d, chunk, buffer), chunk, acc);
+          }
+          for (int r = 0; r < R; ++r) logits[(g0 + r) * capacity() + j] = detail::sum_lanes(acc[r]) * scale_;
+        };
+        dispatch_rows(group_size - g0, rows);
+      }
+    }
+  }
+
+  // partial[g * head_dim + d] = sum over the slots [first, end) of weights[g * capacity + j] times
+  // value row j, for the group's query heads: chunks of value_chunk dimensions, 4 query heads per
+  // read of a value chunk, accumulators in registers.
+  void value_rows(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* weights, float* partial) const {
+    const index_t group_size = group(), dims = head_dim();
+    float buffer[detail::value_chunk];
+    for (index_t d = 0; d < dims; d += detail::value_chunk) {
+      const index_t width = dims - d < detail::value_chunk ? dims - d : detail::value_chunk;
+      for (index_t g0 = 0; g0 < group_size; g0 += 4) {
+        auto rows = [&]<int R>(std::integral_constant<int, R>) {
+          float acc[R][detail::value_chunk] = {};
+          const float* w[R];
+          for (int r = 0; r < R; ++r) w[r] = weights + (g0 + r) * capacity();
+          for (index_t j = first; j < end; ++j)
+            detail::add_weighted<R>(
+                w, j, detail::load_row(cache_.values + cache_.layout.offset(sequence, layer, h, j), cache_.layout.dim_stride(), d, width, buffer), width, acc);
+          for (int r = 0; r < R; ++r)
+            for (index_t i = 0; i < width; ++i) partial[(g0 + r) * dims + d + i] = acc[r][i];
+        };
+        dispatch_rows(group_size - g0, rows);
+      }
+    }
+  }
+
+  // Calls rows(integral_constant<int, R>) with R = min(count, 4).
+  template <class Rows>
+  static void dispatch_rows(index_t count, const Rows& rows) {
+    if (count >= 4) rows(std::integral_constant<int, 4>{});
+    else if (count == 3) rows(std::integral_constant<int, 3>{});
+    else if (count == 2) rows(std::integral_constant<int, 2>{});
+    else rows(std::integral_constant<int, 1>{});
+  }
+
+  // Decode attention in one pass over each KV head's slots (blocks of slot_block in parallel): the
+  // group's logits, a per-block softmax and, for attend(), the probability-weighted value rows; the
+  // blocks are then combined in block order. Attention scorers then fold the group-reduced
+  // probabilities into the slot states (a pass over the logit buffer, not over K or V).
   void run_attention(index_t sequence, index_t layer, const float* queries, index_t position, float* output) {
     detail::require(queries != nullptr, output ? "attend" : "observe", "queries", "null pointer");
     if constexpr (layer_mapped_layout<Layout>)
       detail::require(layer >= 0 && layer < cache_.layout.num_model_layers(), output ? "attend" : "observe", "layer", "out of range");
     const index_t storage = detail::storage_layer_of(cache_.layout, layer);
     check_indices(output ? "attend" : "observe", sequence, storage);
-    auto visible = [&](index_t key_position) { return detail::attends(cache_.layout, layer, key_position, position); };
+    if (!output && !Policy::needs_attention) return;  // nothing to observe
     const auto& scorer = policy_.scorer;
-    for (index_t g = 0; g < shape_.query_heads; ++g) {
-      const index_t h = g / group();
-      const index_t length = cache_.lengths[cache_.head_index(sequence, storage, h)];
-      float* row = row_ + g * capacity();
-      const index_t count = probabilities(sequence, storage, h, queries + g * head_dim(), visible, row);
-      if (output) {
-        float* out = output + g * head_dim();
-        for (index_t d = 0; d < head_dim(); ++d) out[d] = 0.0f;
-        for (index_t j = 0; j < length; ++j) {
-          if (row[j] == 0.0f) continue;
-          const index_t base = cache_.layout.offset(sequence, storage, h, j);
-          for (index_t d = 0; d < head_dim(); ++d) out[d] += row[j] * to_float(cache_.values[base + d * cache_.layout.dim_stride()]);
-        }
-      }
-      if constexpr (Policy::needs_attention)
-        for (index_t j = 0; j < length; ++j)
-          if (visible(position_of(sequence, storage, h, j))) row[j] = scorer.row_term(row[j], count, position);
-    }
+    const index_t group_size = group(), dims = head_dim(), per_head = blocks_of(capacity());
+    auto positions = [&](index_t h) { return cache_.positions + cache_.slot_index(sequence, storage, h, 0); };
+    auto visible = [&](index_t key_position) { return detail::attends(cache_.layout, layer, key_position, position); };
+    auto logits = [&](index_t h) { return logits_ + h * capacity() * group_size; };
+    auto stats = [&](index_t h, index_t b) { return (h * per_head + b) * group_size; };  // stats index of a block's first row
+    for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
+      const index_t b = first / slot_block;
+      decode_logits(sequence, storage, h, first, end, queries, logits(h));
+      const std::int32_t* slot_positions = positions(h);
+      block_softmax(logits(h), group_size, first, end, [&](index_t j, index_t) { return visible(slot_positions[j]); }, stats(h, b));
+      if (!output) return;
+      value_rows(sequence, storage, h, first, end, logits(h), partial_output_ + stats(h, b) * dims);
+    });
+    detail::parallel_for(shape_.query_heads, team(), [&](index_t query_head) {
+      const index_t h = query_head / group_size, g = query_head % group_size, blocks = blocks_of(length_of(sequence, storage, h));
+      row_counts_[query_head] = static_cast<std::int32_t>(combine_blocks(stats(h, 0) + g, group_size, blocks));
+      if (!output) return;
+      float* out = output + query_head * dims;
+      for (index_t d = 0; d < dims; ++d) out[d] = 0.0f;
+      for (index_t b = 0; b < blocks; ++b)
+        if (block_max_[stats(h, b) + g] != 0.0f) detail::add_scaled(out, block_max_[stats(h, b) + g], partial_output_ + (stats(h, b) + g) * dims, dims);
+    });
     if constexpr (Policy::needs_attention) {
-      for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
-        const index_t head = cache_.head_index(sequence, storage, h);
-        const index_t first = Policy::shares_scores_across_kv_heads ? 0 : h * group();
-        const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
-        for (index_t j = 0; j < cache_.lengths[head]; ++j) {
-          if (!visible(cache_.positions[head * capacity() + j])) continue;
-          float acc = detail::reduction_identity(scorer.group);
-          for (index_t g = first; g < first + count; ++g) acc = detail::reduction_combine(scorer.group, acc, row_[g * capacity() + j]);
-          scorer.observe(slot_state_[head * capacity() + j], detail::reduction_finish(scorer.group, acc, static_cast<int>(count)), position);
+      for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
+        const std::int32_t* slot_positions = positions(h);
+        for (index_t g = 0; g < group_size; ++g) {
+          const float factor = block_max_[stats(h, first / slot_block) + g];
+          const index_t count = row_counts_[h * group_size + g];
+          float* terms = logits(h) + g * capacity();
+          for (index_t j = first; j < end; ++j) terms[j] = visible(slot_positions[j]) ? scorer.row_term(terms[j] * factor, count, position) : 0.0f;
         }
-      }
+      });
+      for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
+        const std::int32_t* slot_positions = positions(h);
+        state_type* states = slot_state_ + cache_.slot_index(sequence, storage, h, 0);
+        reduce_group(sequence, storage, h, first, end, logits_, [&](index_t j, float term) {
+          if (visible(slot_positions[j])) scorer.observe(states[j], term, position);
+        });
+      });
     }
   }
-
   Policy policy_;
   kv_cache<T, Layout> cache_;
   attention_shape shape_;
   float scale_ = 1.0f;
   state_type* slot_state_ = nullptr;
   std::int32_t* budgets_ = nullptr;
+  int threads_ = 0;
   layer_scratch scratch_{};
-  float* row_ = nullptr;
-  detail::sequential_group group_{nullptr, 0};
-  detail::ranked_head* ranking_ = nullptr;
+  float* logits_ = nullptr;                // [strip_capacity][capacity] logits, then exps, then row terms
+  float* packed_ = nullptr;                // [head_dim][strip_capacity] window queries of one strip, transposed per tile
+  float* block_max_ = nullptr;             // per block and row: maximum logit, then the probability factor
+  float* block_sum_ = nullptr;             // per block and row: sum of exps
+  float* partial_output_ = nullptr;        // per block and query head: probability-weighted value rows
+  std::int32_t* block_count_ = nullptr;    // per block and row: visible slots
+  std::int32_t* row_counts_ = nullptr;     // per row: visible slots
+  std::int32_t* row_positions_ = nullptr;  // per strip row: the query's position
+  detail::sequential_group group_{nullptr, 0};  // the selection stage's one-worker execution group
+  detail::ranked_head* ranking_ = nullptr;        // per KV head: the ranked tier's counts
+  bool compressed_ = false;  // compress_prefill() ran
+  bool decoding_ = false;    // append() ran
 };
 
 }  // namespace cpu

@@ -14,6 +14,8 @@
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/select_kernels.cuh>
 #include <kvcompact/cuda/detail/workspace.cuh>
+#include <kvcompact/detail/parameter_checks.hpp>
+#include <kvcompact/detail/size_checks.hpp>
 #include <kvcompact/kv_cache.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/policy.hpp>
@@ -39,7 +41,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
   const index_t h = blockIdx.x, s = blockIdx.y / layers, l = blockIdx.y % layers;
   const index_t head = cache.head_index(s, l, h);
   if (threadIdx.x == 0) budgets[head] = static_cast<std::int32_t>(policy.selector.budget(l, layers, capacity));
-  const index_t n = checked_length(cache.lengths[head], capacity, status, s, l, h);
+  const index_t n = checked_length(cache.lengths[head], ::kvcompact::detail::layer_capacity(cache.layout, l), status, s, l, h);
   for (index_t j = threadIdx.x; j < n; j += blockDim.x)
     if (checked_offset(cache.layout, s, l, h, j, status) >= 0)
       states[head * capacity + j] = ::kvcompact::detail::new_slot_state(policy, cache, s, l, h, j);
@@ -63,6 +65,12 @@ KVCOMPACT_KERNEL void fill_kernel(Value* first, index_t count, Value value) {
 ///
 /// Decode is batched: append(), attend() and observe() handle one layer of every sequence at once;
 /// a sequence whose position is negative takes no part in the step.
+///
+/// Call order and host-side checks are those of kvcompact::cpu::session: compress_prefill() at most
+/// once and before the first append(), decoding without it is valid; the layout, the shape (scale
+/// included), the policy's parameters and set_budget() are checked on the host before any launch.
+/// Data in device memory (keys, values, queries, positions, a device-resident page table) is not
+/// read by the host: kernels check what they read and check() reports it.
 /// @tparam Policy a kvcompact::compression_policy
 /// @tparam T storage element (float, kvcompact::half_t, kvcompact::bfloat16_t)
 /// @tparam Layout a kvcompact::kv_layout whose data is device-readable
@@ -76,7 +84,11 @@ class session {
 
   /// @brief Bytes of device state: per-slot scorer state, per-head decode budgets, fault record.
   /// @param layout the cache layout @return the size in bytes
+  /// @throws kvcompact::error when the layout's extents are invalid or the size overflows
   [[nodiscard]] static std::size_t state_bytes(const Layout& layout) {
+    ::kvcompact::detail::validate_layout_extents(layout, "state_bytes");
+    ::kvcompact::detail::require_size_fits(
+        {layout.num_sequences(), layout.num_layers(), layout.num_kv_heads(), layout.capacity(), sizeof(state_type)}, "state_bytes", "layout");
     const auto heads = static_cast<std::size_t>(layout.num_sequences() * layout.num_layers() * layout.num_kv_heads());
     return round_up(heads * static_cast<std::size_t>(layout.capacity()) * sizeof(state_type)) + round_up(heads * sizeof(std::int32_t)) +
            round_up(sizeof(detail::device_status));
@@ -85,7 +97,23 @@ class session {
   /// @param layout the cache layout @param shape attention shape
   /// @param window_rows most observation-window rows compress_prefill() will be given
   /// @return the size in bytes
+  /// @throws kvcompact::error when the layout's extents, the query heads or @p window_rows are invalid,
+  /// or the size overflows
   [[nodiscard]] static std::size_t workspace_bytes(const Layout& layout, const attention_shape& shape, index_t window_rows = 64) {
+    constexpr const char* where = "workspace_bytes";
+    ::kvcompact::detail::validate_layout_extents(layout, where);
+    shape.validate(layout.num_kv_heads(), layout.head_dim(), where);
+    ::kvcompact::detail::require(window_rows > 0, where, "window_rows", "must be positive");
+    ::kvcompact::detail::require_size_fits({window_rows}, where, "window_rows");
+    ::kvcompact::detail::require_size_fits({layout.head_dim(), shape.query_heads}, where, "layout");
+    // Each term of workspace_plan is at most 12 bytes times this product (per sequence, layer and head:
+    // capacity or decode splits, times the padded head dimension or 3 statistics or Hkv, times the
+    // padded window rows), so 2^56 keeps the sum of its ~20 terms within 64 bits.
+    ::kvcompact::detail::require_size_fits({layout.num_sequences(), layout.num_layers(), shape.query_heads + layout.num_kv_heads(),
+                                            layout.capacity() + detail::max_decode_splits,
+                                            detail::padded_head_dim(layout.head_dim()) + layout.head_dim() + layout.num_kv_heads() + 64,
+                                            detail::padded_window_rows(window_rows) + 8},
+                                           where, "layout");
     return plan(layout, shape, window_rows).total;
   }
 
@@ -112,11 +140,10 @@ class session {
     require(reinterpret_cast<std::uintptr_t>(cache_.values) % alignof(T) == 0, where, "cache.values", "misaligned for the element type");
     require(reinterpret_cast<std::uintptr_t>(cache_.lengths) % 4 == 0, where, "cache.lengths", "misaligned");
     require(reinterpret_cast<std::uintptr_t>(cache_.positions) % 4 == 0, where, "cache.positions", "misaligned");
+    require(static_cast<const void*>(cache_.keys) != static_cast<const void*>(cache_.values), where, "cache.values",
+            "is the same memory as cache.keys");
     const index_t kv_heads = cache_.layout.num_kv_heads();
-    require(shape.query_heads > 0 && shape.query_heads % kv_heads == 0, where, "shape.query_heads",
-            [&] { return "must be a positive multiple of the " + std::to_string(kv_heads) + " KV heads"; });
-    require(shape.head_dim == 0 || shape.head_dim == head_dim(), where, "shape.head_dim",
-            [&] { return "is " + std::to_string(shape.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
+    shape.validate(kv_heads, head_dim(), where);
     require(group() * head_dim() <= detail::decode_max_outputs_per_thread * detail::decode_threads, where, "shape.query_heads",
             [&] { return "GQA group x head_dim = " + std::to_string(group() * head_dim()) + " exceeds the " +
                 std::to_string(detail::decode_max_outputs_per_thread * detail::decode_threads) + " the CUDA decode kernel handles"; });
@@ -132,7 +159,7 @@ class session {
             "null or not 256-byte aligned (cudaMalloc memory is)");
     require(workspace.data() != nullptr && reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 == 0, where, "workspace",
             "null or not 256-byte aligned (cudaMalloc memory is)");
-    ::kvcompact::detail::require_budgets_fit(policy_.selector, cache_.layout.num_layers(), capacity(), where);
+    ::kvcompact::detail::validate_policy(policy_, cache_.layout, where);
     scale_ = shape.scale != 0.0f ? shape.scale : 1.0f / std::sqrt(static_cast<float>(head_dim()));
     const std::size_t heads = static_cast<std::size_t>(cache_.head_count());
     states_ = reinterpret_cast<state_type*>(state.data());
@@ -162,10 +189,13 @@ class session {
   /// selectors: per-slot verdicts and a radix select per head; cooperative selectors and mergers:
   /// their own group code on a thread block per head).
   /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
-  /// @throws kvcompact::error on a bad window; faults inside kernels surface in check()
+  /// @throws kvcompact::error on a bad window, or a second call / a call after append() ("session");
+  /// faults inside kernels surface in check()
   void compress_prefill(const query_window& window = {}) {
     constexpr const char* where = "compress_prefill";
     using ::kvcompact::detail::require;
+    require(!compressed_, where, "session", "called twice: the cache is compressed already (one compression per session)");
+    require(!decoding_, where, "session", "called after append(): compress the prefill before decoding starts");
     if constexpr (Policy::needs_attention) {
       require(window.queries != nullptr, where, "window.queries", "null pointer, but the scorer needs attention");
       require(window.positions != nullptr, where, "window.positions", "null pointer");
@@ -175,6 +205,7 @@ class session {
       require(window.head_dim == 0 || window.head_dim == head_dim(), where, "window.head_dim",
               [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
     }
+    compressed_ = true;
     auto p = prefill(window);
     const index_t layers = cache_.layout.num_layers(), sequences = cache_.layout.num_sequences();
     const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads());
@@ -218,6 +249,7 @@ class session {
     ::kvcompact::detail::require(keys != nullptr, where, "keys", "null pointer");
     ::kvcompact::detail::require(values != nullptr, where, "values", "null pointer");
     ::kvcompact::detail::require(positions != nullptr, where, "positions", "null pointer");
+    decoding_ = true;
     std::byte* w = workspace_;
     const detail::decode_scratch scratch{detail::at_offset<float>(w, plan_.scores),    detail::at_offset<float>(w, plan_.floats),
                                          detail::at_offset<std::int32_t>(w, plan_.indices), detail::at_offset<std::int32_t>(w, plan_.order),
@@ -252,11 +284,12 @@ class session {
   }
 
   /// @brief Sets the decode budget of every head of a sequence.
-  /// @param sequence sequence @param slots the budget
+  /// @param sequence sequence @param slots the budget, at least what the policy's protected tokens need
   /// @throws kvcompact::error when either is out of range
   void set_budget(index_t sequence, index_t slots) {
     ::kvcompact::detail::require(sequence >= 0 && sequence < cache_.layout.num_sequences(), "set_budget", "sequence", "out of range");
     ::kvcompact::detail::require(slots > 0 && slots <= capacity(), "set_budget", "slots", "must be in [1, capacity]");
+    ::kvcompact::detail::require_protected_fit(::kvcompact::detail::smallest_decode_budget(policy_.selector), slots, "set_budget", "slots");
     const index_t count = cache_.layout.num_layers() * cache_.layout.num_kv_heads();
     detail::launch(&detail::fill_kernel<std::int32_t>, dim3(static_cast<unsigned>(detail::ceil_div(count, 256))), 256, 0, stream_,
                    budgets_ + cache_.head_index(sequence, 0, 0), count, static_cast<std::int32_t>(slots));
@@ -437,6 +470,8 @@ class session {
   detail::device_status* status_ = nullptr;
   std::byte* workspace_ = nullptr;
   detail::workspace_plan plan_{};
+  bool compressed_ = false;  // compress_prefill() ran
+  bool decoding_ = false;    // append() ran
 };
 
 }  // namespace cuda

@@ -14,17 +14,20 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace layouts {
 
-/// @brief Which cache layer each model layer reads, and how (algorithms.md section 5.3).
+/// @brief Which cache layer each model layer reads, and how (@ref methods_lckv_map).
 ///
 /// Model layer `l` reads the KV of model layer `c(l)`. Only layers that some layer reads compute and
 /// store KV; they are numbered densely as storage layers in ascending order. A layer with
 /// `c(l) > l` reads ahead: at decode step `t` it sees only positions `< t` (its own entry does not
-/// exist yet). A sliding layer sees only the last `window` positions.
+/// exist yet). A sliding layer sees only the last `window` positions, and the first `sinks` positions
+/// (0 unless set: a trained sliding-window model has no sinks; the training-free approximation of
+/// @ref methods_mixattention_approximation keeps them).
 struct layer_map {
   static constexpr int max_layers = 256;  ///< most model layers a map can describe
   int model_layers = 0;                   ///< number of model layers
   int cache_layers = 0;                   ///< number of storage (cache) layers
   int window = 0;                         ///< window of sliding layers, in positions
+  int sinks = 0;                          ///< first positions sliding layers still see
   std::int16_t source[max_layers] = {};   ///< c(l): the model layer whose KV layer l reads
   std::int16_t storage[max_layers] = {};  ///< storage layer holding c(l)
   bool sliding[max_layers] = {};          ///< layer l attends only the last `window` positions
@@ -34,11 +37,14 @@ struct layer_map {
   /// source layer optionally followed by 's' (sliding): "0_20_20_20_21", "0s_1s_2_2".
   /// @param spec the configuration string
   /// @param sliding_window window of the layers marked 's'
+  /// @param sliding_sinks first positions the layers marked 's' still see
   /// @return the map
-  /// @throws kvcompact::error on a malformed string or a source outside [0, layers)
-  static layer_map parse(std::string_view spec, int sliding_window = 4096) {
+  /// @throws kvcompact::error on a malformed string or a source outside [0, layers) (`spec`), a window
+  /// below 1 when a layer slides (`sliding_window`), negative sinks (`sliding_sinks`)
+  static layer_map parse(std::string_view spec, int sliding_window = 4096, int sliding_sinks = 0) {
     layer_map m;
     m.window = sliding_window;
+    m.sinks = sliding_sinks;
     std::size_t begin = 0;
     while (begin <= spec.size()) {
       const std::size_t end = spec.find('_', begin);
@@ -64,7 +70,69 @@ struct layer_map {
       begin = end + 1;
     }
     m.assign_storage();
+    m.check_window("layer_map::parse", "sliding_window", "sliding_sinks");
     return m;
+  }
+
+  /// @brief The Character.AI-style MixAttention pattern (@ref methods_mixattention_pattern): layer 0 full
+  /// with its own KV, then blocks of six layers `[S own, S reuse, S own, S reuse, S reuse, F reuse 0]`
+  /// (S: sliding, F: full attention reading layer 0's cache); a last block of k < 6 layers keeps its
+  /// first k - 1 entries and ends with the full layer.
+  /// @param layers model layers @param sliding_window window of the sliding layers @param sliding_sinks sinks they still see
+  /// @return the map
+  /// @throws kvcompact::error naming `layers`, `sliding_window` or `sliding_sinks`
+  static layer_map character_ai(int layers, int sliding_window, int sliding_sinks = 0) {
+    detail::require(layers > 0 && layers <= max_layers, "layer_map::character_ai", "layers", "must be in [1, 256]");
+    layer_map m;
+    m.model_layers = layers;
+    m.window = sliding_window;
+    m.sinks = sliding_sinks;
+    for (int start = 1; start < layers; start += 6) {
+      const int block = layers - start < 6 ? layers - start : 6;
+      for (int i = 0; i + 1 < block; ++i) {  // S own, S reuse (previous), S own, S reuse, S reuse
+        const int l = start + i;
+        m.sliding[l] = true;
+        m.source[l] = static_cast<std::int16_t>(i == 0 || i == 2 ? l : (i == 1 ? l - 1 : start + 2));
+      }
+      m.source[start + block - 1] = 0;  // F: full attention over layer 0's cache
+    }
+    m.assign_storage();
+    m.check_window("layer_map::character_ai", "sliding_window", "sliding_sinks");
+    return m;
+  }
+
+  /// @brief Sliding-window layers without sharing: every layer keeps its own KV, layers `l` with
+  /// `l % full_every == full_every - 1` attend fully, all others slide (`full_every = 1`: none slides).
+  /// @param layers model layers @param sliding_window window @param full_every period of the full layers
+  /// @param sliding_sinks first positions the sliding layers still see
+  /// @return the map
+  /// @throws kvcompact::error naming `layers`, `full_every`, `sliding_window` or `sliding_sinks`
+  static layer_map interleaved(int layers, int sliding_window, int full_every, int sliding_sinks = 0) {
+    detail::require(layers > 0 && layers <= max_layers, "layer_map::interleaved", "layers", "must be in [1, 256]");
+    detail::require(full_every > 0, "layer_map::interleaved", "full_every", "must be positive");
+    layer_map m;
+    m.model_layers = layers;
+    m.window = sliding_window;
+    m.sinks = sliding_sinks;
+    for (int l = 0; l < layers; ++l) {
+      m.source[l] = static_cast<std::int16_t>(l);
+      m.sliding[l] = l % full_every != full_every - 1;
+    }
+    m.assign_storage();
+    m.check_window("layer_map::interleaved", "sliding_window", "sliding_sinks");
+    return m;
+  }
+
+  /// @brief True when every model layer reading storage layer @p storage_layer slides: that layer
+  /// needs only `window + sinks` slots (a ring buffer). @param storage_layer storage layer @return the flag
+  KVCOMPACT_HOST_DEVICE bool window_only(int storage_layer) const {
+    bool read = false;
+    for (int l = 0; l < model_layers; ++l) {
+      if (storage[l] != storage_layer) continue;
+      if (!sliding[l]) return false;
+      read = true;
+    }
+    return read;
   }
 
   /// @brief LCKV: the bottom `warmup_bottom` and top `warmup_top` layers keep their own KV, every other
@@ -118,10 +186,17 @@ struct layer_map {
   /// @return true when the key takes part in the attention
   KVCOMPACT_HOST_DEVICE bool visible(int l, index_t key_position, index_t query_position) const {
     if (reads_ahead(l) ? key_position >= query_position : key_position > query_position) return false;
-    return !sliding[l] || key_position > query_position - window;
+    return !sliding[l] || key_position > query_position - window || key_position < sinks;
   }
 
  private:
+  void check_window(const char* where, const char* window_argument, const char* sinks_argument) const {
+    bool slides = false;
+    for (int l = 0; l < model_layers; ++l) slides = slides || sliding[l];
+    detail::require(!slides || window > 0, where, window_argument, [&] { return "must be at least 1 when a layer slides, got " + std::to_string(window); });
+    detail::require(sinks >= 0, where, sinks_argument, [&] { return "must not be negative, got " + std::to_string(sinks); });
+  }
+
   void assign_storage() {
     bool used[max_layers] = {};
     for (int l = 0; l < model_layers; ++l) {
@@ -168,6 +243,9 @@ struct layer_condensed {
   KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
     return inner.offset(sequence, layer, kv_head, slot);
   }
+  /// @brief Slots per head of one storage layer (forwards the inner layout's layer_capacity(), capacity() without one).
+  /// @param layer storage layer @return its capacity
+  KVCOMPACT_HOST_DEVICE index_t layer_capacity(index_t layer) const { return detail::layer_capacity(inner, layer); }
   /// @brief Number of model layers. @return map.model_layers
   KVCOMPACT_HOST_DEVICE index_t num_model_layers() const { return map.model_layers; }
   /// @brief Storage layer read by a model layer. @param model_layer the model layer @return its storage layer

@@ -7,6 +7,7 @@
 #include <kvcompact/layouts/concepts.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 KVCOMPACT_NAMESPACE_BEGIN
@@ -71,18 +72,30 @@ struct paged {
     return page >= 0 && page < num_pages;
   }
   /// @brief Checks extents and the page-table pointer without reading the table (which may live in
-  /// device memory).
+  /// device memory): positive extents, `pages_per_sequence` in [1, table_stride], layer pools that do
+  /// not overlap, every offset within a 64-bit index.
   /// @param where name of the calling entry point, used in the error message
   void validate_extents(const char* where) const {
     detail::require(sequences > 0 && layers > 0 && kv_heads > 0 && dims > 0 && page_size > 0 && num_pages > 0, where, "layout",
                     "every extent of a paged layout must be positive");
     detail::require(pages_per_sequence > 0 && pages_per_sequence <= table_stride, where, "layout.pages_per_sequence",
                     "must be in [1, table_stride]");
+    detail::require(pages_per_sequence <= std::numeric_limits<std::int32_t>::max() / page_size, where, "layout.pages_per_sequence",
+                    "pages_per_sequence x page_size does not fit the int32 lengths and positions");
+    detail::require_valid_extents(*this, where);
+    constexpr index_t most = std::numeric_limits<index_t>::max();
+    detail::require(page_size <= most / kv_heads / dims && num_pages <= most / page_elements(), where, "layout",
+                    "the page pool's size overflows a 64-bit index");
     detail::require(layer_stride >= num_pages * page_elements() || layers == 1, where, "layout.layer_stride",
                     "layer pools overlap: layer_stride is smaller than num_pages * page_size * kv_heads * head_dim");
+    detail::require(layers == 1 || layer_stride <= (most - num_pages * page_elements()) / (layers - 1), where, "layout.layer_stride",
+                    "the largest offset overflows a 64-bit index");
     detail::require(block_table != nullptr, where, "layout.block_table", "null pointer");
   }
-  /// @brief Checks extents, the page-table pointer and every entry of a host-readable table.
+  /// @brief Checks extents, the page-table pointer and every entry of a host-readable table: each
+  /// names a page of the pool, and no page is named twice (compaction rewrites slots in place, so a
+  /// page shared by two sequences, or twice by one, would be overwritten through the other entry;
+  /// an engine that shares prefix pages copies them before a session compresses them).
   /// @param where name of the calling entry point, used in the error message
   void validate(const char* where) const {
     validate_extents(where);
@@ -95,6 +108,25 @@ struct paged {
                           " is outside [0, " + std::to_string(num_pages) + ")");
         }
       }
+    }
+    // Pages seen so far, one bit per page of the window [first, first + window_pages) of the pool; one
+    // pass over the table per window keeps this free of allocation.
+    constexpr index_t window_pages = 1 << 16;
+    std::uint64_t seen[window_pages / 64];
+    for (index_t first = 0; first < num_pages; first += window_pages) {
+      for (auto& word : seen) word = 0;
+      for (index_t s = 0; s < sequences; ++s)
+        for (index_t p = 0; p < pages_per_sequence; ++p) {
+          const index_t page = block_table[s * table_stride + p] - first;
+          if (page < 0 || page >= window_pages) continue;
+          std::uint64_t& word = seen[page / 64];
+          const std::uint64_t bit = std::uint64_t{1} << (page % 64);
+          if (word & bit)
+            throw error(where, "layout.block_table",
+                        "page " + std::to_string(page + first) + " is named twice (again by sequence " + std::to_string(s) + " entry " +
+                            std::to_string(p) + "): pages must not be shared");
+          word |= bit;
+        }
     }
   }
 };

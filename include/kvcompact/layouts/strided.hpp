@@ -6,6 +6,9 @@
 #include <kvcompact/error.hpp>
 #include <kvcompact/layouts/concepts.hpp>
 
+#include <limits>
+#include <string>
+
 KVCOMPACT_NAMESPACE_BEGIN
 
 namespace layouts {
@@ -45,13 +48,39 @@ struct strided {
   KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
     return sequence * sequence_stride + layer * layer_stride + kv_head * head_stride + slot * slot_stride;
   }
-  /// @brief Checks that every extent is positive and every stride non-negative.
+  /// @brief Checks the extents (kvcompact::detail::require_valid_extents), that every stride is
+  /// non-negative (the dim stride positive), and that no two entries share memory: sorted by stride,
+  /// each axis of extent > 1 must stride past everything the smaller axes span. Every dense or padded
+  /// layout of a real engine nests this way (BHSD, BSHD, per-layer pools); all-zero strides, heads
+  /// that overlap, sequences on the same memory and interleavings that need no nesting are rejected.
   /// @param where name of the calling entry point, used in the error message
   void validate(const char* where) const {
-    detail::require(sequences > 0 && layers > 0 && kv_heads > 0 && slots > 0 && dims > 0, where, "layout",
-                    "every extent of a strided layout must be positive");
+    detail::require_valid_extents(*this, where);
     detail::require(sequence_stride >= 0 && layer_stride >= 0 && head_stride >= 0 && slot_stride >= 0 && element_stride > 0,
                     where, "layout", "strides of a strided layout must be non-negative (dim stride positive)");
+    struct axis {
+      const char* name;
+      index_t extent, stride;
+    };
+    axis axes[5] = {{"sequence", sequences, sequence_stride}, {"layer", layers, layer_stride}, {"head", kv_heads, head_stride},
+                    {"slot", slots, slot_stride}, {"dim", dims, element_stride}};
+    for (int i = 1; i < 5; ++i)  // insertion sort by stride
+      for (int k = i; k > 0 && axes[k].stride < axes[k - 1].stride; --k) {
+        const axis t = axes[k];
+        axes[k] = axes[k - 1];
+        axes[k - 1] = t;
+      }
+    index_t span = 0;  // largest offset the smaller axes reach
+    for (const axis& a : axes) {
+      if (a.extent == 1) continue;
+      if (a.stride <= span)
+        throw error(where, "layout",
+                    std::string("strides alias: the ") + a.name + " stride " + std::to_string(a.stride) + " does not pass the " +
+                        std::to_string(span) + " elements the smaller axes span, so two entries would share memory");
+      detail::require(a.stride <= (std::numeric_limits<index_t>::max() - span) / (a.extent - 1), where, "layout",
+                      "the largest offset overflows a 64-bit index");
+      span += a.stride * (a.extent - 1);
+    }
   }
 };
 

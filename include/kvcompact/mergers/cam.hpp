@@ -11,7 +11,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace mergers {
 
-/// @brief CaM merge (algorithms.md 3.2). For each evicted slot e (position order) with targets
+/// @brief CaM merge (@ref methods_cam_merge). For each evicted slot e (position order) with targets
 /// M(e) = the next `merge_count` kept slots in position order: `p = clamp(score[e] / ref, 0, 1)` with
 /// `ref` the max (or mean) score over M(e); `z` = p (expected mode, deterministic) or a Bernoulli(p)
 /// draw from a counter-based hash of (seed, sequence, layer, head, position); then

@@ -34,6 +34,9 @@ concept merger_has_merge = requires(const M& m, probe_group& group, probe_select
 ///    values from the selection context (`ctx.order(head)` is ready) and rewrites keys and values of
 ///    kept slots;
 /// 4. trivially copyable.
+///
+/// Example: a merger adding evicted values to the next kept slot (compiled and tested by test/unit/user_components.cpp):
+/// @snippet user_components.cpp merger
 template <class M>
 concept entry_merger = detail::declares_merger<M> && detail::merger_has_merge<M> && std::is_trivially_copyable_v<M>;
 

@@ -11,7 +11,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace mergers {
 
-/// @brief Gaussian-kernel weighted merge (algorithms.md 2.5). For a set S with pivot p:
+/// @brief Gaussian-kernel weighted merge (@ref methods_kvmerger_merge). For a set S with pivot p:
 /// `g[i] = exp(-||K_i - K_p||^2 / (2 sigma^2))`, `w[i] = g[i] / sum g`, `K* = sum w K`,
 /// `V* = scale * sum w V` with scale `|S|` (paper) or 1; the result is stored in the pivot's slot.
 /// Sets come from the selector's merge targets (kvcompact::selectors::merging_sets); evicted slots

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Accumulated-attention scorer (H2O heavy hitters).
+/// @brief Accumulated-attention scorers (H2O heavy hitters; the layer-shared form of PrefixKV).
 #pragma once
 
 #include <kvcompact/scorers/concepts.hpp>
@@ -9,7 +9,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace scorers {
 
-/// @brief Attention accumulated over every query so far (algorithms.md 6.2): prefill sums the
+/// @brief Attention accumulated over every query so far (@ref methods_h2o): prefill sums the
 /// window rows (pass all prompt queries for the original H2O), each decode step adds the current
 /// query's probability, reduced over the GQA group.
 struct accumulated_attention {
@@ -30,6 +30,12 @@ struct accumulated_attention {
   KVCOMPACT_HOST_DEVICE void observe(state_type& state, float term, index_t) const { state += term; }
   /// @brief Eviction rank. @param state the state @return the accumulated attention
   KVCOMPACT_HOST_DEVICE float decode_score(const state_type& state, index_t) const { return state; }
+};
+
+/// @brief kvcompact::scorers::accumulated_attention shared by every KV head of a layer (@ref methods_prefixkv):
+/// a slot's score is the mean over all query heads of the layer, so all KV heads keep the same tokens.
+struct layer_accumulated_attention : accumulated_attention {
+  static constexpr bool shares_across_kv_heads = true;  ///< averaged over all query heads of the layer
 };
 
 }  // namespace scorers

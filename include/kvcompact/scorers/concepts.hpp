@@ -65,6 +65,9 @@ concept scorer_has_decode = scorer_has_state<S> && requires(const S& s, typename
 ///    `observe(state&, current_query_term, query_position)` (attention scorers fold the group-reduced term of the
 ///    current query into the state) and `decode_score(state, position)` (higher means keep);
 /// 4. trivially copyable itself.
+///
+/// Example: a slot scorer keeping keys of small L1 norm (compiled and tested by test/unit/user_components.cpp):
+/// @snippet user_components.cpp slot scorer
 template <class S>
 concept slot_scorer = detail::declares_scorer<S> && detail::scorer_has_math<S> && detail::scorer_has_decode<S> &&
                       std::is_trivially_copyable_v<S>;

@@ -11,7 +11,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace scorers {
 
-/// @brief Scores a slot by the negated L2 norm of its key (algorithms.md 6.8). Attention-free, so it
+/// @brief Scores a slot by the negated L2 norm of its key (@ref methods_knorm). Attention-free, so it
 /// works with any attention kernel; the norm is computed once when a token is inserted.
 struct key_norm {
   using component_kind = scorer_tag;                         ///< opt-in to kvcompact::slot_scorer

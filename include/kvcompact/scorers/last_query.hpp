@@ -9,8 +9,8 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace scorers {
 
-/// @brief The current query's attention averaged over all query heads of the layer (algorithms.md
-/// 6.3): the same score, hence the same keep-set, for every KV head. At prefill pass the last prompt
+/// @brief The current query's attention averaged over all query heads of the layer (@ref
+/// methods_tova): the same score, hence the same keep-set, for every KV head. At prefill pass the last prompt
 /// query as a one-row window.
 struct last_query {
   using component_kind = scorer_tag;                              ///< opt-in to kvcompact::slot_scorer

@@ -10,7 +10,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 namespace scorers {
 
 /// @brief Sum (or mean) over the observation-window queries of each slot's attention probability,
-/// reduced over the GQA group (algorithms.md P1, P2, P4; SnapKV 6.4). Prefill-only: during decode the
+/// reduced over the GQA group (@ref methods_p1, @ref methods_p2, @ref methods_p4; SnapKV: @ref methods_snapkv). Prefill-only: during decode the
 /// state is left as it was, and new tokens enter with score 0.
 struct observation_window {
   using component_kind = scorer_tag;                              ///< opt-in to kvcompact::slot_scorer

@@ -10,7 +10,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 namespace scorers {
 
 /// @brief Scores a slot by its logical position, so top-k keeps the most recent tokens and decode
-/// evicts the oldest unprotected one. With protected sinks this is StreamingLLM (algorithms.md 6.1).
+/// evicts the oldest unprotected one. With protected sinks this is StreamingLLM (@ref methods_streaming_llm).
 struct recency {
   using component_kind = scorer_tag;                         ///< opt-in to kvcompact::slot_scorer
   using state_type = float;                                  ///< the position, as float

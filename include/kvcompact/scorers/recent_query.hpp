@@ -9,9 +9,9 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace scorers {
 
-/// @brief CORM's importance test (algorithms.md 1.4-1.7): query i finds key j important when
+/// @brief CORM's importance test (@ref methods_corm): query i finds key j important when
 /// `a[i][j] >= alpha / n_i`, with n_i the keys it saw (or its position + 1). Any query head of the
-/// group may find it important (OR, algorithms.md 1.8).
+/// group may find it important (OR, @ref methods_corm_gqa).
 ///
 /// The decode state is `last_hit`, the latest query position that found the slot important (its own
 /// position when none did). The prefill score depends on the mode:

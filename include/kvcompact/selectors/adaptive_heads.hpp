@@ -10,13 +10,13 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace selectors {
 
-/// @brief Ada-KV allocation (algorithms.md 6.6): the layer's `H * B` best (pooled) candidate scores
+/// @brief Ada-KV allocation (@ref methods_adakv): the layer's `H * B` best (pooled) candidate scores
 /// over all KV heads decide how many each head keeps,
-/// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B floor_fraction))`; each head then keeps its
-/// own top-alloc[h] plus its protected tokens. `B` is the candidate quota of the last compressed head
-/// (every head's when their lengths and protected counts agree). Per-head lengths differ.
-/// Prefill-only: decode appends. A kvcompact::ranked_selector of layer scope: the backend ranks the
-/// layer's candidates (partial selection), allocate() turns the counts into allocations.
+/// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B_h floor_fraction))`, with `B_h` the head's budget
+/// less its protected tokens; each head then keeps its own top-alloc[h] plus its protected tokens.
+/// Per-head lengths differ. Prefill-only: decode appends. A kvcompact::ranked_selector of layer scope:
+/// the backend ranks the layer's candidates (partial selection), allocate() turns the counts into
+/// allocations.
 /// @tparam Schedule a kvcompact::budget_schedule giving the per-head average (protected included)
 template <budget_schedule Schedule>
 struct adaptive_heads {
@@ -58,13 +58,7 @@ struct adaptive_heads {
   template <class Ctx, class Layer>
   KVCOMPACT_HOST_DEVICE index_t allocate(const Ctx& ctx, const Layer& layer, int h) const {
     if (ctx.length(h) <= head_budget(ctx, h)) return 0;  // not compressed
-    index_t base = 0;
-    for (int g = ctx.kv_heads() - 1; g >= 0; --g)
-      if (ctx.length(g) > head_budget(ctx, g)) {
-        base = layer.quota(g);
-        break;
-      }
-    const index_t floor_share = static_cast<index_t>(static_cast<double>(base) * floor_fraction);
+    const index_t floor_share = static_cast<index_t>(static_cast<double>(layer.quota(h)) * floor_fraction);  // floor(B_h floor_fraction)
     const index_t alloc = static_cast<index_t>(static_cast<double>(layer.share(h)) * (1.0 - floor_fraction) + static_cast<double>(floor_share) + 0.5);
     return alloc < layer.candidates(h) ? alloc : layer.candidates(h);
   }

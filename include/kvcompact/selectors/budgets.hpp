@@ -11,6 +11,9 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 /// @brief A per-layer budget schedule: `budget(layer, num_layers, length)` gives the slots a head of
 /// `layer` keeps (protected slots included) when it holds `length` slots; host and device callable.
+///
+/// Example: budgets falling linearly with depth (compiled and tested by test/unit/user_components.cpp):
+/// @snippet user_components.cpp budget schedule
 template <class B>
 concept budget_schedule = requires(const B& b, index_t i) {
   { b.budget(i, i, i) } -> std::convertible_to<index_t>;
@@ -35,7 +38,7 @@ struct fraction {
   }
 };
 
-/// @brief PyramidKV (algorithms.md 6.5): more slots in lower layers, average `average` (window included).
+/// @brief PyramidKV (@ref methods_pyramidkv): more slots in lower layers, average `average` (window included).
 struct pyramid {
   index_t average;  ///< C: average budget per layer, window included
   index_t window;   ///< w: observation window kept on top of the pyramid share
@@ -59,7 +62,7 @@ struct pyramid {
   }
 };
 
-/// @brief WindowKV's group pyramid (algorithms.md 4.4): layers in groups of `group`, review-token
+/// @brief WindowKV's group pyramid (@ref methods_windowkv_budget): layers in groups of `group`, review-token
 /// budget per group falling arithmetically, average `average`; the suffix is NOT included.
 struct group_pyramid {
   index_t average;     ///< C: average review-token budget per layer

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief The candidate rule shared by the score-based ranked selectors: protected sinks and recent
-/// tokens, optional 1-D pooling of the candidates' scores in position order (algorithms.md P3), the
+/// tokens, optional 1-D pooling of the candidates' scores in position order (@ref methods_p3), the
 /// quota left for candidates.
 #pragma once
 

@@ -6,6 +6,7 @@
 
 #include <kvcompact/error.hpp>
 #include <kvcompact/execution_group.hpp>
+#include <kvcompact/layouts/concepts.hpp>
 #include <kvcompact/types.hpp>
 
 #include <cmath>
@@ -154,6 +155,9 @@ concept cooperative_has_decode = requires(const S& s, probe_group& g, probe_sele
 /// eviction skip the position order, default false), `exact_total()` (bool, layer scope; true moves
 /// single slots between heads until the allocations sum to the layer total: from the head whose last
 /// allocated candidate ranks worst, to the head whose next candidate ranks best, default false).
+///
+/// Example: a threshold selector (compiled and tested by test/unit/user_components.cpp):
+/// @snippet user_components.cpp selector
 template <class S>
 concept ranked_selector = detail::declares_ranked<S> && detail::declares_scope<S> && detail::selector_has_budget<S> &&
                           detail::ranked_has_prefill_rule<S> && detail::ranked_has_decode_rule<S> && detail::ranked_has_allocation<S> &&
@@ -216,12 +220,19 @@ constexpr bool check_selector() {
   return keep_selector<S>;
 }
 
-/// Throws kvcompact::error (argument "policy") when the selector's budget of some layer of a cache with
-/// @p capacity slots per head exceeds that capacity: such a budget can never be held. A budget above
-/// a head's current length is fine (a short prompt is simply not compressed).
-template <class Selector>
-void require_budgets_fit(const Selector& selector, index_t layers, index_t capacity, const char* where) {
+/// Throws kvcompact::error (argument "policy") when the selector's schedule refuses the cache's layer
+/// count (a schedule's optional `validate(num_layers, where)`, e.g. kvcompact::budgets::layer_table) or
+/// when its budget of some storage layer exceeds that layer's capacity: such a budget can never be
+/// held. A budget above a head's current length is fine (a short prompt is simply not compressed).
+template <class Selector, class Layout>
+void require_budgets_fit(const Selector& selector, const Layout& layout, const char* where) {
+  if constexpr (requires { &std::remove_cvref_t<decltype(selector.schedule)>::validate; })
+    static_assert(requires { selector.schedule.validate(index_t{}, where); },
+                  "kvcompact: a budget schedule's validate must be callable as validate(num_layers, where)");
+  const index_t layers = layout.num_layers();
+  if constexpr (requires { selector.schedule.validate(layers, where); }) selector.schedule.validate(layers, where);
   for (index_t l = 0; l < layers; ++l) {
+    const index_t capacity = layer_capacity(layout, l);
     const index_t budget = selector.budget(l, layers, capacity);
     require(budget <= capacity, where, "policy", [&] {
       return "the selector's budget of layer " + std::to_string(l) + " is " + std::to_string(budget) + " slots per head, above the cache's capacity " +
@@ -235,7 +246,7 @@ KVCOMPACT_HOST_DEVICE inline bool is_protected(index_t position, index_t step, i
   return position < sinks || position > step - recent;
 }
 
-/// Better-first order of candidates: higher score, then lower position (algorithms.md P5).
+/// Better-first order of candidates: higher score, then lower position (docs/methods.md P5).
 KVCOMPACT_HOST_DEVICE inline bool ranks_before(float score_a, index_t position_a, float score_b, index_t position_b) {
   return score_a > score_b || (score_a == score_b && position_a < position_b);
 }

@@ -10,7 +10,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 namespace selectors {
 
 /// @brief Keeps the protected tokens and every slot whose latest hit (kvcompact::scorers::recent_query
-/// in `mode::last_hit`) lies within the last `window` query positions (algorithms.md 1.5, 1.6). No
+/// in `mode::last_hit`) lies within the last `window` query positions (@ref methods_corm_selection, @ref methods_corm_state). No
 /// budget: the cache keeps whatever survives, so per-head lengths differ.
 ///
 /// Decode: before the token at step t is inserted, CORM's decision for step t-1 is applied

@@ -13,7 +13,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace selectors {
 
-/// @brief KVMerger (algorithms.md 2.4, 2.6). Protected: the newest `recent_fraction` of the tokens and
+/// @brief KVMerger (@ref methods_kvmerger_sets, @ref methods_kvmerger_budget). Protected: the newest `recent_fraction` of the tokens and
 /// the `top_fraction` best-scoring of the others (aggregated attention, e.g.
 /// kvcompact::scorers::accumulated_attention over all prompt queries); both counts are rounded down.
 /// The rest is scanned from the newest token to the oldest; a token joins its newer neighbour's set

@@ -13,7 +13,7 @@ KVCOMPACT_NAMESPACE_BEGIN
 namespace selectors {
 
 /// @brief Keeps the protected tokens plus the best-scoring others up to the budget, per KV head
-/// (algorithms.md P5, P6). Decode: when a head is at its budget, evicts its lowest-scoring unprotected
+/// (@ref methods_p5, @ref methods_p6). Decode: when a head is at its budget, evicts its lowest-scoring unprotected
 /// slot (H2O, TOVA, KNorm, StreamingLLM with kvcompact::scorers::recency). A kvcompact::ranked_selector
 /// of head scope: the backend ranks (partial selection, no full sort).
 /// @tparam Schedule a kvcompact::budget_schedule (protected slots included)

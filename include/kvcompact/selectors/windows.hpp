@@ -11,13 +11,13 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace selectors {
 
-/// @brief WindowKV's task type (algorithms.md 4.8): the engine passes it, the library runs no classifier.
+/// @brief WindowKV's task type (@ref methods_windowkv_task): the engine passes it, the library runs no classifier.
 enum class task_type : std::uint8_t {
   localization,  ///< question answering: windows scored by the mean of their top `window/2` scores (code's "qa")
   aggregation,   ///< summarization, code, few-shot: windows scored by their mean score (code's "other")
 };
 
-/// @brief WindowKV selection (algorithms.md 4.5-4.7). The newest `suffix` tokens are always kept; the
+/// @brief WindowKV selection (@ref methods_windowkv_scoring, @ref methods_windowkv_selection, @ref methods_windowkv_groups). The newest `suffix` tokens are always kept; the
 /// others, in position order, form windows of `window` tokens from the oldest; the lowest-scoring
 /// windows are dropped until the review tokens fit the group budget. Layer `l` is a group leader when
 /// `l % group == 0`; it publishes its kept windows and the following layers of its group reuse them.
@@ -44,7 +44,7 @@ struct windows {
 
   /// @brief Slots a head keeps at most: review budget plus suffix (up to window - 1 more in faithful
   /// mode), capped at @p length. A layer whose share of a pyramid exceeds what it holds keeps
-  /// everything (algorithms.md 4.5: "R <= b: no compression"), so a pyramid whose lower groups get
+  /// everything ("R <= b: no compression", @ref methods_windowkv_scoring), so a pyramid whose lower groups get
   /// more than the cache's capacity is valid as long as it is applied to a cache that holds them.
   /// @param layer layer @param num_layers layers @param length slots held @return the budget
   KVCOMPACT_HOST_DEVICE index_t budget(index_t layer, index_t num_layers, index_t length) const {
@@ -71,7 +71,7 @@ struct windows {
 
  private:
   // Score of the window of order ranks [begin, end), computed by one worker. Both modes average over
-  // ALL query heads of the layer (algorithms.md 4.5) using ctx.query_score, so they agree for any
+  // ALL query heads of the layer (docs/methods.md 4.5) using ctx.query_score, so they agree for any
   // scorer; ctx.score(0, ...) would be only KV head 0's group for a scorer that is not shared across
   // KV heads (KNorm, SnapKV-style, CORM).
   template <class Ctx>

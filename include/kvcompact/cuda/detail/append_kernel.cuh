@@ -56,7 +56,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads)
   const index_t capacity = layout.capacity(), kv_heads = layout.num_kv_heads(), dims = layout.head_dim();
   const index_t head = p.cache.head_index(s, p.layer, h);
   const std::int32_t raw_length = p.cache.lengths[head];
-  if (raw_length < 0 || raw_length > capacity) {
+  const index_t layer_slots = ::kvcompact::detail::layer_capacity(layout, p.layer);  // below capacity in ragged layouts
+  if (raw_length < 0 || raw_length > layer_slots) {
     if (threadIdx.x == 0) report(p.status, device_fault::bad_length, s, p.layer, h, raw_length);
     return;
   }
@@ -88,11 +89,11 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads)
   }
   const append_group workers;
   decode_victims(workers, policy, ctx, static_cast<int>(h));
-  const index_t chosen = merge_and_claim(workers, policy, ctx, static_cast<int>(h), p.cache.lengths[head], capacity, [&](index_t from, index_t to) {
+  const index_t chosen = merge_and_claim(workers, policy, ctx, static_cast<int>(h), p.cache.lengths[head], layer_slots, [&](index_t from, index_t to) {
     if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to)) report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
   });
   if (chosen < 0) {
-    if (threadIdx.x == 0) report(p.status, device_fault::head_full, s, p.layer, h, capacity);
+    if (threadIdx.x == 0) report(p.status, device_fault::head_full, s, p.layer, h, layer_slots);
     return;
   }
   const index_t offset = checked_offset(layout, s, p.layer, h, chosen, p.status);

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief PrefixKV's global prefix search (host only): per-layer evicted fractions of one prompt from its
+/// per-layer token importance, one cumulative-importance share for all layers.
+#pragma once
+
+#include <kvcompact/error.hpp>
+#include <kvcompact/types.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace calibration {
+
+/// @brief What prefix_search() found for one prompt.
+struct prefix_search_result {
+  std::vector<double> evicted;  ///< rho_l: evicted fraction of every layer (trunc(f_l) / T)
+  double share = 0;             ///< p: the cumulative-importance share every layer keeps
+  int iterations = 0;           ///< bisection steps taken
+  bool converged = false;       ///< the total met the target within the tolerance before the step cap
+};
+
+/// @brief PrefixKV's search (@ref methods_prefixkv_search) over one prompt.
+///
+/// Each layer's tokens are ranked by importance; keeping the shortest prefix of that ranking whose
+/// importance reaches the share `p` of the layer's total forgets `forget_l(p) = max(0, T - (1 + #{k :
+/// C_l[k] < p}) - P)` tokens (C_l the normalised cumulative sums). `p` is bisected in [0, 1] until the
+/// forgotten total is within @p tolerance tokens of `r * L * T`, then the per-layer counts are scaled to
+/// hit the target exactly, capped at `T - P` [ext], and truncated.
+/// @param importance importance[l][j] of token j in layer l (all layers the same length T; PrefixKV uses
+/// the head-averaged attention column sums over every prompt row)
+/// @param evicted_fraction r: the share of all layers' tokens to evict, in [0, 1)
+/// @param protected_slots P: tokens every layer keeps whatever their importance (sinks + the last token)
+/// @param tolerance bisection stops when the forgotten total is within this many tokens of the target
+/// @param max_iterations bisection step cap [ext]: the reference code has none
+/// @return the evicted fractions, the share and how the bisection ended
+/// @throws kvcompact::error naming `importance` (empty, ragged, negative, NaN or a layer of zero total),
+/// `evicted_fraction` or `protected_slots`
+inline prefix_search_result prefix_search(const std::vector<std::vector<double>>& importance, double evicted_fraction, index_t protected_slots,
+                                          double tolerance = 5.0, int max_iterations = 64) {
+  const char* where = "prefix_search";
+  detail::require(!importance.empty() && !importance[0].empty(), where, "importance", "needs at least one layer of at least one token");
+  const auto layers = static_cast<index_t>(importance.size());
+  const auto tokens = static_cast<index_t>(importance[0].size());
+  detail::require(evicted_fraction >= 0.0 && evicted_fraction < 1.0, where, "evicted_fraction",
+                  [&] { return "must be in [0, 1), got " + std::to_string(evicted_fraction); });
+  detail::require(protected_slots >= 0 && protected_slots < tokens, where, "protected_slots",
+                  [&] { return "must be in [0, " + std::to_string(tokens) + "), got " + std::to_string(protected_slots); });
+  std::vector<std::vector<double>> cumulative(importance.size());
+  for (index_t l = 0; l < layers; ++l) {
+    const auto& a = importance[static_cast<std::size_t>(l)];
+    detail::require(static_cast<index_t>(a.size()) == tokens, where, "importance",
+                    [&] { return "layer " + std::to_string(l) + " has " + std::to_string(a.size()) + " tokens, layer 0 has " + std::to_string(tokens); });
+    std::vector<double> sorted(a);
+    for (double x : sorted)
+      detail::require(x >= 0.0, where, "importance", [&] { return "layer " + std::to_string(l) + " has a negative or NaN entry"; });
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    double total = 0.0;
+    for (double x : sorted) total += x;
+    detail::require(total > 0.0, where, "importance", [&] { return "layer " + std::to_string(l) + " has zero total importance"; });
+    double running = 0.0;
+    for (double& x : sorted) x = (running += x) / total;
+    cumulative[static_cast<std::size_t>(l)] = std::move(sorted);
+  }
+  const double target = evicted_fraction * static_cast<double>(layers * tokens);
+  auto forget = [&](index_t l, double p) {
+    const auto& c = cumulative[static_cast<std::size_t>(l)];
+    const auto below = static_cast<index_t>(std::lower_bound(c.begin(), c.end(), p) - c.begin());  // #{k : C[k] < p}, C ascending
+    return std::max<index_t>(0, tokens - (1 + below) - protected_slots);
+  };
+  auto total_forgotten = [&](double p) {
+    double sum = 0.0;
+    for (index_t l = 0; l < layers; ++l) sum += static_cast<double>(forget(l, p));
+    return sum;
+  };
+  prefix_search_result out;
+  double lo = 0.0, hi = 1.0;
+  for (out.iterations = 1; out.iterations <= max_iterations; ++out.iterations) {
+    out.share = 0.5 * (lo + hi);
+    const double forgotten = total_forgotten(out.share);
+    if (std::abs(forgotten - target) < tolerance) {
+      out.converged = true;
+      break;
+    }
+    (forgotten < target ? hi : lo) = out.share;  // more share kept -> fewer tokens forgotten
+  }
+  out.iterations = std::min(out.iterations, max_iterations);
+  const double forgotten = total_forgotten(out.share);
+  out.evicted.assign(static_cast<std::size_t>(layers), 0.0);
+  for (index_t l = 0; l < layers && forgotten > 0.0; ++l) {
+    const double scaled = std::min(static_cast<double>(forget(l, out.share)) * target / forgotten, static_cast<double>(tokens - protected_slots));
+    out.evicted[static_cast<std::size_t>(l)] = std::trunc(scaled) / static_cast<double>(tokens);
+  }
+  return out;
+}
+
+}  // namespace calibration
+
+KVCOMPACT_NAMESPACE_END

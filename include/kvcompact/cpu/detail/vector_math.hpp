@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief SIMD building blocks of the CPU backend: row loads from fp32/fp16/bf16 storage, dot
+/// products, scaled row sums, exp, and the register-blocked tile of the window products.
+///
+/// Written as fixed-width lane loops (arrays of `simd_lanes` independent accumulators, summed in a fixed
+/// order at the end) that GCC and Clang vectorise at -O2/-O3 for whatever vector width the consumer
+/// compiles for (-march), with no intrinsics and no pragma: the same source runs on SSE, AVX2, AVX-512
+/// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
+/// fixed association). docs/cpu_backend.md explains the choice.
+#pragma once
+
+#include <kvcompact/numeric.hpp>
+#include <kvcompact/types.hpp>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace detail {
+
+/// Independent partial sums per reduction: one 512-bit vector of floats, two 256-bit ones.
+inline constexpr int simd_lanes = 16;
+/// Dimensions one row load converts at a time (the stack buffer of a converted row chunk).
+inline constexpr index_t row_chunk = 128;
+
+/// e^x for x <= 88 (Cody-Waite range reduction, Cephes' degree-6 polynomial; about 1 ulp), 0 below
+/// -87.3 (where float's e^x underflows), NaN for NaN. No branch and no floating-point select (GCC
+/// would split the paths and then refuse to speculate the int-to-float conversion), so loops calling
+/// it vectorise.
+inline float exp_approx(float x) {
+  constexpr float low = -87.33654f;
+  const float scaled = x * 1.44269504088896341f;
+  std::int32_t rounded = static_cast<std::int32_t>(scaled + (scaled < 0.0f ? -0.5f : 0.5f));  // nearest integer (also under -ffast-math)
+  rounded = rounded < -126 ? -126 : (rounded > 127 ? 127 : rounded);
+  const float n = static_cast<float>(rounded);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const float power = std::bit_cast<float>(static_cast<std::uint32_t>(rounded + 127) << 23);
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < low));  // all ones unless x underflows
+  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(y * power) & keep);
+}
+
+/// Sum of the simd_lanes of an accumulator array, in one fixed (pairwise) order.
+inline float sum_lanes(const float (&acc)[simd_lanes]) {
+  float half[simd_lanes / 2];
+  for (int l = 0; l < simd_lanes / 2; ++l) half[l] = acc[l] + acc[l + simd_lanes / 2];
+  float quarter[simd_lanes / 4];
+  for (int l = 0; l < simd_lanes / 4; ++l) quarter[l] = half[l] + half[l + simd_lanes / 4];
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+/// Elements [first, first + count) of a stored row (element stride @p stride) as fp32: a pointer
+/// into the row itself when it already is contiguous fp32, otherwise converted into @p buffer
+/// (at least @p count floats).
+template <class T>
+const float* load_row(const T* row, index_t stride, index_t first, index_t count, float* buffer) {
+  if constexpr (std::is_same_v<T, float>)
+    if (stride == 1) return row + first;
+  if (stride == 1)
+    for (index_t i = 0; i < count; ++i) buffer[i] = to_float(row[first + i]);
+  else
+    for (index_t i = 0; i < count; ++i) buffer[i] = to_float(row[(first + i) * stride]);
+  return buffer;
+}
+
+/// `out[r] += dot(queries[r], key)` over @p count dimensions for ROWS query rows, reading the key
+/// chunk once (the GQA group's query heads served from one load). @p acc holds the lane sums
+/// between chunks; sum_lanes() finishes them.
+template <int ROWS>
+void dot_rows(const float* const* queries, const float* key, index_t count, float (&acc)[ROWS][simd_lanes]) {
+  for (int r = 0; r < ROWS; ++r) {  // one row at a time: the key chunk stays in L1, the sums in registers
+    const float* q = queries[r];
+    float sums[simd_lanes];
+    for (int l = 0; l < simd_lanes; ++l) sums[l] = acc[r][l];
+    index_t d = 0;
+    for (; d + simd_lanes <= count; d += simd_lanes)
+      for (int l = 0; l < simd_lanes; ++l) sums[l] += q[d + l] * key[d + l];
+    for (int l = 0; l < simd_lanes && d + l < count; ++l) sums[l] += q[d + l] * key[d + l];
+    for (int l = 0; l < simd_lanes; ++l) acc[r][l] = sums[l];
+  }
+}
+
+/// Value dimensions one register block of the decode output covers.
+inline constexpr index_t value_chunk = 32;
+
+/// `acc[r][i] += weights[r][slot] * row[i]` for i < @p count (<= value_chunk) and ROWS query heads:
+/// one read of a value row chunk for all of them, the accumulators in registers. Zero weights
+/// (masked slots) are skipped, so a masked slot's value never reaches the output.
+template <int ROWS>
+void add_weighted(const float* const (&weights)[ROWS], index_t slot, const float* row, index_t count, float (&acc)[ROWS][value_chunk]) {
+  for (int r = 0; r < ROWS; ++r) {
+    const float w = weights[r][slot];
+    if (w == 0.0f) continue;
+    if (count == value_chunk)
+      for (index_t i = 0; i < value_chunk; ++i) acc[r][i] += w * row[i];
+    else
+      for (index_t i = 0; i < count; ++i) acc[r][i] += w * row[i];
+  }
+}
+
+/// `y[i] += a * x[i]` for i < @p count.
+inline void add_scaled(float* y, float a, const float* x, index_t count) {
+  for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
+}
+
+/// Most query rows of one window-product tile (the vector dimension of the tile).
+inline constexpr int tile_rows = 32;
+/// Keys of one window-product tile.
+inline constexpr int tile_keys = 8;
+
+/// One register-blocked tile of a window product: `acc[k][r] += sum_d keys[k][d] * packed[d][r]` for
+/// tile_keys keys and ROWS query rows over @p count dimensions. `packed` holds the queries transposed
+/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows.
+template <int ROWS>
+void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][ROWS]) {
+  for (index_t d = 0; d < count; ++d) {
+    const float* q = packed + d * ROWS;
+    for (int k = 0; k < tile_keys; ++k) {
+      const float x = keys[k][d];
+      for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+    }
+  }
+}
+
+/// Softmax statistics of one segment of a logit row.
+struct segment_softmax {
+  float maximum;         ///< largest visible logit (-infinity when none is visible)
+  float sum;             ///< sum of exp(logit - maximum) over the visible entries
+  std::int32_t visible;  ///< visible entries
+};
+
+/// Masks and exponentiates one segment of a logit row in place: entry i (< @p count) becomes
+/// exp(row[i] - max) when `seen(i)`, 0 otherwise, max being the largest visible logit. Lane loops
+/// (the sums in one fixed order), so the masking, max, exp and sum vectorise.
+template <class Seen>
+segment_softmax softmax_segment(float* row, index_t count, const Seen& seen) {
+  float maxima[simd_lanes], sums[simd_lanes];
+  std::int32_t visible[simd_lanes];
+  for (int l = 0; l < simd_lanes; ++l) {
+    maxima[l] = -INFINITY;
+    sums[l] = 0.0f;
+    visible[l] = 0;
+  }
+  auto mask = [&](index_t i, int l) {
+    const bool shown = seen(i);
+    row[i] = shown ? row[i] : -INFINITY;
+    maxima[l] = row[i] > maxima[l] ? row[i] : maxima[l];
+    visible[l] += shown ? 1 : 0;
+  };
+  index_t i = 0;
+  for (; i + simd_lanes <= count; i += simd_lanes)
+    for (int l = 0; l < simd_lanes; ++l) mask(i + l, l);
+  for (int l = 0; i + l < count; ++l) mask(i + l, l);
+  float maximum = -INFINITY;
+  std::int32_t shown = 0;
+  for (int l = 0; l < simd_lanes; ++l) {
+    maximum = maxima[l] > maximum ? maxima[l] : maximum;
+    shown += visible[l];
+  }
+  if (shown == 0) {  // nothing visible: all zero (and no -inf - -inf)
+    for (index_t j = 0; j < count; ++j) row[j] = 0.0f;
+    return {maximum, 0.0f, 0};
+  }
+  auto exponentiate = [&](index_t j, int l) {  // masked entries are -inf: exp_approx gives 0
+    row[j] = exp_approx(row[j] - maximum);
+    sums[l] += row[j];
+  };
+  for (i = 0; i + simd_lanes <= count; i += simd_lanes)
+    for (int l = 0; l < simd_lanes; ++l) exponentiate(i + l, l);
+  for (int l = 0; i + l < count; ++l) exponentiate(i + l, l);
+  return {maximum, sum_lanes(sums), shown};
+}
+
+}  // namespace detail
+
+KVCOMPACT_NAMESPACE_END

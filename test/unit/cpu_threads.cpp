@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CPU backend's results do not depend on its thread count: the same prefill compression and
+// decode steps run with 1 thread and with 3 threads (OpenMP; this test links kvcompact::openmp where
+// the compiler has OpenMP) leave bit-identical lengths, positions, K/V and slot states, and
+// attend() writes bit-identical outputs. Shapes cross the backend's block (256 slots) and strip
+// (32 window rows) edges. Without OpenMP both runs are serial, and the test says so.
+#include <boost/test/unit_test.hpp>
+
+#include <kvcompact/kvcompact.hpp>
+
+#include "support/reference.hpp"
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+using kvcompact::index_t;
+constexpr index_t layers = 2, kv_heads = 2, group = 4, query_heads = kv_heads * group, dims = 64, prompt = 600, steps = 6;
+constexpr index_t capacity = prompt + steps;
+
+/// Everything a run leaves behind.
+struct outcome {
+  std::vector<float> keys, values, outputs, states;
+  std::vector<std::int32_t> lengths, positions;
+};
+
+template <class Policy>
+outcome run(const Policy& policy, index_t window_rows, int threads) {
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = prompt;
+  auto cache = kvtest::make_random_cache({1, layers, kv_heads, capacity, dims}, fill, 31);
+  const auto window = kvtest::make_random_window(1, layers, query_heads, window_rows, dims, {prompt - 1}, 2.0, 32);
+  using session_t = kvcompact::cpu::session<Policy, float, kvcompact::layouts::strided>;
+  const kvcompact::attention_shape shape{query_heads};
+  auto memory = kvtest::session_memory::for_session<session_t>(cache.layout, shape);
+  session_t session(policy, cache.view(), shape, memory.state(), memory.workspace());
+  session.set_threads(threads);
+  session.compress_prefill(Policy::needs_attention ? window.view() : kvcompact::query_window{});
+  outcome out;
+  std::mt19937 rng(33);
+  for (index_t step = 0; step < steps; ++step)
+    for (index_t l = 0; l < layers; ++l) {
+      const auto k = kvtest::random_vector(kv_heads * dims, 1.0, rng), v = kvtest::random_vector(kv_heads * dims, 1.0, rng);
+      const auto q = kvtest::random_vector(query_heads * dims, 2.0, rng);
+      session.append(0, l, k.data(), v.data(), prompt + step);
+      std::vector<float> o(static_cast<std::size_t>(query_heads * dims));
+      session.attend(0, l, q.data(), prompt + step, o.data());
+      out.outputs.insert(out.outputs.end(), o.begin(), o.end());
+    }
+  out.keys = cache.keys;
+  out.values = cache.values;
+  out.lengths = cache.lengths;
+  out.positions = cache.positions;
+  for (index_t l = 0; l < layers; ++l)
+    for (index_t h = 0; h < kv_heads; ++h)
+      for (index_t j = 0; j < cache.length(0, l, h); ++j) out.states.push_back(static_cast<float>(session.slot_state(0, l, h, j)));
+  return out;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+template <class Policy>
+void check_thread_independence(const Policy& policy, index_t window_rows) {
+  const outcome one = run(policy, window_rows, 1), three = run(policy, window_rows, 3);
+  BOOST_TEST(one.lengths == three.lengths);
+  BOOST_TEST(one.positions == three.positions);
+  BOOST_TEST(same_bits(one.keys, three.keys));
+  BOOST_TEST(same_bits(one.values, three.values));
+  BOOST_TEST(same_bits(one.states, three.states));
+  BOOST_TEST(same_bits(one.outputs, three.outputs));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(results_do_not_depend_on_the_thread_count) {
+#if defined(_OPENMP)
+  BOOST_TEST_MESSAGE("OpenMP build: 1 thread against 3 threads");
+#else
+  BOOST_TEST_MESSAGE("no OpenMP in this build: both runs are serial");
+#endif
+  BOOST_TEST_CONTEXT("snapkv") { check_thread_independence(kvcompact::policies::snapkv(300, 40), 40); }
+  BOOST_TEST_CONTEXT("h2o, every prompt query as window") { check_thread_independence(kvcompact::policies::h2o(300, 16), prompt); }
+  BOOST_TEST_CONTEXT("tova") { check_thread_independence(kvcompact::policies::tova(300), 1); }
+  BOOST_TEST_CONTEXT("knorm") { check_thread_independence(kvcompact::policies::knorm(300), 1); }
+}
