@@ -5,7 +5,9 @@
 
 #include <kvcompact/calibration/knapsack.hpp>
 #include <kvcompact/calibration/prefix_search.hpp>
+#include <kvcompact/channels/think.hpp>
 #include <kvcompact/config.hpp>
+#include <kvcompact/cpu/key_pruning.hpp>
 #include <kvcompact/cpu/session.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/kv_cache.hpp>
@@ -18,6 +20,7 @@
 #include <kvcompact/numeric.hpp>
 #include <kvcompact/policies.hpp>
 #include <kvcompact/policy.hpp>
+#include <kvcompact/pruned_keys.hpp>
 #include <kvcompact/query_window.hpp>
 #include <kvcompact/selectors/layer_budget_file.hpp>
 #include <kvcompact/version.hpp>
