@@ -40,14 +40,15 @@ __device__ head_block head_of_block(const prefill_problem<T, Layout, State>& p) 
   return {s, l, static_cast<index_t>(blockIdx.x), p.layer_faults[s * p.layers() + l] != 0};
 }
 
-/// Grid (Hkv, S x L): phase 1 of a ranked selector for one head: verdicts, candidates in position
-/// order, rank keys; the head's state goes to `p.ranking`.
+/// Grid (Hkv, S x L): phase 1 of a ranked selector for one head: the slot order, verdicts,
+/// candidates in position order, rank keys; the head's state goes to `p.ranking`.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) ranked_gather_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const auto [s, l, h, faulted] = head_of_block(p);
   if (faulted) return;
   const prefill_group workers;
   const auto ctx = p.context(s, l);
+  ctx.prepare_order(workers, static_cast<int>(h));
   const ::kvcompact::detail::ranked_head head = ::kvcompact::detail::gather_candidates(workers, selector, ctx, static_cast<int>(h));
   workers.once([&] { p.ranking[p.cache.head_index(s, l, h)] = head; });
 }
@@ -81,18 +82,20 @@ void launch_best_candidates(const prefill_problem<T, Layout, State>& p, const Se
   check_launch(where, "ranked_keep_kernel");
 }
 
-/// Grid (Hkv, S x L): a head-scope cooperative selector on one head.
+/// Grid (Hkv, S x L): a head-scope cooperative selector on one head (after its slot order).
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_select_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const auto [s, l, h, faulted] = head_of_block(p);
   if (faulted) return;
   const prefill_group workers;
   const auto ctx = p.context(s, l);
+  ctx.prepare_order(workers, static_cast<int>(h));
   selector.select(workers, ctx, static_cast<int>(h));
 }
 
 /// Grid (S): a layer-scope cooperative selector on every layer of one sequence, in increasing order
-/// (a layer may read what an earlier one published in the sequence's shared store).
+/// (a layer may read what an earlier one published in the sequence's shared store), each after the
+/// slot orders of its heads.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const index_t s = blockIdx.x;
@@ -101,6 +104,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
   for (index_t l = 0; l < p.layers(); ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
     const auto ctx = p.context(s, l);
+    for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(workers, h);
     selector.select(workers, ctx);
   }
 }
