@@ -13,7 +13,8 @@
 // compression is reading K once plus reading and writing the kept quarter of K and V (as in
 // bench/peer_torch.py), that of a decode step reading K and V once.
 //
-//   cpu_bench [--tokens 4096,16384] [--threads 1,2] [--reps 7] [--csv FILE]
+//   cpu_bench [--tokens 4096,16384] [--threads 1,2] [--reps 7] [--cases SnapKV,decode] [--csv FILE]
+// (--cases: only the cases whose name contains one of the given words)
 #include <kvcompact/kvcompact.hpp>
 
 #include <algorithm>
@@ -137,12 +138,17 @@ int main(int argc, char** argv) {
   std::vector<int> token_counts{4096, 16384}, thread_counts{1, 2};
   int reps = 7;
   std::string csv_path;
+  std::vector<std::string> case_words;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--tokens") token_counts = numbers(v);
     else if (a == "--threads") thread_counts = numbers(v);
     else if (a == "--reps") reps = std::stoi(v);
     else if (a == "--csv") csv_path = v;
+    else if (a == "--cases") {
+      std::stringstream in(v);
+      for (std::string word; std::getline(in, word, ',');) case_words.push_back(word);
+    }
     else {
       std::fprintf(stderr, "cpu_bench: unknown option %s\n", a.c_str());
       return 2;
@@ -180,6 +186,10 @@ int main(int argc, char** argv) {
       }));
     }
   }
+  if (!case_words.empty())
+    std::erase_if(cases, [&](const bench_case& c) {
+      return std::none_of(case_words.begin(), case_words.end(), [&](const std::string& w) { return c.name.find(w) != std::string::npos; });
+    });
   for (int r = 0; r <= reps; ++r)  // round 0 warms up and is dropped
     for (auto& c : cases) {
       const auto [ms, cpu] = c.run();

@@ -6,6 +6,8 @@
 //  - prefill compression of the layer to 25% (SnapKV windows 32 and 64, TOVA, StreamingLLM, KNorm),
 //    with the scoring stage's FLOP and byte floors of each window printed beside them, and of a
 //    whole 32-layer cache in one call (SnapKV, time per layer),
+//  - the selection stages alone: the grid-wide top-k keeping 25% of each head's keys, and the
+//    compaction of that keep-set,
 //  - the device copy bandwidth (cudaMemcpy device to device, bytes read + written).
 // Each time is the median of CUDA-event timings after warm-up. "% copy" is the bytes an operation
 // must move divided by its time, as a share of the copy bandwidth; "x floor" is its time over the
@@ -241,6 +243,51 @@ int main(int argc, char** argv) {
       compress("compress TOVA to 25%", kc::policies::tova(n / 4), kc::query_window{last_queries.data, last_positions.data, 1});
       compress("compress StreamingLLM to 25%", kc::policies::streaming_llm(n / 4), kc::query_window{});
       compress("compress KNorm to 25%", kc::policies::knorm(n / 4), kc::query_window{});
+      {  // The two selection stages alone: the grid-wide top-k keeping 25 % of N keys per head, then
+         // the compaction of that keep-set (bytes: the keys read once; the kept quarter of K and V
+         // read and written).
+        namespace kd = kc::cuda::detail;
+        const index_t heads = batch * kv_heads;
+        const auto slots = static_cast<std::size_t>(heads * n);
+        buffer<float> keys(slots), states(slots);
+        fill_random<<<256, 256>>>(keys.data, static_cast<index_t>(slots), 8);
+        const std::vector<std::int32_t> counts(static_cast<std::size_t>(heads), static_cast<std::int32_t>(n)),
+            quota(counts.size(), static_cast<std::int32_t>(n / 4));
+        buffer<std::int32_t> counts_d(counts.size()), quota_d(quota.size()), budgets(counts.size()), zeros(static_cast<std::size_t>(batch));
+        buffer<std::uint8_t> flags(slots);
+        buffer<kd::device_status> status(1);
+        KVCOMPACT_CUDA_CHECK(cudaMemcpy(counts_d.data, counts.data(), counts.size() * 4, cudaMemcpyHostToDevice));
+        KVCOMPACT_CUDA_CHECK(cudaMemcpy(quota_d.data, quota.data(), quota.size() * 4, cudaMemcpyHostToDevice));
+        KVCOMPACT_CUDA_CHECK(cudaMemset(zeros.data, 0, zeros.count * 4));
+        KVCOMPACT_CUDA_CHECK(cudaMemset(status.data, 0, sizeof(kd::device_status)));
+        buffer<std::byte> top_k_scratch(kd::top_k_workspace_bytes(heads, 1, n));
+        kd::top_k_problem select;
+        select.keys = {keys.data, n};
+        select.counts = counts_d.data;
+        select.segments = heads;
+        select.max_items = n;
+        select.k = quota_d.data;
+        select.flags = {flags.data, n};
+        const double select_ms = median_ms(
+            reps, 3, [&] { kd::launch_top_k(select, top_k_scratch.bytes(), nullptr, "kernel_bench"); },
+            [&] { KVCOMPACT_CUDA_CHECK(cudaMemsetAsync(flags.data, 0, slots)); });
+        emit({"top-k 25% per head (launch_top_k)", n, batch, select_ms * 1e3, 4.0 * static_cast<double>(slots), bandwidth});
+        kd::prefill_problem<element, kc::layouts::strided, float> moved{};
+        moved.cache = cache.view();
+        moved.keep = flags.data;
+        moved.scores = keys.data;
+        moved.step = zeros.data;
+        moved.layer_faults = zeros.data;
+        moved.states = states.data;
+        moved.budgets = budgets.data;
+        moved.status = status.data;
+        const auto policy = kc::policies::snapkv(n / 4, window_rows);
+        buffer<std::byte> compaction_scratch(kd::compaction_workspace_bytes(heads, n, kd::compaction_tile_slots(head_dim, sizeof(element))));
+        const double compact_ms = median_ms(
+            reps, 3, [&] { kd::launch_compaction(moved, policy, compaction_scratch.bytes(), nullptr, "kernel_bench"); }, [&] { cache.restore(); });
+        emit({"compaction of 25% (launch_compaction)", n, batch, compact_ms * 1e3, 2.0 * 0.25 * cache.kv_bytes(), bandwidth});
+        cache.restore();
+      }
     }
   // An engine compresses its whole cache after prefill: 32 layers in one call, reported per layer.
   for (index_t n : token_counts) {

@@ -12,7 +12,7 @@ Every repetition runs every case once, interleaved, after a last-level cache flu
 medians over the repetitions (wall clock, and the process's CPU time). The bytes floor is measured in the same run (a 256 MiB tensor copy;
 bandwidth = bytes read + written per second) with the floors of cpu_bench.cpp.
 
-    python3 bench/peer_torch_cpu.py [--tokens 4096,16384] [--threads 1,2] [--reps 7] [--csv FILE]
+    python3 bench/peer_torch_cpu.py [--tokens 4096,16384] [--threads 1,2] [--reps 7] [--cases SnapKV,decode] [--csv FILE]
 """
 import argparse
 import csv
@@ -47,6 +47,7 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--csv")
+    parser.add_argument("--cases", help="only the cases whose name contains one of these comma-separated words")
     args = parser.parse_args()
     torch.manual_seed(0)
     token_counts = [int(x) for x in args.tokens.split(",")]
@@ -123,6 +124,8 @@ def main():
                           lambda q=q, keys=keys, values=values: torch.nn.functional.scaled_dot_product_attention(q, keys, values, enable_gqa=True)))
             cases.append(("torch", "decode attention + H2O update", n, threads, decode_floor, eager_h2o))
 
+    if args.cases:
+        cases = [c for c in cases if any(word in c[1] for word in args.cases.split(","))]
     times = {i: [] for i in range(len(cases))}
     with torch.no_grad():
         for _ in range(args.reps + 1):  # the first round warms up and is dropped

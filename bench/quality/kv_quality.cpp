@@ -23,7 +23,9 @@
 /// Besides kvcompact::policies::preset_names (and calibrated_preset_names), --presets and --extra accept
 /// the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp (mixattention, sliding_window:
 /// ring layers of budget x prompt slots, 4 of them sinks; an inference-time approximation, docs/methods.md
-/// 9.4) and four bench-only variants:
+/// 9.4), the channel-pruning presets of examples/smollm2/think_backend.hpp (think_snapkv,
+/// think_snapkv_r50: SnapKV at the budget, then ThinK drops 40 % / 50 % of the key channels of all but
+/// the window's newest slots; kv_kept counts the thin keys) and four bench-only variants:
 /// kvmerger_unscaled, the kvmerger preset with merged values left as the Gaussian-weighted average
 /// (mergers::gaussian_pivot::value_rule::one) instead of scaled by the set size (the paper's rule);
 /// windowkv_layerwise, the windowkv preset with a layer group of 1 (every layer scores and picks its
@@ -64,6 +66,7 @@
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
 #include "layer_map_backend.hpp"
+#include "think_backend.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -96,7 +99,7 @@ bool calibrated_preset(std::string_view name) {
 bool known_preset(std::string_view name) {
     const auto& names = kvcompact::policies::preset_names;
     return name == kvmerger_unscaled || name == windowkv_layerwise || name == knorm_skip2 || name == prefixkv_uniform || calibrated_preset(name) ||
-           is_layer_map_preset(name) ||
+           is_layer_map_preset(name) || is_channel_preset(name) ||
            std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -339,6 +342,7 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m
         return make_policy_backend(policy, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     }
     kvcompact::policies::preset_options preset{budget, prompt_length, o.window};
+    if (is_channel_preset(cfg.preset)) return make_think_backend(cfg.preset, preset, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, m.c.head_dim, capacity);
     kvcompact::budgets::layer_table table;
     if (calibrated_preset(cfg.preset)) {
         const auto file = std::find_if(o.budget_tables.begin(), o.budget_tables.end(), [&](const auto& t) { return t.first == cfg.preset; });

@@ -18,7 +18,7 @@
 # bench/quality/budgets/, written by calibrate_budgets), the bounded slot memory (bounded_memory) and
 # the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp at 10 and 20 %
 # (sliding_window, mixattention; inference-time approximations, docs/methods.md 9.4).
-# Writes OUT_DIR/<run>.{csv,md,err} and OUT_DIR/times.txt.
+# Writes OUT_DIR/<run>.{csv,md,err,cpu} and OUT_DIR/times.txt (per part: wall and CPU seconds, load average at the end).
 #
 # Usage: [JOBS=N] [PRESETS=a,b] [BUDGETS=0.1,0.2] [EXTRA=p:b,...] [PARTS="ppl_1024 needle_2k"]
 #        bench/quality/run_sweep.sh OUT_DIR [KV_QUALITY]   (KV_QUALITY: build/bench/quality/kv_quality)
@@ -44,9 +44,10 @@ run() {  # name, kv_quality arguments...
   shift
   t0=$(date +%s)
   echo "$name start $(date -u +%FT%TZ)" >> "$out/times.txt"
-  "$quality" --essays "$essays" --presets "$presets" --budgets "$budgets" --extra "$extra" --budget-tables "$tables" --threads 1 \
-    --csv "$out/$name.csv" "$@" > "$out/$name.md" 2> "$out/$name.err" || rc=$?
-  echo "$name rc $rc end $(date -u +%FT%TZ) wall $(( $(date +%s) - t0 )) s" >> "$out/times.txt"
+  local TIMEFORMAT='%U %S'  # the process's CPU seconds (user, system): what a shared machine inflates least
+  { time "$quality" --essays "$essays" --presets "$presets" --budgets "$budgets" --extra "$extra" --budget-tables "$tables" --threads 1 \
+    --csv "$out/$name.csv" "$@" > "$out/$name.md" 2> "$out/$name.err"; } 2> "$out/$name.cpu" || rc=$?
+  echo "$name rc $rc end $(date -u +%FT%TZ) wall $(( $(date +%s) - t0 )) s cpu $(awk '{ printf "%.0f", $1 + $2 }' "$out/$name.cpu") s load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/times.txt"
   return "$rc"
 }
 

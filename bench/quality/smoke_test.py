@@ -7,7 +7,8 @@ Usage: smoke_test.py KV_QUALITY
 Needs the model (KVCOMPACT_SMOLLM2_GGUF) and the essays (KVCOMPACT_ESSAYS, the directory that
 bench/quality/fetch_essays.sh prints); exits 77 (skipped) when either is not set. Runs perplexity
 (128-token prefix, 8 tokens) and a 512-token pass key with snapkv, the calibrated presets (prefixkv,
-xkv with the budget files of bench/quality/budgets/), the bounded memory, the MixAttention-style caches
+xkv with the budget files of bench/quality/budgets/), the bounded memory, the MixAttention-style caches,
+ThinK after SnapKV (think_snapkv)
 and the bench-only variants at a 50 % budget, single-threaded, and checks the CSV: one row per
 configuration and task, the full cache with no attention error, every compressed cache below 70 % of
 the full one with a positive, finite error, finite perplexities, and the full cache finding the key.
@@ -23,7 +24,7 @@ import sys
 import tempfile
 
 PRESETS = ["snapkv", "prefixkv", "xkv", "bounded_memory", "sliding_window", "mixattention", "windowkv_layerwise", "kvmerger_unscaled",
-           "knorm_skip2"]
+           "knorm_skip2", "think_snapkv"]
 BUDGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "budgets")
 TABLES = f"prefixkv={BUDGETS}/smollm2_prefixkv.txt,xkv={BUDGETS}/smollm2_xkv.txt"
 

@@ -36,6 +36,7 @@
 #include "kvcompact_backend.hpp"
 #include "layer_map_backend.hpp"
 #include "model.hpp"
+#include "think_backend.hpp"
 #include "tokenizer.hpp"
 
 namespace {
@@ -75,7 +76,8 @@ constexpr const char* usage_text =
     "  --preset NAME       full (default) or a kvcompact preset: streaming_llm, h2o, tova, snapkv,\n"
     "                      pyramidkv, adakv, knorm, corm, corm_budgeted, windowkv, kvmerger, cam;\n"
     "                      the calibrated prefixkv, xkv (with --budget-file); the MixAttention-style\n"
-    "                      caches sliding_window, mixattention\n"
+    "                      caches sliding_window, mixattention; ThinK key-channel pruning after SnapKV:\n"
+    "                      think_snapkv (pruning ratio 0.4), think_snapkv_r50 (0.5)\n"
     "  --budget FRACTION   share of the prompt's KV kept by compression, in (0, 1] (default 1)\n"
     "  --window ROWS       observation window / recent tokens of the preset, 1 to 65536 (default 32)\n"
     "  --budget-file FILE  per-layer budget table of prefixkv / xkv (bench/quality/budgets/)\n"
@@ -181,6 +183,7 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c
         return make_layer_map_backend(o.preset, static_cast<int>(budget_slots(o, prompt_length)), c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
                                       capacity);
     kvcompact::policies::preset_options preset{budget_slots(o, prompt_length), static_cast<kvcompact::index_t>(prompt_length), o.window};
+    if (is_channel_preset(o.preset)) return make_think_backend(o.preset, preset, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
     const auto& calibrated = kvcompact::policies::calibrated_preset_names;
     kvcompact::budgets::layer_table table;
     if (std::find(calibrated.begin(), calibrated.end(), o.preset) != calibrated.end()) {

@@ -4,5 +4,6 @@
 #pragma once
 
 #include <kvcompact/cuda/check.cuh>
+#include <kvcompact/cuda/key_pruning.cuh>
 #include <kvcompact/cuda/session.cuh>
 #include <kvcompact/kvcompact.hpp>

@@ -5,6 +5,8 @@
 
 #include <kvcompact/calibration/knapsack.hpp>
 #include <kvcompact/calibration/prefix_search.hpp>
+#include <kvcompact/channels/presets.hpp>
+#include <kvcompact/channels/pruned_policy.hpp>
 #include <kvcompact/channels/think.hpp>
 #include <kvcompact/config.hpp>
 #include <kvcompact/cpu/key_pruning.hpp>

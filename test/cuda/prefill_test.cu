@@ -4,7 +4,8 @@
 // within rounding allowed as support/backend_comparison.hpp describes), for every preset on a BHSD
 // bf16 cache, and for a selection of presets on fp16 BSHD, fp32 paged (NHD and HND, device page
 // table), layer-condensed and a user-defined layout written in this file, and for the presets with a
-// per-layer table (PrefixKV, XKV) and the bounded slot memory. The window scores
+// per-layer table (PrefixKV, XKV) and the bounded slot memory, and for ragged layers (per-layer
+// capacities, the largest tiling the top-k and the compaction). The window scores
 // themselves are checked against the double-precision reference with a stated tolerance for head
 // dimensions 64, 128 and a generic one, groups 1 and 4, windows of 1, 5, 16 and 40 rows and of all
 // prompt queries, contiguous, paged and layer-condensed layouts, bf16, fp16 and fp32.
@@ -22,22 +23,6 @@
 
 namespace kc = kvcompact;
 using kc::index_t;
-
-/// A user layout outside namespace kvcompact, usable in device code: memory order
-/// [kv_head][layer][sequence][slot][dim] with three padding elements after every slot.
-struct head_major_padded {
-  index_t sequences, layers, kv_heads, slots, dims;
-  KVCOMPACT_HOST_DEVICE index_t num_sequences() const { return sequences; }
-  KVCOMPACT_HOST_DEVICE index_t num_layers() const { return layers; }
-  KVCOMPACT_HOST_DEVICE index_t num_kv_heads() const { return kv_heads; }
-  KVCOMPACT_HOST_DEVICE index_t capacity() const { return slots; }
-  KVCOMPACT_HOST_DEVICE index_t head_dim() const { return dims; }
-  KVCOMPACT_HOST_DEVICE index_t dim_stride() const { return 1; }
-  KVCOMPACT_HOST_DEVICE index_t offset(index_t sequence, index_t layer, index_t kv_head, index_t slot) const {
-    return (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 3);
-  }
-};
-static_assert(kc::kv_layout<head_major_padded>);
 
 namespace {
 
@@ -206,6 +191,17 @@ BOOST_AUTO_TEST_CASE(long_prompts_span_several_key_chunks_and_scan_blocks) {
   kvtest::check_prefill_matches("corm", p::corm(WINDOW, WINDOW), cache, window, H * G);
 }
 
+BOOST_AUTO_TEST_CASE(heads_longer_than_a_top_k_tile_match_the_cpu_backend) {
+  // 4500 slots: three 2,048-key tiles per head for the grid-wide top-k, eighteen 256-slot
+  // compaction tiles; KNorm's scores of exact keys tie often.
+  constexpr index_t long_capacity = 4500;
+  const auto cache = full_bf16_cache(1, long_capacity, D, 81);
+  const auto window = kvtest::make_random_window(1, 1, H * G, ROWS, D, {long_capacity - 1}, 1.0, 82);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("knorm", p::knorm(1100), cache, window, H * G);
+  kvtest::check_prefill_matches("streaming_llm", p::streaming_llm(1100, 4), cache, window, H * G);
+}
+
 BOOST_AUTO_TEST_CASE(head_dims_of_every_kernel_path_match_the_cpu_backend) {
   // 256: window kernels hold 16 rows per pass; 40: not a multiple of 16, so bf16 logits take the FMA
   // path instead of tensor cores, and rows are not 16-byte multiples (scalar loads).
@@ -230,6 +226,28 @@ BOOST_AUTO_TEST_CASE(per_layer_table_and_bounded_memory_presets_match_the_cpu_ba
   kvtest::check_prefill_matches("prefixkv", p::prefixkv(table), cache, window, H * G);
   kvtest::check_prefill_matches("xkv", p::xkv(table, WINDOW), cache, prompt_window(L, 83), H * G);
   kvtest::check_prefill_matches("bounded_memory", p::bounded_memory(BUDGET, WINDOW), cache, window, H * G);
+}
+
+BOOST_AUTO_TEST_CASE(ragged_layers_of_different_capacities_match_the_cpu_backend) {
+  // Per-layer capacities {2100, 40, 96}: the top-k and the compaction are tiled for the largest layer
+  // (two 2,048-key top-k tiles, nine 256-slot compaction tiles per head), so heads of the small layers
+  // leave most of their tiles empty; layer 1 is full at its own capacity, layer 2 is not.
+  const std::vector<index_t> capacities{2100, 40, 96};
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = capacities[0];
+  auto source = kvtest::make_random_cache<float>({1, 3, H, capacities[0], D}, fill, 91);
+  kvtest::round_to_exact_values(source);
+  for (index_t h = 0; h < H; ++h) {
+    source.lengths[static_cast<std::size_t>(source.head_index(0, 1, h))] = static_cast<std::int32_t>(capacities[1]);
+    source.lengths[static_cast<std::size_t>(source.head_index(0, 2, h))] = 77;
+  }
+  const auto cache =
+      kvtest::copy_into(kvtest::convert_cache<kc::bfloat16_t>(source), kc::layouts::ragged_layers::make(1, capacities, H, D));
+  const auto window = kvtest::make_random_window(1, 3, H * G, ROWS, D, {capacities[0] - 1}, 1.0, 92);
+  namespace p = kc::policies;
+  kvtest::check_prefill_matches("snapkv", p::snapkv(30, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("knorm", p::knorm(36), cache, window, H * G);  // budgets must fit every layer
+  kvtest::check_prefill_matches("adakv", p::adakv(30, WINDOW), cache, window, H * G);
 }
 
 BOOST_AUTO_TEST_CASE(a_user_layout_matches_the_cpu_backend) {

@@ -492,3 +492,5 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 }
 }  // namespace nvcuda::wmma
 #include "support/cuda_emulator_mma.hpp"  // NOLINT: mma.sync emulation (prefill-score)
+#include "support/cuda_emulator_cub.hpp"   // NOLINT: stand-ins for the CUB collectives kvcompact uses (device-select)
+#include "support/cuda_emulator_sync.hpp"  // NOLINT: acquire loads, release stores and counters between blocks (device-select)

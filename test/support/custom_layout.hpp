@@ -49,6 +49,29 @@ struct slot_major_interleaved {
 };
 static_assert(kvcompact::kv_layout<slot_major_interleaved>, "the custom test layout must satisfy kvcompact::kv_layout");
 
+/// @brief Test-only user layout usable in device code, also outside namespace kvcompact: memory order
+/// [kv_head][layer][sequence][slot][dim] with three padding elements after every slot (so most rows of
+/// 2-byte elements start off a 16-byte boundary).
+struct head_major_padded {
+  kvcompact::index_t sequences;  ///< batch
+  kvcompact::index_t layers;     ///< storage layers
+  kvcompact::index_t kv_heads;   ///< KV heads
+  kvcompact::index_t slots;      ///< capacity per head
+  kvcompact::index_t dims;       ///< head dimension
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t num_sequences() const { return sequences; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t num_layers() const { return layers; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t num_kv_heads() const { return kv_heads; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t capacity() const { return slots; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t head_dim() const { return dims; }
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t dim_stride() const { return 1; }
+  /// (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 3)
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t offset(kvcompact::index_t sequence, kvcompact::index_t layer, kvcompact::index_t kv_head,
+                                                  kvcompact::index_t slot) const {
+    return (((kv_head * layers + layer) * sequences + sequence) * slots + slot) * (dims + 3);
+  }
+};
+static_assert(kvcompact::kv_layout<head_major_padded>, "the padded test layout must satisfy kvcompact::kv_layout");
+
 namespace kvtest {
 
 /// @brief Raw bits of a stored element (exact comparison of float, half_t and bfloat16_t).

@@ -17,6 +17,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace kc = kvcompact;
@@ -222,4 +223,22 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused_naming_the_argument) {
   cache.lengths[0] = CAP;
   roomy.thin_lengths[0] = CAP - 4;
   expect_error([&] { kc::cpu::append_pruned(cache.view(), roomy.view, 0, 0, token.data(), token.data(), 60); }, "cache.lengths");
+}
+
+BOOST_AUTO_TEST_CASE(the_think_presets_compose_snapkv_with_channels_think) {
+  const auto policy = kc::policies::think_snapkv(64, 0.5f, 16);
+  static_assert(std::is_same_v<decltype(policy.tokens), decltype(kc::policies::snapkv(64, 16))>);
+  BOOST_TEST(policy.channels.pruning_ratio == 0.5f);
+  BOOST_TEST(policy.channels.full_tail == 16);
+  BOOST_TEST(policy.channels.kept_channels(64) == 32);
+  kc::policies::preset_options options{100, 400, 32};
+  for (auto name : kc::policies::channel_preset_names)
+    kc::policies::with_channel_preset(name, options, [&](const auto& p) {
+      BOOST_TEST(p.channels.pruning_ratio == (name == "think_snapkv" ? 0.4f : 0.5f));
+      BOOST_TEST(p.channels.full_tail == 32);
+    });
+  options.budget = 20;  // the window is capped at half the budget, as in with_preset
+  kc::policies::with_channel_preset("think_snapkv", options, [&](const auto& p) { BOOST_TEST(p.channels.full_tail == 10); });
+  expect_error([&] { kc::policies::with_channel_preset("think", options, [](const auto&) {}); }, "name");
+  expect_error([&] { (void)kc::policies::think_snapkv(64, 1.0f); }, "think.pruning_ratio");
 }

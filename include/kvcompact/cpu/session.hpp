@@ -601,25 +601,22 @@ class session {
   }
 
   // partial[g * head_dim + d] = sum over the slots [first, end) of weights[g * capacity + j] times
-  // value row j, for the group's query heads: chunks of value_chunk dimensions, 4 query heads per
-  // read of a value chunk, accumulators in registers.
+  // value row j, for the group's query heads: the value rows are read once, in slot order (a
+  // sequential stream), each added to every query head's sum (in L1); zero weights (masked slots)
+  // are skipped, so a masked slot's value never reaches the output.
   void value_rows(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* weights, float* partial) const {
     const index_t group_size = group(), dims = head_dim();
-    float buffer[detail::value_chunk];
-    for (index_t d = 0; d < dims; d += detail::value_chunk) {
-      const index_t width = dims - d < detail::value_chunk ? dims - d : detail::value_chunk;
-      for (index_t g0 = 0; g0 < group_size; g0 += 4) {
-        auto rows = [&]<int R>(std::integral_constant<int, R>) {
-          float acc[R][detail::value_chunk] = {};
-          const float* w[R];
-          for (int r = 0; r < R; ++r) w[r] = weights + (g0 + r) * capacity();
-          for (index_t j = first; j < end; ++j)
-            detail::add_weighted<R>(
-                w, j, detail::load_row(cache_.values + cache_.layout.offset(sequence, layer, h, j), cache_.layout.dim_stride(), d, width, buffer), width, acc);
-          for (int r = 0; r < R; ++r)
-            for (index_t i = 0; i < width; ++i) partial[(g0 + r) * dims + d + i] = acc[r][i];
-        };
-        dispatch_rows(group_size - g0, rows);
+    for (index_t i = 0; i < group_size * dims; ++i) partial[i] = 0.0f;
+    float buffer[detail::row_chunk];
+    for (index_t j = first; j < end; ++j) {
+      const T* value = cache_.values + cache_.layout.offset(sequence, layer, h, j);
+      for (index_t d = 0; d < dims; d += detail::row_chunk) {
+        const index_t width = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
+        const float* row = detail::load_row(value, cache_.layout.dim_stride(), d, width, buffer);
+        for (index_t g = 0; g < group_size; ++g) {
+          const float w = weights[g * capacity() + j];
+          if (w != 0.0f) detail::add_scaled(partial + g * dims + d, w, row, width);
+        }
       }
     }
   }

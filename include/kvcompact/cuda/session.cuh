@@ -7,12 +7,14 @@
 
 #include <kvcompact/cuda/check.cuh>
 #include <kvcompact/cuda/detail/append_kernel.cuh>
+#include <kvcompact/cuda/detail/compaction.cuh>
 #include <kvcompact/cuda/detail/decode_kernels.cuh>
 #include <kvcompact/cuda/detail/device_status.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/select_kernels.cuh>
+#include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/cuda/detail/workspace.cuh>
 #include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/detail/size_checks.hpp>
@@ -186,8 +188,9 @@ class session {
   /// Scoring runs the observation window's softmax in two passes over K on tensor cores, each key
   /// read once per pass for all window rows of its KV head, without materialising the window x N
   /// matrix; selectors and mergers run through the selection contract in parallel (ranked
-  /// selectors: per-slot verdicts and a radix select per head; cooperative selectors and mergers:
-  /// their own group code on a thread block per head).
+  /// selectors: per-slot verdicts and rank keys per head, then the grid-wide top-k over many blocks
+  /// per head; cooperative selectors and mergers: their own group code on a thread block per head);
+  /// compaction moves the kept rows with 16-byte accesses over many blocks per head.
   /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
   /// @throws kvcompact::error on a bad window, or a second call / a call after append() ("session");
   /// faults inside kernels surface in check()
@@ -228,11 +231,8 @@ class session {
                      bytes, stream_, p, policy_);
       detail::check_launch(where, "slot_score_kernel");
     }
-    detail::launch_selection(policy_, p, heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
-    const index_t tile = detail::compaction_tile(head_dim(), sizeof(T));
-    detail::launch(&detail::compact_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads,
-                   static_cast<std::size_t>(tile * 2 * head_dim()) * sizeof(T), stream_, p, policy_, tile);
-    detail::check_launch(where, "compact_kernel");
+    detail::launch_selection(policy_, p, ranked_top_k(), heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
+    detail::launch_compaction(p, policy_, workspace_span(plan_.compaction, plan_.compaction_bytes), stream_, where);
   }
 
   /// @brief Inserts one token's K and V into every KV head of a storage layer, for every sequence. A
@@ -299,15 +299,7 @@ class session {
   /// @brief Waits for the stream and raises the first fault a kernel recorded since the last check.
   /// @param where name used in the error message
   /// @throws kvcompact::error describing the fault; kvcompact::cuda::cuda_error when the stream failed
-  void check(const char* where = "cuda::session") const {
-    cuda::check(cudaStreamSynchronize(stream_), where, "cudaStreamSynchronize");
-    detail::device_status status{};
-    cuda::check(cudaMemcpy(&status, status_, sizeof(status), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
-    if (status.fault != 0) {
-      cuda::check(cudaMemset(status_, 0, sizeof(detail::device_status)), where, "cudaMemset(status)");
-      detail::raise(status, where);
-    }
-  }
+  void check(const char* where = "cuda::session") const { detail::raise_recorded(status_, stream_, where); }
 
   /// @brief The stream every call runs on. @return the stream
   [[nodiscard]] cudaStream_t stream() const { return stream_; }
@@ -332,6 +324,15 @@ class session {
   index_t group() const { return shape_.query_heads / cache_.layout.num_kv_heads(); }
   unsigned layer_blocks(const char* where) const {
     return detail::grid_extent(cache_.layout.num_sequences() * cache_.layout.num_layers(), where, "sequences x layers");
+  }
+
+  /// The workspace bytes [offset, offset + bytes).
+  std::span<std::byte> workspace_span(std::size_t offset, std::size_t bytes) const { return {workspace_ + offset, bytes}; }
+
+  /// The ranked tier's arrays for the grid-wide top-k (candidate counts, wanted counts, scratch).
+  detail::ranked_top_k ranked_top_k() const {
+    return {detail::at_offset<std::int32_t>(workspace_, plan_.top_k_counts), detail::at_offset<std::int32_t>(workspace_, plan_.top_k_quota),
+            workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes)};
   }
 
   detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window) const {

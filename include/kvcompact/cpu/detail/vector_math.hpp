@@ -90,24 +90,6 @@ void dot_rows(const float* const* queries, const float* key, index_t count, floa
   }
 }
 
-/// Value dimensions one register block of the decode output covers.
-inline constexpr index_t value_chunk = 32;
-
-/// `acc[r][i] += weights[r][slot] * row[i]` for i < @p count (<= value_chunk) and ROWS query heads:
-/// one read of a value row chunk for all of them, the accumulators in registers. Zero weights
-/// (masked slots) are skipped, so a masked slot's value never reaches the output.
-template <int ROWS>
-void add_weighted(const float* const (&weights)[ROWS], index_t slot, const float* row, index_t count, float (&acc)[ROWS][value_chunk]) {
-  for (int r = 0; r < ROWS; ++r) {
-    const float w = weights[r][slot];
-    if (w == 0.0f) continue;
-    if (count == value_chunk)
-      for (index_t i = 0; i < value_chunk; ++i) acc[r][i] += w * row[i];
-    else
-      for (index_t i = 0; i < count; ++i) acc[r][i] += w * row[i];
-  }
-}
-
 /// `y[i] += a * x[i]` for i < @p count.
 inline void add_scaled(float* y, float a, const float* x, index_t count) {
   for (index_t i = 0; i < count; ++i) y[i] += a * x[i];

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Block-wide reduction and flag scan used by the kernels (shared memory and warp votes only).
+/// @brief Block-wide reduction used by the decode-eviction and key-pruning kernels (shared memory only).
 #pragma once
 
 #include <kvcompact/cuda/detail/execution.cuh>
@@ -30,26 +30,6 @@ __device__ T block_reduce(T value, const Op& op) {
 template <int Threads, class T>
 __device__ T block_sum(T value) {
   return block_reduce<Threads>(value, [](T a, T b) { return a + b; });
-}
-
-/// Exclusive prefix count of @p flag over the block in thread order; @p total receives the number
-/// of set flags. Every thread of a block of exactly @p Threads threads must call it.
-template <int Threads>
-__device__ index_t block_flag_scan(bool flag, index_t& total) {
-  __shared__ index_t warp_first[Threads / 32 + 1];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const unsigned votes = __ballot_sync(0xffffffffu, flag);
-  if (lane == 0) warp_first[warp + 1] = __popc(votes);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    warp_first[0] = 0;
-    for (int w = 1; w <= Threads / 32; ++w) warp_first[w] += warp_first[w - 1];
-  }
-  __syncthreads();
-  const index_t prefix = warp_first[warp] + __popc(votes & ((1u << lane) - 1u));
-  total = warp_first[Threads / 32];
-  __syncthreads();  // warp_first may be reused by the next call
-  return prefix;
 }
 
 }  // namespace cuda::detail

@@ -3,6 +3,7 @@
 /// @brief Errors detected inside kernels: recorded in device memory, raised on the host by check().
 #pragma once
 
+#include <kvcompact/cuda/check.cuh>
 #include <kvcompact/cuda/detail/execution.cuh>
 #include <kvcompact/error.hpp>
 #include <kvcompact/layouts/concepts.hpp>
@@ -22,6 +23,7 @@ enum class device_fault : std::int32_t {
   head_full = 3,          ///< a head is at capacity and the policy evicted nothing
   bad_length = 4,         ///< a length is outside [0, capacity]
   non_finite_window = 5,  ///< NaN or Inf in a window query, or in a key a window row attends (slot: the window row)
+  pruned_store = 6,       ///< a head does not fit its pruned key store, or its slots are not in position order (slot: its length)
 };
 
 /// The first fault recorded since the last check (later ones are dropped).
@@ -82,12 +84,26 @@ inline void raise(const device_status& status, const char* where) {
                   "NaN or Inf in window row " + std::to_string(status.slot) + " of query heads of KV head " + std::to_string(status.head) +
                       " (sequence " + std::to_string(status.sequence) + ", layer " + std::to_string(status.layer) +
                       "), or in a key it attends; the layer was left unchanged");
+    case device_fault::pruned_store:
+      throw error(where, "pruned", "head of length " + std::to_string(status.slot) +
+                                       " does not fit the pruned key store (thin or tail capacity, or slots not in position order)" + at());
     case device_fault::bad_length:
       throw error(where, "cache.lengths", "length " + std::to_string(status.slot) + " is outside [0, capacity] (sequence " +
                                               std::to_string(status.sequence) + ", layer " + std::to_string(status.layer) + ", head " +
                                               std::to_string(status.head) + ")");
   }
   throw error(where, "status", "unknown device fault code " + std::to_string(status.fault));
+}
+
+/// Waits for @p stream, then raises (and clears) the fault recorded at @p status, if any.
+inline void raise_recorded(device_status* status, cudaStream_t stream, const char* where) {
+  cuda::check(cudaStreamSynchronize(stream), where, "cudaStreamSynchronize");
+  device_status recorded{};
+  cuda::check(cudaMemcpy(&recorded, status, sizeof(recorded), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
+  if (recorded.fault != 0) {
+    cuda::check(cudaMemset(status, 0, sizeof(device_status)), where, "cudaMemset(status)");
+    raise(recorded, where);
+  }
 }
 
 }  // namespace cuda::detail

@@ -3,6 +3,8 @@
 /// @brief Where each array of the CUDA backend lives inside the caller's state and workspace.
 #pragma once
 
+#include <kvcompact/cuda/detail/compaction.cuh>
+#include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/detail/ranked_selection.hpp>
 #include <kvcompact/types.hpp>
 
@@ -51,6 +53,12 @@ struct workspace_plan {
   std::size_t row_lse = 0;       ///< float [S][L][Hkv][G x padded rows]: log2 of each window row's softmax denominator (scaled logits)
   std::size_t row_visible = 0;   ///< int32 [S][L][Hkv][G x padded rows]: keys each window row sees
   std::size_t window_queries = 0;  ///< storage type [S][L][Hq][padded rows][padded head_dim]: the window in the storage type
+  std::size_t top_k_counts = 0;  ///< int32 [S][L][Hkv]: a ranked selector's candidates per head
+  std::size_t top_k_quota = 0;   ///< int32 [S][L][Hkv]: the candidates each head keeps
+  std::size_t top_k_scratch = 0;        ///< launch_top_k's scratch (one scope per head)
+  std::size_t top_k_scratch_bytes = 0;  ///< its size
+  std::size_t compaction = 0;           ///< launch_compaction's scratch
+  std::size_t compaction_bytes = 0;     ///< its size
   // Decode.
   std::size_t logits = 0;              ///< float [S][Hq][capacity]
   std::size_t partial_out = 0;         ///< float [S][Hq][splits][head_dim]
@@ -73,6 +81,7 @@ struct workspace_plan {
     const index_t slot_heads = sequences * layers * kv_heads * capacity;
     const index_t heads = sequences * layers * kv_heads;
     const index_t group_rows = query_heads / kv_heads * padded_window_rows(window_rows);
+    const index_t tile_slots = compaction_tile_slots(head_dim, static_cast<std::size_t>(element_bytes));
     take(p.scores, slot_heads, 4);
     take(p.floats, slot_heads, 4);
     take(p.indices, 2 * slot_heads, 4);
@@ -90,6 +99,12 @@ struct workspace_plan {
     take(p.row_visible, heads * group_rows, 4);
     take(p.window_queries, sequences * layers * query_heads * padded_window_rows(window_rows) * padded_head_dim(head_dim),
          static_cast<std::size_t>(element_bytes));
+    take(p.top_k_counts, heads, 4);
+    take(p.top_k_quota, heads, 4);
+    p.top_k_scratch_bytes = top_k_workspace_bytes(heads, 1, capacity);
+    take(p.top_k_scratch, static_cast<index_t>(p.top_k_scratch_bytes), 1);
+    p.compaction_bytes = tile_slots > 0 ? compaction_workspace_bytes(heads, capacity, tile_slots) : 0;
+    take(p.compaction, static_cast<index_t>(p.compaction_bytes), 1);
     take(p.logits, sequences * query_heads * capacity, 4);
     take(p.partial_out, sequences * query_heads * max_decode_splits * head_dim, 4);
     take(p.partial_max, sequences * query_heads * max_decode_splits, 4);
