@@ -10,6 +10,7 @@
 
 #include <kvcompact/detail/order_keys.hpp>
 #include <kvcompact/selectors/concepts.hpp>
+#include <kvcompact/selectors/layer_ranking.hpp>
 
 #include <cstdint>
 
@@ -183,15 +184,26 @@ KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& se
     }
   });
   const layer_items<Selector, Ctx> layer{selector, ctx, heads, stride};
-  auto item_key = [&](index_t i) {
-    const int h = layer.head_of(i);
-    return layer.best_first(h, i - heads[h].first);
-  };
-  const std::uint64_t cut = group.kth_largest(items, total, item_key);
-  for (int h = 0; h < count; ++h) {
-    const index_t share = group.reduce(heads[h].candidates, [&](index_t c) { return layer.best_first(h, c) >= cut ? index_t{1} : index_t{0}; },
-                                       index_t{0}, count_sum{});
-    group.once([&] { heads[h].share = static_cast<std::int32_t>(share); });
+  if (rank_group_of(ctx) != nullptr) {  // host only: the layer's ranking spans the heads of every rank (no key floor)
+    group.once([&] {
+      double layer_total = static_cast<double>(total);
+      sum_across_ranks(ctx, &layer_total, 1);
+      layer_top_counts(
+          ctx, static_cast<index_t>(layer_total), [&](int h) { return index_t{heads[h].candidates}; },
+          [&](int h, index_t c) { return score_order_key(ctx.float_scratch(h)[c]); },
+          [&](int h, index_t taken) { heads[h].share = static_cast<std::int32_t>(taken); });
+    });
+  } else {
+    auto item_key = [&](index_t i) {
+      const int h = layer.head_of(i);
+      return layer.best_first(h, i - heads[h].first);
+    };
+    const std::uint64_t cut = group.kth_largest(items, total, item_key);
+    for (int h = 0; h < count; ++h) {
+      const index_t share = group.reduce(heads[h].candidates, [&](index_t c) { return layer.best_first(h, c) >= cut ? index_t{1} : index_t{0}; },
+                                         index_t{0}, count_sum{});
+      group.once([&] { heads[h].share = static_cast<std::int32_t>(share); });
+    }
   }
   const layer_allocation view{heads, count, total};
   group.for_each(count, [&](index_t h) { heads[h].wanted = static_cast<std::int32_t>(selector.allocate(ctx, view, static_cast<int>(h))); });

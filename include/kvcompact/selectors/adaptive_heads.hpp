@@ -14,7 +14,9 @@ namespace selectors {
 /// over all KV heads decide how many each head keeps,
 /// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B_h floor_fraction))`, with `B_h` the head's budget
 /// less its protected tokens; each head then keeps its own top-alloc[h] plus its protected tokens.
-/// Per-head lengths differ. Prefill-only: decode appends. A kvcompact::ranked_selector of layer scope:
+/// Per-head lengths differ. Prefill-only: decode appends. With a kvcompact::rank_group the layer-wide
+/// ranking spans the KV heads of every rank (the `strict` repair does not: one rank only).
+/// A kvcompact::ranked_selector of layer scope:
 /// the backend ranks the layer's candidates (partial selection), allocate() turns the counts into
 /// allocations.
 /// @tparam Schedule a kvcompact::budget_schedule giving the per-head average (protected included)

@@ -31,7 +31,7 @@ using prefill_group = block_group<prefill_threads>;
 /// group primitives take under 24 KiB of shared memory; more blocks wait at the same barriers).
 inline constexpr int selection_blocks_per_sm = 2;
 
-/// The (sequence, layer, KV head) a block of a (Hkv, S x L) grid works on.
+/// The (sequence, layer, KV head) a block of a (Hkv, S x grid layers) grid works on.
 struct head_block {
   index_t s, l, h;  ///< sequence, layer, KV head
   bool faulted;     ///< the layer is to be left as it is
@@ -39,7 +39,7 @@ struct head_block {
 
 template <class T, class Layout, class State>
 __device__ head_block head_of_block(const prefill_problem<T, Layout, State>& p) {
-  const index_t s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   return {s, l, static_cast<index_t>(blockIdx.x), p.layer_faults[s * p.layers() + l] != 0};
 }
 
@@ -75,12 +75,12 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
   });
 }
 
-/// Grid (S x L): phase 2 of a layer-scope ranked selector: the layer-wide ranking and the per-head
+/// Grid (S x grid layers): phase 2 of a layer-scope ranked selector: the layer-wide ranking and the per-head
 /// allocation of one layer, which becomes each head's `wanted` in @p top.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm)
     ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector, ranked_top_k top) {
-  const index_t s = blockIdx.x / p.layers(), l = blockIdx.x % p.layers();
+  const index_t s = p.grid_sequence(blockIdx.x), l = p.grid_layer(blockIdx.x);
   if (p.layer_faults[s * p.layers() + l]) return;
   const prefill_group workers;
   const index_t first = p.cache.head_index(s, l, 0);
@@ -91,23 +91,29 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
 /// Phase 3: every head keeps its `wanted` best candidates whose key reaches the selector's floor,
 /// by the grid-wide top-k over all heads at once (one scope per head; items in position order, so
 /// equal keys keep the lower position, as kvcompact::detail::keep_best_candidates does on the CPU).
+/// A call over some layers (compress_prefill_layer) ranks the heads of those layers, one launch per
+/// sequence (their segments are contiguous within it).
 template <class Selector, class T, class Layout, class State>
 void launch_best_candidates(const prefill_problem<T, Layout, State>& p, const Selector& selector, const ranked_top_k& top, cudaStream_t stream,
                             const char* where) {
-  const index_t capacity = p.cache.layout.capacity();
-  top_k_problem problem;
-  problem.keys = {p.floats, capacity};  // float_scratch(h): the candidates' keys
-  problem.counts = top.counts;
-  problem.segments = p.cache.head_count();
-  problem.max_items = capacity;
-  problem.k = top.wanted;
-  problem.floor = ::kvcompact::detail::key_floor(selector);
-  problem.flags = {p.keep, capacity};
-  problem.flag_index = {p.indices, 2 * capacity};  // index_scratch(h, 0): the candidates' slots
-  problem.status = p.status;
-  problem.segment_layers = p.layers();
-  problem.segment_heads = p.cache.layout.num_kv_heads();
-  launch_top_k(problem, top.scratch, stream, where);
+  const index_t capacity = p.cache.layout.capacity(), sequences = p.cache.layout.num_sequences(), kv_heads = p.cache.layout.num_kv_heads();
+  const bool all_layers = p.grid_layers == p.layers();
+  for (index_t s = 0; s < (all_layers ? 1 : sequences); ++s) {
+    const index_t first = p.cache.head_index(s, p.first_layer, 0), items = first * capacity;
+    top_k_problem problem;
+    problem.keys = {p.floats + items, capacity};  // float_scratch(h): the candidates' keys
+    problem.counts = top.counts + first;
+    problem.segments = (all_layers ? sequences : 1) * p.grid_layers * kv_heads;
+    problem.max_items = capacity;
+    problem.k = top.wanted + first;
+    problem.floor = ::kvcompact::detail::key_floor(selector);
+    problem.flags = {p.keep + items, capacity};
+    problem.flag_index = {p.indices + 2 * items, 2 * capacity};  // index_scratch(h, 0): the candidates' slots
+    problem.status = p.status;
+    problem.segment_layers = p.grid_layers;  // fault names count layers from this call's first one
+    problem.segment_heads = kv_heads;
+    launch_top_k(problem, top.scratch, stream, where);
+  }
 }
 
 /// Grid (Hkv, S x L): a head-scope cooperative selector on one head (after its slot order).
@@ -129,7 +135,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
   const index_t s = blockIdx.x;
   const prefill_group workers;
   workers.once([&] { p.shared[s * (p.cache.layout.capacity() + 2)] = -1; });  // no decision published yet
-  for (index_t l = 0; l < p.layers(); ++l) {
+  for (index_t l = p.first_layer; l < p.first_layer + p.grid_layers; ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
     const auto ctx = p.context(s, l);
     for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(workers, h);
@@ -148,7 +154,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
 
 /// Launches the selection and merge stages of compress_prefill for @p policy (slot order, step and
 /// scores are ready): the selector's tier and scope pick the kernels.
-/// @param heads KV heads @param layer_grid sequences x layers @param sequence_grid sequences
+/// @param heads KV heads @param layer_grid sequences x this call's layers @param sequence_grid sequences
 /// @param top the ranked tier's arrays for the grid-wide top-k
 template <class Policy, class T, class Layout, class State>
 void launch_selection(const Policy& policy, const prefill_problem<T, Layout, State>& p, const ranked_top_k& top, unsigned heads, unsigned layer_grid,
