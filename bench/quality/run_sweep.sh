@@ -33,7 +33,7 @@ KVCOMPACT_SMOLLM2_GGUF=$(bash examples/smollm2/fetch_model.sh)
 export KVCOMPACT_SMOLLM2_GGUF
 essays=$(bash bench/quality/fetch_essays.sh)
 export OMP_WAIT_POLICY=passive
-presets=${PRESETS:-streaming_llm,h2o,tova,snapkv,pyramidkv,adakv,knorm,corm,corm_budgeted,windowkv,kvmerger,cam,bounded_memory,prefixkv,xkv,kvmerger_unscaled,windowkv_layerwise,knorm_skip2}
+presets=${PRESETS:-streaming_llm,h2o,tova,snapkv,pyramidkv,adakv,knorm,corm,corm_budgeted,windowkv,kvmerger,cam,bounded_memory,elastic_cache,prefixkv,xkv,kvmerger_unscaled,windowkv_layerwise,knorm_skip2}
 budgets=${BUDGETS:-0.1,0.2,0.3,0.35,0.5}
 extra=${EXTRA-windowkv:0.12,windowkv_layerwise:0.12,sliding_window:0.1,sliding_window:0.2,mixattention:0.1,mixattention:0.2}
 parts=${PARTS:-ppl_1024 needle_2k needle_4k needle_8k_d10 needle_8k_d50 needle_8k_d90}

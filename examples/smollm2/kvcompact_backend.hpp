@@ -87,9 +87,9 @@ private:
 };
 
 /// @return true when preset @p name scores with accumulated attention, which
-/// wants every prompt query as its observation window (H2O, KVMerger, CaM, PrefixKV, the bounded memory).
+/// wants every prompt query as its observation window (H2O, KVMerger, CaM, PrefixKV, the bounded memory, Elastic Cache).
 inline bool preset_wants_all_queries(std::string_view name) {
-    return name == "h2o" || name == "kvmerger" || name == "cam" || name == "prefixkv" || name == "bounded_memory";
+    return name == "h2o" || name == "kvmerger" || name == "cam" || name == "prefixkv" || name == "bounded_memory" || name == "elastic_cache";
 }
 
 /// Builds the kvcompact backend that runs @p policy over a cache of the given shape.

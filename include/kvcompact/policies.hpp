@@ -28,6 +28,7 @@
 #include <kvcompact/scorers/recent_query.hpp>
 #include <kvcompact/selectors/adaptive_heads.hpp>
 #include <kvcompact/selectors/budgets.hpp>
+#include <kvcompact/selectors/elastic.hpp>
 #include <kvcompact/selectors/hit_window.hpp>
 #include <kvcompact/selectors/layer_table.hpp>
 #include <kvcompact/selectors/merging_sets.hpp>
@@ -310,6 +311,24 @@ inline auto cam(index_t budget, index_t start, index_t merge_count = 32) {
   return p;
 }
 
+/// @brief Elastic Cache (@ref methods_elastic): attention accumulated over every prompt query and averaged
+/// over all query heads of the layer; the prompt keeps `T - floor((1 - fraction) T)` anchors (the first
+/// `sinks` tokens, the last one and the most important others) and every other prompt token is averaged
+/// into the anchor nearest in position (keys and values). During decode the first `m + offset` slots
+/// (`m` the anchors kept) are frozen and the slot after them is dropped whenever the cache holds more than
+/// `fraction` of the tokens seen. Pass every prompt query as the window.
+/// @param fraction kept fraction in (0, 1] (the paper's evicted ratio is 1 - fraction)
+/// @param sinks attention sinks (the paper's evaluation uses 1) @param offset delta (the paper's -25)
+/// @return the policy
+/// @throws kvcompact::error when @p fraction is outside (0, 1] or @p sinks is negative
+inline auto elastic_cache(double fraction, index_t sinks = 1, index_t offset = -25) {
+  detail::require_kept_fraction(fraction, "elastic_cache", "fraction");
+  detail::require_non_negative(sinks, "elastic_cache", "sinks");
+  mergers::average merger{};
+  merger.assign = mergers::assignment::nearest_position;
+  return policy<scorers::layer_accumulated_attention, selectors::elastic, mergers::average>{{}, selectors::elastic{1.0 - fraction, sinks, offset}, merger};
+}
+
 /// @brief Runtime parameters shared by the name dispatcher.
 struct preset_options {
   index_t budget;          ///< slots per head (average for per-layer or per-head schedules)
@@ -321,8 +340,9 @@ struct preset_options {
 };
 
 /// @brief Names accepted by with_preset().
-inline constexpr std::array<std::string_view, 13> preset_names{"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "knorm",
-                                                               "corm", "corm_budgeted", "windowkv", "kvmerger", "cam", "bounded_memory"};
+inline constexpr std::array<std::string_view, 14> preset_names{"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "knorm",
+                                                               "corm", "corm_budgeted", "windowkv", "kvmerger", "cam", "bounded_memory",
+                                                               "elastic_cache"};
 
 /// @brief Names of the presets whose per-layer budgets come from an offline calibration: with_preset()
 /// accepts them when preset_options::layer_budgets points to the table.
@@ -353,6 +373,7 @@ decltype(auto) with_preset(std::string_view name, const preset_options& options,
   if (name == "kvmerger") return f(kvmerger(fraction < 1.0 ? fraction : 1.0));
   if (name == "cam") return f(cam(b, s));
   if (name == "bounded_memory") return f(bounded_memory(b, w));
+  if (name == "elastic_cache") return f(elastic_cache(fraction < 1.0 ? fraction : 1.0));
   if (name == "prefixkv" || name == "xkv") {
     detail::require(options.layer_budgets != nullptr, "with_preset", "options.layer_budgets",
                     "the " + std::string(name) + " preset needs its per-layer budget table (budgets::load_layer_budgets)");

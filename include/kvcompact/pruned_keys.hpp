@@ -65,7 +65,8 @@ struct pruned_keys {
   }
 
   /// @brief Checks extents and pointers, and that the store matches a cache's shape.
-  /// @param cache_sequences @param cache_layers @param cache_kv_heads @param cache_head_dim the cache's extents
+  /// @param cache_sequences the cache's sequences @param cache_layers the cache's storage layers
+  /// @param cache_kv_heads the cache's KV heads @param cache_head_dim the cache's head dimension
   /// @param where name of the calling entry point, used in error messages
   /// @throws kvcompact::error naming the first bad member ("pruned.head_dim", "pruned.kept", ...)
   void validate(index_t cache_sequences, index_t cache_layers, index_t cache_kv_heads, index_t cache_head_dim, const char* where) const {

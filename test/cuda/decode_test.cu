@@ -242,6 +242,7 @@ BOOST_AUTO_TEST_CASE(decode_loop_with_eviction_matches_the_cpu_backend) {
   check_decode_loop("corm", p::corm(8, 8), host, window, H * G, L, STEPS);
   check_decode_loop("corm_budgeted", p::corm_budgeted(BUDGET, 8), host, window, H * G, L, STEPS);
   check_decode_loop("cam", p::cam(BUDGET, 4), host, window, H * G, L, STEPS);
+  check_decode_loop("elastic_cache", p::elastic_cache(0.5, 1, -10), host, window, H * G, L, STEPS);
   check_decode_loop("snapkv (appends)", p::snapkv(BUDGET, 8), host, window, H * G, L, STEPS);
 }
 

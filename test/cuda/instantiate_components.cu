@@ -114,6 +114,7 @@ void instantiate_every_component() {
   instantiate(p::prefixkv(kc::budgets::layer_table{}));
   instantiate(p::xkv(kc::budgets::layer_table{}));
   instantiate(p::bounded_memory(64, 8));
+  instantiate(p::elastic_cache(0.5));
   instantiate(p::mixattention(map, 64));
   convert<float><<<1, 1>>>(nullptr, nullptr, 0);
   convert<kc::half_t><<<1, 1>>>(nullptr, nullptr, 0);

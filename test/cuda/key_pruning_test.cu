@@ -3,6 +3,7 @@
 // (cpu::prune_key_channels / append_pruned / attend_pruned) and the double-precision reference:
 //  - the same kept channels, thin lengths and bit-identical thin and tail rows (fp32, fp16, bf16; GQA;
 //    head_dim 64 and 128; ratios 0.4 and 0.5; heads of different lengths, some shorter than the tail);
+//  - ThinK after SnapKV (cuda::session, then key_pruning) keeps the CPU backend's slots and channels;
 //  - a decode loop (append, attend) gives the CPU backend's cache and, within fp32 summation error,
 //    its outputs and the reference's;
 //  - a length outside the layer, a store too small and a full tail are raised by check() naming them.
@@ -151,6 +152,48 @@ BOOST_AUTO_TEST_CASE(device_faults_are_raised_by_check) {
   kvtest::expect_error([&] { pruning.check(); }, "cache.lengths");
   kvtest::expect_error([&] { pruning.prune(kc::channels::think{1.0f, 4}, device_window.view()); }, "think.pruning_ratio");
   kvtest::expect_error([&] { pruning.prune(kc::channels::think{0.25f, 4}, device_window.view()); }, "pruned.kept");
+}
+
+BOOST_AUTO_TEST_CASE(think_after_snapkv_on_the_device_matches_the_cpu_backend) {
+  // exact values: both backends score the same logits, so SnapKV keeps the same slots on both
+  constexpr index_t S = 2, L = 2, H = 2, G = 3, CAP = 64, D = 64, PROMPT = 60, WINDOW = 8, BUDGET = 24;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = PROMPT;
+  auto host = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 301);
+  kvtest::round_to_exact_values(host);
+  auto window = kvtest::make_random_window(S, L, H * G, WINDOW, D, {PROMPT - 1, PROMPT - 1}, 1.0, 302);
+  kvtest::round_to_exact_values(window);
+  const auto policy = kc::policies::think_snapkv(BUDGET, 0.4f, WINDOW);
+  using token_policy = decltype(policy.tokens);
+  const kc::attention_shape shape{H * G};
+  kvtest::device_cache<float, kc::layouts::strided> device(kvtest::copy_into(host, host.layout));
+  kvtest::owned_pruned<float> cpu_store(host.shape, policy.channels.kept_channels(D), BUDGET - WINDOW, WINDOW);
+  device_pruned<float> gpu_store(cpu_store);
+
+  using cpu_session = kc::cpu::session<token_policy, float, kc::layouts::strided>;
+  std::vector<std::byte> state(cpu_session::state_bytes(host.layout)), cpu_workspace(cpu_session::workspace_bytes(host.layout, shape));
+  cpu_session cpu(policy.tokens, host.view(), shape, state, cpu_workspace);
+  cpu.compress_prefill(window.view());
+  kc::cpu::prune_key_channels(policy.channels, host.view(), shape, window.view(), cpu_store.view);
+
+  const kvtest::device_window device_rows(window);
+  using gpu_session = kc::cuda::session<token_policy, float, kc::layouts::strided>;
+  kvtest::device_session_storage<gpu_session> storage(device.layout.layout, shape, WINDOW);
+  gpu_session gpu(policy.tokens, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, WINDOW);
+  gpu.compress_prefill(device_rows.view());
+  gpu.check("compress_prefill");
+  kvtest::device_array<std::byte> workspace(kc::cuda::key_pruning<float, kc::layouts::strided>::workspace_bytes(host.layout, shape));
+  kc::cuda::key_pruning<float, kc::layouts::strided> pruning(device.view(), gpu_store.view, shape, workspace.bytes());
+  pruning.prune(policy.channels, device_rows.view());
+  pruning.check();
+
+  BOOST_TEST(device.lengths.download() == host.lengths);
+  BOOST_TEST(device.positions.download() == host.positions);
+  BOOST_TEST(gpu_store.thin_lengths.download() == cpu_store.thin_lengths);
+  BOOST_TEST(gpu_store.channels.download() == cpu_store.channels);
+  BOOST_TEST(bits_of(gpu_store.thin.download()) == bits_of(cpu_store.thin));
+  BOOST_TEST(bits_of(gpu_store.tail.download()) == bits_of(cpu_store.tail));
+  for (auto thin : cpu_store.thin_lengths) BOOST_TEST(thin == BUDGET - WINDOW);
 }
 
 #include "support/gpu_main.hpp"

@@ -214,7 +214,7 @@ BOOST_AUTO_TEST_CASE(head_dims_of_every_kernel_path_match_the_cpu_backend) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(per_layer_table_and_bounded_memory_presets_match_the_cpu_backend) {
+BOOST_AUTO_TEST_CASE(per_layer_table_bounded_memory_and_elastic_presets_match_the_cpu_backend) {
   // PrefixKV's layer-shared scores need aligned heads (equal lengths): sequence 0's prompt everywhere
   auto source = prompt_cache(81);
   for (auto& n : source.lengths) n = static_cast<std::int32_t>(prompt_length(0));
@@ -226,6 +226,7 @@ BOOST_AUTO_TEST_CASE(per_layer_table_and_bounded_memory_presets_match_the_cpu_ba
   kvtest::check_prefill_matches("prefixkv", p::prefixkv(table), cache, window, H * G);
   kvtest::check_prefill_matches("xkv", p::xkv(table, WINDOW), cache, prompt_window(L, 83), H * G);
   kvtest::check_prefill_matches("bounded_memory", p::bounded_memory(BUDGET, WINDOW), cache, window, H * G);
+  kvtest::check_prefill_matches("elastic_cache", p::elastic_cache(0.6), cache, window, H * G);
 }
 
 BOOST_AUTO_TEST_CASE(ragged_layers_of_different_capacities_match_the_cpu_backend) {

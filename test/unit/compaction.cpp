@@ -145,6 +145,10 @@ std::vector<std::vector<index_t>> check_preset(const std::string& name, const Po
             const index_t recent = std::min(limit, static_cast<index_t>(kc::policies::kvmerger_protection(fraction).recent * static_cast<double>(T0)));
             BOOST_TEST(n <= limit);
             BOOST_TEST(kept_range(T0 - recent, T0));
+          } else if (name == "elastic_cache") {  // T - floor(r T) anchors, r the evicted share; the first token and the last kept
+            const double evicted = 1.0 - static_cast<double>(BUDGET) / 64.0;
+            BOOST_TEST(n == T0 - static_cast<index_t>(std::floor(evicted * static_cast<double>(T0))));
+            BOOST_TEST((keep.count(0) == 1 && keep.count(T0 - 1) == 1));
           } else {
             BOOST_ERROR("preset " << name << " has no budget rule in this test");
           }
@@ -152,7 +156,7 @@ std::vector<std::vector<index_t>> check_preset(const std::string& name, const Po
           std::set<index_t> may_change;  // positions whose values a merger may have rewritten
           if (name == "bounded_memory") {  // evicted entries join their nearest kept entry, whatever its position
             if (n < T0) may_change = keep;
-          } else if (name == "kvmerger") {
+          } else if (name == "kvmerger" || name == "elastic_cache") {  // merged into an adjacent kept entry
             for (index_t p : pos)
               if ((p > 0 && !keep.count(p - 1)) || (p + 1 < T0 && !keep.count(p + 1))) may_change.insert(p);
           } else if (name == "cam") {
@@ -189,7 +193,7 @@ std::vector<std::vector<index_t>> check_preset(const std::string& name, const Po
         BOOST_TEST((std::abs(static_cast<double>(total) - H * (16 * 0.8 + 3)) <= H / 2.0 + 1e-9), "adakv s " << s << " l " << l << " total " << total);
       }
   }
-  if (name == "tova" || name == "windowkv")  // scores shared by all KV heads: every head keeps the same positions
+  if (name == "tova" || name == "windowkv" || name == "elastic_cache")  // scores shared by all KV heads: every head keeps the same positions
     for (std::size_t i = 0; i + 1 < kept.size(); i += H) BOOST_TEST((kept[i] == kept[i + 1]));
   return kept;
 }

@@ -216,6 +216,10 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused_naming_the_argument) {
   std::vector<float> token(2 * D, 0.5f), out(2 * D);
   expect_error([&] { kc::cpu::attend_pruned(cache.view(), wrong_dim, shape, 0, 0, token.data(), 50, out.data()); }, "pruned.head_dim");
   expect_error([&] { kc::cpu::attend_pruned(cache.view(), pruned.view, shape, 0, 2, token.data(), 50, out.data()); }, "layer");
+  const std::int32_t length = cache.lengths[0];
+  cache.lengths[0] = CAP + 1;
+  expect_error([&] { kc::cpu::attend_pruned(cache.view(), pruned.view, shape, 0, 0, token.data(), 50, out.data()); }, "cache.lengths");
+  cache.lengths[0] = length;
   // every head holds at least 5 < CAP slots, 4 of them in a tail of capacity 4: no tail row is left
   expect_error([&] { kc::cpu::append_pruned(cache.view(), pruned.view, 0, 0, token.data(), token.data(), 60); }, "pruned.tail_capacity");
   kvtest::owned_pruned<float> roomy(cache.shape, 10, CAP, CAP);

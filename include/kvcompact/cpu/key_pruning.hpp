@@ -169,6 +169,8 @@ void attend_pruned(const kv_cache<T, Layout>& cache, const pruned_keys<T>& prune
   std::vector<float> gathered(static_cast<std::size_t>(dims)), weights(static_cast<std::size_t>(layout.capacity()));
   for (index_t qh = 0; qh < shape.query_heads; ++qh) {
     const index_t h = qh / group, head = cache.head_index(sequence, layer, h), length = cache.lengths[head], thin = pruned.thin_lengths[head];
+    detail::require(length >= 0 && length <= detail::layer_capacity(layout, layer), where, "cache.lengths",
+                    [&] { return "entry " + std::to_string(head) + " is " + std::to_string(length) + ", outside [0, capacity of its layer]"; });
     detail::require(thin >= 0 && thin <= length && length - thin <= pruned.tail_capacity && thin <= pruned.thin_capacity, where, "pruned.thin_lengths",
                     [&] { return "entry " + std::to_string(head) + " does not split the head's " + std::to_string(length) + " slots into thin and tail rows"; });
     const float* query = queries + qh * dims;

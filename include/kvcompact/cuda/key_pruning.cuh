@@ -122,16 +122,7 @@ class key_pruning {
 
   /// @brief Waits for the stream and raises the first fault the kernels recorded (then clears it).
   /// @throws kvcompact::error describing the fault
-  void check() {
-    constexpr const char* where = "cuda::key_pruning::check";
-    cuda::check(cudaStreamSynchronize(stream_), where, "cudaStreamSynchronize");
-    detail::device_status status{};
-    cuda::check(cudaMemcpy(&status, status_, sizeof(status), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
-    if (status.fault != 0) {
-      cuda::check(cudaMemset(status_, 0, sizeof(detail::device_status)), where, "cudaMemset(status)");
-      detail::raise(status, where);
-    }
-  }
+  void check() { detail::raise_recorded(status_, stream_, "cuda::key_pruning::check"); }
 
  private:
   static constexpr std::size_t status_bytes = 256;  // the fault record, padded so the logits stay aligned

@@ -322,15 +322,7 @@ class session {
   /// @brief Waits for the stream and raises the first fault a kernel recorded since the last check.
   /// @param where name used in the error message
   /// @throws kvcompact::error describing the fault; kvcompact::cuda::cuda_error when the stream failed
-  void check(const char* where = "cuda::session") const {
-    cuda::check(cudaStreamSynchronize(stream_), where, "cudaStreamSynchronize");
-    detail::device_status status{};
-    cuda::check(cudaMemcpy(&status, status_, sizeof(status), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
-    if (status.fault != 0) {
-      cuda::check(cudaMemset(status_, 0, sizeof(detail::device_status)), where, "cudaMemset(status)");
-      detail::raise(status, where);
-    }
-  }
+  void check(const char* where = "cuda::session") const { detail::raise_recorded(status_, stream_, where); }
 
   /// @brief The stream every call runs on. @return the stream
   [[nodiscard]] cudaStream_t stream() const { return stream_; }

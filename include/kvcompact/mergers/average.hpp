@@ -9,17 +9,25 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace mergers {
 
-/// @brief Every evicted slot joins the more similar adjacent kept slot (or the selector's target), and
-/// each kept slot's key and value become the plain means over its run.
+/// @brief Which adjacent kept slot an evicted slot joins (when the selector gave it no target).
+enum class assignment : std::uint8_t {
+  similar_key,       ///< the one whose key is more similar (cosine), if at least `min_similarity`
+  nearest_position,  ///< the one nearer in position, the older on a tie (Elastic Cache, @ref methods_elastic_merge)
+};
+
+/// @brief Every evicted slot joins an adjacent kept slot (chosen by `assign`, or the selector's target),
+/// and each kept slot's key and value become the plain means over its run.
 struct average {
   using component_kind = merger_tag;    ///< opt-in to kvcompact::entry_merger
   static constexpr bool merges = true;  ///< rewrites kept slots
-  float min_similarity = -1.0f;         ///< evicted slots less similar than this to both neighbours are dropped
+  float min_similarity = -1.0f;         ///< similar_key: evicted slots less similar than this to both neighbours are dropped
+  assignment assign = assignment::similar_key;  ///< how an evicted slot picks its kept neighbour
 
   /// @brief Averages every run of head @p h into its kept slot. @param ctx selection context @param h KV head
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
-    detail::assign_adjacent(ctx, h, min_similarity);
+    if (assign == assignment::nearest_position) detail::assign_nearest_position(ctx, h);
+    else detail::assign_adjacent(ctx, h, min_similarity);
     const std::int32_t* order = ctx.order(h);
     detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last, index_t members) {
       const float size = static_cast<float>(members);

@@ -27,10 +27,11 @@ KVCOMPACT_HOST_DEVICE float key_cosine(Ctx& ctx, int h, index_t a, index_t b) {
   return norms > 0.0f ? dot / norms : 0.0f;
 }
 
-/// Gives every evicted slot without a target the adjacent kept slot (older or newer neighbour in
-/// position order) whose key is more similar, when that similarity is at least @p min_similarity.
-template <class Ctx>
-KVCOMPACT_HOST_DEVICE void assign_adjacent(Ctx& ctx, int h, float min_similarity) {
+/// Calls `choose(slot, previous, next)` for every evicted slot of head @p h without a target, with its
+/// kept neighbours in position order (the older and the newer, -1 where there is none); `choose`
+/// returns the target to set, or -1 to leave the slot without one (dropped).
+template <class Ctx, class Choose>
+KVCOMPACT_HOST_DEVICE void assign_between_neighbours(Ctx& ctx, int h, const Choose& choose) {
   const std::int32_t* order = ctx.order(h);
   const index_t n = ctx.length(h);
   index_t previous = -1;
@@ -44,12 +45,33 @@ KVCOMPACT_HOST_DEVICE void assign_adjacent(Ctx& ctx, int h, float min_similarity
     index_t next = -1;
     for (index_t k = i + 1; k < n && next < 0; ++k)
       if (ctx.kept(h, order[k])) next = order[k];
+    const index_t target = choose(slot, previous, next);
+    if (target >= 0) ctx.set_target(h, slot, target);
+  }
+}
+
+/// Gives every evicted slot without a target the adjacent kept slot (older or newer neighbour in
+/// position order) whose key is more similar, when that similarity is at least @p min_similarity.
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE void assign_adjacent(Ctx& ctx, int h, float min_similarity) {
+  assign_between_neighbours(ctx, h, [&](index_t slot, index_t previous, index_t next) {
     const float to_previous = previous >= 0 ? key_cosine(ctx, h, slot, previous) : -2.0f;
     const float to_next = next >= 0 ? key_cosine(ctx, h, slot, next) : -2.0f;
     const index_t best = to_previous >= to_next ? previous : next;
     const float similarity = to_previous >= to_next ? to_previous : to_next;
-    if (best >= 0 && similarity >= min_similarity) ctx.set_target(h, slot, best);
-  }
+    return best >= 0 && similarity >= min_similarity ? best : index_t{-1};
+  });
+}
+
+/// Gives every evicted slot without a target the adjacent kept slot nearer in position, the older one
+/// when both are as near (Elastic Cache's anchors, @ref methods_elastic_merge).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE void assign_nearest_position(Ctx& ctx, int h) {
+  assign_between_neighbours(ctx, h, [&](index_t slot, index_t previous, index_t next) {
+    if (previous < 0 || next < 0) return previous >= 0 ? previous : next;
+    const index_t p = ctx.position(h, slot);
+    return p - ctx.position(h, previous) <= ctx.position(h, next) - p ? previous : next;
+  });
 }
 
 /// True when the slot belongs to the set of @p pivot: the pivot itself or an evicted slot targeting it.

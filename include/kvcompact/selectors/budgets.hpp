@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Budget schedules: how many slots each layer keeps (uniform, fraction, PyramidKV, WindowKV groups).
+/// @brief Budget schedules: how many slots each layer keeps (uniform, fraction, evicted share, PyramidKV, WindowKV groups).
 #pragma once
 
 #include <kvcompact/types.hpp>
@@ -35,6 +35,18 @@ struct fraction {
   KVCOMPACT_HOST_DEVICE index_t budget(index_t, index_t, index_t length) const {
     const index_t b = static_cast<index_t>(ratio * static_cast<double>(length) + 0.5);
     return b < 1 ? 1 : b;
+  }
+};
+
+/// @brief The length minus a share of it rounded down: `length - floor(evicted * length)`, at least
+/// `min_slots` (Elastic Cache's and PrefixKV's rounding, @ref methods_elastic_selection).
+struct evicted_share {
+  double evicted;         ///< r: evicted fraction in [0, 1)
+  index_t min_slots = 1;  ///< a head keeps at least this many slots (its protected tokens)
+  /// @brief Budget of a layer. @param length slots held @return length - floor(evicted * length), at least min_slots
+  KVCOMPACT_HOST_DEVICE index_t budget(index_t, index_t, index_t length) const {
+    const index_t b = length - static_cast<index_t>(evicted * static_cast<double>(length));
+    return b < min_slots ? min_slots : b;
   }
 };
 

@@ -3,6 +3,7 @@
 /// @brief Errors detected inside kernels: recorded in device memory, raised on the host by check().
 #pragma once
 
+#include <kvcompact/cuda/check.cuh>
 #include <kvcompact/cuda/detail/execution.cuh>
 #include <kvcompact/error.hpp>
 #include <kvcompact/layouts/concepts.hpp>
@@ -92,6 +93,17 @@ inline void raise(const device_status& status, const char* where) {
                                               std::to_string(status.head) + ")");
   }
   throw error(where, "status", "unknown device fault code " + std::to_string(status.fault));
+}
+
+/// Waits for @p stream, then raises (and clears) the fault recorded at @p status, if any.
+inline void raise_recorded(device_status* status, cudaStream_t stream, const char* where) {
+  cuda::check(cudaStreamSynchronize(stream), where, "cudaStreamSynchronize");
+  device_status recorded{};
+  cuda::check(cudaMemcpy(&recorded, status, sizeof(recorded), cudaMemcpyDeviceToHost), where, "cudaMemcpy(status)");
+  if (recorded.fault != 0) {
+    cuda::check(cudaMemset(status, 0, sizeof(device_status)), where, "cudaMemset(status)");
+    raise(recorded, where);
+  }
 }
 
 }  // namespace cuda::detail

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief codecs::sparse_cache: a KV cache whose entries are sparse codes over dictionaries (CSR), with
+/// attention computed on the codes (CPU backend).
+#pragma once
+
+#include <kvcompact/codecs/dictionary.hpp>
+#include <kvcompact/codecs/matching_pursuit.hpp>
+#include <kvcompact/numeric.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+namespace codecs {
+
+/// @brief A CSR cache (@ref methods_csr_layout): per layer, KV head and slot, the key and the value are
+/// each `terms` pairs of a 16-bit atom index and an fp16 weight over that (layer, head)'s dictionary,
+/// plus the token's position. Entries are encoded by matching pursuit when appended; attention reads
+/// the codes only (@ref methods_csr_attention).
+class sparse_cache {
+ public:
+  /// @brief An empty cache.
+  /// @param dictionaries the dictionaries (copied) @param layers layers @param kv_heads KV heads @param head_dim head dimension
+  /// @param capacity slots per (layer, head) @param terms s, pairs per code
+  /// @param expected_model the model the engine runs (empty: not checked)
+  /// @throws kvcompact::error naming `capacity` or `terms` (not positive), or `dictionary` (kvcompact::codecs::dictionary_set::validate)
+  sparse_cache(const dictionary_set& dictionaries, index_t layers, index_t kv_heads, index_t head_dim, index_t capacity, index_t terms,
+               std::string_view expected_model = {})
+      : dictionaries_(dictionaries), layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity), terms_(terms) {
+    detail::require(capacity > 0, "sparse_cache", "capacity", "must be positive");
+    detail::require(terms > 0, "sparse_cache", "terms", "must be positive");
+    dictionaries_.validate(layers, kv_heads, head_dim, expected_model, "sparse_cache");
+    const auto slots = static_cast<std::size_t>(layers * kv_heads * capacity);
+    indices_.assign(slots * 2 * static_cast<std::size_t>(terms), 0);
+    weights_.assign(indices_.size(), half_t{});
+    positions_.assign(slots, -1);
+    lengths_.assign(static_cast<std::size_t>(layers * kv_heads), 0);
+  }
+
+  /// @brief Encodes and stores one token's keys and values for every KV head of a layer.
+  /// @param layer layer @param keys [kv_heads][head_dim] @param values [kv_heads][head_dim] @param position the token's position
+  /// @throws kvcompact::error naming `layer` (out of range) or `cache` (a head is full)
+  void append(index_t layer, const float* keys, const float* values, index_t position) {
+    detail::require(layer >= 0 && layer < layers_, "sparse_cache::append", "layer", "out of range");
+    std::vector<float> residual(static_cast<std::size_t>(head_dim_)), weights(static_cast<std::size_t>(terms_));
+    for (index_t h = 0; h < kv_heads_; ++h) {
+      std::int32_t& length = lengths_[static_cast<std::size_t>(layer * kv_heads_ + h)];
+      detail::require(length < capacity_, "sparse_cache::append", "cache", [&] { return "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full"; });
+      for (int half = 0; half < 2; ++half) {
+        const auto which = static_cast<entry_half>(half);
+        const std::size_t code = code_offset(layer, h, length, which);
+        matching_pursuit((half == 0 ? keys : values) + h * head_dim_, dictionaries_.atoms_of(layer, h, which), dictionaries_.atoms, head_dim_, terms_,
+                         residual.data(), indices_.data() + code, weights.data());
+        for (index_t t = 0; t < terms_; ++t) weights_[code + static_cast<std::size_t>(t)] = from_float<half_t>(weights[static_cast<std::size_t>(t)]);
+      }
+      positions_[static_cast<std::size_t>((layer * kv_heads_ + h) * capacity_ + length)] = static_cast<std::int32_t>(position);
+      ++length;
+    }
+  }
+
+  /// @brief Decode attention of one token's queries over every stored entry of a layer, on the codes:
+  /// per query head `p = D_K q` once, a logit is `scale * sum_m w_m p[i_m]`; the softmax weights are
+  /// scattered into `h[N]` through the value codes and the output is `D_V^T h`.
+  /// @param layer layer @param queries [query_heads][head_dim] @param query_heads query heads (a multiple of kv_heads)
+  /// @param scale logit scale @param output [query_heads][head_dim]
+  /// @throws kvcompact::error naming `query_heads` when it is not a positive multiple of the KV heads
+  void attend(index_t layer, const float* queries, index_t query_heads, float scale, float* output) const {
+    detail::require(query_heads > 0 && query_heads % kv_heads_ == 0, "sparse_cache::attend", "query_heads", "must be a positive multiple of the KV heads");
+    const index_t group = query_heads / kv_heads_, n_atoms = dictionaries_.atoms;
+    std::vector<float> projected(static_cast<std::size_t>(n_atoms)), histogram(static_cast<std::size_t>(n_atoms)), logits;
+    for (index_t g = 0; g < query_heads; ++g) {
+      const index_t h = g / group, length = lengths_[static_cast<std::size_t>(layer * kv_heads_ + h)];
+      const float* keys = dictionaries_.atoms_of(layer, h, entry_half::key);
+      const float* q = queries + g * head_dim_;
+      for (index_t k = 0; k < n_atoms; ++k) {
+        float dot = 0.0f;
+        for (index_t d = 0; d < head_dim_; ++d) dot += q[d] * keys[k * head_dim_ + d];
+        projected[static_cast<std::size_t>(k)] = dot;
+      }
+      logits.assign(static_cast<std::size_t>(length), 0.0f);
+      float top = -INFINITY;
+      for (index_t j = 0; j < length; ++j) {
+        const std::size_t code = code_offset(layer, h, j, entry_half::key);
+        float logit = 0.0f;
+        for (index_t t = 0; t < terms_; ++t) logit += to_float(weights_[code + static_cast<std::size_t>(t)]) * projected[indices_[code + static_cast<std::size_t>(t)]];
+        logits[static_cast<std::size_t>(j)] = logit * scale;
+        top = logits[static_cast<std::size_t>(j)] > top ? logits[static_cast<std::size_t>(j)] : top;
+      }
+      float sum = 0.0f;
+      for (float& x : logits) sum += (x = std::exp(x - top));
+      histogram.assign(histogram.size(), 0.0f);
+      for (index_t j = 0; j < length; ++j) {
+        const std::size_t code = code_offset(layer, h, j, entry_half::value);
+        const float a = logits[static_cast<std::size_t>(j)] / sum;
+        for (index_t t = 0; t < terms_; ++t) histogram[indices_[code + static_cast<std::size_t>(t)]] += a * to_float(weights_[code + static_cast<std::size_t>(t)]);
+      }
+      const float* values = dictionaries_.atoms_of(layer, h, entry_half::value);
+      float* out = output + g * head_dim_;
+      for (index_t d = 0; d < head_dim_; ++d) out[d] = 0.0f;
+      for (index_t k = 0; k < n_atoms; ++k)
+        if (histogram[static_cast<std::size_t>(k)] != 0.0f)
+          for (index_t d = 0; d < head_dim_; ++d) out[d] += histogram[static_cast<std::size_t>(k)] * values[k * head_dim_ + d];
+    }
+  }
+
+  /// @brief The vector a stored code stands for. @param layer layer @param head KV head @param slot slot
+  /// @param half key or value @param out [head_dim] the decoded vector
+  void decode(index_t layer, index_t head, index_t slot, entry_half half, float* out) const {
+    const std::size_t code = code_offset(layer, head, slot, half);
+    const float* atoms = dictionaries_.atoms_of(layer, head, half);
+    for (index_t d = 0; d < head_dim_; ++d) out[d] = 0.0f;
+    for (index_t t = 0; t < terms_; ++t) {
+      const float w = to_float(weights_[code + static_cast<std::size_t>(t)]);
+      for (index_t d = 0; d < head_dim_; ++d) out[d] += w * atoms[indices_[code + static_cast<std::size_t>(t)] * head_dim_ + d];
+    }
+  }
+
+  /// @brief Entries a head holds. @param layer layer @param head KV head @return the length
+  [[nodiscard]] index_t length(index_t layer, index_t head) const { return lengths_[static_cast<std::size_t>(layer * kv_heads_ + head)]; }
+  /// @brief Position of a stored entry. @param layer layer @param head KV head @param slot slot @return the position
+  [[nodiscard]] index_t position(index_t layer, index_t head, index_t slot) const {
+    return positions_[static_cast<std::size_t>((layer * kv_heads_ + head) * capacity_ + slot)];
+  }
+  /// @brief Removes every entry (the dictionaries stay).
+  void clear() { lengths_.assign(lengths_.size(), 0); }
+
+  /// @brief Storage of one key or value element in bits, as this cache stores codes (16-bit index, fp16 weight).
+  /// @return `terms * 32 / head_dim`
+  [[nodiscard]] double stored_bits_per_element() const { return static_cast<double>(terms_) * 32.0 / static_cast<double>(head_dim_); }
+  /// @brief The same with the index in `ceil(log2 atoms)` bits (a packed layout; @ref methods_csr_bits).
+  /// @return `terms * (ceil(log2 atoms) + 16) / head_dim`
+  [[nodiscard]] double packed_bits_per_element() const {
+    const double index_bits = std::ceil(std::log2(static_cast<double>(dictionaries_.atoms)));
+    return static_cast<double>(terms_) * (index_bits + 16.0) / static_cast<double>(head_dim_);
+  }
+
+ private:
+  [[nodiscard]] std::size_t code_offset(index_t layer, index_t head, index_t slot, entry_half half) const {
+    return static_cast<std::size_t>((((layer * kv_heads_ + head) * capacity_ + slot) * 2 + static_cast<index_t>(half)) * terms_);
+  }
+
+  dictionary_set dictionaries_;
+  index_t layers_, kv_heads_, head_dim_, capacity_, terms_;
+  std::vector<std::uint16_t> indices_;   // [layer][head][slot][key, value][terms]
+  std::vector<half_t> weights_;          // same shape
+  std::vector<std::int32_t> positions_;  // [layer][head][slot]
+  std::vector<std::int32_t> lengths_;    // [layer][head]
+};
+
+}  // namespace codecs
+
+KVCOMPACT_NAMESPACE_END
