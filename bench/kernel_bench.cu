@@ -15,6 +15,10 @@
 // and reads and writes the kept 25% of K and V (the floor of ../shared/anchors.md).
 //
 //   kernel_bench [--quick] [--reps N] [--csv FILE]
+//
+// Launches go through kvcompact::cuda::detail::launch (no <<<>>>), so the same source also builds
+// against the CPU emulator: bench/static_gates.py runs that build with KVEMU_SKIP_KERNELS=1 to read
+// every kernel's grid, block and dynamic shared memory at these shapes without a GPU.
 #include <kvcompact/cuda.cuh>
 
 #include <algorithm>
@@ -22,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -113,8 +118,8 @@ struct layer_cache {
         positions(static_cast<std::size_t>(b * l * kv_heads * n)),
         pristine_lengths(lengths.count),
         pristine_positions(positions.count) {
-    fill_random<<<1024, 256>>>(keys.data, static_cast<index_t>(keys.count), 1);
-    fill_random<<<1024, 256>>>(values.data, static_cast<index_t>(values.count), 2);
+    kc::cuda::detail::launch(fill_random<element>, dim3(1024), dim3(256), 0, nullptr, keys.data, static_cast<index_t>(keys.count), 1);
+    kc::cuda::detail::launch(fill_random<element>, dim3(1024), dim3(256), 0, nullptr, values.data, static_cast<index_t>(values.count), 2);
     KVCOMPACT_CUDA_CHECK(cudaGetLastError());
     std::vector<std::int32_t> len(lengths.count, static_cast<std::int32_t>(n)), pos(positions.count);
     for (std::size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(n));
@@ -134,12 +139,19 @@ struct layer_cache {
 template <class Policy>
 struct bench_session {
   using type = kc::cuda::session<Policy, element, kc::layouts::strided>;
+  Policy policy;
+  layer_cache& cache;
   buffer<std::byte> state, workspace;
-  type session;
-  bench_session(const Policy& policy, layer_cache& cache)
-      : state(type::state_bytes(cache.layout)),
-        workspace(type::workspace_bytes(cache.layout, kc::attention_shape{query_heads}, window_rows)),
-        session(policy, cache.view(), kc::attention_shape{query_heads}, state.bytes(), workspace.bytes(), nullptr, window_rows) {}
+  std::optional<type> session;
+  bench_session(const Policy& p, layer_cache& c)
+      : policy(p),
+        cache(c),
+        state(type::state_bytes(c.layout)),
+        workspace(type::workspace_bytes(c.layout, kc::attention_shape{query_heads}, window_rows)) {
+    renew();
+  }
+  /// A new session over the same buffers (a session compresses its cache once: one per repetition).
+  void renew() { session.emplace(policy, cache.view(), kc::attention_shape{query_heads}, state.bytes(), workspace.bytes(), nullptr, window_rows); }
 };
 
 }  // namespace
@@ -188,29 +200,29 @@ int main(int argc, char** argv) {
       layer_cache cache(batch, n);
       buffer<element> queries(static_cast<std::size_t>(batch * query_heads * head_dim)), output(queries.count);
       buffer<element> new_kv(static_cast<std::size_t>(batch * kv_heads * head_dim));
-      fill_random<<<64, 256>>>(queries.data, static_cast<index_t>(queries.count), 3);
-      fill_random<<<64, 256>>>(new_kv.data, static_cast<index_t>(new_kv.count), 4);
+      kc::cuda::detail::launch(fill_random<element>, dim3(64), dim3(256), 0, nullptr, queries.data, static_cast<index_t>(queries.count), 3);
+      kc::cuda::detail::launch(fill_random<element>, dim3(64), dim3(256), 0, nullptr, new_kv.data, static_cast<index_t>(new_kv.count), 4);
       std::vector<std::int32_t> pos(static_cast<std::size_t>(batch), static_cast<std::int32_t>(n));
       buffer<std::int32_t> positions(pos.size());
       KVCOMPACT_CUDA_CHECK(cudaMemcpy(positions.data, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
 
       {  // decode attention without scoring
         bench_session plain(kc::policies::streaming_llm(n), cache);
-        const double ms = median_ms(reps, 3, [&] { plain.session.attend(0, queries.data, positions.data, output.data); }, [] {});
+        const double ms = median_ms(reps, 3, [&] { plain.session->attend(0, queries.data, positions.data, output.data); }, [] {});
         emit({"decode attention", n, batch, ms * 1e3, cache.kv_bytes(), bandwidth});
       }
       {  // decode attention + fused H2O update, then decode-time eviction at the budget
         bench_session h2o(kc::policies::h2o(n, 64), cache);
-        const double ms = median_ms(reps, 3, [&] { h2o.session.attend(0, queries.data, positions.data, output.data); }, [] {});
+        const double ms = median_ms(reps, 3, [&] { h2o.session->attend(0, queries.data, positions.data, output.data); }, [] {});
         emit({"decode attention + H2O update", n, batch, ms * 1e3, cache.kv_bytes(), bandwidth});
         const double append_ms = median_ms(
-            reps, 3, [&] { h2o.session.append(0, new_kv.data, new_kv.data, positions.data); }, [&] { cache.restore(); });
+            reps, 3, [&] { h2o.session->append(0, new_kv.data, new_kv.data, positions.data); }, [&] { cache.restore(); });
         emit({"append with H2O eviction", n, batch, append_ms * 1e3, static_cast<double>(batch * kv_heads * n) * 4.0, bandwidth});
-        h2o.session.check("kernel_bench");
+        h2o.session->check("kernel_bench");
       }
       // Prefill compression to 25%: reads K once, moves the kept quarter of K and V.
       buffer<float> window_queries(static_cast<std::size_t>(batch * query_heads * window_rows * head_dim));
-      fill_random<<<256, 256>>>(window_queries.data, static_cast<index_t>(window_queries.count), 5);
+      kc::cuda::detail::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, window_queries.data, static_cast<index_t>(window_queries.count), 5);
       std::vector<std::int32_t> rows_pos(static_cast<std::size_t>(batch * window_rows));
       for (std::size_t i = 0; i < rows_pos.size(); ++i)
         rows_pos[i] = static_cast<std::int32_t>(n - window_rows + static_cast<index_t>(i % window_rows));
@@ -220,9 +232,12 @@ int main(int argc, char** argv) {
       const double floor_bytes = cache.kv_bytes() / 2.0 + 2.0 * 0.25 * cache.kv_bytes();
       auto compress = [&](const char* name, const auto& policy, const kc::query_window& w) {
         bench_session s(policy, cache);
-        const double ms = median_ms(reps, 2, [&] { s.session.compress_prefill(w); }, [&] { cache.restore(); });
+        const double ms = median_ms(reps, 2, [&] { s.session->compress_prefill(w); }, [&] {
+          cache.restore();
+          s.renew();
+        });
         emit({name, n, batch, ms * 1e3, floor_bytes, bandwidth});
-        s.session.check("kernel_bench");
+        s.session->check("kernel_bench");
       };
       compress("compress SnapKV (window 64) to 25%", kc::policies::snapkv(n / 4, window_rows), window);
       // The same with a 32-row window over the same buffers.
@@ -236,7 +251,7 @@ int main(int argc, char** argv) {
       }
       // TOVA scores with the last prompt query only: a one-row window.
       buffer<float> last_queries(static_cast<std::size_t>(batch * query_heads * head_dim));
-      fill_random<<<64, 256>>>(last_queries.data, static_cast<index_t>(last_queries.count), 6);
+      kc::cuda::detail::launch(fill_random<float>, dim3(64), dim3(256), 0, nullptr, last_queries.data, static_cast<index_t>(last_queries.count), 6);
       const std::vector<std::int32_t> last_pos(static_cast<std::size_t>(batch), static_cast<std::int32_t>(n - 1));
       buffer<std::int32_t> last_positions(last_pos.size());
       KVCOMPACT_CUDA_CHECK(cudaMemcpy(last_positions.data, last_pos.data(), last_pos.size() * 4, cudaMemcpyHostToDevice));
@@ -250,7 +265,7 @@ int main(int argc, char** argv) {
         const index_t heads = batch * kv_heads;
         const auto slots = static_cast<std::size_t>(heads * n);
         buffer<float> keys(slots), states(slots);
-        fill_random<<<256, 256>>>(keys.data, static_cast<index_t>(slots), 8);
+        kd::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, keys.data, static_cast<index_t>(slots), 8);
         const std::vector<std::int32_t> counts(static_cast<std::size_t>(heads), static_cast<std::int32_t>(n)),
             quota(counts.size(), static_cast<std::int32_t>(n / 4));
         buffer<std::int32_t> counts_d(counts.size()), quota_d(quota.size()), budgets(counts.size()), zeros(static_cast<std::size_t>(batch));
@@ -294,17 +309,20 @@ int main(int argc, char** argv) {
     constexpr index_t model_layers = 32;
     layer_cache cache(1, n, model_layers);
     buffer<float> window_queries(static_cast<std::size_t>(model_layers * query_heads * window_rows * head_dim));
-    fill_random<<<256, 256>>>(window_queries.data, static_cast<index_t>(window_queries.count), 7);
+    kc::cuda::detail::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, window_queries.data, static_cast<index_t>(window_queries.count), 7);
     std::vector<std::int32_t> rows_pos(static_cast<std::size_t>(window_rows));
     for (std::size_t i = 0; i < rows_pos.size(); ++i) rows_pos[i] = static_cast<std::int32_t>(n - window_rows + static_cast<index_t>(i));
     buffer<std::int32_t> window_positions(rows_pos.size());
     KVCOMPACT_CUDA_CHECK(cudaMemcpy(window_positions.data, rows_pos.data(), rows_pos.size() * 4, cudaMemcpyHostToDevice));
     bench_session s(kc::policies::snapkv(n / 4, window_rows), cache);
-    const double ms = median_ms(reps, 2, [&] { s.session.compress_prefill({window_queries.data, window_positions.data, window_rows}); },
-                                [&] { cache.restore(); });
+    const double ms = median_ms(reps, 2, [&] { s.session->compress_prefill({window_queries.data, window_positions.data, window_rows}); },
+                                [&] {
+                                  cache.restore();
+                                  s.renew();
+                                });
     const double per_layer_bytes = (cache.kv_bytes() / 2.0 + 2.0 * 0.25 * cache.kv_bytes()) / model_layers;
     emit({"compress SnapKV 25%, 32 layers/call", n, 1, ms * 1e3 / model_layers, per_layer_bytes, bandwidth});
-    s.session.check("kernel_bench");
+    s.session->check("kernel_bench");
   }
   if (!csv.empty()) {
     std::ofstream out(csv);

@@ -4,7 +4,8 @@
 
 One Llama-3.1-8B attention layer (32 query heads, 8 KV heads, head_dim 128, bf16), N = 8k, 32k, 128k,
 batch 1 and 8:
-  * decode attention: torch SDPA (no weights) and eager attention that also updates H2O's
+  * decode attention: torch SDPA (no weights), FlashInfer's batch decode (where flashinfer imports;
+    the contiguous cache as one page per sequence) and eager attention that also updates H2O's
     accumulated attention (what decode-time scorers need from a PyTorch engine);
   * compression of the layer to 25%: kvpress presses (SnapKV window 64, TOVA, StreamingLLM, KNorm)
     where kvpress and transformers import; otherwise the same methods written in plain PyTorch
@@ -105,6 +106,16 @@ def main():
     except Exception as error:  # noqa: BLE001 - any import problem means: fall back to plain PyTorch
         print(f"peer: kvpress unavailable ({type(error).__name__}: {str(error)[:100]}); plain PyTorch versions instead")
 
+    flashinfer, workspace = None, None
+    try:
+        import flashinfer
+
+        workspace = torch.empty(128 << 20, dtype=torch.uint8, device=dev)
+        print("peer: flashinfer", getattr(flashinfer, "__version__", "(version unknown)"))
+    except Exception as error:  # noqa: BLE001 - FlashInfer is optional
+        flashinfer = None
+        print(f"peer: flashinfer unavailable ({type(error).__name__}: {str(error)[:100]})")
+
     def emit(kernel, tokens, batch, ms, nbytes):
         us = ms * 1e3
         floor_us = nbytes / bandwidth * 1e6
@@ -131,6 +142,16 @@ def main():
                 return torch.matmul(probabilities.to(values.dtype), values)
 
             emit("torch SDPA decode attention", n, batch, median_ms(sdpa, args.reps), kv_bytes)
+            if flashinfer is not None:
+                try:  # [B][Hkv][N][D] is the HND paged layout with one page of N slots per sequence
+                    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "HND")
+                    ints = dict(dtype=torch.int32, device=dev)
+                    wrapper.plan(torch.arange(batch + 1, **ints), torch.arange(batch, **ints), torch.full((batch,), n, **ints), QUERY_HEADS,
+                                 KV_HEADS, HEAD_DIM, n, data_type=torch.bfloat16, q_data_type=torch.bfloat16)
+                    q_heads = q.view(batch, QUERY_HEADS, HEAD_DIM)
+                    emit("FlashInfer batch decode attention", n, batch, median_ms(lambda: wrapper.run(q_heads, (keys, values)), args.reps), kv_bytes)
+                except Exception as error:  # noqa: BLE001 - report and go on
+                    print(f"| FlashInfer batch decode attention | {n} | {batch} | failed: {type(error).__name__}: {str(error)[:80]} |")
             emit("torch eager decode attention + H2O", n, batch, median_ms(eager_h2o, args.reps), kv_bytes)
 
             floor = kv_bytes / 2 + 2 * 0.25 * kv_bytes

@@ -30,7 +30,9 @@ struct config {
   std::vector<int> prompts{1024, 960, 768, 512};
   /// Prompt queries compression looks at: the last `question` ones, or (H2O, KVMerger, CaM: the
   /// methods that sum attention over the whole prompt) as many as the shortest prompt has.
-  int window_rows(std::string_view preset) const { return preset == "h2o" || preset == "kvmerger" || preset == "cam" ? prompts.back() : question; }
+  /// Rows of the observation window @p policy wants (kvcompact::window_need): every prompt query, the question, or none.
+  template <class Policy>
+  int window_rows(const Policy& policy) const { return static_cast<int>(kc::window_rows_for(policy, prompts.back(), question)); }
   int capacity() const { return prompts.front() + decode_steps; }
   int sequences() const { return static_cast<int>(prompts.size()); }
 };
@@ -131,7 +133,7 @@ struct outcome {
   double ms_per_step = 0.0;    // all layers, all sequences
 };
 
-/// Compresses with the last `rows` prompt queries (0: no compression), then decodes.
+/// Compresses with the last `rows` prompt queries (0: a policy that reads none; negative: no compression), then decodes.
 template <class Policy>
 outcome run(const Policy& policy, const config& c, const inputs& in, int rows) {
   const kc::index_t S = c.sequences(), L = c.layers, H = c.kv_heads, G = c.query_heads, D = c.head_dim;
@@ -144,7 +146,10 @@ outcome run(const Policy& policy, const config& c, const inputs& in, int rows) {
   device_buffer<std::byte> state(session_type::state_bytes(layout)), workspace(session_type::workspace_bytes(layout, shape, workspace_rows));
   session_type session(policy, {layout, keys.data, values.data, lengths.data, positions.data}, shape, state.bytes(), workspace.bytes(), nullptr,
                        workspace_rows);
-  if (rows > 0) {
+  if (rows == 0) {
+    session.compress_prefill();
+    session.check("compress_prefill");
+  } else if (rows > 0) {
     std::vector<float> host_queries;
     std::vector<std::int32_t> host_positions;
     in.window(c, rows, host_queries, host_positions);
@@ -196,7 +201,7 @@ int main(int argc, char** argv) {
     return 77;
   }
   const inputs in(c);
-  const outcome full = run(kc::policies::streaming_llm(c.capacity()), c, in, 0);
+  const outcome full = run(kc::policies::streaming_llm(c.capacity()), c, in, -1);
   const std::size_t per_step = static_cast<std::size_t>(c.layers) * c.sequences() * c.query_heads * c.head_dim;
   std::printf("GPU decode: %d sequences (prompts", c.sequences());
   for (int p : c.prompts) std::printf(" %d", p);
@@ -211,7 +216,7 @@ int main(int argc, char** argv) {
       kc::policies::preset_options options{budget, c.prompts.back()};
       options.window = c.question;
       options.layer_group = 2;
-      const outcome result = kc::policies::with_preset(name, options, [&](const auto& policy) { return run(policy, c, in, c.window_rows(name)); });
+      const outcome result = kc::policies::with_preset(name, options, [&](const auto& policy) { return run(policy, c, in, c.window_rows(policy)); });
       const example::output_errors error = example::errors_against(result.outputs, full.outputs, in.documents.front(), per_step);
       std::printf("%-14s %6.0f%% %8.1f%% %11.0f%% %13.3f %12.3f %10.3f\n", std::string(name).c_str(), fraction * 100,
                   100.0 * static_cast<double>(result.kv_bytes) / static_cast<double>(full.kv_bytes), 100.0 * result.needle_kept, error.answer,

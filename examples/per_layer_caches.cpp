@@ -2,7 +2,8 @@
 /// @file per_layer_caches.cpp
 /// @brief Per-layer budgets and per-layer capacities, as an engine uses them:
 ///  1. a calibrated PrefixKV table loaded from a budget file (checked against the running model) and
-///     run through cpu::session; a file for another model is refused;
+///     run through cpu::session layer by layer (compress_prefill_layer(), as each layer's prefill
+///     finishes, with only that layer's queries in memory); a file for another model is refused;
 ///  2. MixAttention's cache (Character.AI's layer pattern): window-only layers are ring buffers that
 ///     really take `window + sinks` slots, decoded token by token; the memory against a dense cache.
 /// The model is random (shapes only): this shows the API, not quality (bench/quality does that).
@@ -61,14 +62,23 @@ int prefixkv_from_a_file(std::mt19937& rng) {
   std::vector<float> keys = random_values(static_cast<std::size_t>(layers * kv_heads * prompt * head_dim), rng), values = keys;
   std::vector<std::int32_t> lengths(layers * kv_heads, prompt), positions(static_cast<std::size_t>(layers * kv_heads * prompt));
   for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(i % prompt);
-  std::vector<float> queries = random_values(static_cast<std::size_t>(layers * query_heads * prompt * head_dim), rng);  // every prompt row
-  std::vector<std::int32_t> rows(prompt);
-  for (kc::index_t r = 0; r < prompt; ++r) rows[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(r);
   using session_t = kc::cpu::session<decltype(policy), float, kc::layouts::strided>;
   const kc::attention_shape shape{query_heads};
   std::vector<std::byte> state(session_t::state_bytes(layout)), workspace(session_t::workspace_bytes(layout, shape));
   session_t session(policy, {layout, keys.data(), values.data(), lengths.data(), positions.data()}, shape, state, workspace);
-  session.compress_prefill({queries.data(), rows.data(), prompt});
+  //! [layer by layer]
+  // PrefixKV sums attention over every prompt query (kvcompact::window_need::all_prompt): the engine
+  // asks the policy how many rows to keep instead of guessing from its name...
+  const kc::index_t window_rows = kc::window_rows_for(policy, prompt, /*the engine's usual window*/ 16);
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(window_rows));
+  for (kc::index_t r = 0; r < window_rows; ++r) rows[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(prompt - window_rows + r);
+  // ...and compresses each layer as soon as its prefill is done, holding only that layer's queries
+  // ([query head][row][dim]) instead of every layer's.
+  for (kc::index_t l = 0; l < layers; ++l) {
+    const std::vector<float> layer_queries = random_values(static_cast<std::size_t>(query_heads * window_rows * head_dim), rng);
+    session.compress_prefill_layer(l, {layer_queries.data(), rows.data(), window_rows});
+  }
+  //! [layer by layer]
   std::printf("prefixkv: slots kept per layer:");
   for (kc::index_t l = 0; l < layers; ++l) std::printf(" %d", lengths[static_cast<std::size_t>(l * kv_heads)]);
   std::printf(" (of %lld)\n", static_cast<long long>(prompt));

@@ -62,11 +62,11 @@ struct engine_cache {
   }
 };
 
-// The prompt queries compression looks at: all of them for the methods that sum attention over the
-// whole prompt (H2O, KVMerger, CaM; the SmolLM2 engine chooses the same way), the question otherwise.
-int window_rows(std::string_view preset, const config& c) { return preset == "h2o" || preset == "kvmerger" || preset == "cam" ? c.prompt : c.question; }
+/// Rows of the observation window @p policy wants (kvcompact::window_need): every prompt query, the question, or none.
+template <class Policy>
+int window_rows(const Policy& policy, const config& c) { return static_cast<int>(kc::window_rows_for(policy, c.prompt, c.question)); }
 
-// Compresses the prompt's cache with the last `rows` prompt queries (none: no compression), then
+// Compresses the prompt's cache with the last `rows` prompt queries (negative: no compression), then
 // generates; returns the attention outputs [generated token][layer][query head][dim].
 template <class Policy>
 std::vector<float> run(const Policy& policy, const config& c, const example::synthetic_document& doc, engine_cache& cache, int rows) {
@@ -74,7 +74,7 @@ std::vector<float> run(const Policy& policy, const config& c, const example::syn
   const kc::attention_shape shape{c.query_heads};
   std::vector<std::byte> state(session_type::state_bytes(cache.layout)), workspace(session_type::workspace_bytes(cache.layout, shape));
   session_type session(policy, cache.view(), shape, state, workspace);
-  if (rows > 0) {  // the last `rows` prompt queries of every layer, [layer][query head][row][dim]
+  if (rows >= 0) {  // the last `rows` prompt queries of every layer, [layer][query head][row][dim]
     std::vector<float> window(static_cast<std::size_t>(c.layers) * c.query_heads * rows * c.head_dim);
     std::vector<std::int32_t> window_positions(static_cast<std::size_t>(rows));
     for (int r = 0; r < rows; ++r) window_positions[static_cast<std::size_t>(r)] = c.prompt - rows + r;
@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
   }
   const example::synthetic_document doc(c.layers, c.kv_heads, c.query_heads, c.head_dim, c.prompt, c.generated, c.question, 2026);
   engine_cache full_cache(c, doc);
-  const std::vector<float> reference = run(kc::policies::streaming_llm(c.capacity()), c, doc, full_cache, 0);
+  const std::vector<float> reference = run(kc::policies::streaming_llm(c.capacity()), c, doc, full_cache, -1);
   const std::size_t per_token = static_cast<std::size_t>(c.layers * c.query_heads * c.head_dim);
   std::printf("synthetic document: %d layers, %d query heads, %d KV heads, head_dim %d; prompt %d tokens with a needle at %d,\n"
               "the last %d prompt tokens and every other one of %d generated tokens ask for it\n",
@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
       kc::policies::preset_options options{budget, c.prompt};
       options.window = c.question;
       options.layer_group = 2;
-      const std::vector<float> outputs = kc::policies::with_preset(name, options, [&](const auto& policy) { return run(policy, c, doc, cache, window_rows(name, c)); });
+      const std::vector<float> outputs = kc::policies::with_preset(name, options, [&](const auto& policy) { return run(policy, c, doc, cache, window_rows(policy, c)); });
       const example::output_errors error = example::errors_against(outputs, reference, doc, per_token);
       std::printf("%-14s %6.0f%% %8.1f%% %11.0f%% %13.3f %12.3f\n", std::string(name).c_str(), fraction * 100,
                   100.0 * static_cast<double>(cache.bytes(c)) / static_cast<double>(full_cache.bytes(c)), 100.0 * cache.needle_kept(c, doc.needle),

@@ -222,7 +222,7 @@ int main(int argc, char** argv) try {
         auto backend = make_kvcompact_backend(name, preset, L, c.n_heads, H, D, capacity);
         backend->restore(prefilled.cache());
         const query_window& all_rows = first.last_window();
-        const int rows = preset_wants_all_queries(name) ? o.ppl_context : window;
+        const int rows = backend->window_rows(o.ppl_context, window);  // the policy's kvcompact::window_need
         query_window last;
         last.rows = rows;
         last.q.resize(static_cast<std::size_t>(L) * c.n_heads * rows * D);

@@ -316,11 +316,6 @@ std::vector<config> configs(const options& o) {
     return out;
 }
 
-int window_rows_for(const options& o, const std::string& preset, std::int32_t prompt_length) {
-    const bool all_queries = preset_wants_all_queries(preset) || preset == kvmerger_unscaled || preset == prefixkv_uniform;
-    return all_queries ? std::min(prompt_length, o.max_window_rows) : o.window;
-}
-
 /// The backend for @p cfg, a preset name or one of the bench-only variants, with @p budget slots per head.
 std::unique_ptr<kv_backend> make_backend(const options& o, const model_bundle& m, const config& cfg, long budget,
                                          long prompt_length, int capacity) {
@@ -369,8 +364,9 @@ std::unique_ptr<kv_backend> compressed_backend(const options& o, const model_bun
     const long budget = std::max(1L, std::lround(cfg.budget * snap.tokens));
     auto b = make_backend(o, m, cfg, budget, snap.tokens, capacity);
     b->restore(snap.cache);
-    b->finish_prefill(last_rows(snap.window, window_rows_for(o, cfg.preset, snap.tokens), m.c.n_layers, m.c.n_heads,
-                                m.c.head_dim));
+    // the rows the policy's kvcompact::window_need asks for; "every prompt query" capped at --max-window-rows
+    const int rows = std::min(b->window_rows(snap.tokens, o.window), std::max(o.window, o.max_window_rows));
+    b->finish_prefill(last_rows(snap.window, rows, m.c.n_layers, m.c.n_heads, m.c.head_dim));
     return b;
 }
 

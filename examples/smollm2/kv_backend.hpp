@@ -53,6 +53,13 @@ public:
     virtual void restore(const kv_cache_storage& prefilled) = 0;
     /// @return the underlying cache arrays.
     virtual const kv_cache_storage& cache() const = 0;
+    /// @return rows of the prompt's last queries finish_prefill() wants for a prompt of @p prompt_length
+    /// tokens when the engine's window is @p window: a compressing backend answers from its policy's
+    /// kvcompact::window_need (every prompt query, the last @p window, or none); others want none.
+    virtual int window_rows(int prompt_length, int window) const {
+        (void)prompt_length, (void)window;
+        return 0;
+    }
     /// @return bytes of K and V the backend holds now (a backend whose storage is not cache() overrides it).
     virtual std::size_t occupied_bytes() const { return cache().occupied_bytes(); }
 };

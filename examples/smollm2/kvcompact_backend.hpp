@@ -57,6 +57,10 @@ public:
 
     bool batched_prefill() const override { return !session_; }
 
+    int window_rows(int prompt_length, int window) const override {
+        return static_cast<int>(kvcompact::window_rows_for<Policy>(prompt_length, window));
+    }
+
     void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
         attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
     }
@@ -85,12 +89,6 @@ private:
     std::vector<std::byte> workspace_;
     std::optional<session_type> session_;
 };
-
-/// @return true when preset @p name scores with accumulated attention, which
-/// wants every prompt query as its observation window (H2O, KVMerger, CaM, PrefixKV, the bounded memory, Elastic Cache).
-inline bool preset_wants_all_queries(std::string_view name) {
-    return name == "h2o" || name == "kvmerger" || name == "cam" || name == "prefixkv" || name == "bounded_memory" || name == "elastic_cache";
-}
 
 /// Builds the kvcompact backend that runs @p policy over a cache of the given shape.
 template <class Policy>

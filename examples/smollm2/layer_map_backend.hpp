@@ -65,6 +65,10 @@ public:
 
     /// Selects from the full prefill with the policy (each storage layer from the KV of the model
     /// layer that computes it), moves the kept slots into the ragged storage and starts decoding there.
+    int window_rows(int prompt_length, int window) const override {
+        return static_cast<int>(kvcompact::window_rows_for<Policy>(prompt_length, window));
+    }
+
     void finish_prefill(const query_window& window) override {
         const auto& map = layout_.map;
         const kv_cache_storage& full = full_.cache();

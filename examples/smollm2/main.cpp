@@ -194,12 +194,6 @@ std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c
     return make_kvcompact_backend(o.preset, preset, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
 }
 
-/// @return prompt queries recorded for prefill compression (none without compression).
-int window_rows(const options& o, std::size_t prompt_length) {
-    if (o.preset == "full") return 0;
-    return preset_wants_all_queries(o.preset) ? static_cast<int>(prompt_length) : o.window;
-}
-
 /// Result of one greedy generation.
 struct generation {
     std::vector<token_id> tokens;             ///< generated ids
@@ -225,7 +219,7 @@ generation generate(const options& o, const model_config& c, const model_weights
     engine eng(c, w, *backend);
     generation g;
     auto t0 = clock_type::now();
-    auto logits = eng.forward(prompt, window_rows(o, prompt.size()));
+    auto logits = eng.forward(prompt, backend->window_rows(static_cast<int>(prompt.size()), o.window));  // the policy's window_need
     g.prefill_s = seconds_since(t0);
     t0 = clock_type::now();
     if (o.preset != "full") backend->finish_prefill(eng.last_window());

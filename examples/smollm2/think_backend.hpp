@@ -52,6 +52,10 @@ public:
 
     bool batched_prefill() const override { return !pruned_; }
 
+    int window_rows(int prompt_length, int window) const override {  // the token policy's kvcompact::window_need
+        return static_cast<int>(kvcompact::window_rows_for<typename Pruned::token_policy_type>(prompt_length, window));
+    }
+
     void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
         attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
     }

@@ -26,3 +26,4 @@
 #include <kvcompact/query_window.hpp>
 #include <kvcompact/selectors/layer_budget_file.hpp>
 #include <kvcompact/version.hpp>
+#include <kvcompact/window_need.hpp>

@@ -6,6 +6,7 @@
 
 #include <kvcompact/detail/heap_sort.hpp>
 #include <kvcompact/kv_cache.hpp>
+#include <kvcompact/tensor_parallel.hpp>
 
 #include <cstdint>
 
@@ -86,6 +87,12 @@ class layer_context {
   KVCOMPACT_HOST_DEVICE std::int32_t* index_scratch(int h, int which) const { return scratch_.indices + (2 * h + which) * capacity(); }
   /// @brief Store shared by the layers of one sequence in one compression call. @return the array
   KVCOMPACT_HOST_DEVICE std::int32_t* shared_store() const { return scratch_.shared; }
+  /// @brief The tensor-parallel group the layer's decisions span (null: this context's heads are all of them).
+  /// @return the group or null
+  KVCOMPACT_HOST_DEVICE const rank_group* ranks() const { return ranks_; }
+  /// @brief Sets the tensor-parallel group (host backend; kvcompact::cpu::session::set_rank_group).
+  /// @param group the group, or null for none
+  KVCOMPACT_HOST_DEVICE void set_ranks(const rank_group* group) { ranks_ = group; }
   /// @brief Key element as float. @param h KV head @param slot slot @param d dimension @return the value
   KVCOMPACT_HOST_DEVICE float key(int h, index_t slot, index_t d) const { return to_float(cache_.keys[element(h, slot, d)]); }
   /// @brief Value element as float. @param h KV head @param slot slot @param d dimension @return the value
@@ -107,6 +114,7 @@ class layer_context {
   index_t layer_;
   index_t query_heads_;
   index_t step_;
+  const rank_group* ranks_ = nullptr;
 };
 
 KVCOMPACT_NAMESPACE_END

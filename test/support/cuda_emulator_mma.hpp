@@ -10,40 +10,16 @@
 ///  - C/D, four floats: c0, c1 row g and c2, c3 row g + 8, column 2t + (i & 1);
 /// with g = lane / 4 and t = lane % 4. Products are exact in fp32 and summed in k order.
 ///
-/// Model: every lane deposits its fragments in its warp's mailbox and waits at a warp barrier
-/// (kvemu::warp_exchange); then each lane computes its own four results from the whole warp's
-/// operands and waits at a second barrier, so no lane overwrites the mailbox while another still
-/// reads it. Lanes that do not all arrive make the emulator report a divergent warp operation.
+/// Model: every lane contributes its A and B fragments to kvemu::warp_all_gather (the emulator's
+/// warp collective; not a memory fence, as mma.sync is none) and computes its own four results from
+/// the whole warp's operands. A warp whose lanes do not all take part is reported.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <type_traits>
 
-/// The device attribute kvcompact reads for its shared-memory budget; the emulator answers it like
-/// every attribute it does not model (kvcompact then stays within the default 48 KiB).
-inline constexpr cudaDeviceAttr cudaDevAttrMaxSharedMemoryPerBlockOptin = static_cast<cudaDeviceAttr>(97);
-
 namespace kvemu {
-
-/// Operands of one warp-level product, one slot per lane.
-struct mma_mailbox {
-  std::uint32_t a[32][4];  ///< A fragments
-  std::uint32_t b[32][2];  ///< B fragments
-  float c[32][4];          ///< accumulators
-};
-
-/// The mailbox of the calling thread's warp (one per block and warp, so blocks may run concurrently).
-inline mma_mailbox& warp_mailbox() {
-  static std::mutex guard;
-  static std::map<std::tuple<unsigned, unsigned, unsigned, int>, mma_mailbox> boxes;
-  const block_state& s = state();
-  const std::lock_guard<std::mutex> lock(guard);
-  return boxes[{s.block_index.x, s.block_index.y, s.block_index.z, s.current->linear / 32}];
-}
 
 /// Element @p i of a 16-bit-element fragment register set (low half first), as float.
 template <class T>
@@ -64,38 +40,34 @@ inline float mma_tf32(std::uint32_t bits) {
 /// lane's fragment registers (T = kvcompact bfloat16_t, half_t or float). Every lane of the warp calls it.
 template <class T>
 void mma_sync(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
-  mma_mailbox& box = warp_mailbox();
-  const int lane = state().current->linear % 32;
-  std::memcpy(box.a[lane], a, sizeof(a));
-  std::memcpy(box.b[lane], b, sizeof(b));
-  std::memcpy(box.c[lane], c, sizeof(c));
-  warp_exchange(warp_op::sync, 0, 0, 0);
+  struct operands {
+    std::uint32_t a[4], b[2];
+  };
+  const auto all = warp_all_gather(operands{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}});
+  if (all.live != 0xffffffffu) fail("mma.sync needs all 32 lanes of the warp");
   constexpr bool tf32 = std::is_same_v<T, float>;
   constexpr int k_extent = tf32 ? 8 : 16;
   float A[16][16] = {}, B[16][8] = {};
   for (int l = 0; l < 32; ++l) {
     const int g = l / 4, t = l % 4;
     if constexpr (tf32) {
-      for (int i = 0; i < 4; ++i) A[g + (i % 2 ? 8 : 0)][t + (i >= 2 ? 4 : 0)] = mma_tf32(box.a[l][i]);
-      for (int i = 0; i < 2; ++i) B[t + 4 * i][g] = mma_tf32(box.b[l][i]);
+      for (int i = 0; i < 4; ++i) A[g + (i % 2 ? 8 : 0)][t + (i >= 2 ? 4 : 0)] = mma_tf32(all.lane[l].a[i]);
+      for (int i = 0; i < 2; ++i) B[t + 4 * i][g] = mma_tf32(all.lane[l].b[i]);
     } else {
       for (int i = 0; i < 8; ++i) {
         const bool low_row = i < 2 || (i >= 4 && i < 6);
-        A[g + (low_row ? 0 : 8)][2 * t + (i & 1) + (i >= 4 ? 8 : 0)] = mma_element16<T>(box.a[l], i);
+        A[g + (low_row ? 0 : 8)][2 * t + (i & 1) + (i >= 4 ? 8 : 0)] = mma_element16<T>(all.lane[l].a, i);
       }
-      for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_element16<T>(box.b[l], i);
+      for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_element16<T>(all.lane[l].b, i);
     }
   }
-  const int g = lane / 4, t = lane % 4;
-  float out[4];
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {
     const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-    float sum = box.c[lane][i];
+    float sum = c[i];
     for (int k = 0; k < k_extent; ++k) sum += A[row][k] * B[k][col];
-    out[i] = sum;
+    c[i] = sum;
   }
-  warp_exchange(warp_op::sync, 0, 0, 0);
-  std::memcpy(c, out, sizeof(out));
 }
 
 }  // namespace kvemu

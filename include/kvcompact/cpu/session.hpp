@@ -35,7 +35,9 @@ namespace cpu {
 ///
 /// Call order: compress_prefill() runs at most once, before the first append(); a second call, or
 /// one after append(), throws (the cache is compressed already; a new prompt wants a new session,
-/// which costs no allocation). Decoding without compress_prefill() is valid: the session manages
+/// which costs no allocation). compress_prefill_layer() is the layer-by-layer form of compress_prefill():
+/// layers 0, 1, ... in order, each once, all before the first append(); the two forms do not mix.
+/// Decoding without compress_prefill() is valid: the session manages
 /// the cache as it was given (StreamingLLM from an empty cache, say). append() positions grow per
 /// head: each token's position exceeds every position its heads hold. attend() and observe() may
 /// take a position below the newest key (a prompt appended first and attended token by token): keys
@@ -94,6 +96,31 @@ class session {
     detail::require(count >= 0, "set_threads", "count", "must not be negative");
     threads_ = count;
   }
+  /// @brief Makes this session one rank of a tensor-parallel group (kvcompact::rank_group): its KV heads
+  /// are the rank's share of the model's, and the decisions that span the KV heads of a layer (the
+  /// layer's newest position, which recent-token protection counts from; Ada-KV's layer-wide ranking)
+  /// call the group's all-reduce, so every rank keeps what one unsharded session
+  /// would keep for its heads. Every rank must make the same calls in the same order. Set it before
+  /// compress_prefill(); a group of one rank is the default.
+  /// @param group the rank, the rank count and the engine's all-reduce (not copied deeper: the
+  /// context pointer must stay valid)
+  /// @throws kvcompact::error naming "group.*" for a bad group, or "policy" for a policy whose
+  /// cross-head decisions are not reduced across ranks (scores shared across KV heads, WindowKV's
+  /// windows, Ada-KV's strict repair) when the group has several ranks
+  void set_rank_group(const rank_group& group) {
+    constexpr const char* where = "set_rank_group";
+    group.validate(where);
+    if (group.ranks > 1) {
+      detail::require(!Policy::shares_scores_across_kv_heads, where, "policy",
+                      "its scores are shared across the KV heads of a layer, which is not reduced across ranks");
+      detail::require(detail::decision_group(policy_.selector) == 0, where, "policy",
+                      "WindowKV's window decision spans every KV head and is not reduced across ranks");
+      if constexpr (requires { policy_.selector.strict; })
+        detail::require(!policy_.selector.strict, where, "policy", "Ada-KV's strict repair moves slots between heads of one rank only");
+    }
+    ranks_ = group;
+  }
+
   /// @brief Threads the calls of this session use. @return the count (1 without OpenMP)
   [[nodiscard]] int threads() const { return detail::team_size(threads_); }
 
@@ -137,27 +164,46 @@ class session {
   /// cache content (unset or repeated positions; for merging policies a non-finite key or value), a
   /// NaN score, or a second call / a call after append() ("session")
   void compress_prefill(const query_window& window = {}) {
-    detail::require(!compressed_, "compress_prefill", "session", "called twice: the cache is compressed already (one compression per session)");
-    detail::require(!decoding_, "compress_prefill", "session", "called after append(): compress the prefill before decoding starts");
-    if constexpr (Policy::needs_attention) {
-      detail::require(window.queries != nullptr, "compress_prefill", "window.queries", "null pointer, but the scorer needs attention");
-      detail::require(window.positions != nullptr, "compress_prefill", "window.positions", "null pointer");
-      detail::require(window.rows > 0, "compress_prefill", "window.rows", "must be positive");
-      detail::require(window.head_dim == 0 || window.head_dim == head_dim(), "compress_prefill", "window.head_dim",
-                      [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
-      for (index_t r = 0; r < cache_.layout.num_sequences() * window.rows; ++r)
-        detail::require(window.positions[r] >= 0, "compress_prefill", "window.positions",
-                        [&] { return "entry " + std::to_string(r) + " is " + std::to_string(window.positions[r]) + ": positions must not be negative"; });
-      detail::require_finite(window.queries, cache_.layout.num_sequences() * cache_.layout.num_layers() * shape_.query_heads * window.rows * head_dim(),
-                             "compress_prefill", "window.queries");
-    }
-    cache_.validate("compress_prefill");
-    check_cache_content("compress_prefill");
+    constexpr const char* where = "compress_prefill";
+    detail::require(!compressed_, where, "session", "called twice: the cache is compressed already (one compression per session)");
+    detail::require(!decoding_, where, "session", "called after append(): compress the prefill before decoding starts");
+    detail::require(layers_compressed_ == 0, where, "session", "called after compress_prefill_layer(): the layers are being compressed one by one");
+    check_window(where, window, cache_.layout.num_layers());
+    cache_.validate(where);
+    check_cache_content(where);
     compressed_ = true;
     for (index_t s = 0; s < cache_.layout.num_sequences(); ++s) {
       scratch_.shared[0] = -1;  // no decision published yet (followers of a missing leader keep everything)
-      for (index_t l = 0; l < cache_.layout.num_layers(); ++l) compress_layer(s, l, window);
+      for (index_t l = 0; l < cache_.layout.num_layers(); ++l) compress_layer(s, l, window, {l, cache_.layout.num_layers()});
     }
+  }
+
+  /// @brief Compresses one storage layer of every sequence as soon as its prefill is done, with the
+  /// same stages and keep-sets as compress_prefill(): an engine calls it for layers 0, 1, ... in order,
+  /// each once, and needs only that layer's window queries in memory (and, when it fills the cache
+  /// layer by layer, room for one uncompressed layer beyond the compressed ones). Decoding (append())
+  /// starts after the last layer. WindowKV-style selectors, which share one decision across layers,
+  /// are rejected at compile time: use compress_prefill().
+  /// @param layer storage layer, the next one in order (0 first)
+  /// @param layer_window the window queries of this layer only: query_window's layout with one layer,
+  /// `queries[((sequence * query_heads + head) * rows + row) * head_dim + d]`, positions as usual
+  /// (ignored by scorers that need no attention)
+  /// @throws kvcompact::error naming "layer" when it is not the next layer, "session" after
+  /// compress_prefill() or append(), and what compress_prefill() reports for this layer's data
+  void compress_prefill_layer(index_t layer, const query_window& layer_window = {}) {
+    static_assert(!detail::decides_across_layers<typename Policy::selector_type>,
+                  "kvcompact: compress_prefill_layer: this selector shares one decision across layers (WindowKV); use compress_prefill()");
+    constexpr const char* where = "compress_prefill_layer";
+    detail::require(!compressed_, where, "session", "the cache is compressed already (compress_prefill() or every layer)");
+    detail::require(!decoding_, where, "session", "called after append(): compress the prefill before decoding starts");
+    detail::require(layer == layers_compressed_, where, "layer", [&] {
+      return "is " + std::to_string(layer) + ", expected " + std::to_string(layers_compressed_) + ": each storage layer is compressed once, in order";
+    });
+    check_window(where, layer_window, 1);
+    cache_.validate(where);
+    check_cache_content(where, {layer, 1});
+    for (index_t s = 0; s < cache_.layout.num_sequences(); ++s) compress_layer(s, layer, layer_window, {0, 1});
+    compressed_ = ++layers_compressed_ == cache_.layout.num_layers();
   }
 
   /// @brief Inserts one token's K and V for every KV head of a storage layer. A head at its budget
@@ -175,6 +221,10 @@ class session {
     check_position("append", position);
     detail::require_finite(keys, cache_.layout.num_kv_heads() * head_dim(), "append", "keys");
     detail::require_finite(values, cache_.layout.num_kv_heads() * head_dim(), "append", "values");
+    detail::require(layers_compressed_ == 0 || compressed_, "append", "session", [&] {
+      return "compress_prefill_layer() has compressed " + std::to_string(layers_compressed_) + " of " + std::to_string(cache_.layout.num_layers()) +
+             " layers: compress every layer before decoding";
+    });
     if (!compressed_ && !decoding_) check_cache_content("append");
     for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
       const index_t newest = detail::newest_position(cache_, sequence, layer, h);
@@ -320,12 +370,29 @@ class session {
   // What the cache holds when the session first compresses or decodes: positions set and distinct;
   // heads aligned where the policy compares them slot by slot or shares decisions across layers; for a
   // policy that merges, finite keys and values (a merge would spread a NaN into kept slots).
-  void check_cache_content(const char* where) const {
-    detail::require_valid_positions(cache_, scratch_.indices, where);
-    if constexpr (Policy::shares_scores_across_kv_heads) detail::require_slot_aligned_heads(cache_, where);
+  void check_cache_content(const char* where, detail::layer_range layers = {}) const {
+    detail::require_valid_positions(cache_, scratch_.indices, where, layers);
+    if constexpr (Policy::shares_scores_across_kv_heads) detail::require_slot_aligned_heads(cache_, where, layers);
     if (const index_t group = detail::decision_group(policy_.selector); group > 0)
       detail::require_equal_layer_groups(cache_, group, scratch_.indices, where);
-    if constexpr (Policy::merges) detail::require_finite_slots(cache_, where);
+    if constexpr (Policy::merges) detail::require_finite_slots(cache_, where, layers);
+  }
+
+  // The observation window of compress_prefill() (over @p layers storage layers) or of
+  // compress_prefill_layer() (one layer): pointers, rows, head dimension, positions, finite queries.
+  void check_window(const char* where, const query_window& window, index_t layers) const {
+    if constexpr (Policy::needs_attention) {
+      detail::require(window.queries != nullptr, where, "window.queries", "null pointer, but the scorer needs attention");
+      detail::require(window.positions != nullptr, where, "window.positions", "null pointer");
+      detail::require(window.rows > 0, where, "window.rows", "must be positive");
+      detail::require(window.head_dim == 0 || window.head_dim == head_dim(), where, "window.head_dim",
+                      [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
+      for (index_t r = 0; r < cache_.layout.num_sequences() * window.rows; ++r)
+        detail::require(window.positions[r] >= 0, where, "window.positions",
+                        [&] { return "entry " + std::to_string(r) + " is " + std::to_string(window.positions[r]) + ": positions must not be negative"; });
+      detail::require_finite(window.queries, cache_.layout.num_sequences() * layers * shape_.query_heads * window.rows * head_dim(), where,
+                             "window.queries");
+    }
   }
 
   void check_indices(const char* where, index_t sequence, index_t layer) const {
@@ -338,7 +405,9 @@ class session {
       scratch_.budgets[h] = budgets_[cache_.head_index(sequence, layer, h)];
       scratch_.order_ready[h] = 0;
     }
-    return layer_context<T, Layout>(cache_, scratch_, sequence, layer, shape_.query_heads, step);
+    layer_context<T, Layout> ctx(cache_, scratch_, sequence, layer, shape_.query_heads, step);
+    if (ranks_.ranks > 1) ctx.set_ranks(&ranks_);
+    return ctx;
   }
 
   state_type new_state(index_t sequence, index_t layer, index_t h, index_t slot) const {
@@ -419,12 +488,19 @@ class session {
     return count;
   }
 
+  // Where a storage layer's queries sit in a window: its index there, and the window's layers (all of
+  // them for compress_prefill(), one for compress_prefill_layer()).
+  struct window_layer {
+    index_t layer;   // the layer's index in the window
+    index_t layers;  // layers the window holds
+  };
+
   // Scores of attention scorers: for each KV head, strips of window rows (all query heads of the group
   // for consecutive rows, at most tile_rows of them) go through blocked window products with the
   // softmax fused per block of slots; the window x slots matrix is never stored, only one strip's.
-  void score_window(index_t sequence, index_t layer, const query_window& window) {
+  void score_window(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
     const auto& scorer = policy_.scorer;
-    const index_t group_size = group(), dims = head_dim(), layers = cache_.layout.num_layers();
+    const index_t group_size = group(), dims = head_dim(), layers = in_window.layers;
     const index_t strip_rows = group_size < detail::tile_rows ? detail::tile_rows / group_size : 1;  // window rows per strip
     const std::int32_t* query_positions = window.positions + sequence * window.rows;
     for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
@@ -438,7 +514,7 @@ class session {
         const index_t rows = (window.rows - first_row < strip_rows ? window.rows - first_row : strip_rows) * group_size;
         const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = (rows + width - 1) / width * width;
         for (index_t r = 0; r < padded; ++r) {
-          const float* q = r < rows ? window.queries + window.offset(sequence, layer, h * group_size + r % group_size, first_row + r / group_size,
+          const float* q = r < rows ? window.queries + window.offset(sequence, in_window.layer, h * group_size + r % group_size, first_row + r / group_size,
                                                                      layers, shape_.query_heads, dims)
                                     : nullptr;
           row_positions_[r] = r < rows ? query_positions[first_row + r / group_size] : 0;
@@ -491,7 +567,7 @@ class session {
     for (index_t j = first; j < end; ++j) use(j, detail::reduction_finish(scorer.group, acc[j - first], static_cast<int>(count)));
   }
 
-  void score_layer(index_t sequence, index_t layer, const query_window& window) {
+  void score_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
     const index_t kv_heads = cache_.layout.num_kv_heads();
     if constexpr (!Policy::needs_attention) {
       for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
@@ -502,7 +578,7 @@ class session {
         }
       });
     } else {
-      score_window(sequence, layer, window);
+      score_window(sequence, layer, window, in_window);
       for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
         reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
       });
@@ -514,12 +590,13 @@ class session {
                       "NaN score at layer " + std::to_string(layer) + " head " + std::to_string(h) + " slot " + std::to_string(j) +
                           " (NaN in keys or queries?)");
   }
-  void compress_layer(index_t sequence, index_t layer, const query_window& window) {
-    score_layer(sequence, layer, window);
+  void compress_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
+    score_layer(sequence, layer, window, in_window);
     index_t step = 0;
     for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h)
       for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j)
         step = cache_.positions[cache_.slot_index(sequence, layer, h, j)] > step ? cache_.positions[cache_.slot_index(sequence, layer, h, j)] : step;
+    if (ranks_.ranks > 1) step = detail::max_across_ranks(ranks_, step);  // the layer's newest position, over every rank's heads
     layer_context<T, Layout> ctx = context(sequence, layer, step);
     for (int h = 0; h < ctx.kv_heads(); ++h)
       for (index_t j = 0; j < ctx.length(h); ++j) {
@@ -680,6 +757,8 @@ class session {
   std::int32_t* row_positions_ = nullptr;  // per strip row: the query's position
   bool compressed_ = false;  // compress_prefill() ran
   bool decoding_ = false;    // append() ran
+  index_t layers_compressed_ = 0;  // layers compress_prefill_layer() compressed (in order)
+  rank_group ranks_{};             // tensor-parallel group (one rank by default)
 };
 
 }  // namespace cpu

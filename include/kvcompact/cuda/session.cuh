@@ -204,6 +204,39 @@ class session {
     using ::kvcompact::detail::require;
     require(!compressed_, where, "session", "called twice: the cache is compressed already (one compression per session)");
     require(!decoding_, where, "session", "called after append(): compress the prefill before decoding starts");
+    require(layers_compressed_ == 0, where, "session", "called after compress_prefill_layer(): the layers are being compressed one by one");
+    check_window(where, window);
+    compressed_ = true;
+    run_prefill(where, window, 0, cache_.layout.num_layers());
+  }
+
+  /// @brief Compresses one storage layer of every sequence as soon as its prefill is done: the same
+  /// kernels as compress_prefill(), launched over that layer only, with the same keep-sets. Layers
+  /// 0, 1, ... in order, each once, all before the first append(); only this layer's window queries
+  /// are read. WindowKV-style selectors (one decision across layers) are rejected at compile time.
+  /// @param layer storage layer, the next one in order (0 first)
+  /// @param layer_window this layer's window queries in device memory, query_window's layout with one
+  /// layer (ignored by scorers that need no attention)
+  /// @throws kvcompact::error naming "layer" when it is not the next layer, "session" after
+  /// compress_prefill() or append(), or a bad window; faults inside kernels surface in check()
+  void compress_prefill_layer(index_t layer, const query_window& layer_window = {}) {
+    static_assert(!::kvcompact::detail::decides_across_layers<typename Policy::selector_type>,
+                  "kvcompact: compress_prefill_layer: this selector shares one decision across layers (WindowKV); use compress_prefill()");
+    constexpr const char* where = "compress_prefill_layer";
+    using ::kvcompact::detail::require;
+    require(!compressed_, where, "session", "the cache is compressed already (compress_prefill() or every layer)");
+    require(!decoding_, where, "session", "called after append(): compress the prefill before decoding starts");
+    require(layer == layers_compressed_, where, "layer", [&] {
+      return "is " + std::to_string(layer) + ", expected " + std::to_string(layers_compressed_) + ": each storage layer is compressed once, in order";
+    });
+    check_window(where, layer_window);
+    run_prefill(where, layer_window, layer, 1);
+    compressed_ = ++layers_compressed_ == cache_.layout.num_layers();
+  }
+
+ private:
+  void check_window(const char* where, const query_window& window) const {
+    using ::kvcompact::detail::require;
     if constexpr (Policy::needs_attention) {
       require(window.queries != nullptr, where, "window.queries", "null pointer, but the scorer needs attention");
       require(window.positions != nullptr, where, "window.positions", "null pointer");
@@ -213,11 +246,14 @@ class session {
       require(window.head_dim == 0 || window.head_dim == head_dim(), where, "window.head_dim",
               [&] { return "is " + std::to_string(window.head_dim) + " but the cache's head_dim is " + std::to_string(head_dim()); });
     }
-    compressed_ = true;
-    auto p = prefill(window);
+  }
+
+  // The prefill stages over storage layers [first_layer, first_layer + layer_count) of every sequence.
+  void run_prefill(const char* where, const query_window& window, index_t first_layer, index_t layer_count) {
+    auto p = prefill(window, first_layer, layer_count);
     const index_t layers = cache_.layout.num_layers(), sequences = cache_.layout.num_sequences();
     const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads());
-    const unsigned layer_grid = layer_blocks(where);
+    const unsigned layer_grid = detail::grid_extent(sequences * layer_count, where, "sequences x layers");
     cuda::check(cudaMemsetAsync(p.step, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(step)");
     cuda::check(cudaMemsetAsync(p.layer_faults, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(faults)");
     detail::launch(&detail::prepare_kernel<T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads, 0, stream_, p);
@@ -258,6 +294,7 @@ class session {
     detail::launch_compaction(p, policy_, workspace_span(plan_.compaction, plan_.compaction_bytes), stream_, where);
   }
 
+ public:
   /// @brief Inserts one token's K and V into every KV head of a storage layer, for every sequence. A
   /// head at its budget first evicts by the policy (victims merged if the merger wants) and the
   /// token reuses a freed slot.
@@ -272,6 +309,10 @@ class session {
     ::kvcompact::detail::require(keys != nullptr, where, "keys", "null pointer");
     ::kvcompact::detail::require(values != nullptr, where, "values", "null pointer");
     ::kvcompact::detail::require(positions != nullptr, where, "positions", "null pointer");
+    ::kvcompact::detail::require(layers_compressed_ == 0 || compressed_, where, "session", [&] {
+      return "compress_prefill_layer() has compressed " + std::to_string(layers_compressed_) + " of " + std::to_string(cache_.layout.num_layers()) +
+             " layers: compress every layer before decoding";
+    });
     decoding_ = true;
     std::byte* w = workspace_;
     const detail::decode_scratch scratch{detail::at_offset<float>(w, plan_.scores),    detail::at_offset<float>(w, plan_.floats),
@@ -353,32 +394,38 @@ class session {
   std::span<std::byte> workspace_span(std::size_t offset, std::size_t bytes) const { return {workspace_ + offset, bytes}; }
 
   /// Top-k selectors: candidates and their pooled scores per head, then the grid-wide top-k keeps
-  /// each head's best into the keep flags.
+  /// each head's best into the keep flags. A call over some layers (compress_prefill_layer) ranks the
+  /// heads of those layers, one launch per sequence (their segments are contiguous within it).
   void select_top_k(const detail::prefill_problem<T, Layout, state_type>& p, const char* where) {
     std::byte* w = workspace_;
     const detail::top_k_candidates candidates{detail::at_offset<float>(w, plan_.top_k_keys), detail::at_offset<std::int32_t>(w, plan_.top_k_counts),
                                               detail::at_offset<std::int32_t>(w, plan_.top_k_quota)};
     using schedule_type = typename Policy::selector_type::schedule_type;
+    const index_t sequences = cache_.layout.num_sequences();
+    const bool all_layers = p.grid_layers == cache_.layout.num_layers();
     detail::launch(&detail::top_k_candidates_kernel<schedule_type, T, Layout, state_type>,
-                   dim3(static_cast<unsigned>(cache_.layout.num_kv_heads()), layer_blocks(where)), detail::prefill_threads, 0, stream_, p,
-                   policy_.selector, candidates);
+                   dim3(static_cast<unsigned>(cache_.layout.num_kv_heads()), detail::grid_extent(sequences * p.grid_layers, where, "sequences x layers")),
+                   detail::prefill_threads, 0, stream_, p, policy_.selector, candidates);
     detail::check_launch(where, "top_k_candidates_kernel");
-    detail::top_k_problem problem;
-    problem.keys = {candidates.keys, capacity()};
-    problem.counts = candidates.counts;
-    problem.segments = cache_.head_count();
-    problem.max_items = capacity();
-    problem.k = candidates.quota;
-    problem.floor = policy_.selector.min_score;
-    problem.flags = {p.keep, capacity()};
-    problem.flag_index = {p.indices, 2 * capacity()};  // index_scratch(h, 0): the candidates' slots
-    problem.status = status_;
-    problem.segment_layers = cache_.layout.num_layers();
-    problem.segment_heads = cache_.layout.num_kv_heads();
-    detail::launch_top_k(problem, workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes), stream_, where);
+    for (index_t s = 0; s < (all_layers ? 1 : sequences); ++s) {
+      const index_t first = cache_.head_index(s, p.first_layer, 0), items = first * capacity();
+      detail::top_k_problem problem;
+      problem.keys = {candidates.keys + items, capacity()};
+      problem.counts = candidates.counts + first;
+      problem.segments = (all_layers ? sequences : 1) * p.grid_layers * cache_.layout.num_kv_heads();
+      problem.max_items = capacity();
+      problem.k = candidates.quota + first;
+      problem.floor = policy_.selector.min_score;
+      problem.flags = {p.keep + items, capacity()};
+      problem.flag_index = {p.indices + 2 * items, 2 * capacity()};  // index_scratch(h, 0): the candidates' slots
+      problem.status = status_;
+      problem.segment_layers = p.grid_layers;  // fault names count layers from this call's first one
+      problem.segment_heads = cache_.layout.num_kv_heads();
+      detail::launch_top_k(problem, workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes), stream_, where);
+    }
   }
 
-  detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window) const {
+  detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window, index_t first_layer, index_t layer_count) const {
     std::byte* w = workspace_;
     const index_t heads = cache_.head_count(), padded_rows = detail::padded_window_rows(window.rows);
     // Key chunks: enough blocks for about two waves of the score kernel (two blocks per SM), at
@@ -413,7 +460,9 @@ class session {
             false,
             states_,
             budgets_,
-            status_};
+            status_,
+            first_layer,
+            layer_count};
   }
 
   /// The observation-window scoring stage for padded head dimension @p Dp (score_kernels.cuh).
@@ -421,7 +470,8 @@ class session {
   void score_window(detail::prefill_problem<T, Layout, state_type>& p) const {
     constexpr const char* where = "compress_prefill";
     using scorer_type = typename Policy::scorer_type;
-    const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads()), layer_grid = layer_blocks(where);
+    const unsigned heads = static_cast<unsigned>(cache_.layout.num_kv_heads());
+    const unsigned layer_grid = detail::grid_extent(cache_.layout.num_sequences() * p.grid_layers, where, "sequences x layers");
     const index_t group_rows = group() * p.padded_rows;
     const index_t block_rows = (scorer_type::shares_across_kv_heads ? cache_.layout.num_kv_heads() : 1) * group_rows;
     const std::size_t resident = detail::score_shared_bytes<T, Dp>(block_rows);
@@ -515,6 +565,7 @@ class session {
   detail::workspace_plan plan_{};
   bool compressed_ = false;  // compress_prefill() ran
   bool decoding_ = false;    // append() ran
+  index_t layers_compressed_ = 0;  // layers compress_prefill_layer() compressed (in order)
 };
 
 }  // namespace cuda

@@ -26,13 +26,21 @@ void require_finite(const T* data, index_t count, const char* where, std::string
       throw error(where, argument, "element " + std::to_string(i) + " is " + std::to_string(to_float(data[i])) + " (NaN and Inf are not accepted)");
 }
 
+/// The storage layers a check reads: [first, first + count), count -1 meaning every layer from first.
+struct layer_range {
+  index_t first = 0;   ///< first layer
+  index_t count = -1;  ///< layers, -1: to the last one
+  /// One past the last layer of a cache with @p layers layers. @param layers the cache's layers @return the end
+  index_t end(index_t layers) const { return count < 0 ? layers : first + count; }
+};
+
 /// Throws kvcompact::error about "cache.keys" or "cache.values" when an element of a valid slot is
-/// NaN or infinite (reads every valid slot once).
+/// NaN or infinite (reads every valid slot of @p layers once).
 template <class T, class Layout>
-void require_finite_slots(const kv_cache<T, Layout>& cache, const char* where) {
+void require_finite_slots(const kv_cache<T, Layout>& cache, const char* where, layer_range layers = {}) {
   const index_t stride = cache.layout.dim_stride();
   for (index_t s = 0; s < cache.layout.num_sequences(); ++s)
-    for (index_t l = 0; l < cache.layout.num_layers(); ++l)
+    for (index_t l = layers.first; l < layers.end(cache.layout.num_layers()); ++l)
       for (index_t h = 0; h < cache.layout.num_kv_heads(); ++h) {
         const index_t length = cache.lengths[cache.head_index(s, l, h)];
         for (index_t j = 0; j < length; ++j) {
@@ -49,11 +57,11 @@ void require_finite_slots(const kv_cache<T, Layout>& cache, const char* where) {
 }
 
 /// Throws kvcompact::error about "cache.positions" when a valid slot's position is negative (unset)
-/// or two valid slots of a head share a position. @p scratch holds capacity() entries.
+/// or two valid slots of a head share a position (in @p layers). @p scratch holds capacity() entries.
 template <class T, class Layout>
-void require_valid_positions(const kv_cache<T, Layout>& cache, std::int32_t* scratch, const char* where) {
+void require_valid_positions(const kv_cache<T, Layout>& cache, std::int32_t* scratch, const char* where, layer_range layers = {}) {
   for (index_t s = 0; s < cache.layout.num_sequences(); ++s)
-    for (index_t l = 0; l < cache.layout.num_layers(); ++l)
+    for (index_t l = layers.first; l < layers.end(cache.layout.num_layers()); ++l)
       for (index_t h = 0; h < cache.layout.num_kv_heads(); ++h) {
         const index_t length = cache.lengths[cache.head_index(s, l, h)];
         const std::int32_t* positions = cache.positions + cache.slot_index(s, l, h, 0);
@@ -73,11 +81,11 @@ void require_valid_positions(const kv_cache<T, Layout>& cache, std::int32_t* scr
 
 /// Throws kvcompact::error about "cache.positions" unless every KV head of each (sequence, layer)
 /// holds the same positions in the same slots as head 0 (what scores shared across KV heads need:
-/// they sum the query heads of all KV heads slot by slot).
+/// they sum the query heads of all KV heads slot by slot), in @p layers.
 template <class T, class Layout>
-void require_slot_aligned_heads(const kv_cache<T, Layout>& cache, const char* where) {
+void require_slot_aligned_heads(const kv_cache<T, Layout>& cache, const char* where, layer_range layers = {}) {
   for (index_t s = 0; s < cache.layout.num_sequences(); ++s)
-    for (index_t l = 0; l < cache.layout.num_layers(); ++l) {
+    for (index_t l = layers.first; l < layers.end(cache.layout.num_layers()); ++l) {
       const index_t length = cache.lengths[cache.head_index(s, l, 0)];
       const std::int32_t* first = cache.positions + cache.slot_index(s, l, 0, 0);
       for (index_t h = 1; h < cache.layout.num_kv_heads(); ++h) {

@@ -224,6 +224,14 @@ index_t decision_group(const selectors::windows<Schedule>& s) {
   return s.group;
 }
 
+/// Whether a selector shares one decision across the layers of a group (WindowKV): such a policy
+/// compresses all layers in one compress_prefill() call, not layer by layer.
+template <class Selector>
+inline constexpr bool decides_across_layers = false;
+/// WindowKV.
+template <class Schedule>
+inline constexpr bool decides_across_layers<selectors::windows<Schedule>> = true;
+
 /// The smallest decode budget set_budget() accepts: what a top-k selector that evicts during decode
 /// needs (smallest_budget), 1 otherwise.
 template <class Selector>

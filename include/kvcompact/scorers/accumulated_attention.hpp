@@ -4,6 +4,7 @@
 #pragma once
 
 #include <kvcompact/scorers/concepts.hpp>
+#include <kvcompact/window_need.hpp>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -17,6 +18,7 @@ struct accumulated_attention {
   using state_type = float;                                       ///< accumulated attention
   static constexpr score_source source = score_source::attention; ///< reads attention
   static constexpr bool shares_across_kv_heads = false;           ///< one score per KV head
+  static constexpr window_need prefill_window = window_need::all_prompt;  ///< the column sums of every prompt query
   reduction rows = reduction::sum;                                ///< over window rows
   reduction group = reduction::mean;                              ///< over the query heads of a KV head
 

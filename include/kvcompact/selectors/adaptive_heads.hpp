@@ -5,6 +5,7 @@
 
 #include <kvcompact/selectors/budgets.hpp>
 #include <kvcompact/selectors/candidates.hpp>
+#include <kvcompact/selectors/layer_ranking.hpp>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -14,7 +15,8 @@ namespace selectors {
 /// over all KV heads decide how many each head keeps,
 /// `alloc[h] = round(cnt[h] (1 - floor_fraction) + floor(B_h floor_fraction))`, with `B_h` the head's budget
 /// less its protected tokens; each head then keeps its own top-alloc[h] plus its protected tokens.
-/// Per-head lengths differ. Prefill-only: decode appends.
+/// Per-head lengths differ. Prefill-only: decode appends. With a kvcompact::rank_group the layer-wide
+/// ranking spans the KV heads of every rank (the `strict` repair does not: one rank only).
 /// @tparam Schedule a kvcompact::budget_schedule giving the per-head average (protected included)
 template <budget_schedule Schedule>
 struct adaptive_heads {
@@ -50,23 +52,13 @@ struct adaptive_heads {
       ctx.index_scratch(h, 1)[0] = 0;      // cnt[h]
       ctx.index_scratch(h, 1)[1] = static_cast<std::int32_t>(count);
     }
-    // cnt[h]: members of the layer-wide top `total`, taken by merging the heads' ranked lists.
-    for (index_t picked = 0; picked < total; ++picked) {
-      int best = -1;
-      for (int h = 0; h < heads; ++h) {
-        std::int32_t* state = ctx.index_scratch(h, 1);
-        if (state[0] < 0 || state[0] >= state[1]) continue;
-        const std::int32_t slot = ctx.index_scratch(h, 0)[state[0]];
-        if (best < 0) {
-          best = h;
-          continue;
-        }
-        const std::int32_t best_slot = ctx.index_scratch(best, 0)[ctx.index_scratch(best, 1)[0]];
-        if (ctx.float_scratch(h)[slot] > ctx.float_scratch(best)[best_slot]) best = h;
-      }
-      if (best < 0) break;
-      ++ctx.index_scratch(best, 1)[0];
-    }
+    // cnt[h]: members of the layer-wide top H x B, over the KV heads of every tensor-parallel rank.
+    double layer_total = static_cast<double>(total);
+    detail::sum_across_ranks(ctx, &layer_total, 1);
+    detail::layer_top_counts(
+        ctx, static_cast<index_t>(layer_total),
+        [&](int h) { return ctx.index_scratch(h, 1)[0] < 0 ? index_t{-1} : index_t{ctx.index_scratch(h, 1)[1]}; },
+        [&](int h, index_t taken) { ctx.index_scratch(h, 1)[0] = static_cast<std::int32_t>(taken); });
     index_t allocated = 0;
     for (int h = 0; h < heads; ++h) {
       std::int32_t* state = ctx.index_scratch(h, 1);

@@ -191,7 +191,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(compaction_threads, compaction_min_block
   const unsigned head_linear = ticket / plan.tiles_per_head, tile = ticket % plan.tiles_per_head;
   const Layout& layout = p.cache.layout;
   const index_t layers = p.layers(), kv_heads = layout.num_kv_heads();
-  const index_t h = head_linear % kv_heads, s = head_linear / kv_heads / layers, l = head_linear / kv_heads % layers;
+  const index_t h = head_linear % kv_heads, s = p.grid_sequence(head_linear / kv_heads), l = p.grid_layer(head_linear / kv_heads);
   if (p.layer_faults[s * layers + l]) return;
   const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
   const std::int32_t n = p.cache.lengths[head];
@@ -253,7 +253,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(compaction_threads, compaction_min_block
   }
 }
 
-/// @brief Compacts every head of the cache (compact_kernel), asynchronously on @p stream: one memset
+/// @brief Compacts every head of the problem's layers (compact_kernel), asynchronously on @p stream: one memset
 /// of the scratch and one launch.
 /// @param p the prefill arrays (keep flags, scores, step, faults, states, budgets)
 /// @param policy the policy (prefill decode state, budgets)
@@ -269,7 +269,7 @@ void launch_compaction(const prefill_problem<T, Layout, State>& p, const Policy&
     return "head_dim " + std::to_string(layout.head_dim()) + " makes K and V rows longer than a compaction block stages (" +
            std::to_string(compaction_threads * compaction_stage_chunks * 16) + " bytes)";
   });
-  const index_t heads = layout.num_sequences() * layout.num_layers() * layout.num_kv_heads();
+  const index_t heads = layout.num_sequences() * p.grid_layers * layout.num_kv_heads();  // the heads of this call's layers
   const index_t tiles_per_head = (layout.capacity() + tile_slots - 1) / tile_slots;
   const std::size_t bytes = compaction_workspace_bytes(heads, layout.capacity(), tile_slots);
   ::kvcompact::detail::require(scratch.size() >= bytes && heads * tiles_per_head < (index_t{1} << 31), where, "workspace",

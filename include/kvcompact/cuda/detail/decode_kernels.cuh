@@ -49,7 +49,7 @@ struct decode_problem {
 /// Dynamic shared memory of decode_partial_kernel, in bytes.
 inline std::size_t decode_shared_bytes(index_t group, index_t head_dim) {
   const std::size_t floats = static_cast<std::size_t>(group * head_dim + 2 * decode_tile * (head_dim + 1) + group * decode_tile + 3 * group);
-  return floats * sizeof(float) + decode_tile * sizeof(index_t);
+  return (floats + 1) / 2 * 2 * sizeof(float) + decode_tile * sizeof(index_t);  // the index_t rows 8-byte aligned
 }
 
 /// One block per (split, KV head, sequence): attends the block's slot range with the G query heads
@@ -77,7 +77,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(decode_threads) decode_partial_kernel(de
   float* running_max = logit + group * decode_tile;    // [G]
   float* running_sum = running_max + group;            // [G]
   float* correction = running_sum + group;             // [G]
-  auto* row_offset = reinterpret_cast<index_t*>(correction + group);  // [tile], -1 = not visible
+  auto* row_offset = reinterpret_cast<index_t*>(shared + (correction + group - shared + 1) / 2 * 2);  // [tile], -1 = not visible (8-byte aligned)
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const index_t first_query = s * p.query_heads + h * group;
@@ -138,6 +138,7 @@ KVCOMPACT_UNROLL
       float tile_sum = e;
       for (int o = 16; o > 0; o /= 2) tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, o);
       logit[g * decode_tile + lane] = e;
+      __syncwarp();  // every lane has read running_max[g] before lane 0 overwrites it
       if (lane == 0) {
         const float c = old_max == -INFINITY ? 0.0f : expf(old_max - new_max);
         correction[g] = c;

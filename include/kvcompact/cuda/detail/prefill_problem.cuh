@@ -45,7 +45,13 @@ struct prefill_problem {
   State* states;               ///< decode state
   std::int32_t* budgets;       ///< [S][L][Hkv] decode budgets
   device_status* status;       ///< fault record
+  index_t first_layer;         ///< first storage layer of this call (compress_prefill_layer: the layer; else 0)
+  index_t grid_layers;         ///< storage layers of this call; the grid's layer extent is S x grid_layers
 
+  /// Sequence of a block of a grid over S x grid_layers. @param block the block index @return the sequence
+  KVCOMPACT_HOST_DEVICE index_t grid_sequence(unsigned block) const { return static_cast<index_t>(block) / grid_layers; }
+  /// Storage layer of a block of a grid over S x grid_layers. @param block the block index @return the layer
+  KVCOMPACT_HOST_DEVICE index_t grid_layer(unsigned block) const { return first_layer + static_cast<index_t>(block) % grid_layers; }
   /// Storage layers.
   KVCOMPACT_HOST_DEVICE index_t layers() const { return cache.layout.num_layers(); }
   /// First slot-array element of a head. @param s sequence @param l layer @param h KV head

@@ -101,7 +101,7 @@ __device__ void flag_nan(const prefill_problem<T, Layout, State>& p, index_t s, 
 /// order (identity when they already are, else by counting) and each layer's newest position.
 template <class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) prepare_kernel(prefill_problem<T, Layout, State> p) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   const index_t capacity = ::kvcompact::detail::layer_capacity(p.cache.layout, l);  // the layer's own (ragged layouts)
   const index_t base = p.head_base(s, l, h);
   const std::int32_t raw = p.cache.lengths[p.cache.head_index(s, l, h)];
@@ -145,7 +145,7 @@ struct slot_thread {
 
 template <class T, class Layout, class State>
 __device__ slot_thread slot_of_thread(const prefill_problem<T, Layout, State>& p) {
-  slot_thread t{blockIdx.z / p.layers(), blockIdx.z % p.layers(), blockIdx.y, static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x, false};
+  slot_thread t{p.grid_sequence(blockIdx.z), p.grid_layer(blockIdx.z), blockIdx.y, static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x, false};
   t.valid = t.j < p.cache.lengths[p.cache.head_index(t.s, t.l, t.h)] && t.j < p.cache.layout.capacity();
   return t;
 }
@@ -193,7 +193,7 @@ inline std::size_t slot_shared_bytes(index_t head_dim, index_t element_bytes) {
 template <class Policy, bool QueryScores, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(slot_tile) slot_score_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
   KVCOMPACT_DYNAMIC_SHARED(unsigned char, shared);
-  const index_t s = blockIdx.z / p.layers(), l = blockIdx.z % p.layers(), h = blockIdx.y;
+  const index_t s = p.grid_sequence(blockIdx.z), l = p.grid_layer(blockIdx.z), h = blockIdx.y;
   const index_t dims = p.cache.layout.head_dim(), stride = p.cache.layout.dim_stride(), capacity = p.cache.layout.capacity();
   const index_t n = scored_length(p, s, l, h), first = static_cast<index_t>(blockIdx.x) * slot_tile;
   if (first >= n) return;
@@ -246,11 +246,11 @@ __device__ inline T window_element(float x) {
 /// zeros to padded_rows x Dp, and flags NaN or Inf queries.
 template <int Dp, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_queries_kernel(prefill_problem<T, Layout, State> p) {
-  const index_t g = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t g = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   const index_t dims = p.cache.layout.head_dim(), rows = p.window.rows;
   const index_t group = p.query_heads / p.cache.layout.num_kv_heads();
   T* out = p.window_queries + ((s * p.layers() + l) * p.query_heads + g) * p.padded_rows * Dp;
-  const float* in = p.window.queries + p.window.offset(s, l, g, 0, p.layers(), p.query_heads, dims);
+  const float* in = p.window.queries + p.window.offset(s, l - p.first_layer, g, 0, p.grid_layers, p.query_heads, dims);
   const int total = static_cast<int>(p.padded_rows) * Dp;
   for (int i = threadIdx.x; i < total; i += blockDim.x) {
     const int r = i / Dp, d = i % Dp;
@@ -291,7 +291,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(statistics_threads, 1) window_statistics
   float* partial = reinterpret_cast<float*>(key_pos + key_tile);  // [warps][warp_rows][3]
   const lane_id lane = this_lane();
   const int warp = static_cast<int>(threadIdx.x / 32);
-  const index_t s = blockIdx.z / p.layers(), l = blockIdx.z % p.layers(), h = blockIdx.y, chunk = blockIdx.x;
+  const index_t s = p.grid_sequence(blockIdx.z), l = p.grid_layer(blockIdx.z), h = blockIdx.y, chunk = blockIdx.x;
   const index_t n = scored_length(p, s, l, h), begin = chunk * p.chunk_keys;
   if (begin >= n) return;
   const index_t end = begin + p.chunk_keys < n ? begin + p.chunk_keys : n;
@@ -406,7 +406,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(statistics_threads, 1) window_statistics
 /// the row sees no key) and visible-key count (-1 for padding rows); rows with NaN or Inf are flagged.
 template <class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) window_normaliser_kernel(prefill_problem<T, Layout, State> p) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   const index_t head = p.cache.head_index(s, l, h);
   const index_t used = ceil_div(scored_length(p, s, l, h), p.chunk_keys);
   const index_t rows = p.query_heads / p.cache.layout.num_kv_heads() * p.padded_rows;
@@ -479,7 +479,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2) window_scores_kernel(p
   std::int32_t* row_seen = row_pos + staged;
   const lane_id lane = this_lane();
   const int lane_index = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const index_t s = blockIdx.z / p.layers(), l = blockIdx.z % p.layers();
+  const index_t s = p.grid_sequence(blockIdx.z), l = p.grid_layer(blockIdx.z);
   const index_t kv_heads = p.cache.layout.num_kv_heads(), group = p.query_heads / kv_heads, capacity = p.cache.layout.capacity();
   const index_t h_first = all_heads ? 0 : blockIdx.y, h_count = all_heads ? kv_heads : 1;
   const index_t dims = p.cache.layout.head_dim(), stride = p.cache.layout.dim_stride();

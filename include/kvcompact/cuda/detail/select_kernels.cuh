@@ -39,7 +39,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, 4)
   using scan_t = cub::BlockScan<int, prefill_threads>;
   __shared__ typename reduce_t::TempStorage reduce_storage;
   __shared__ typename scan_t::TempStorage scan_storage;
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
   if (threadIdx.x == 0) out.counts[head] = out.quota[head] = 0;  // nothing to rank unless found below
   if (p.layer_faults[s * p.layers() + l]) return;
@@ -98,7 +98,7 @@ template <class Policy, class T, class Layout, class State>
 KVCOMPACT_KERNEL void serial_select_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
   const index_t s = blockIdx.x;
   p.shared[s * (p.cache.layout.capacity() + 2)] = -1;  // no decision published yet
-  for (index_t l = 0; l < p.layers(); ++l) {
+  for (index_t l = p.first_layer; l < p.first_layer + p.grid_layers; ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
     auto ctx = p.context(s, l);
     policy.selector.select(ctx);
@@ -110,7 +110,7 @@ KVCOMPACT_KERNEL void serial_select_kernel(prefill_problem<T, Layout, State> p, 
 /// Grid (Hkv, S x L), one thread: the merger after a parallel selection.
 template <class Policy, class T, class Layout, class State>
 KVCOMPACT_KERNEL void merge_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
-  const index_t h = blockIdx.x, s = blockIdx.y / p.layers(), l = blockIdx.y % p.layers();
+  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
   if (p.layer_faults[s * p.layers() + l]) return;
   auto ctx = p.context(s, l);
   policy.merger.merge(ctx, static_cast<int>(h));

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Tensor-parallel shards: the engine's all-reduce, handed to a session whose KV heads are one
+/// rank's share of the model's, for the decisions that span KV heads (kvcompact::rank_group).
+#pragma once
+
+#include <kvcompact/error.hpp>
+#include <kvcompact/types.hpp>
+
+#include <string>
+
+KVCOMPACT_NAMESPACE_BEGIN
+
+/// @brief One rank of a tensor-parallel group: the session's KV heads are heads
+/// `[rank * kv_heads, (rank + 1) * kv_heads)` of the model (and its query heads the matching GQA
+/// groups), and `all_reduce_sum` is the engine's all-reduce over the group (NCCL, MPI, a thread
+/// barrier...). Every rank calls the same session entry points in the same order; the session calls
+/// `all_reduce_sum` where a decision spans the KV heads of a layer (Ada-KV's layer-wide ranking), so
+/// each rank keeps exactly what one unsharded session would keep for its heads.
+struct rank_group {
+  int ranks = 1;            ///< ranks in the group (1: no sharding, the hook is never called)
+  int rank = 0;             ///< this rank, in [0, ranks); ranks hold consecutive KV heads in rank order
+  void* context = nullptr;  ///< passed back to all_reduce_sum (the engine's communicator)
+  /// Sums @p count values element-wise over the ranks, in place, returning the same result on every
+  /// rank; called by every rank with the same count. Sums of counts below 2^53 are exact.
+  void (*all_reduce_sum)(void* context, double* values, index_t count) = nullptr;
+
+  /// @brief Checks the fields.
+  /// @param where the entry point (for the error message)
+  /// @throws kvcompact::error naming "group.ranks", "group.rank" or "group.all_reduce_sum"
+  void validate(const char* where) const {
+    detail::require(ranks >= 1, where, "group.ranks", [&] { return "is " + std::to_string(ranks) + ", must be at least 1"; });
+    detail::require(rank >= 0 && rank < ranks, where, "group.rank",
+                    [&] { return "is " + std::to_string(rank) + ", outside [0, " + std::to_string(ranks) + ")"; });
+    detail::require(ranks == 1 || all_reduce_sum != nullptr, where, "group.all_reduce_sum", "null pointer, but the group has several ranks");
+  }
+};
+
+namespace detail {
+
+/// The largest of @p value over the ranks of @p group (one all-reduce per rank; host code).
+inline index_t max_across_ranks(const rank_group& group, index_t value) {
+  index_t largest = value;
+  for (int r = 0; r < group.ranks && group.ranks > 1; ++r) {
+    double published = r == group.rank ? static_cast<double>(value) : 0.0;
+    group.all_reduce_sum(group.context, &published, 1);
+    largest = static_cast<index_t>(published) > largest ? static_cast<index_t>(published) : largest;
+  }
+  return largest;
+}
+
+/// The rank group of a selection context (none for contexts without one: single-rank, device code).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE const rank_group* rank_group_of(const Ctx& ctx) {
+  if constexpr (requires { ctx.ranks(); }) return ctx.ranks();
+  else return nullptr;
+}
+
+/// Sums @p count values over the ranks of @p ctx's group in place (nothing to do with one rank).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE void sum_across_ranks(const Ctx& ctx, double* values, index_t count) {
+  const rank_group* group = rank_group_of(ctx);
+  if (group != nullptr && group->ranks > 1) group->all_reduce_sum(group->context, values, count);
+}
+
+/// Sum over every rank of @p local, and the sum over the ranks before this one.
+struct rank_sums {
+  double total;   ///< over every rank
+  double before;  ///< over the ranks before this one
+};
+
+/// The sum of @p local over the ranks and its exclusive prefix in rank order (one all-reduce per rank).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE rank_sums prefix_across_ranks(const Ctx& ctx, double local) {
+  const rank_group* group = rank_group_of(ctx);
+  if (group == nullptr || group->ranks == 1) return {local, 0.0};
+  rank_sums sums{0.0, 0.0};
+  for (int r = 0; r < group->ranks; ++r) {
+    double value = r == group->rank ? local : 0.0;
+    group->all_reduce_sum(group->context, &value, 1);
+    sums.total += value;
+    if (r < group->rank) sums.before += value;
+  }
+  return sums;
+}
+
+}  // namespace detail
+
+KVCOMPACT_NAMESPACE_END
