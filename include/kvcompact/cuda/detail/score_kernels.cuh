@@ -103,7 +103,7 @@ __device__ void flag_nan(const prefill_problem<T, Layout, State>& p, index_t s, 
 template <class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) prepare_kernel(prefill_problem<T, Layout, State> p) {
   const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
-  const index_t capacity = p.cache.layout.capacity();
+  const index_t capacity = ::kvcompact::detail::layer_capacity(p.cache.layout, l);  // the layer's own (ragged layouts)
   const index_t base = p.head_base(s, l, h);
   const std::int32_t raw = p.cache.lengths[p.cache.head_index(s, l, h)];
   if (raw < 0 || raw > capacity) {
@@ -147,12 +147,12 @@ __device__ void flag_non_finite(const prefill_problem<T, Layout, State>& p, inde
   atomicExch(&p.layer_faults[s * p.layers() + l], 1);
 }
 
-/// A head's length as the scoring kernels use it: 0 when outside [0, capacity] (prepare_kernel
-/// reports that and leaves the layer alone).
+/// A head's length as the scoring kernels use it: 0 when outside [0, the layer's capacity]
+/// (prepare_kernel reports that and leaves the layer alone).
 template <class T, class Layout, class State>
 __device__ index_t scored_length(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h) {
   const std::int32_t raw = p.cache.lengths[p.cache.head_index(s, l, h)];
-  return raw < 0 || raw > p.cache.layout.capacity() ? 0 : raw;
+  return raw < 0 || raw > ::kvcompact::detail::layer_capacity(p.cache.layout, l) ? 0 : raw;
 }
 
 /// Element offset of a slot's key for the scoring kernels: -1 past @p length, or (reported, layer
