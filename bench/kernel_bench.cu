@@ -328,6 +328,8 @@ int main(int argc, char** argv) {
         moved.states = states.data;
         moved.budgets = budgets.data;
         moved.status = status.data;
+        moved.first_layer = 0;  // every layer in one call
+        moved.grid_layers = moved.cache.layout.num_layers();
         const auto policy = kc::policies::snapkv(n / 4, window_rows);
         buffer<std::byte> compaction_scratch(kd::compaction_workspace_bytes(heads, n, kd::compaction_tile_slots(head_dim, sizeof(element))));
         const double compact_ms = median_ms(

@@ -4,7 +4,6 @@
 /// storage layer of a cache, with the scratch space they work in (host and device code).
 #pragma once
 
-#include <kvcompact/detail/heap_sort.hpp>
 #include <kvcompact/kv_cache.hpp>
 #include <kvcompact/tensor_parallel.hpp>
 
@@ -19,7 +18,7 @@ struct layer_scratch {
   float* floats;              ///< [kv_heads][capacity] selector scratch
   std::int32_t* indices;      ///< [kv_heads][2][capacity] selector scratch
   std::int32_t* order;        ///< [kv_heads][capacity] slots in position order
-  std::uint8_t* order_ready;  ///< [kv_heads] whether order is computed
+  std::uint8_t* order_ready;  ///< [kv_heads] whether order is computed (clear it whenever slots moved)
   std::uint8_t* keep;         ///< [kv_heads][capacity] keep flags
   std::int32_t* targets;      ///< [kv_heads][capacity] merge targets
   std::int32_t* shared;       ///< [capacity + 2] store shared across the layers of one sequence
@@ -71,15 +70,25 @@ class layer_context {
   KVCOMPACT_HOST_DEVICE index_t target(int h, index_t slot) const { return scratch_.targets[h * capacity() + slot]; }
   /// @brief Sets a merge target. @param h KV head @param slot slot @param pivot target slot or -1
   KVCOMPACT_HOST_DEVICE void set_target(int h, index_t slot, index_t pivot) const { scratch_.targets[h * capacity() + slot] = static_cast<std::int32_t>(pivot); }
-  /// @brief Slots of a head in ascending position (computed on first use). @param h KV head @return the slot list
-  KVCOMPACT_HOST_DEVICE const std::int32_t* order(int h) const {
+  /// @brief Slots of a head in ascending position (ready once prepare_order() ran for the head).
+  /// @param h KV head @return the slot list
+  KVCOMPACT_HOST_DEVICE const std::int32_t* order(int h) const { return scratch_.order + h * capacity(); }
+  /// @brief Computes order(h) unless it is ready: the identity when the slots already are in strictly
+  /// ascending position (checked in O(n)), else the slots sorted by (position, slot). Backends call
+  /// it before selectors and mergers run; it uses index_scratch(h, 1) as scratch. Every worker of
+  /// @p group must call it.
+  /// @param group the kvcompact::execution_group running the step @param h KV head
+  template <class Group>
+  KVCOMPACT_HOST_DEVICE void prepare_order(const Group& group, int h) const {
+    if (scratch_.order_ready[h]) return;
     std::int32_t* slots = scratch_.order + h * capacity();
-    if (!scratch_.order_ready[h]) {
-      for (index_t j = 0; j < length(h); ++j) slots[j] = static_cast<std::int32_t>(j);
-      detail::heap_sort(slots, length(h), [&](std::int32_t a, std::int32_t b) { return position(h, a) < position(h, b); });
-      scratch_.order_ready[h] = 1;
-    }
-    return slots;
+    const index_t n = length(h);
+    const int unsorted = group.reduce(
+        n > 0 ? n - 1 : 0, [&](index_t j) { return position(h, j) >= position(h, j + 1) ? 1 : 0; }, 0, [](int a, int b) { return a | b; });
+    group.for_each(n, [&](index_t j) { slots[j] = static_cast<std::int32_t>(j); });
+    if (unsorted)
+      group.sort(slots, n, [&](std::int32_t slot) { return static_cast<std::uint32_t>(position(h, slot)) ^ 0x80000000u; }, index_scratch(h, 1));
+    group.once([&] { scratch_.order_ready[h] = 1; });
   }
   /// @brief Float scratch of a head (capacity entries). @param h KV head @return the array
   KVCOMPACT_HOST_DEVICE float* float_scratch(int h) const { return scratch_.floats + h * capacity(); }

@@ -1,5 +1,5 @@
-// A merger that opts in but has no merge(context, head).
-// expected-error {{"the merger lacks  static constexpr bool merges  or merge\(context, head\)"}}
+// A merger that opts in but has no merge(group, context, head).
+// expected-error {{"the merger lacks  static constexpr bool merges  or merge\(group, context, head\)"}}
 #include <kvcompact/kvcompact.hpp>
 
 struct lazy_merger {

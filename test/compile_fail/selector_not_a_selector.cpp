@@ -1,5 +1,5 @@
 // A merger passed where the selector belongs.
-// expected-error {{"the selector type must declare  using component_kind = kvcompact::selector_tag"}}
+// expected-error {{"the selector type must declare  using component_kind = kvcompact::ranked_selector_tag"}}
 #include <kvcompact/kvcompact.hpp>
 
 int main() {

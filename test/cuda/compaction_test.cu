@@ -92,6 +92,8 @@ void check_compaction(const std::string& name, const kvtest::layout_cache<T, Lay
   p.states = states_d.data();
   p.budgets = budgets_d.data();
   p.status = status_d.data();
+  p.first_layer = 0;  // every layer in one call
+  p.grid_layers = device.layout.layout.num_layers();
   kd::launch_compaction(p, policy, scratch.bytes(), nullptr, "compaction_test");
   KVCOMPACT_CUDA_CHECK(cudaDeviceSynchronize());
   const auto after = device.download(host);

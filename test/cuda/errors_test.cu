@@ -2,7 +2,8 @@
 // GPU test: bad input to kvcompact::cuda::session gets a kvcompact::error naming the argument, on
 // the host before any launch (null or misaligned pointers, head_dim mismatch, GQA shape, state and
 // workspace sizes, window rows) or from check() for what only kernels can see (NaN scores, page-table
-// entries outside the pool, lengths outside [0, capacity], a full head that evicts nothing, also at a
+// entries outside the pool, lengths outside [0, capacity] (a ragged layer's own, also when written after the
+// session was made), a full head that evicts nothing, also at a
 // ragged layer's own capacity) -- and
 // the cache is left unchanged where a kernel found a fault.
 #define BOOST_TEST_NO_MAIN
@@ -174,6 +175,32 @@ BOOST_AUTO_TEST_CASE(a_ring_layer_is_full_at_its_own_capacity) {
   too_long.lengths[0] = 9;  // above layer 0's capacity, below capacity()
   const device_setup<decltype(kc::policies::snapkv(8, 4)), ragged> bad(kc::policies::snapkv(8, 4), too_long);
   BOOST_CHECK_EXCEPTION(bad.session(), kc::error, [](const kc::error& e) { return names(e, "cache.lengths"); });
+}
+
+BOOST_AUTO_TEST_CASE(a_length_above_its_layers_capacity_at_compression_leaves_that_layer_unchanged) {
+  // ragged layers of 8 and CAP slots; after the session is made, an engine writes length 9 into a head
+  // of layer 0 (below capacity(), above its layer's): compress_prefill reports it and leaves layer 0
+  // as it was (slot 8 of that head would be another head's slot 0), layer 1 is compressed.
+  using ragged = kc::layouts::ragged_layers;
+  const std::vector<index_t> capacities{8, CAP};
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = 24;
+  auto source = kvtest::make_random_cache<T>({S, L, H, CAP, D}, fill, 7);
+  for (index_t h = 0; h < H; ++h) source.lengths[static_cast<std::size_t>(source.head_index(0, 0, h))] = 8;
+  const auto host = kvtest::copy_into(source, ragged::make(S, capacities, H, D));
+  device_setup<decltype(kc::policies::knorm(6)), ragged> setup(kc::policies::knorm(6), host);
+  auto session = setup.session();
+  session.check("session");
+  auto lengths = host.lengths;
+  lengths[static_cast<std::size_t>(source.head_index(0, 0, 0))] = 9;
+  setup.device.lengths.upload(lengths);
+  session.compress_prefill();
+  BOOST_CHECK_EXCEPTION(session.check("compress_prefill"), kc::error, [](const kc::error& e) { return names(e, "cache.lengths"); });
+  const auto after = setup.device.lengths.download();
+  BOOST_TEST(after[static_cast<std::size_t>(source.head_index(0, 0, 0))] == 9);  // the faulty layer is untouched
+  BOOST_TEST(after[static_cast<std::size_t>(source.head_index(0, 0, 1))] == 8);
+  BOOST_TEST(after[static_cast<std::size_t>(source.head_index(0, 1, 0))] == 6);  // the other layer is compressed
+  BOOST_TEST(after[static_cast<std::size_t>(source.head_index(0, 1, 1))] == 6);
 }
 
 #include "support/gpu_main.hpp"

@@ -1,5 +1,6 @@
-// Compile-only check: every component's math is instantiated in device code by nvcc, so a
-// component that stops being __host__ __device__ (or uses host-only library calls) fails CI.
+// Compile-only check: every component's math is instantiated in device code by nvcc, through the
+// selection contract's drivers on a thread block, so a component that stops being __host__ __device__
+// (or uses host-only library calls) fails CI.
 #include <kvcompact/cuda.cuh>
 
 namespace kc = kvcompact;
@@ -42,6 +43,8 @@ struct device_context {
   __device__ kc::index_t target(int h, kc::index_t j) const { return targets[h * capacity + j]; }
   __device__ void set_target(int h, kc::index_t j, kc::index_t t) const { targets[h * capacity + j] = static_cast<std::int32_t>(t); }
   __device__ const std::int32_t* order(int h) const { return slot_order + h * capacity; }
+  template <class Group>
+  __device__ void prepare_order(const Group&, int) const {}
   __device__ float* float_scratch(int h) const { return floats + h * capacity; }
   __device__ std::int32_t* index_scratch(int h, int which) const { return indices + (2 * h + which) * capacity; }
   __device__ std::int32_t* shared_store() const { return store; }
@@ -56,9 +59,9 @@ struct device_key {
   __device__ float operator()(kc::index_t d) const { return row[d]; }
 };
 
-// One thread runs a policy's scorer, selector and merger math over the context.
+// A block runs a policy's scorer, selector and merger code over the context.
 template <class Policy>
-__global__ void run_policy(Policy policy, device_context ctx, float* out) {
+__global__ void run_policy(Policy policy, device_context ctx, kc::detail::ranked_head* heads, float* out) {
   const auto& scorer = policy.scorer;
   typename Policy::scorer_type::state_type state = scorer.initial_state(1.0f, 3);
   state = scorer.state_from_prefill(0.5f, 3, 9);
@@ -70,15 +73,16 @@ __global__ void run_policy(Policy policy, device_context ctx, float* out) {
     scorer.observe(state, scorer.slot_score(device_key{ctx.keys}, ctx.dims, 4), 10);
   }
   out[0] = scorer.decode_score(state, 3);
-  policy.selector.select(ctx);
-  policy.selector.select_decode(ctx, 0);
+  const kc::cuda::detail::block_group<256> group;
+  kc::detail::select_layer(group, policy.selector, ctx, heads);
+  kc::detail::select_decode(group, policy.selector, ctx, 0);
   out[1] = static_cast<float>(policy.selector.budget(0, 4, ctx.capacity));
-  policy.merger.merge(ctx, 0);
+  kc::detail::merge_head(group, policy.merger, ctx, 0);
 }
 
 template <class Policy>
 void instantiate(const Policy& policy) {
-  run_policy<<<1, 1>>>(policy, device_context{}, nullptr);
+  run_policy<<<1, 256>>>(policy, device_context{}, nullptr, nullptr);
 }
 
 template <kc::storage_element T>

@@ -165,9 +165,11 @@ double shape_scale(const layout_cache<T, Layout>& c) {
 
 /// @brief Runs compress_prefill through both backends and checks the results agree.
 /// @param host the prefilled cache (not modified) @param window observation window (host copy)
+/// @return the cache the GPU backend left (for further property checks)
 template <class Policy, class T, class Layout>
-void check_prefill_matches(const std::string& name, const Policy& policy, const layout_cache<T, Layout>& host, const random_window& window,
-                           index_t query_heads) {
+layout_cache<T, Layout> check_prefill_matches(const std::string& name, const Policy& policy, const layout_cache<T, Layout>& host,
+                                              const random_window& window, index_t query_heads) {
+  layout_cache<T, Layout> result = host;
   BOOST_TEST_CONTEXT(name) {
     const kvcompact::attention_shape shape{query_heads};
     layout_cache<T, Layout> cpu = host;
@@ -183,7 +185,7 @@ void check_prefill_matches(const std::string& name, const Policy& policy, const 
     gpu.compress_prefill(device_rows.view());
     gpu.check("compress_prefill");
 
-    layout_cache<T, Layout> result = device.download(host);
+    result = device.download(host);
     std::vector<bool> matches;
     const double tolerance = score_tolerance(logit_error_bound(host, window, query_heads, shape_scale(host)));
     const snapshot_difference diff =
@@ -224,6 +226,7 @@ void check_prefill_matches(const std::string& name, const Policy& policy, const 
     BOOST_TEST(bad_budgets == 0);
     BOOST_TEST(bad_states == 0);
   }
+  return result;
 }
 
 /// @brief The double-precision reference's description of an attention scorer's prefill score.

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief Test-side selection context: plain std::vectors behind the interface documented by
-/// kvcompact::detail::probe_selection_context, so a test can call a selector's `select(ctx)` /
-/// `select_decode(ctx, head)` (or a merger's `merge(ctx, head)`) directly with chosen scores,
-/// positions and keys, and then read keep flags and merge targets.
+/// kvcompact::detail::probe_selection_context, so a test can run a selector through the CPU backend's
+/// selection path (kvtest::select(selector, ctx) / kvtest::select_decode(selector, ctx, head), or a
+/// merger with kvtest::merge(merger, ctx, head)) directly with chosen scores, positions and keys, and
+/// then read keep flags and merge targets.
 ///
 /// Usage:
 /// @code
@@ -14,8 +15,8 @@
 ///   ctx.query_score_ref(g, slot) = ...;          // per-query-head scores (WindowKV localization)
 ///   ctx.key_ref(0, slot, d) = ...;               // keys / values (KVMerger, mergers)
 ///   ctx.set_step(39); ctx.set_layer(2, 8);       // newest position, layer and layer count
-///   ctx.begin_prefill(); selector.select(ctx);   // every slot not kept, no targets
-///   ctx.begin_decode(); ctx.budget_ref(0) = 30; selector.select_decode(ctx, 0);  // every slot kept
+///   ctx.begin_prefill(); kvtest::select(selector, ctx);   // every slot not kept, no targets
+///   ctx.begin_decode(); ctx.budget_ref(0) = 30; kvtest::select_decode(selector, ctx, 0);  // every slot kept
 ///   ctx.kept(0, slot); ctx.target(0, slot); ctx.kept_positions(0);
 ///   BOOST_TEST(ctx.scratch_intact());            // selector stayed inside its scratch arrays
 /// @endcode
@@ -27,6 +28,8 @@
 /// layers of a sequence); reset_shared() sets it to "no decision" (-1), as cpu::session does.
 #pragma once
 
+#include <kvcompact/detail/selection.hpp>
+#include <kvcompact/detail/sequential_group.hpp>
 #include <kvcompact/types.hpp>
 
 #include <algorithm>
@@ -189,6 +192,11 @@ class selection_harness {
     }
     return slots;
   }
+  /// Backend side: the position order of head @p h is computed on first use by order().
+  template <class Group>
+  void prepare_order(const Group&, int h) const {
+    order(h);
+  }
   float* float_scratch(int h) const { return floats_[h].data(); }
   std::int32_t* index_scratch(int h, int which) const { return indices_[2 * h + which].data(); }
   std::int32_t* shared_store() const { return shared_.data(); }
@@ -232,5 +240,36 @@ class selection_harness {
   mutable std::vector<std::vector<std::int32_t>> indices_;
   mutable std::vector<std::int32_t> shared_;
 };
+
+/// The CPU backend's execution group with scratch for a harness's selections (kept alive by the caller).
+struct harness_group {
+  std::vector<std::uint64_t> keys;                  ///< kth_largest scratch
+  std::vector<kvcompact::detail::ranked_head> heads;  ///< ranked selectors' per-head state
+  kvcompact::detail::sequential_group group;        ///< the group over `keys`
+  explicit harness_group(const selection_harness& ctx)
+      : keys(static_cast<std::size_t>(ctx.kv_heads() * ctx.capacity())), heads(static_cast<std::size_t>(ctx.kv_heads())),
+        group(keys.data(), ctx.kv_heads() * ctx.capacity()) {}
+};
+
+/// Prefill selection of every head of the harness, as cpu::session runs it (call begin_prefill() first).
+template <class Selector>
+void select(const Selector& selector, const selection_harness& ctx) {
+  harness_group g(ctx);
+  kvcompact::detail::select_layer(g.group, selector, ctx, g.heads.data());
+}
+
+/// Decode-time eviction of head @p h, as cpu::session::append runs it (call begin_decode() first).
+template <class Selector>
+void select_decode(const Selector& selector, const selection_harness& ctx, int h) {
+  harness_group g(ctx);
+  kvcompact::detail::select_decode(g.group, selector, ctx, h);
+}
+
+/// The merger on head @p h, as the sessions run it after selection.
+template <class Merger>
+void merge(const Merger& merger, const selection_harness& ctx, int h) {
+  harness_group g(ctx);
+  kvcompact::detail::merge_head(g.group, merger, ctx, h);
+}
 
 }  // namespace kvtest

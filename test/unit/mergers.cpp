@@ -45,21 +45,21 @@ struct first_key_component {
 
 /// Imposes a keep-set and merge targets (slot indices, -1 = none) given per [s][l][h][slot].
 struct plan_selector {
-  using component_kind = kc::selector_tag;
+  using component_kind = kc::cooperative_selector_tag;
+  static constexpr kc::selection_scope scope = kc::selection_scope::head;
   const std::uint8_t* keep;
   const std::int32_t* target;
   index_t layers, heads, capacity;
-  template <class Ctx>
-  void select(Ctx& ctx) const {
-    for (int h = 0; h < ctx.kv_heads(); ++h)
-      for (index_t j = 0; j < ctx.length(h); ++j) {
-        const auto i = static_cast<std::size_t>(((ctx.sequence() * layers + ctx.layer()) * heads + h) * capacity + j);
-        ctx.keep(h, j, keep[i] != 0);
-        ctx.set_target(h, j, target[i]);
-      }
+  template <class Group, class Ctx>
+  void select(Group& group, Ctx& ctx, int h) const {
+    group.for_each(ctx.length(h), [&](index_t j) {
+      const auto i = static_cast<std::size_t>(((ctx.sequence() * layers + ctx.layer()) * heads + h) * capacity + j);
+      ctx.keep(h, j, keep[i] != 0);
+      ctx.set_target(h, j, target[i]);
+    });
   }
-  template <class Ctx>
-  void select_decode(Ctx&, int) const {}
+  template <class Group, class Ctx>
+  void select_decode(Group&, Ctx&, int) const {}
   index_t budget(index_t, index_t, index_t length) const { return length; }
 };
 
@@ -70,13 +70,13 @@ struct spy_merger {
   std::uint8_t* keep;
   std::int32_t* target;
   index_t layers, heads, capacity;
-  template <class Ctx>
-  void merge(Ctx& ctx, int h) const {
-    for (index_t j = 0; j < ctx.length(h); ++j) {
+  template <class Group, class Ctx>
+  void merge(Group& group, Ctx& ctx, int h) const {
+    group.for_each(ctx.length(h), [&](index_t j) {
       const auto i = static_cast<std::size_t>(((ctx.sequence() * layers + ctx.layer()) * heads + h) * capacity + j);
       keep[i] = ctx.kept(h, j) ? 1 : 0;
       target[i] = static_cast<std::int32_t>(ctx.target(h, j));
-    }
+    });
   }
 };
 

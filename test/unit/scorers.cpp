@@ -29,28 +29,30 @@ using kvtest::reduce;
 
 /// Pass-through selector: keeps everything, records the scores the selector sees.
 struct recording_selector {
-  using component_kind = kvcompact::selector_tag;
+  using component_kind = kvcompact::cooperative_selector_tag;
+  static constexpr kvcompact::selection_scope scope = kvcompact::selection_scope::layer;
   float* scores = nullptr;        // [s][l][h][capacity]
   float* query_scores = nullptr;  // [s][l][g][capacity]
   index_t capacity = 0;
 
   index_t budget(index_t, index_t, index_t length) const { return length; }
-  template <class Ctx>
-  void select(Ctx& ctx) const {
+  template <class Group, class Ctx>
+  void select(Group& workers, Ctx& ctx) const {
     const index_t layers = ctx.num_layers();
     for (int h = 0; h < ctx.kv_heads(); ++h)
-      for (index_t j = 0; j < ctx.length(h); ++j) {
+      workers.for_each(ctx.length(h), [&](index_t j) {
         ctx.keep(h, j, true);
         scores[((ctx.sequence() * layers + ctx.layer()) * ctx.kv_heads() + h) * capacity + j] = ctx.score(h, j);
-      }
+      });
     if (query_scores == nullptr) return;
     const int group = ctx.query_heads() / ctx.kv_heads();
     for (int g = 0; g < ctx.query_heads(); ++g)
-      for (index_t j = 0; j < ctx.length(g / group); ++j)
+      workers.for_each(ctx.length(g / group), [&](index_t j) {
         query_scores[((ctx.sequence() * layers + ctx.layer()) * ctx.query_heads() + g) * capacity + j] = ctx.query_score(g, j);
+      });
   }
-  template <class Ctx>
-  void select_decode(Ctx&, int) const {}
+  template <class Group, class Ctx>
+  void select_decode(Group&, Ctx&, int) const {}
 };
 static_assert(kvcompact::keep_selector<recording_selector>);
 

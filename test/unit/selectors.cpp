@@ -194,7 +194,7 @@ BOOST_AUTO_TEST_CASE(prefill_matches_reference_with_pooling) {
         const index_t budget = uniform_int(rng, protected_max + 1, n - 1);
         kvc::selectors::top_k<kvc::budgets::fixed> sel{kvc::budgets::fixed{budget}, {sinks, recent, lib_pool(mode), kernel}};
         ctx.begin_prefill();
-        sel.select(ctx);
+        kvtest::select(sel, ctx);
         for (int h = 0; h < heads; ++h) {
           bool clean = true;
           const auto expected = ref_top_k(pos[h], stored_scores(ctx, h), t, sinks, recent, budget, mode, kernel, -DBL_MAX, &clean);
@@ -228,7 +228,7 @@ BOOST_AUTO_TEST_CASE(pooling_follows_positions_not_slots) {
   ctx.set_step(n - 1);
   kvc::selectors::top_k<kvc::budgets::fixed> sel{kvc::budgets::fixed{5}, {0, 0, kvc::selectors::pooling::max, 5}};
   ctx.begin_prefill();
-  sel.select(ctx);
+  kvtest::select(sel, ctx);
   BOOST_TEST(ctx.kept_positions(0) == (std::vector<index_t>{8, 9, 10, 11, 12}));
 }
 
@@ -244,7 +244,7 @@ BOOST_AUTO_TEST_CASE(head_under_budget_keeps_everything) {
   for (index_t budget : {20, 21, 100}) {
     kvc::selectors::top_k<kvc::budgets::fixed> sel{kvc::budgets::fixed{budget}, {2, 2}};
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     BOOST_TEST(ctx.kept_count(0) == 20);
   }
 }
@@ -259,7 +259,7 @@ BOOST_AUTO_TEST_CASE(ties_keep_lower_positions) {
   ctx.set_step(t);
   kvc::selectors::top_k<kvc::budgets::fixed> sel{kvc::budgets::fixed{12}, {0, 4}};
   ctx.begin_prefill();
-  sel.select(ctx);
+  kvtest::select(sel, ctx);
   std::vector<index_t> expected;
   for (index_t p : sorted(pos))
     if (p > t - 4) expected.push_back(p);
@@ -270,7 +270,7 @@ BOOST_AUTO_TEST_CASE(ties_keep_lower_positions) {
   ctx.begin_decode();
   ctx.budget_ref(0) = 27;  // 30 + 1 - 27 = 4 victims
   ctx.set_step(t + 1);
-  sel.select_decode(ctx, 0);
+  kvtest::select_decode(sel, ctx, 0);
   std::vector<index_t> cands;
   for (index_t p : sorted(pos))
     if (p <= t + 1 - 4) cands.push_back(p);
@@ -302,7 +302,7 @@ BOOST_AUTO_TEST_CASE(min_score_never_fills_with_minor_slots) {
     for (index_t budget : {prot + major / 2, prot + major + 10}) {
       kvc::selectors::top_k<kvc::budgets::fixed> sel{kvc::budgets::fixed{budget}, {0, recent}, 1.0f};
       ctx.begin_prefill();
-      sel.select(ctx);
+      kvtest::select(sel, ctx);
       bool clean = true;
       const auto expected = ref_top_k(pos, stored_scores(ctx, 0), t, 0, recent, budget, pool_kind::none, 1, 1.0, &clean);
       BOOST_TEST_REQUIRE(clean);
@@ -340,7 +340,7 @@ BOOST_AUTO_TEST_CASE(decode_evicts_the_lowest_unprotected_slots) {
         const index_t budget = seed == 20 ? 1 : uniform_int(rng, n - 6, n + 2);  // seed 20: more victims than candidates
         ctx.begin_decode();
         ctx.budget_ref(h) = budget;
-        sel.select_decode(ctx, h);
+        kvtest::select_decode(sel, ctx, h);
         const auto ranked = ranked_candidates(pos[h], stored_scores(ctx, h), incoming, sinks, recent, mode, 5);
         const index_t excess = std::max<index_t>(0, std::min<index_t>(n + 1 - budget, static_cast<index_t>(ranked.size())));
         BOOST_TEST_REQUIRE(clear_cut(ranked, ranked.size() - static_cast<std::size_t>(excess)));
@@ -367,7 +367,7 @@ BOOST_AUTO_TEST_CASE(decode_eviction_can_be_disabled) {
   kvc::selectors::top_k<kvc::budgets::fixed> sel{kvc::budgets::fixed{8}, {}, -FLT_MAX, false};
   ctx.begin_decode();
   ctx.budget_ref(0) = 8;
-  sel.select_decode(ctx, 0);
+  kvtest::select_decode(sel, ctx, 0);
   BOOST_TEST(ctx.kept_count(0) == 16);
 }
 
@@ -408,7 +408,7 @@ BOOST_AUTO_TEST_CASE(prefill_keeps_protected_and_recent_hits) {
     ctx.set_step(t);
     const kvc::selectors::hit_window sel{w, r, s};
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     for (int h = 0; h < 2; ++h) {
       std::vector<index_t> expected;
       for (std::size_t j = 0; j < pos[h].size(); ++j) {
@@ -438,7 +438,7 @@ BOOST_AUTO_TEST_CASE(decode_applies_the_last_hit_rule) {
     ctx.set_step(t);
     ctx.begin_decode();
     ctx.budget_ref(0) = n;
-    kvc::selectors::hit_window{w, r, s}.select_decode(ctx, 0);
+    kvtest::select_decode(kvc::selectors::hit_window{w, r, s}, ctx, 0);
     for (index_t j = 0; j < n; ++j) {
       const index_t p = pos[static_cast<std::size_t>(j)];
       const bool evict = (t - 1) - static_cast<index_t>(last_hit[static_cast<std::size_t>(j)]) >= w && p <= (t - 1) - r && p >= s;
@@ -522,7 +522,7 @@ BOOST_AUTO_TEST_CASE(allocation_matches_reference) {
         const ada_setup a = fill_ada(ctx, rng, heads, n, recent, budget);
         kvc::selectors::adaptive_heads<kvc::budgets::fixed> sel{kvc::budgets::fixed{budget}, {0, recent, lib_pool(mode), 7}, num / 10.0};
         ctx.begin_prefill();
-        sel.select(ctx);
+        kvtest::select(sel, ctx);
         std::vector<std::vector<cand>> ranked;
         index_t base = -1;
         for (int h = 0; h < heads; ++h) {
@@ -561,11 +561,11 @@ BOOST_AUTO_TEST_CASE(strict_mode_sums_to_h_times_b) {
     auto strict = loose;
     strict.strict = true;
     ctx.begin_prefill();
-    loose.select(ctx);
+    kvtest::select(loose, ctx);
     std::vector<index_t> faithful;
     for (int h = 0; h < heads; ++h) faithful.push_back(ctx.kept_count(h) - recent);
     ctx.begin_prefill();
-    strict.select(ctx);
+    kvtest::select(strict, ctx);
     index_t total = 0, moved = 0;
     const index_t diff = std::accumulate(faithful.begin(), faithful.end(), index_t{0}) - heads * (budget - recent);
     for (int h = 0; h < heads; ++h) {
@@ -712,7 +712,7 @@ BOOST_AUTO_TEST_CASE(decision_matches_reference) {
         kvc::selectors::windows<kvc::budgets::fixed> sel{kvc::budgets::fixed{b}, omega, suffix, 2, task, strict};
         ctx.reset_shared();
         ctx.begin_prefill();
-        sel.select(ctx);
+        kvtest::select(sel, ctx);
         bool margin_ok = true;
         index_t kept_review = 0;
         const auto keep = ref_windows(S, n, suffix, omega, b, task, strict, &margin_ok, &kept_review);
@@ -754,7 +754,7 @@ BOOST_AUTO_TEST_CASE(short_last_window_overshoot_and_strict_budget) {
     kvc::selectors::windows<kvc::budgets::fixed> sel{kvc::budgets::fixed{45}, omega, suffix, 1, kvc::selectors::task_type::aggregation, strict};
     ctx.reset_shared();
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     BOOST_TEST(ctx.kept_count(0) == (strict ? 40 : 48) + suffix);
     const auto kept = ctx.kept_positions(0);  // positions == ranks here
     for (index_t i = 96; i < 100; ++i) BOOST_TEST(!std::binary_search(kept.begin(), kept.end(), i));
@@ -781,7 +781,7 @@ BOOST_AUTO_TEST_CASE(small_heads_stay_inside_scratch) {
           kvc::selectors::windows<kvc::budgets::fixed> sel{kvc::budgets::fixed{b}, omega, suffix, 1, kvc::selectors::task_type::localization};
           ctx.reset_shared();
           ctx.begin_prefill();
-          sel.select(ctx);
+          kvtest::select(sel, ctx);
           BOOST_TEST(ctx.scratch_intact(), "omega " << omega << " n " << n << " suffix " << suffix << " b " << b);
           bool ok = true;
           const auto expected = kept_from_ranks(ref_windows(S, n, suffix, omega, b, sel.task, false, &ok), rank_pos);
@@ -805,7 +805,7 @@ BOOST_AUTO_TEST_CASE(ties_keep_lower_window_index) {
     kvc::selectors::windows<kvc::budgets::fixed> sel{kvc::budgets::fixed{b}, omega, suffix, 1, task};
     ctx.reset_shared();
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     std::vector<index_t> expected(rank_pos.begin(), rank_pos.begin() + 20);  // windows 0..4
     expected.insert(expected.end(), rank_pos.end() - suffix, rank_pos.end());
     BOOST_TEST(ctx.kept_positions(0) == expected);
@@ -824,7 +824,7 @@ BOOST_AUTO_TEST_CASE(no_compression_when_review_fits) {
     kvc::selectors::windows<kvc::budgets::fixed> sel{kvc::budgets::fixed{b}, 4, suffix, 1};
     ctx.reset_shared();
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     BOOST_TEST(ctx.kept_count(0) == n);
   }
 }
@@ -848,7 +848,7 @@ BOOST_AUTO_TEST_CASE(followers_reuse_the_leaders_windows_in_the_context) {
     load_windows(ctx, layer == 0 ? S : other, rank_pos, rng, 2);
     ctx.set_layer(layer, 6);
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     if (layer == 0) leader = ctx.kept_positions(0);
     BOOST_TEST(ctx.kept_positions(0) == leader, "layer " << layer);
   }
@@ -872,7 +872,7 @@ BOOST_AUTO_TEST_CASE(degenerate_leader_decisions_reach_followers) {
     load_windows(ctx, cut, pos, rng, 1);
     ctx.set_layer(layer, 6);
     ctx.begin_prefill();
-    kvc::selectors::windows<kvc::budgets::fixed>{kvc::budgets::fixed{b}, omega, suffix, 2, kvc::selectors::task_type::aggregation}.select(ctx);
+    kvtest::select(kvc::selectors::windows<kvc::budgets::fixed>{kvc::budgets::fixed{b}, omega, suffix, 2, kvc::selectors::task_type::aggregation}, ctx);
     return ctx.kept_count(0);
   };
   BOOST_TEST(run(0, 20, n) < n - suffix);  // a normal decision is published ...
@@ -1103,7 +1103,7 @@ BOOST_AUTO_TEST_CASE(faithful_sets_pivots_and_targets) {
       ctx.set_step(m.pos.back());
       ctx.set_layer(3, 8);
       ctx.begin_prefill();
-      sel.select(ctx);
+      kvtest::select(sel, ctx);
       check_against(ctx, 0, m, e, "seed " + std::to_string(seed) + " schedule " + std::to_string(schedule));
       BOOST_TEST(ctx.scratch_intact());
     }
@@ -1126,7 +1126,7 @@ BOOST_AUTO_TEST_CASE(pivot_ties_go_to_the_lower_position) {
   ctx.set_layer(2, 8);
   merge_selector sel{kvc::budgets::fixed{n}};
   ctx.begin_prefill();
-  sel.select(ctx);
+  kvtest::select(sel, ctx);
   const auto prot = ref_merge_protected(m, sel.recent_fraction, sel.top_fraction, n);
   for (index_t i = 0; i < static_cast<index_t>(std::floor(sel.top_fraction * n)); ++i) BOOST_TEST(prot[static_cast<std::size_t>(i)]);
   std::vector<bool> chains;
@@ -1155,7 +1155,7 @@ BOOST_AUTO_TEST_CASE(faithful_mode_leaves_skipped_layers_untouched) {
     ctx.set_layer(layer, 8);
     merge_selector sel{kvc::budgets::fixed{5}};
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     for (int h = 0; h < 2; ++h)
       for (index_t j = 0; j < n; ++j) {
         BOOST_TEST(ctx.kept(h, j));
@@ -1168,7 +1168,7 @@ BOOST_AUTO_TEST_CASE(faithful_mode_leaves_skipped_layers_untouched) {
   ctx.set_step(m.pos.back());
   ctx.set_layer(3, 8);
   ctx.begin_prefill();
-  merge_selector{kvc::budgets::fixed{5}}.select(ctx);
+  kvtest::select(merge_selector{kvc::budgets::fixed{5}}, ctx);
   BOOST_TEST(ctx.kept_count(0) < n);
 }
 
@@ -1198,7 +1198,7 @@ BOOST_AUTO_TEST_CASE(budgeted_bisection_and_fallback) {
     ctx.set_step(m.pos.back());
     ctx.set_layer(4, 10);
     ctx.begin_prefill();
-    sel.select(ctx);
+    kvtest::select(sel, ctx);
     check_against(ctx, 0, m, want.e, "seed " + std::to_string(seed) + " B " + std::to_string(B));
     BOOST_TEST(ctx.kept_count(0) <= B);
     BOOST_TEST(ctx.scratch_intact());
@@ -1238,7 +1238,7 @@ BOOST_AUTO_TEST_CASE(budgeted_mode_meets_every_budget_in_every_layer) {
       ctx.set_step(m.pos.back());
       ctx.set_layer(layer, layers);
       ctx.begin_prefill();
-      sel.select(ctx);
+      kvtest::select(sel, ctx);
       const std::string what = "f " + std::to_string(f) + " layer " + std::to_string(layer) + " n " + std::to_string(n);
       BOOST_TEST(ctx.kept_count(0) <= B, what);
       const index_t recent = std::min(static_cast<index_t>(std::floor(sel.recent_fraction * n)), B);

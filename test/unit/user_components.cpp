@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // The user guide's "Writing your own components" examples, compiled and run: a layout, two scorers (a
-// slot scorer and an attention scorer), a selector and a merger, all written outside namespace
-// kvcompact against the documented concepts only, composed into policies and run by cpu::session
-// (prefill and decode) against plain double-precision references written here.
+// slot scorer and an attention scorer), two selectors (a ranked and a cooperative one) and a merger,
+// all written outside namespace kvcompact against the documented concepts only, composed into
+// policies and run by cpu::session (prefill and decode) against plain double-precision references
+// written here. test/cuda/composition_test.cu runs the same components on the (emulated) device.
 // docs/user_guide.md shows the code between the "//! [name]" markers (Doxygen @snippet).
 #include "support/custom_layout.hpp"
 #include "support/reference.hpp"
@@ -79,54 +80,115 @@ struct peak_attention {
 //! [attention scorer]
 
 //! [selector]
-// Keeps the `recent` newest slots and every slot scoring at least `threshold` (budget-free at prefill);
-// during decode a head at `cap` slots evicts its lowest-scoring slot outside the recent window.
+// A ranked selector: it only judges slots and gives keys; the backend ranks (partial selection on the
+// CPU, a parallel radix select on the GPU). Keeps the `recent` newest slots and every slot scoring at
+// least `threshold` (budget-free at prefill); during decode a head at `cap` slots evicts its
+// lowest-scoring slot outside the recent window.
 struct threshold_selector {
-  using component_kind = kvcompact::selector_tag;
+  using component_kind = kvcompact::ranked_selector_tag;
+  static constexpr kvcompact::selection_scope scope = kvcompact::selection_scope::head;
   float threshold = 0.0f;
   kvcompact::index_t recent = 4;
   kvcompact::index_t cap = 32;
 
   KVCOMPACT_HOST_DEVICE kvcompact::index_t budget(kvcompact::index_t, kvcompact::index_t, kvcompact::index_t) const { return cap; }
 
+  // Each slot on its own: the recent window is kept, every other slot is a candidate.
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {  // every slot starts not kept
-    for (int h = 0; h < ctx.kv_heads(); ++h)
-      for (kvcompact::index_t j = 0; j < ctx.length(h); ++j)
-        ctx.keep(h, j, ctx.position(h, j) > ctx.step() - recent || ctx.score(h, j) >= threshold);
+  KVCOMPACT_HOST_DEVICE kvcompact::slot_verdict verdict(const Ctx& ctx, int h, kvcompact::index_t slot) const {
+    const bool recent_slot = ctx.position(h, slot) > ctx.step() - recent;  // step(): the newest position
+    return recent_slot ? kvcompact::slot_verdict::keep : kvcompact::slot_verdict::candidate;
   }
-
+  // Candidates rank by their score (a key may also read neighbouring candidates, e.g. for pooling).
+  template <class Candidates>
+  KVCOMPACT_HOST_DEVICE float rank_key(const Candidates& candidates, kvcompact::index_t i) const {
+    return candidates.score(i);
+  }
+  // No quota: every candidate may stay ...
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select_decode(Ctx& ctx, int h) const {  // every slot starts kept
-    if (ctx.length(h) + 1 <= ctx.budget(h)) return;
-    kvcompact::index_t victim = -1;
-    for (kvcompact::index_t j = 0; j < ctx.length(h); ++j) {
-      if (ctx.position(h, j) > ctx.step() - recent) continue;  // step() is the incoming token's position
-      if (victim < 0 || ctx.score(h, j) < ctx.score(h, victim)) victim = j;
-    }
-    if (victim >= 0) ctx.keep(h, victim, false);
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t keep_count(const Ctx& ctx, int h, kvcompact::index_t) const {
+    return ctx.length(h);
+  }
+  // ... if its key reaches the floor.
+  KVCOMPACT_HOST_DEVICE float key_floor() const { return threshold; }
+
+  // Decode (scores are decode scores, step() is the incoming token): the same verdicts, and one
+  // victim, the worst candidate, when the head is at its cap.
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE kvcompact::slot_verdict decode_verdict(const Ctx& ctx, int h, kvcompact::index_t slot) const {
+    return verdict(ctx, h, slot);
+  }
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t decode_evictions(const Ctx& ctx, int h) const {
+    return ctx.length(h) + 1 > ctx.budget(h) ? 1 : 0;
   }
 };
 //! [selector]
 
+//! [cooperative selector]
+// A cooperative selector: group code run by one worker on the CPU and by a thread block on the GPU.
+// Keeps the `recent` newest slots and every run of at least `min_run` consecutive positions whose
+// scores all reach `threshold`. Prefill-only (decode appends).
+struct run_selector {
+  using component_kind = kvcompact::cooperative_selector_tag;
+  static constexpr kvcompact::selection_scope scope = kvcompact::selection_scope::head;
+  float threshold = 0.0f;
+  kvcompact::index_t min_run = 3;
+  kvcompact::index_t recent = 4;
+
+  KVCOMPACT_HOST_DEVICE kvcompact::index_t budget(kvcompact::index_t, kvcompact::index_t, kvcompact::index_t length) const { return length; }
+
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void select(Group& group, Ctx& ctx, int h) const {  // every slot starts not kept
+    using kvcompact::index_t;
+    const index_t n = ctx.length(h);
+    const std::int32_t* order = ctx.order(h);      // slots in ascending position
+    std::int32_t* run_start = ctx.index_scratch(h, 0);  // [order rank]: first rank of its run
+    auto low = [&](index_t i) { return ctx.score(h, order[i]) < threshold; };
+    auto later = [](index_t a, index_t b) { return a > b ? a : b; };
+    auto earlier = [](index_t a, index_t b) { return a < b ? a : b; };
+    // The run of rank i starts after the last low score before it ...
+    group.exclusive_scan(n, [&](index_t i) { return low(i) ? i : index_t{-1}; }, index_t{-1}, later,
+                         [&](index_t i, index_t last_low, index_t) { run_start[i] = static_cast<std::int32_t>(last_low + 1); });
+    // ... and ends before the first low score after it (scanned from the newest rank down).
+    group.exclusive_scan(n, [&](index_t r) { return low(n - 1 - r) ? n - 1 - r : n; }, n, earlier, [&](index_t r, index_t next_low, index_t) {
+      const index_t i = n - 1 - r;
+      const bool long_run = !low(i) && next_low - run_start[i] >= min_run;
+      ctx.keep(h, order[i], long_run || ctx.position(h, order[i]) > ctx.step() - recent);
+    });
+  }
+
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void select_decode(Group&, Ctx&, int) const {}
+};
+//! [cooperative selector]
+
 //! [merger]
 // Adds `weight` times every evicted value to the next kept slot in position order (keys untouched).
+// Group code: a scan finds each slot's previous kept slot, then one worker per (kept slot, dimension)
+// adds the evicted values since it, in position order (the same sums on both backends).
 struct fold_forward {
   using component_kind = kvcompact::merger_tag;
   static constexpr bool merges = true;
   float weight = 0.5f;
 
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
-    const std::int32_t* order = ctx.order(h);  // slots in ascending position
-    for (kvcompact::index_t i = 0; i < ctx.length(h); ++i) {
-      if (ctx.kept(h, order[i])) continue;
-      kvcompact::index_t next = i + 1;
-      while (next < ctx.length(h) && !ctx.kept(h, order[next])) ++next;
-      if (next == ctx.length(h)) continue;  // nothing newer is kept: the entry is dropped
-      for (kvcompact::index_t d = 0; d < ctx.head_dim(); ++d)
-        ctx.set_value(h, order[next], d, ctx.value(h, order[next], d) + weight * ctx.value(h, order[i], d));
-    }
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void merge(Group& group, Ctx& ctx, int h) const {
+    using kvcompact::index_t;
+    const std::int32_t* order = ctx.order(h);          // slots in ascending position
+    std::int32_t* previous_kept = ctx.index_scratch(h, 0);  // [order rank]: rank of the last kept slot before it, -1: none
+    group.exclusive_scan(
+        ctx.length(h), [&](index_t i) { return ctx.kept(h, order[i]) ? i : index_t{-1}; }, index_t{-1},
+        [](index_t a, index_t b) { return a > b ? a : b; },
+        [&](index_t i, index_t before, index_t) { previous_kept[i] = static_cast<std::int32_t>(before); });
+    const index_t dims = ctx.head_dim();
+    group.for_each(ctx.length(h) * dims, [&](index_t e) {
+      const index_t i = e / dims, d = e % dims;
+      if (!ctx.kept(h, order[i])) return;  // evicted entries after the last kept slot are dropped
+      float v = ctx.value(h, order[i], d);
+      for (index_t k = previous_kept[i] + 1; k < i; ++k) v += weight * ctx.value(h, order[k], d);
+      ctx.set_value(h, order[i], d, v);
+    });
   }
 };
 //! [merger]
@@ -151,9 +213,11 @@ namespace {
 
 //! [compose]
 using my_policy = kc::policy<key_l1, threshold_selector, fold_forward>;
+using run_policy = kc::policy<key_l1, run_selector>;
 using peak_policy = kc::policy<peak_attention, kc::selectors::top_k<kc::budgets::fixed>>;  // user scorer, built-in selector
 //! [compose]
-static_assert(kc::compression_policy<my_policy> && kc::compression_policy<peak_policy>);
+static_assert(kc::compression_policy<my_policy> && kc::compression_policy<run_policy> && kc::compression_policy<peak_policy>);
+static_assert(kc::ranked_selector<threshold_selector> && kc::cooperative_selector<run_selector>);
 static_assert(!peak_policy::merges && my_policy::merges && peak_policy::needs_attention && !my_policy::needs_attention);
 
 constexpr index_t S = 2, L = 2, H = 2, G = 4, CAP = 40, D = 8, T = 30;
@@ -280,6 +344,51 @@ BOOST_AUTO_TEST_CASE(user_scorer_selector_and_merger_compose) {
       }
   }
   BOOST_TEST(evictions > 40);
+}
+
+// run_selector at prefill: the recent window plus every run of at least min_run consecutive positions
+// whose L1 scores all reach the threshold; the other slots are dropped, kept K/V are untouched.
+BOOST_AUTO_TEST_CASE(user_cooperative_selector_keeps_long_runs) {
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = T;
+  auto cache = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 307);
+  const auto original = cache;  // slot j holds position j
+  const double threshold = -4.4;  // most scores reach it, so runs of every length occur
+  const run_policy policy{{}, run_selector{static_cast<float>(threshold), 3, 4}, {}};
+  run_session<run_policy, kc::layouts::strided> run(policy, cache.view(), {G});
+  run.session.compress_prefill();
+  int short_runs = 0, long_runs = 0;
+  for (index_t s = 0; s < S; ++s)
+    for (index_t l = 0; l < L; ++l)
+      for (index_t h = 0; h < H; ++h) {
+        BOOST_TEST_CONTEXT("s " << s << " l " << l << " h " << h) {
+          std::vector<bool> high(T), keep(T, false);
+          for (index_t p = 0; p < T; ++p) {
+            const double score = l1_score(original, s, l, h, p);
+            BOOST_TEST_REQUIRE(std::abs(score - threshold) > 1e-4);
+            high[static_cast<std::size_t>(p)] = score >= threshold;
+          }
+          for (index_t p = 0; p < T;) {  // runs of high scores
+            index_t end = p;
+            while (end < T && high[static_cast<std::size_t>(end)]) ++end;
+            if (end - p >= 3) ++long_runs;
+            else if (end > p) ++short_runs;
+            for (index_t q = p; q < end; ++q) keep[static_cast<std::size_t>(q)] = end - p >= 3;
+            p = end > p ? end : p + 1;
+          }
+          std::vector<index_t> expected;
+          for (index_t p = 0; p < T; ++p)
+            if (keep[static_cast<std::size_t>(p)] || p > T - 1 - 4) expected.push_back(p);
+          std::vector<index_t> got;
+          for (index_t j = 0; j < cache.length(s, l, h); ++j) {
+            got.push_back(cache.position(s, l, h, j));
+            for (index_t d = 0; d < D; ++d) BOOST_TEST(cache.key(s, l, h, j, d) == original.key(s, l, h, got.back(), d));
+          }
+          BOOST_TEST(got == expected, boost::test_tools::per_element());
+        }
+      }
+  BOOST_TEST(short_runs > 2);  // some runs were too short and went
+  BOOST_TEST(long_runs > 2);
 }
 
 // peak_attention with a built-in selector: prefill state = max over window rows and the group's query

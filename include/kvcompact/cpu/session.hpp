@@ -7,6 +7,8 @@
 #include <kvcompact/cpu/detail/vector_math.hpp>
 #include <kvcompact/detail/cache_checks.hpp>
 #include <kvcompact/detail/parameter_checks.hpp>
+#include <kvcompact/detail/selection.hpp>
+#include <kvcompact/detail/sequential_group.hpp>
 #include <kvcompact/detail/size_checks.hpp>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
@@ -28,6 +30,9 @@ namespace cpu {
 
 /// @brief Runs a policy over an engine's cache on the CPU. Reference backend: plain loops, the same
 /// component math as the CUDA kernels, no allocation (state and workspace come from the caller).
+/// Selectors and mergers run through the selection contract (kvcompact::ranked_selector,
+/// kvcompact::cooperative_selector, kvcompact::entry_merger) with a one-worker execution group:
+/// ranking by partial selection (std::nth_element), never a full sort of a head.
 ///
 /// Layers: compress_prefill() and append() take storage layers; attend() and observe() take the
 /// layer that attends, which for a kvcompact::layer_mapped_layout is a model layer (mapped to its
@@ -85,7 +90,7 @@ class session {
     const auto blocks = static_cast<std::size_t>(blocks_of(layout.capacity())), dims = static_cast<std::size_t>(layout.head_dim());
     const std::size_t selection = cap * (3 * h + g) + cap * 2 * h + cap * h + cap * h + (cap + 2) + h;
     const std::size_t attention = cap * strip + dims * strip + 3 * strip * blocks + 2 * strip + g * blocks * dims;
-    return (selection + attention) * 4 + cap * h + h + 64;
+    return (selection + attention) * 4 + cap * h * sizeof(std::uint64_t) + h * sizeof(detail::ranked_head) + cap * h + h + 64;
   }
 
   /// @brief Sets how many threads the calls of this session use (OpenMP builds; a build without
@@ -245,10 +250,10 @@ class session {
         ctx.keep(h, j, true);
         ctx.set_target(h, j, -1);
       }
-      policy_.selector.select_decode(ctx, h);
-      if constexpr (Policy::merges) policy_.merger.merge(ctx, h);
+      detail::select_decode(group_, policy_.selector, ctx, h);
+      detail::merge_head(group_, policy_.merger, ctx, h);
       const index_t layer_slots = detail::layer_capacity(cache_.layout, layer);  // below capacity() in ragged layouts
-      const index_t slot = detail::claim_slot(ctx, h, length, layer_slots, [&](index_t from, index_t to) { move_slot(sequence, layer, h, from, to); });
+      const index_t slot = detail::claim_slot(group_, ctx, h, length, layer_slots, slot_mover{this, sequence, layer, h});
       if (slot < 0)
         throw error("append", "cache", "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full (capacity " +
                                            std::to_string(layer_slots) + ") and the policy evicted nothing");
@@ -333,6 +338,11 @@ class session {
     std::byte* p = workspace.data();
     const index_t cap = capacity(), h = cache_.layout.num_kv_heads(), g = shape_.query_heads;
     const index_t strip = strip_capacity(g), blocks = blocks_of(cap);
+    p += (8 - reinterpret_cast<std::uintptr_t>(p) % 8) % 8;  // the 8-byte arrays first (64 bytes of slack cover this)
+    group_ = detail::sequential_group(reinterpret_cast<std::uint64_t*>(p), cap * h);
+    p += cap * h * sizeof(std::uint64_t);
+    ranking_ = reinterpret_cast<detail::ranked_head*>(p);
+    p += h * sizeof(detail::ranked_head);
     auto floats = [&](index_t count) { auto* r = reinterpret_cast<float*>(p); p += count * 4; return r; };
     auto ints = [&](index_t count) { auto* r = reinterpret_cast<std::int32_t*>(p); p += count * 4; return r; };
     scratch_.scores = floats(cap * h);
@@ -603,9 +613,9 @@ class session {
         ctx.keep(h, j, false);
         ctx.set_target(h, j, -1);
       }
-    policy_.selector.select(ctx);
+    detail::select_layer(group_, policy_.selector, ctx, ranking_);
     for (int h = 0; h < ctx.kv_heads(); ++h) {
-      if constexpr (Policy::merges) policy_.merger.merge(ctx, h);
+      detail::merge_head(group_, policy_.merger, ctx, h);
       const index_t head = cache_.head_index(sequence, layer, h);
       budgets_[head] = static_cast<std::int32_t>(policy_.selector.budget(layer, cache_.layout.num_layers(), ctx.length(h)));
       compact(ctx, h, step);
@@ -630,6 +640,17 @@ class session {
   void move_slot(index_t sequence, index_t layer, index_t h, index_t from, index_t to) {
     detail::move_slot(cache_, slot_state_, sequence, layer, h, from, to);
   }
+
+  // Moves slots of one head for claim_slot(), whose group code is host-device.
+  struct slot_mover {
+    session* self;
+    index_t sequence, layer, h;
+    KVCOMPACT_EXEC_CHECK_DISABLE
+    template <class Index>
+    KVCOMPACT_HOST_DEVICE void operator()(Index from, Index to) const {
+      self->move_slot(sequence, layer, h, from, to);
+    }
+  };
 
   // Logits of the group's query heads against the keys [first, end) of KV head h (logits[g * capacity + j]),
   // each key row read once for all of them; 4 query heads per pass over the key row.
@@ -755,6 +776,8 @@ class session {
   std::int32_t* block_count_ = nullptr;    // per block and row: visible slots
   std::int32_t* row_counts_ = nullptr;     // per row: visible slots
   std::int32_t* row_positions_ = nullptr;  // per strip row: the query's position
+  detail::sequential_group group_{nullptr, 0};  // the selection stage's one-worker execution group
+  detail::ranked_head* ranking_ = nullptr;        // per KV head: the ranked tier's counts
   bool compressed_ = false;  // compress_prefill() ran
   bool decoding_ = false;    // append() ran
   index_t layers_compressed_ = 0;  // layers compress_prefill_layer() compressed (in order)

@@ -34,17 +34,11 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda {
 
 namespace detail {
-template <class Selector>
-struct is_top_k : std::false_type {};
-template <class Schedule>
-struct is_top_k<selectors::top_k<Schedule>> : std::true_type {};
-
 /// Grid (Hkv, S x L): initial decode budgets and slot states of a filled cache; checks every slot's
 /// mapping into storage.
 template <class Policy, class T, class Layout, class State>
@@ -204,9 +198,10 @@ class session {
   /// and compacts in place; lengths, positions, decode state and budgets are updated on the device.
   /// Scoring runs the observation window's softmax in two passes over K on tensor cores, each key
   /// read once per pass for all window rows of its KV head, without materialising the window x N
-  /// matrix; top-k selection is a grid-wide radix select (many blocks per head) and CORM's
-  /// budget-free rule runs per slot; other selectors and mergers run their own code serially per
-  /// sequence; compaction moves the kept rows with 16-byte accesses over many blocks per head.
+  /// matrix; selectors and mergers run through the selection contract in parallel (ranked
+  /// selectors: per-slot verdicts and rank keys per head, then the grid-wide top-k over many blocks
+  /// per head; cooperative selectors and mergers: their own group code on a thread block per head);
+  /// compaction moves the kept rows with 16-byte accesses over many blocks per head.
   /// @param window observation-window queries in device memory (ignored by scorers that need no attention)
   /// @throws kvcompact::error on a bad window, or a second call / a call after append() ("session");
   /// faults inside kernels surface in check()
@@ -270,7 +265,6 @@ class session {
     cuda::check(cudaMemsetAsync(p.layer_faults, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(faults)");
     detail::launch(&detail::prepare_kernel<T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads, 0, stream_, p);
     detail::check_launch(where, "prepare_kernel");
-    const unsigned slot_tiles = static_cast<unsigned>(detail::ceil_div(capacity(), detail::prefill_threads));
     if constexpr (Policy::needs_attention) {
       switch (detail::padded_head_dim(head_dim())) {
         case 64: score_window<64>(p); break;
@@ -285,24 +279,7 @@ class session {
                      bytes, stream_, p, policy_);
       detail::check_launch(where, "slot_score_kernel");
     }
-    using selector_type = typename Policy::selector_type;
-    if constexpr (detail::is_top_k<selector_type>::value || std::is_same_v<selector_type, selectors::hit_window>) {
-      if constexpr (std::is_same_v<selector_type, selectors::hit_window>) {
-        detail::launch(&detail::hit_window_select_kernel<T, Layout, state_type>, dim3(slot_tiles, heads, layer_grid), detail::prefill_threads, 0,
-                       stream_, p, policy_.selector);
-        detail::check_launch(where, "hit_window_select_kernel");
-      } else {
-        select_top_k(p, where);
-      }
-      if constexpr (Policy::merges) {
-        detail::launch(&detail::merge_kernel<Policy, T, Layout, state_type>, dim3(heads, layer_grid), 1, 0, stream_, p, policy_);
-        detail::check_launch(where, "merge_kernel");
-      }
-    } else {
-      detail::launch(&detail::serial_select_kernel<Policy, T, Layout, state_type>, dim3(static_cast<unsigned>(sequences)), 1, 0, stream_, p,
-                     policy_);
-      detail::check_launch(where, "serial_select_kernel");
-    }
+    detail::launch_selection(policy_, p, ranked_top_k(), heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
     detail::launch_compaction(p, policy_, workspace_span(plan_.compaction, plan_.compaction_bytes), stream_, where);
   }
 
@@ -407,36 +384,10 @@ class session {
   /// The workspace bytes [offset, offset + bytes).
   std::span<std::byte> workspace_span(std::size_t offset, std::size_t bytes) const { return {workspace_ + offset, bytes}; }
 
-  /// Top-k selectors: candidates and their pooled scores per head, then the grid-wide top-k keeps
-  /// each head's best into the keep flags. A call over some layers (compress_prefill_layer) ranks the
-  /// heads of those layers, one launch per sequence (their segments are contiguous within it).
-  void select_top_k(const detail::prefill_problem<T, Layout, state_type>& p, const char* where) {
-    std::byte* w = workspace_;
-    const detail::top_k_candidates candidates{detail::at_offset<float>(w, plan_.top_k_keys), detail::at_offset<std::int32_t>(w, plan_.top_k_counts),
-                                              detail::at_offset<std::int32_t>(w, plan_.top_k_quota)};
-    using schedule_type = typename Policy::selector_type::schedule_type;
-    const index_t sequences = cache_.layout.num_sequences();
-    const bool all_layers = p.grid_layers == cache_.layout.num_layers();
-    detail::launch(&detail::top_k_candidates_kernel<schedule_type, T, Layout, state_type>,
-                   dim3(static_cast<unsigned>(cache_.layout.num_kv_heads()), detail::grid_extent(sequences * p.grid_layers, where, "sequences x layers")),
-                   detail::prefill_threads, 0, stream_, p, policy_.selector, candidates);
-    detail::check_launch(where, "top_k_candidates_kernel");
-    for (index_t s = 0; s < (all_layers ? 1 : sequences); ++s) {
-      const index_t first = cache_.head_index(s, p.first_layer, 0), items = first * capacity();
-      detail::top_k_problem problem;
-      problem.keys = {candidates.keys + items, capacity()};
-      problem.counts = candidates.counts + first;
-      problem.segments = (all_layers ? sequences : 1) * p.grid_layers * cache_.layout.num_kv_heads();
-      problem.max_items = capacity();
-      problem.k = candidates.quota + first;
-      problem.floor = policy_.selector.min_score;
-      problem.flags = {p.keep + items, capacity()};
-      problem.flag_index = {p.indices + 2 * items, 2 * capacity()};  // index_scratch(h, 0): the candidates' slots
-      problem.status = status_;
-      problem.segment_layers = p.grid_layers;  // fault names count layers from this call's first one
-      problem.segment_heads = cache_.layout.num_kv_heads();
-      detail::launch_top_k(problem, workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes), stream_, where);
-    }
+  /// The ranked tier's arrays for the grid-wide top-k (candidate counts, wanted counts, scratch).
+  detail::ranked_top_k ranked_top_k() const {
+    return {detail::at_offset<std::int32_t>(workspace_, plan_.top_k_counts), detail::at_offset<std::int32_t>(workspace_, plan_.top_k_quota),
+            workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes)};
   }
 
   detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window, index_t first_layer, index_t layer_count) const {
@@ -460,6 +411,7 @@ class session {
             detail::at_offset<std::uint8_t>(w, plan_.keep),
             detail::at_offset<float>(w, plan_.query_scores),
             detail::at_offset<std::uint8_t>(w, plan_.order_ready),
+            detail::at_offset<::kvcompact::detail::ranked_head>(w, plan_.ranking),
             detail::at_offset<std::int32_t>(w, plan_.shared),
             detail::at_offset<std::int32_t>(w, plan_.step),
             detail::at_offset<std::int32_t>(w, plan_.layer_faults),

@@ -53,27 +53,52 @@ KVCOMPACT_HOST_DEVICE bool move_slot(const kv_cache<T, Layout>& cache, State* st
   return true;
 }
 
+/// The first evicted slot of a head and how many are evicted.
+struct eviction_summary {
+  index_t first;  ///< lowest evicted slot (the length when none)
+  index_t count;  ///< evicted slots
+};
+
 /// Picks the slot an incoming token takes once decode-time eviction has cleared the keep flags of
-/// its victims: the first evicted slot in slot order. Later evicted slots are filled with the last
-/// valid slots (swap-remove: O(evicted) calls of `move(from, to)`, which must move K, V, position and
-/// state), and @p length shrinks accordingly. Without a victim the token goes after the last slot.
-/// Returns -1 (nothing changed) when the head is full and nothing was evicted.
+/// its victims: the first evicted slot in slot order. The later evicted slots below the new length
+/// are filled with the last kept slots (the first such hole with the last kept slot, and so on:
+/// swap-remove, one `move(from, to)` per hole, which must move K, V, position and state), and
+/// @p length shrinks accordingly. Without a victim the token goes after the last slot. Returns -1
+/// (nothing changed) when the head is full and nothing was evicted. Group code
+/// (kvcompact::execution_group): the moves run in parallel; `ctx.index_scratch(h, 0)` is scratch.
 KVCOMPACT_EXEC_CHECK_DISABLE
-template <class Ctx, class Move>
-KVCOMPACT_HOST_DEVICE index_t claim_slot(Ctx& ctx, int h, std::int32_t& length, index_t capacity, const Move& move) {
-  index_t slot = -1;
-  for (index_t j = 0; j < length && slot < 0; ++j)
-    if (!ctx.kept(h, j)) slot = j;
-  if (slot < 0) return length < capacity ? length++ : -1;
-  for (index_t j = slot + 1; j < length; ++j) {
-    if (ctx.kept(h, j)) continue;
-    while (length - 1 > j && !ctx.kept(h, length - 1)) --length;
-    if (length - 1 > j) {
-      move(length - 1, j);
-      ctx.keep(h, j, true);
-    }
-    --length;
+template <class Group, class Ctx, class Move>
+KVCOMPACT_HOST_DEVICE index_t claim_slot(const Group& group, const Ctx& ctx, int h, std::int32_t& length, index_t capacity, const Move& move) {
+  const index_t n = length;
+  auto sum = [](index_t a, index_t b) { return a + b; };
+  const eviction_summary evicted = group.reduce(
+      n, [&](index_t j) { return ctx.kept(h, j) ? eviction_summary{n, 0} : eviction_summary{j, 1}; }, eviction_summary{n, 0},
+      [](eviction_summary a, eviction_summary b) { return eviction_summary{a.first < b.first ? a.first : b.first, a.count + b.count}; });
+  const index_t slot = evicted.first;
+  if (evicted.count <= 1) {  // no victim: the token goes after the last slot; one victim: into its slot
+    const index_t taken = evicted.count == 1 ? slot : (n < capacity ? n : -1);
+    group.once([&] {
+      if (evicted.count == 0 && n < capacity) length = static_cast<std::int32_t>(n + 1);
+    });
+    return taken;
   }
+  const index_t kept_length = n - evicted.count + 1;  // the new token included
+  std::int32_t* holes = ctx.index_scratch(h, 0);
+  // As many holes below the new length as kept slots above it.
+  const index_t sources = group.exclusive_scan(
+      kept_length, [&](index_t j) { return j > slot && !ctx.kept(h, j) ? index_t{1} : index_t{0}; }, index_t{0}, sum,
+      [&](index_t j, index_t rank, index_t is_hole) {
+        if (is_hole) holes[rank] = static_cast<std::int32_t>(j);
+      });
+  const index_t tail = n - kept_length;
+  group.exclusive_scan(tail, [&](index_t k) { return ctx.kept(h, kept_length + k) ? index_t{1} : index_t{0}; }, index_t{0}, sum,
+                       [&](index_t k, index_t rank, index_t is_kept) {
+                         if (!is_kept) return;
+                         const index_t to = holes[sources - 1 - rank];
+                         move(kept_length + k, to);
+                         ctx.keep(h, to, true);
+                       });
+  group.once([&] { length = static_cast<std::int32_t>(kept_length); });
   return slot;
 }
 

@@ -5,6 +5,8 @@
 
 #include <kvcompact/mergers/merge_runs.hpp>
 
+#include <cstdint>
+
 KVCOMPACT_NAMESPACE_BEGIN
 
 namespace mergers {
@@ -23,13 +25,15 @@ struct average {
   float min_similarity = -1.0f;         ///< similar_key: evicted slots less similar than this to both neighbours are dropped
   assignment assign = assignment::similar_key;  ///< how an evicted slot picks its kept neighbour
 
-  /// @brief Averages every run of head @p h into its kept slot. @param ctx selection context @param h KV head
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
-    if (assign == assignment::nearest_position) detail::assign_nearest_position(ctx, h);
-    else detail::assign_adjacent(ctx, h, min_similarity);
+  /// @brief Averages every run of head @p h into its kept slot, one worker per run.
+  /// @param group the kvcompact::execution_group @param ctx selection context @param h KV head
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void merge(Group& group, Ctx& ctx, int h) const {
+    const detail::kept_ranks kept = detail::rank_kept(group, ctx, h);
+    if (assign == assignment::nearest_position) detail::assign_nearest_position(group, ctx, h, kept);
+    else detail::assign_adjacent(group, ctx, h, kept, min_similarity);
     const std::int32_t* order = ctx.order(h);
-    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last, index_t members) {
+    detail::for_each_run(group, ctx, h, kept, [&](index_t pivot, index_t first, index_t last, index_t members) {
       const float size = static_cast<float>(members);
       for (index_t d = 0; d < ctx.head_dim(); ++d) {
         float k = 0.0f, v = 0.0f;

@@ -3,7 +3,7 @@
 /// @brief CaM: evicted values spread over the following kept values.
 #pragma once
 
-#include <kvcompact/mergers/concepts.hpp>
+#include <kvcompact/mergers/merge_runs.hpp>
 
 #include <cstdint>
 
@@ -44,40 +44,49 @@ struct cam {
     return static_cast<float>(x >> 40) / 16777216.0f;
   }
 
-  /// @brief Spreads every evicted value of head @p h over its targets. @param ctx selection context @param h KV head
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
+  /// @brief Spreads every evicted value of head @p h over its targets. Two parallel steps: one worker
+  /// per evicted slot finds its targets through the kept slots' ranks and draws z; then one worker per
+  /// (kept slot, dimension) gathers the contributions of the evicted slots that target it, in position
+  /// order, exactly as the sequential rule adds them (no atomics, the same rounding on both backends).
+  /// @param group the kvcompact::execution_group @param ctx selection context @param h KV head
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void merge(Group& group, Ctx& ctx, int h) const {
     const std::int32_t* order = ctx.order(h);
-    const index_t n = ctx.length(h);
-    std::int32_t* next_kept = ctx.index_scratch(h, 1);  // order index of the first kept slot at or after i, n if none
-    index_t next = n;
-    for (index_t i = n - 1; i >= 0; --i) {
-      if (ctx.kept(h, order[i])) next = i;
-      next_kept[i] = static_cast<std::int32_t>(next);
-    }
-    for (index_t i = 0; i < n; ++i) {
+    const detail::kept_ranks kept = detail::rank_kept(group, ctx, h);
+    float* weight = ctx.float_scratch(h);  // [order rank of an evicted slot]: z, 0 when nothing is added
+    auto targets_of = [&](index_t i) {     // targets of the evicted slot at order rank i: kept ranks [before, before + targets)
+      const index_t left = kept.count - kept.before[i];
+      return left < merge_count ? left : merge_count;
+    };
+    group.for_each(ctx.length(h), [&](index_t i) {
       const std::int32_t evicted = order[i];
-      if (ctx.kept(h, evicted)) continue;
-      index_t targets = 0;
+      if (ctx.kept(h, evicted)) return;
+      const index_t targets = targets_of(i);
+      weight[i] = 0.0f;
+      if (targets <= 0) return;
       float reference_score = reference == reference_rule::max ? -3.402823466e38f : 0.0f;
-      for (index_t k = next_kept[i]; k < n && targets < merge_count; k = k + 1 < n ? next_kept[k + 1] : n) {
-        const float s = ctx.score(h, order[k]);
+      for (index_t t = 0; t < targets; ++t) {
+        const float s = ctx.score(h, order[kept.at[kept.before[i] + t]]);
         reference_score = reference == reference_rule::max ? (s > reference_score ? s : reference_score) : reference_score + s;
-        ++targets;
       }
-      if (targets == 0) continue;
       if (reference == reference_rule::mean) reference_score /= static_cast<float>(targets);
       const float own = ctx.score(h, evicted);
       float p = reference_score > 0.0f ? own / reference_score : (own > 0.0f ? 1.0f : 0.0f);
       p = p < 0.0f ? 0.0f : (p > 1.0f ? 1.0f : p);
-      const float z = expected ? p : (uniform(ctx.sequence(), ctx.layer(), h, ctx.position(h, evicted)) < p ? 1.0f : 0.0f);
-      if (z == 0.0f) continue;
-      const float share = z / static_cast<float>(targets);
-      index_t done = 0;
-      for (index_t k = next_kept[i]; k < n && done < targets; k = k + 1 < n ? next_kept[k + 1] : n, ++done)
-        for (index_t d = 0; d < ctx.head_dim(); ++d)
-          ctx.set_value(h, order[k], d, ctx.value(h, order[k], d) + share * ctx.value(h, evicted, d));
-    }
+      weight[i] = expected ? p : (uniform(ctx.sequence(), ctx.layer(), h, ctx.position(h, evicted)) < p ? 1.0f : 0.0f);
+    });
+    const index_t dims = ctx.head_dim();
+    group.for_each(kept.count * dims, [&](index_t e) {
+      const index_t r = e / dims, d = e % dims;
+      const std::int32_t target = order[kept.at[r]];
+      // Evicted slots targeting the r-th kept slot lie between the (r - merge_count)-th kept slot and it.
+      const index_t first = r >= merge_count ? kept.at[r - merge_count] + 1 : 0;
+      for (index_t i = first; i < kept.at[r]; ++i) {
+        if (ctx.kept(h, order[i]) || weight[i] == 0.0f) continue;
+        const float share = weight[i] / static_cast<float>(targets_of(i));
+        ctx.set_value(h, target, d, ctx.value(h, target, d) + share * ctx.value(h, order[i], d));
+      }
+    });
   }
 };
 

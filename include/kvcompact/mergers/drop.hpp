@@ -14,8 +14,8 @@ struct drop {
   using component_kind = merger_tag;      ///< opt-in to kvcompact::entry_merger
   static constexpr bool merges = false;   ///< nothing to do
   /// @brief No-op.
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void merge(Ctx&, int) const {}
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void merge(Group&, Ctx&, int) const {}
 };
 
 }  // namespace mergers

@@ -36,12 +36,15 @@ struct gaussian_pivot {
   value_rule value_scale = value_rule::set_size;  ///< how values are scaled
   float min_similarity = 0.75f;          ///< threshold for slots the selector left without a target
 
-  /// @brief Merges every set of head @p h into its pivot. @param ctx selection context @param h KV head
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void merge(Ctx& ctx, int h) const {
-    detail::assign_adjacent(ctx, h, min_similarity);
+  /// @brief Merges every set of head @p h into its pivot, one worker per set.
+  /// @param group the kvcompact::execution_group @param ctx selection context @param h KV head
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void merge(Group& group, Ctx& ctx, int h) const {
+    const detail::kept_ranks kept = detail::rank_kept(group, ctx, h);
+    detail::assign_adjacent(group, ctx, h, kept, min_similarity);
     const std::int32_t* order = ctx.order(h);
-    detail::for_each_run(ctx, h, [&](index_t pivot, index_t first, index_t last, index_t members) {
+    float* weight = ctx.float_scratch(h);  // at each member's order rank (members of different sets never share one)
+    detail::for_each_run(group, ctx, h, kept, [&](index_t pivot, index_t first, index_t last, index_t members) {
       auto distance2 = [&](index_t slot) {
         float sum = 0.0f;
         for (index_t d = 0; d < ctx.head_dim(); ++d) {
@@ -58,21 +61,20 @@ struct gaussian_pivot {
           if (detail::in_set(ctx, h, order[i], pivot)) total += std::sqrt(distance2(order[i]));
         width = total / (std::sqrt(2.0f) * size);
       }
-      float* weight = ctx.float_scratch(h);
       float norm = 0.0f;
       for (index_t i = first; i <= last; ++i) {
         if (!detail::in_set(ctx, h, order[i], pivot)) continue;
         const float d2 = distance2(order[i]);
-        weight[i - first] = width > 0.0f ? std::exp(-d2 / (2.0f * width * width)) : (d2 == 0.0f ? 1.0f : 0.0f);
-        norm += weight[i - first];
+        weight[i] = width > 0.0f ? std::exp(-d2 / (2.0f * width * width)) : (d2 == 0.0f ? 1.0f : 0.0f);
+        norm += weight[i];
       }
       const float scale = value_scale == value_rule::set_size ? size : 1.0f;
       for (index_t d = 0; d < ctx.head_dim(); ++d) {
         float k = 0.0f, v = 0.0f;
         for (index_t i = first; i <= last; ++i) {
           if (!detail::in_set(ctx, h, order[i], pivot)) continue;
-          k += weight[i - first] * ctx.key(h, order[i], d);
-          v += weight[i - first] * ctx.value(h, order[i], d);
+          k += weight[i] * ctx.key(h, order[i], d);
+          v += weight[i] * ctx.value(h, order[i], d);
         }
         ctx.set_key(h, pivot, d, k / norm);
         ctx.set_value(h, pivot, d, scale * v / norm);

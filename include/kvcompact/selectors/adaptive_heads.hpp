@@ -5,7 +5,6 @@
 
 #include <kvcompact/selectors/budgets.hpp>
 #include <kvcompact/selectors/candidates.hpp>
-#include <kvcompact/selectors/layer_ranking.hpp>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -17,10 +16,14 @@ namespace selectors {
 /// less its protected tokens; each head then keeps its own top-alloc[h] plus its protected tokens.
 /// Per-head lengths differ. Prefill-only: decode appends. With a kvcompact::rank_group the layer-wide
 /// ranking spans the KV heads of every rank (the `strict` repair does not: one rank only).
+/// A kvcompact::ranked_selector of layer scope:
+/// the backend ranks the layer's candidates (partial selection), allocate() turns the counts into
+/// allocations.
 /// @tparam Schedule a kvcompact::budget_schedule giving the per-head average (protected included)
 template <budget_schedule Schedule>
 struct adaptive_heads {
-  using component_kind = selector_tag;  ///< opt-in to kvcompact::keep_selector
+  using component_kind = ranked_selector_tag;                   ///< opt-in to kvcompact::ranked_selector
+  static constexpr selection_scope scope = selection_scope::layer;  ///< layer-wide ranking, per-head allocation
   Schedule schedule;                    ///< average slots per head, protected included
   candidate_rule rule{};                ///< protected window and pooling
   double floor_fraction = 0.2;          ///< alpha_f: share of B every head gets regardless of scores
@@ -31,82 +34,57 @@ struct adaptive_heads {
     return schedule.budget(layer, num_layers, length);
   }
 
-  /// @brief Prefill selection over all heads of the layer. @param ctx selection context
+  /// @brief Prefill verdict: all kept under budget, protected kept, the rest candidates.
+  /// @param ctx selection context @param h KV head @param slot slot @return the verdict
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
-    const int heads = ctx.kv_heads();
-    index_t total = 0;  // H * B
-    for (int h = 0; h < heads; ++h) {
-      const index_t n = ctx.length(h);
-      const index_t b = budget(ctx.layer(), ctx.num_layers(), n);
-      if (n <= b) {
-        for (index_t j = 0; j < n; ++j) ctx.keep(h, j, true);
-        ctx.index_scratch(h, 1)[0] = -1;  // head not compressed
-        continue;
-      }
-      const index_t protected_count = rule.keep_protected(ctx, h);
-      const index_t count = rule.gather(ctx, h);
-      rule.rank(ctx, h, count);
-      const index_t base = b > protected_count ? b - protected_count : 0;
-      total += base;
-      ctx.index_scratch(h, 1)[0] = 0;      // cnt[h]
-      ctx.index_scratch(h, 1)[1] = static_cast<std::int32_t>(count);
-    }
-    // cnt[h]: members of the layer-wide top H x B, over the KV heads of every tensor-parallel rank.
-    double layer_total = static_cast<double>(total);
-    detail::sum_across_ranks(ctx, &layer_total, 1);
-    detail::layer_top_counts(
-        ctx, static_cast<index_t>(layer_total),
-        [&](int h) { return ctx.index_scratch(h, 1)[0] < 0 ? index_t{-1} : index_t{ctx.index_scratch(h, 1)[1]}; },
-        [&](int h, index_t taken) { ctx.index_scratch(h, 1)[0] = static_cast<std::int32_t>(taken); });
-    index_t allocated = 0;
-    for (int h = 0; h < heads; ++h) {
-      std::int32_t* state = ctx.index_scratch(h, 1);
-      if (state[0] < 0) continue;
-      const index_t n = ctx.length(h), protected_count = n - state[1];  // state[1]: the head's candidates
-      const index_t b = budget(ctx.layer(), ctx.num_layers(), n);
-      const auto floor_share = static_cast<index_t>(static_cast<double>(b > protected_count ? b - protected_count : 0) * floor_fraction);
-      index_t alloc = static_cast<index_t>(static_cast<double>(state[0]) * (1.0 - floor_fraction) + static_cast<double>(floor_share) + 0.5);
-      if (alloc > state[1]) alloc = state[1];
-      state[0] = static_cast<std::int32_t>(alloc);
-      allocated += alloc;
-    }
-    if (strict) repair(ctx, allocated, total);
-    for (int h = 0; h < heads; ++h) {
-      const std::int32_t* state = ctx.index_scratch(h, 1);
-      for (index_t i = 0; i < state[0]; ++i) ctx.keep(h, ctx.index_scratch(h, 0)[i], true);
-    }
+  KVCOMPACT_HOST_DEVICE slot_verdict verdict(const Ctx& ctx, int h, index_t slot) const {
+    return rule.verdict(ctx, h, slot, head_budget(ctx, h));
   }
 
-  /// @brief Ada-KV appends during decode: no eviction.
+  /// @brief Rank key: the candidate's (pooled) score. @param candidates the head's candidates in position order
+  /// @param i candidate index @return the key
+  template <class Candidates>
+  KVCOMPACT_HOST_DEVICE float rank_key(const Candidates& candidates, index_t i) const {
+    return rule.rank_key(candidates, i);
+  }
+
+  /// @brief The head's share of the layer total H * B: its budget minus its protected slots.
+  /// @param ctx selection context @param h KV head @param protected_count protected slots @return the quota
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select_decode(Ctx&, int) const {}
+  KVCOMPACT_HOST_DEVICE index_t keep_count(const Ctx& ctx, int h, index_t protected_count) const {
+    return candidate_rule::quota(ctx.length(h), head_budget(ctx, h), protected_count);
+  }
+
+  /// @brief alloc[h] from the head's share of the layer's best candidates (at most its candidates).
+  /// @param ctx selection context @param layer the layer's quotas and shares @param h KV head @return the allocation
+  template <class Ctx, class Layer>
+  KVCOMPACT_HOST_DEVICE index_t allocate(const Ctx& ctx, const Layer& layer, int h) const {
+    if (ctx.length(h) <= head_budget(ctx, h)) return 0;  // not compressed
+    const index_t floor_share = static_cast<index_t>(static_cast<double>(layer.quota(h)) * floor_fraction);  // floor(B_h floor_fraction)
+    const index_t alloc = static_cast<index_t>(static_cast<double>(layer.share(h)) * (1.0 - floor_fraction) + static_cast<double>(floor_share) + 0.5);
+    return alloc < layer.candidates(h) ? alloc : layer.candidates(h);
+  }
+
+  /// @brief Strict mode repairs the rounding so the allocations sum to H * B. @return strict
+  KVCOMPACT_HOST_DEVICE bool exact_total() const { return strict; }
+  /// @brief Keys read neighbours only when pooling. @return true without pooling
+  KVCOMPACT_HOST_DEVICE bool local_keys() const { return rule.local(); }
+
+  /// @brief Ada-KV appends during decode: every slot stays. @return kvcompact::slot_verdict::keep
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE slot_verdict decode_verdict(const Ctx&, int, index_t) const {
+    return slot_verdict::keep;
+  }
+  /// @brief No decode eviction. @return 0
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE index_t decode_evictions(const Ctx&, int) const {
+    return 0;
+  }
 
  private:
-  /// Moves single slots between heads until the layer keeps exactly @p total candidates: takes from
-  /// the head whose next-dropped candidate is worst, gives to the head whose next candidate is best.
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void repair(Ctx& ctx, index_t allocated, index_t total) const {
-    const int heads = ctx.kv_heads();
-    while (allocated != total) {
-      int chosen = -1;
-      float chosen_score = 0.0f;
-      for (int h = 0; h < heads; ++h) {
-        const std::int32_t* state = ctx.index_scratch(h, 1);
-        if (state[0] < 0) continue;
-        const bool can = allocated > total ? state[0] > 0 : state[0] < state[1];
-        if (!can) continue;
-        const index_t rank = allocated > total ? state[0] - 1 : state[0];
-        const float s = ctx.float_scratch(h)[ctx.index_scratch(h, 0)[rank]];
-        if (chosen < 0 || (allocated > total ? s < chosen_score : s > chosen_score)) {
-          chosen = h;
-          chosen_score = s;
-        }
-      }
-      if (chosen < 0) return;
-      ctx.index_scratch(chosen, 1)[0] += allocated > total ? -1 : 1;
-      allocated += allocated > total ? -1 : 1;
-    }
+  KVCOMPACT_HOST_DEVICE index_t head_budget(const Ctx& ctx, int h) const {
+    return budget(ctx.layer(), ctx.num_layers(), ctx.length(h));
   }
 };
 

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Candidate gathering shared by the score-based selectors: unprotected slots in position
-/// order, optional 1-D pooling of their scores (@ref methods_p3), best-first ranking.
+/// @brief The candidate rule shared by the score-based ranked selectors: protected sinks and recent
+/// tokens, optional 1-D pooling of the candidates' scores in position order (@ref methods_p3), the
+/// quota left for candidates.
 #pragma once
 
-#include <kvcompact/detail/heap_sort.hpp>
 #include <kvcompact/selectors/concepts.hpp>
 
 KVCOMPACT_NAMESPACE_BEGIN
@@ -31,23 +31,32 @@ struct candidate_rule {
     return detail::is_protected(position, step, sinks, recent);
   }
 
-  /// @brief Gathers the unprotected slots of head @p h in position order into `ctx.index_scratch(h, 0)`
-  /// and writes their (pooled) scores into `ctx.float_scratch(h)[slot]`.
-  /// @param ctx selection context @param h KV head
-  /// @return the number of candidates
+  /// @brief Prefill verdict of a slot of a head whose budget is @p budget: everything is kept when the
+  /// head holds at most its budget, protected slots are kept, the others are candidates.
+  /// @param ctx selection context @param h KV head @param slot slot @param budget the head's budget
+  /// @return kvcompact::slot_verdict::keep or kvcompact::slot_verdict::candidate
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE index_t gather(Ctx& ctx, int h) const {
-    std::int32_t* candidates = ctx.index_scratch(h, 0);
-    float* pooled = ctx.float_scratch(h);
-    const std::int32_t* order = ctx.order(h);
-    const index_t n = ctx.length(h);
-    index_t count = 0;
-    for (index_t i = 0; i < n; ++i)
-      if (!protects(ctx.position(h, order[i]), ctx.step())) candidates[count++] = order[i];
-    for (index_t i = 0; i < count; ++i)
-      pooled[candidates[i]] = pooled_score(i, count, [&](index_t c) { return ctx.score(h, candidates[c]); });
-    return count;
+  KVCOMPACT_HOST_DEVICE slot_verdict verdict(const Ctx& ctx, int h, index_t slot, index_t budget) const {
+    return ctx.length(h) <= budget || protects(ctx.position(h, slot), ctx.step()) ? slot_verdict::keep : slot_verdict::candidate;
   }
+
+  /// @brief Candidates a head keeps beside its protected slots: none when it holds at most its budget
+  /// (nothing is compressed), else what the budget leaves. @param length slots held @param budget the
+  /// head's budget @param protected_count its protected slots @return the quota
+  KVCOMPACT_HOST_DEVICE static index_t quota(index_t length, index_t budget, index_t protected_count) {
+    return length <= budget || budget <= protected_count ? 0 : budget - protected_count;
+  }
+
+  /// @brief The rank key of candidate @p i: its (pooled) score.
+  /// @param candidates the head's candidates in position order @param i candidate index
+  /// @return the raw score without pooling, else the pooled value over the kernel around @p i
+  template <class Candidates>
+  KVCOMPACT_HOST_DEVICE float rank_key(const Candidates& candidates, index_t i) const {
+    return pooled_score(i, candidates.count(), [&](index_t c) { return candidates.score(c); });
+  }
+
+  /// @brief Whether rank_key() reads only its own candidate (no pooling). @return true without pooling
+  KVCOMPACT_HOST_DEVICE bool local() const { return pool == pooling::none || kernel / 2 == 0; }
 
   /// @brief Pooled score of candidate @p i of @p count (candidates in position order).
   /// @param i candidate index @param count number of candidates
@@ -64,30 +73,6 @@ struct candidate_rule {
       acc = pool == pooling::max ? (s > acc ? s : acc) : acc + s;
     }
     return pool == pooling::max ? acc : acc / static_cast<float>(kernel);
-  }
-
-  /// @brief Sorts gathered candidates best-first by pooled score, lower position first on ties.
-  /// @param ctx selection context @param h KV head @param count candidates gathered by gather()
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void rank(Ctx& ctx, int h, index_t count) const {
-    const float* pooled = ctx.float_scratch(h);
-    detail::heap_sort(ctx.index_scratch(h, 0), count, [&](std::int32_t a, std::int32_t b) {
-      return detail::ranks_before(pooled[a], ctx.position(h, a), pooled[b], ctx.position(h, b));
-    });
-  }
-
-  /// @brief Marks every protected slot of head @p h kept. @param ctx selection context @param h KV head
-  /// @return how many were marked
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE index_t keep_protected(Ctx& ctx, int h) const {
-    index_t count = 0;
-    for (index_t j = 0; j < ctx.length(h); ++j) {
-      if (protects(ctx.position(h, j), ctx.step())) {
-        ctx.keep(h, j, true);
-        ++count;
-      }
-    }
-    return count;
   }
 };
 

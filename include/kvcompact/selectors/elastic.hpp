@@ -4,6 +4,7 @@
 /// oldest-first truncation during decode.
 #pragma once
 
+#include <kvcompact/detail/ranked_selection.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/selectors/top_k.hpp>
 
@@ -20,11 +21,15 @@ namespace selectors {
 /// order stay forever and the slot just after them leaves whenever the head holds more than the kept
 /// share of the tokens seen (@ref methods_elastic_decode), without being merged.
 ///
+/// A kvcompact::cooperative_selector of head scope: prefill runs kvcompact::selectors::top_k's ranked
+/// phases as its own group code, decode evicts at most one slot per head.
+///
 /// `tau` comes from the head's decode budget, which the sessions set at prefill to the slots kept
 /// (`m`, budget() of the prompt length): `tau = m + offset` (`offset` itself when positive, `m / 2`
 /// when `m + offset < 1`). No other state is kept.
 struct elastic {
-  using component_kind = selector_tag;  ///< opt-in to kvcompact::keep_selector
+  using component_kind = cooperative_selector_tag;              ///< opt-in to kvcompact::cooperative_selector
+  static constexpr selection_scope scope = selection_scope::head;  ///< decides per KV head
   double evicted = 0.2;                 ///< r: evicted share of the prompt and of every later length, in [0, 1)
   index_t sinks = 1;                    ///< s: first tokens kept at prefill (the last prompt token is kept too)
   index_t offset = -25;                 ///< delta: the frozen prefix is the prefill's kept slots plus this
@@ -35,27 +40,33 @@ struct elastic {
     return prefill_selector().budget(layer, num_layers, length);
   }
 
-  /// @brief Prefill selection: protected tokens plus the best-scoring others, per KV head. @param ctx selection context
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
-    prefill_selector().select(ctx);
+  /// @brief Prefill selection of head @p h: protected tokens plus the best-scoring others (top_k's
+  /// verdicts, keys and partial selection). @param group the kvcompact::execution_group
+  /// @param ctx selection context @param h KV head
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void select(Group& group, Ctx& ctx, int h) const {
+    const auto rule = prefill_selector();
+    const detail::ranked_head head = detail::gather_candidates(group, rule, ctx, h);
+    detail::keep_best_candidates(group, rule, ctx, h, head);
   }
 
   /// @brief Decode-time truncation of head @p h: when the head holds at least `(1 - evicted)` times the
   /// tokens seen with the incoming one (`ctx.step() + 1`), the slot at rank frozen_slots(budget) in position
   /// order (the newest slot if the head holds fewer) is evicted and marked as its own merge target, which
   /// the pivot mergers read as "dropped".
-  /// @param ctx selection context @param h KV head
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select_decode(Ctx& ctx, int h) const {
+  /// @param group the kvcompact::execution_group @param ctx selection context (order(h) ready) @param h KV head
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void select_decode(Group& group, Ctx& ctx, int h) const {
     const index_t length = ctx.length(h);
     const double seen = static_cast<double>(ctx.step()) + 1.0;
     if (length == 0 || static_cast<double>(length + 1) - seen * (1.0 - evicted) < 1.0) return;
     index_t rank = frozen_slots(ctx.budget(h));
     rank = rank < length ? rank : length - 1;
-    const index_t victim = ctx.order(h)[rank];
-    ctx.keep(h, victim, false);
-    ctx.set_target(h, victim, victim);
+    group.once([&] {
+      const index_t victim = ctx.order(h)[rank];
+      ctx.keep(h, victim, false);
+      ctx.set_target(h, victim, victim);
+    });
   }
 
   /// @brief Slots that decode never evicts. @param kept slots kept at prefill (the head's decode budget)

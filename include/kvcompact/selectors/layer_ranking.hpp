@@ -23,17 +23,18 @@ KVCOMPACT_HOST_DEVICE inline std::uint32_t score_order_key(float score) {
 }
 
 /// How many candidates of each KV head belong to the @p total best of the layer, over the KV heads of
-/// every rank of @p ctx's group: the candidates of head h are `ctx.index_scratch(h, 0)[0, count_of(h))`,
-/// ranked best first, with scores `ctx.float_scratch(h)[slot]`; `count_of(h)` is negative for a head
+/// every rank of @p ctx's group: head h has `count_of(h)` candidates whose order keys are
+/// `key_of(h, i)` (kvcompact::detail::score_order_key of their scores); `count_of(h)` is negative for a head
 /// that takes no part. Equal scores go to the lower head first (ranks hold consecutive heads), then in
 /// list order, as a merge of the lists that prefers the lower head on ties. Each head's count is passed
 /// to `set_taken(h, n)`. A 4-bit radix select over the score keys: 8 all-reduces of 16 counts, plus
 /// one per rank for the ties.
 /// @param ctx selection context @param total layer-wide number of candidates to take
-/// @param count_of candidates of a head, or negative @param set_taken receives each taking head's count
-template <class Ctx, class CountOf, class SetTaken>
-KVCOMPACT_HOST_DEVICE void layer_top_counts(const Ctx& ctx, index_t total, const CountOf& count_of, const SetTaken& set_taken) {
-  auto key = [&](int h, index_t i) { return score_order_key(ctx.float_scratch(h)[ctx.index_scratch(h, 0)[i]]); };
+/// @param count_of candidates of a head, or negative @param key_of order key of a head's candidate
+/// @param set_taken receives each taking head's count
+template <class Ctx, class CountOf, class KeyOf, class SetTaken>
+KVCOMPACT_HOST_DEVICE void layer_top_counts(const Ctx& ctx, index_t total, const CountOf& count_of, const KeyOf& key_of, const SetTaken& set_taken) {
+  auto key = [&](int h, index_t i) { return key_of(h, i); };
   double candidates = 0.0;
   for (int h = 0; h < ctx.kv_heads(); ++h) candidates += count_of(h) > 0 ? static_cast<double>(count_of(h)) : 0.0;
   sum_across_ranks(ctx, &candidates, 1);

@@ -3,7 +3,7 @@
 /// @brief WindowKV: keep whole windows of consecutive tokens, indices shared inside a layer group.
 #pragma once
 
-#include <kvcompact/detail/heap_sort.hpp>
+#include <kvcompact/detail/order_keys.hpp>
 #include <kvcompact/selectors/budgets.hpp>
 #include <kvcompact/selectors/concepts.hpp>
 
@@ -25,10 +25,16 @@ enum class task_type : std::uint8_t {
 /// (`ctx.query_score`), so every KV head keeps the same windows whatever the scorer (WindowKV's own is
 /// kvcompact::scorers::last_query; slot scorers such as KNorm give every query head its KV head's
 /// score). Prefill-only: decode appends.
+///
+/// A kvcompact::cooperative_selector of layer scope: one worker per window scores it (the same
+/// arithmetic on both backends), the worst windows are found by partial selection, and every slot's
+/// flag is set in parallel; leaders publish through the context's shared store before their
+/// followers run.
 /// @tparam Schedule a kvcompact::budget_schedule of review tokens (suffix excluded), e.g. budgets::group_pyramid
 template <budget_schedule Schedule>
 struct windows {
-  using component_kind = selector_tag;     ///< opt-in to kvcompact::keep_selector
+  using component_kind = cooperative_selector_tag;                  ///< opt-in to kvcompact::cooperative_selector
+  static constexpr selection_scope scope = selection_scope::layer;  ///< a layer at a time, leaders before followers
   Schedule schedule;                       ///< review-token budget per layer
   index_t window = 8;                      ///< omega: tokens per window
   index_t suffix = 32;                     ///< alpha: newest tokens always kept (the observation window)
@@ -46,88 +52,98 @@ struct windows {
     return wanted < length ? wanted : length;
   }
 
-  /// @brief Prefill selection; leaders decide, followers reuse. @param ctx selection context
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select(Ctx& ctx) const {
+  /// @brief Prefill selection of one layer; leaders decide, followers reuse.
+  /// @param workers the kvcompact::execution_group @param ctx selection context
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void select(Group& workers, Ctx& ctx) const {
     std::int32_t* store = ctx.shared_store();  // [0]: review length R or -1 (keep all); [1]: windows; [2 + k]: kept flag
-    if (ctx.layer() % group == 0) decide(ctx, store);
+    if (ctx.layer() % group == 0) decide(workers, ctx, store);
     const index_t review = store[0];
     for (int h = 0; h < ctx.kv_heads(); ++h) {
       const std::int32_t* order = ctx.order(h);
-      for (index_t i = 0; i < ctx.length(h); ++i)
-        ctx.keep(h, order[i], review < 0 || i >= review || store[2 + i / window] != 0);
+      workers.for_each(ctx.length(h), [&](index_t i) { ctx.keep(h, order[i], review < 0 || i >= review || store[2 + i / window] != 0); });
     }
   }
 
   /// @brief WindowKV appends during decode: no eviction.
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void select_decode(Ctx&, int) const {}
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void select_decode(Group&, Ctx&, int) const {}
 
  private:
-  // Both modes average over ALL query heads of the layer (docs/methods.md 4.5) using ctx.query_score, so
-  // they agree for any scorer; ctx.score(0, ...) would be only KV head 0's group for a scorer that is
-  // not shared across KV heads (KNorm, SnapKV-style, CORM).
+  // Score of the window of order ranks [begin, end), computed by one worker. Both modes average over
+  // ALL query heads of the layer (docs/methods.md 4.5) using ctx.query_score, so they agree for any
+  // scorer; ctx.score(0, ...) would be only KV head 0's group for a scorer that is not shared across
+  // KV heads (KNorm, SnapKV-style, CORM).
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE float window_score(Ctx& ctx, index_t begin, index_t end) const {
+  KVCOMPACT_HOST_DEVICE float window_score(const Ctx& ctx, index_t begin, index_t end) const {
     const int group_size = ctx.query_heads() / ctx.kv_heads();
-    float total = 0.0f;
-    if (task == task_type::aggregation) {
-      for (int g = 0; g < ctx.query_heads(); ++g) {
-        const std::int32_t* own = ctx.order(g / group_size);
-        float sum = 0.0f;
-        for (index_t i = begin; i < end; ++i) sum += ctx.query_score(g, own[i]);
-        total += sum / static_cast<float>(end - begin);
-      }
-      return total / static_cast<float>(ctx.query_heads());
-    }
     const index_t p = window / 2 > 0 ? window / 2 : 1;  // top count p = omega / 2, at least 1
     const index_t top = p < end - begin ? p : end - begin;
-    // The window's own order range: above every window score written so far (scores[k] sits at k <= begin).
-    float* values = ctx.float_scratch(0) + begin;
+    float total = 0.0f;
     for (int g = 0; g < ctx.query_heads(); ++g) {
       const std::int32_t* own = ctx.order(g / group_size);  // query head g's scores are indexed by its KV head's slots
-      for (index_t i = begin; i < end; ++i) values[i - begin] = ctx.query_score(g, own[i]);
-      detail::heap_sort(values, end - begin, [](float a, float b) { return a > b; });
+      auto value = [&](index_t i) { return ctx.query_score(g, own[i]); };
       float sum = 0.0f;
-      for (index_t i = 0; i < top; ++i) sum += values[i];
+      if (task == task_type::aggregation) {
+        for (index_t i = begin; i < end; ++i) sum += value(i);
+        total += sum / static_cast<float>(end - begin);
+        continue;
+      }
+      // The top values in descending order (value, then rank), one pass per value taken.
+      index_t taken = -1;
+      for (index_t t = 0; t < top; ++t) {
+        index_t best = -1;
+        for (index_t i = begin; i < end; ++i) {
+          const float v = value(i);
+          const bool after_taken = taken < 0 || v < value(taken) || (v == value(taken) && i > taken);
+          if (after_taken && (best < 0 || v > value(best))) best = i;
+        }
+        sum += value(best);
+        taken = best;
+      }
       total += sum / static_cast<float>(top);
     }
     return total / static_cast<float>(ctx.query_heads());
   }
 
-  template <class Ctx>
-  KVCOMPACT_HOST_DEVICE void decide(Ctx& ctx, std::int32_t* store) const {
+  template <class Group, class Ctx>
+  KVCOMPACT_HOST_DEVICE void decide(Group& workers, Ctx& ctx, std::int32_t* store) const {
     const index_t n = ctx.length(0);
     const index_t review = n - suffix;
     const index_t b = schedule.budget(ctx.layer(), ctx.num_layers(), n);
     if (review <= b) {
-      store[0] = -1;
+      workers.once([&] { store[0] = -1; });
       return;
     }
     const index_t count = (review + window - 1) / window;
-    store[0] = static_cast<std::int32_t>(review);
-    store[1] = static_cast<std::int32_t>(count);
+    auto size_of = [&](index_t k) { return ((k + 1) * window < review ? (k + 1) * window : review) - k * window; };
     float* scores = ctx.float_scratch(0);
-    std::int32_t* ranked = ctx.index_scratch(0, 0);
-    for (index_t k = 0; k < count; ++k) {
-      const index_t end = (k + 1) * window < review ? (k + 1) * window : review;
-      scores[k] = window_score(ctx, k * window, end);
-      ranked[k] = static_cast<std::int32_t>(k);
+    workers.once([&] {
+      store[0] = static_cast<std::int32_t>(review);
+      store[1] = static_cast<std::int32_t>(count);
+    });
+    workers.for_each(count, [&](index_t k) {
+      scores[k] = window_score(ctx, k * window, k * window + size_of(k));
       store[2 + k] = 1;
-    }
-    index_t drop = (review - b + window - 1) / window;
+    });
+    const index_t drop = (review - b + window - 1) / window;
     if (drop * window >= review) {
-      for (index_t k = 0; k < count; ++k) store[2 + k] = 0;
+      workers.for_each(count, [&](index_t k) { store[2 + k] = 0; });
       return;
     }
-    // worst first: lower score, and among equal scores the later window (lower index is kept)
-    detail::heap_sort(ranked, count, [&](std::int32_t a, std::int32_t c) { return scores[a] < scores[c] || (scores[a] == scores[c] && a > c); });
-    index_t kept_review = review;
-    for (index_t i = 0; i < count && (i < drop || (strict_budget && kept_review > b)); ++i) {
-      const index_t k = ranked[i];
-      store[2 + k] = 0;
-      kept_review -= ((k + 1) * window < review ? (k + 1) * window : review) - k * window;
+    // worst first: lower score, and among equal scores the later window (the lower index is kept)
+    auto worst_first = [&](index_t k) { return (static_cast<std::uint64_t>(~detail::orderable_bits(scores[k])) << 32) | static_cast<std::uint64_t>(k); };
+    index_t dropped = drop;
+    std::uint64_t cut = workers.kth_largest(count, dropped, worst_first);
+    while (strict_budget && dropped < count) {
+      const index_t kept_review = review - workers.reduce(count, [&](index_t k) { return worst_first(k) >= cut ? size_of(k) : index_t{0}; }, index_t{0},
+                                                          [](index_t a, index_t c) { return a + c; });
+      if (kept_review <= b) break;
+      cut = workers.kth_largest(count, ++dropped, worst_first);
     }
+    workers.for_each(count, [&](index_t k) {
+      if (worst_first(k) >= cut) store[2 + k] = 0;
+    });
   }
 };
 

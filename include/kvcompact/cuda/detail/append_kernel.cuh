@@ -1,20 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Decode-time insertion with eviction on the device: one block per (KV head, sequence) ranks
-/// the head's slots by decode score, lets the policy pick victims (in parallel for top-k selectors),
-/// merges them if the policy merges, and writes the new token into a freed slot. No host sync, no
-/// memmove, no allocation.
+/// @brief Decode-time insertion with eviction on the device: one block per (KV head, sequence) computes
+/// the head's decode scores, lets the policy pick victims and merge them (the selection contract's
+/// group code on the block, see decode_eviction.cuh), and writes the new token into a freed slot. No
+/// host sync, no memmove, no allocation.
 #pragma once
 
-#include <kvcompact/cuda/detail/block_primitives.cuh>
+#include <kvcompact/cuda/detail/decode_eviction.cuh>
 #include <kvcompact/cuda/detail/decode_victims.cuh>
 #include <kvcompact/cuda/detail/device_status.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/detail/decode_eviction.hpp>
 #include <kvcompact/detail/slot_ops.hpp>
 #include <kvcompact/layer_context.hpp>
-#include <kvcompact/selectors/hit_window.hpp>
-#include <kvcompact/selectors/top_k.hpp>
 
 
 #include <climits>
@@ -22,9 +20,6 @@
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
-
-/// Threads per block of the append kernel.
-inline constexpr int append_threads = 256;
 
 /// Per-(sequence, KV head) scratch the decode path hands to selectors and mergers (device arrays).
 struct decode_scratch {
@@ -53,63 +48,6 @@ struct append_problem {
   eviction_record* records;             ///< [S][L][Hkv] victims found by the last attention pass
   std::int32_t generation;              ///< the session's generation (records of older ones are stale)
   device_status* status;                ///< fault record
-};
-
-/// Victims chosen by the selector's own select_decode(), run by one thread.
-template <class Selector, class Ctx>
-__device__ void select_victims_serially(const Selector& selector, Ctx& ctx, int h) {
-  if (threadIdx.x == 0) selector.select_decode(ctx, h);
-  __syncthreads();
-}
-
-/// Victim choice of any selector: the generic, serial path.
-template <class Selector>
-struct decode_victims {
-  /// Clears the keep flags of head @p h's victims.
-  template <class Ctx>
-  __device__ static void run(const Selector& selector, Ctx& ctx, int h) {
-    select_victims_serially(selector, ctx, h);
-  }
-};
-
-/// Top-k selectors without pooling evict the worst-ranked unprotected slots: a block-wide reduction
-/// per victim, the same victims as top_k::select_decode (pooling takes the serial path).
-template <budget_schedule Schedule>
-struct decode_victims<selectors::top_k<Schedule>> {
-  /// Clears the keep flags of head @p h's victims.
-  template <class Ctx>
-  __device__ static void run(const selectors::top_k<Schedule>& selector, Ctx& ctx, int h) {
-    if (!selector.decode_eviction) return;
-    if (selector.rule.pool != selectors::pooling::none) {
-      select_victims_serially(selector, ctx, h);
-      return;
-    }
-    const index_t excess = ctx.length(h) + 1 - ctx.budget(h);
-    for (index_t e = 0; e < excess; ++e) {
-      victim local = no_victim();
-      for (index_t j = threadIdx.x; j < ctx.length(h); j += blockDim.x) {
-        const index_t position = ctx.position(h, j);
-        if (!ctx.kept(h, j) || selector.rule.protects(position, ctx.step())) continue;
-        local = worse_victim(local, victim{ctx.score(h, j), static_cast<std::int32_t>(position), static_cast<std::int32_t>(j)});
-      }
-      const victim worst = block_reduce<append_threads>(local, pick_worse{});
-      if (worst.slot < 0) return;  // fewer candidates than the excess
-      if (threadIdx.x == 0) ctx.keep(h, worst.slot, false);
-      __syncthreads();
-    }
-  }
-};
-
-/// CORM's budget-free rule decides each slot on its own: one thread per slot.
-template <>
-struct decode_victims<selectors::hit_window> {
-  /// Clears the keep flags of head @p h's victims.
-  template <class Ctx>
-  __device__ static void run(const selectors::hit_window& selector, Ctx& ctx, int h) {
-    for (index_t j = threadIdx.x; j < ctx.length(h); j += blockDim.x)
-      if (!selector.keeps(ctx.score(h, j), ctx.position(h, j), ctx.step() - 1)) ctx.keep(h, j, false);
-    __syncthreads();
-  }
 };
 
 /// Outcome of placing a token without scanning its head.
@@ -197,14 +135,12 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads, 2)
       if (threadIdx.x == 0) report(p.status, device_fault::nan_score, s, p.layer, h, nan_slot);
       return;
     }
-    decode_victims<typename Policy::selector_type>::run(policy.selector, ctx, static_cast<int>(h));
-    if (threadIdx.x == 0) {
-      if constexpr (Policy::merges) policy.merger.merge(ctx, static_cast<int>(h));
-      chosen = ::kvcompact::detail::claim_slot(ctx, static_cast<int>(h), p.cache.lengths[head], layer_slots, [&](index_t from, index_t to) {
-        if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to))
-          report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
-      });
-    }
+    const append_group workers;
+    decode_victims(workers, policy, ctx, static_cast<int>(h));
+    const index_t claimed = merge_and_claim(workers, policy, ctx, static_cast<int>(h), p.cache.lengths[head], layer_slots, [&](index_t from, index_t to) {
+      if (!::kvcompact::detail::move_slot(p.cache, states, s, p.layer, h, from, to)) report(p.status, device_fault::page_out_of_range, s, p.layer, h, from);
+    });
+    if (threadIdx.x == 0) chosen = claimed;
     __syncthreads();
   }
   if (chosen == -2) return;  // NaN key, reported

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <kvcompact/cuda/detail/device_status.cuh>
+#include <kvcompact/detail/ranked_selection.hpp>
 #include <kvcompact/kv_cache.hpp>
 #include <kvcompact/layer_context.hpp>
 #include <kvcompact/query_window.hpp>
@@ -30,6 +31,7 @@ struct prefill_problem {
   std::uint8_t* keep;          ///< keep flags
   float* query_scores;         ///< [S][L][Hq][capacity]
   std::uint8_t* order_ready;   ///< [S][L][Hkv]
+  ::kvcompact::detail::ranked_head* ranking;  ///< [S][L][Hkv] ranked selectors' per-head state
   std::int32_t* shared;        ///< [S][capacity + 2]
   std::int32_t* step;          ///< [S][L] newest position
   std::int32_t* layer_faults;  ///< [S][L] nonzero: leave the layer as it is

@@ -97,12 +97,13 @@ __device__ void flag_nan(const prefill_problem<T, Layout, State>& p, index_t s, 
   atomicExch(&p.layer_faults[s * p.layers() + l], 1);
 }
 
-/// Grid (Hkv, S x L): clears keep flags and merge targets, computes each head's slots in position
-/// order (identity when they already are, else by counting) and each layer's newest position.
+/// Grid (Hkv, S x L): clears keep flags and merge targets, marks each head's slot order as not yet
+/// computed (the selection kernels compute it with layer_context::prepare_order, a block sort) and
+/// finds each layer's newest position.
 template <class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) prepare_kernel(prefill_problem<T, Layout, State> p) {
   const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
-  const index_t capacity = p.cache.layout.capacity();
+  const index_t capacity = ::kvcompact::detail::layer_capacity(p.cache.layout, l);  // the layer's own (ragged layouts)
   const index_t base = p.head_base(s, l, h);
   const std::int32_t raw = p.cache.lengths[p.cache.head_index(s, l, h)];
   if (raw < 0 || raw > capacity) {
@@ -114,26 +115,14 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) prepare_kernel(prefill_
   }
   const index_t n = raw;
   const std::int32_t* positions = p.cache.positions + base;
-  int sorted = 1;
   std::int32_t newest = 0;
   for (index_t j = threadIdx.x; j < n; j += blockDim.x) {
     p.keep[base + j] = 0;
     p.targets[base + j] = -1;
-    if (j + 1 < n && positions[j] >= positions[j + 1]) sorted = 0;
     newest = positions[j] > newest ? positions[j] : newest;
   }
-  sorted = __syncthreads_and(sorted);
-  for (index_t j = threadIdx.x; j < n; j += blockDim.x) {
-    if (sorted) {
-      p.order[base + j] = static_cast<std::int32_t>(j);
-    } else {  // rank = slots before it in (position, slot) order: a permutation even with equal positions
-      index_t rank = 0;
-      for (index_t i = 0; i < n; ++i) rank += positions[i] < positions[j] || (positions[i] == positions[j] && i < j);
-      p.order[base + rank] = static_cast<std::int32_t>(j);
-    }
-  }
   atomicMax(&p.step[s * p.layers() + l], newest);
-  if (threadIdx.x == 0) p.order_ready[p.cache.head_index(s, l, h)] = 1;
+  if (threadIdx.x == 0) p.order_ready[p.cache.head_index(s, l, h)] = 0;
 }
 
 /// The (sequence, layer, KV head, slot) of a thread in a (slot tiles, Hkv, S x L) grid; `valid` is
@@ -158,12 +147,12 @@ __device__ void flag_non_finite(const prefill_problem<T, Layout, State>& p, inde
   atomicExch(&p.layer_faults[s * p.layers() + l], 1);
 }
 
-/// A head's length as the scoring kernels use it: 0 when outside [0, capacity] (prepare_kernel
-/// reports that and leaves the layer alone).
+/// A head's length as the scoring kernels use it: 0 when outside [0, the layer's capacity]
+/// (prepare_kernel reports that and leaves the layer alone).
 template <class T, class Layout, class State>
 __device__ index_t scored_length(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h) {
   const std::int32_t raw = p.cache.lengths[p.cache.head_index(s, l, h)];
-  return raw < 0 || raw > p.cache.layout.capacity() ? 0 : raw;
+  return raw < 0 || raw > ::kvcompact::detail::layer_capacity(p.cache.layout, l) ? 0 : raw;
 }
 
 /// Element offset of a slot's key for the scoring kernels: -1 past @p length, or (reported, layer

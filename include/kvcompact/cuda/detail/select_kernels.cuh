@@ -1,119 +1,185 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Prefill selection on the device. Top-k selectors: one block per head gathers the
-/// unprotected candidates in position order (block scan) and their pooled scores (the selector's own
-/// pooling code); the grid-wide top-k of top_k.cuh keeps the best by kvcompact's ranking (score, then
-/// lower position), so the keep-set is the CPU backend's exactly. Every other selector and every
-/// merger runs its own select()/merge() serially, layer after layer, per sequence.
+/// @brief Prefill selection and merging on the device, through the selection contract: every kernel
+/// runs the selector's or merger's own code (kvcompact::detail::ranked_selection,
+/// kvcompact::cooperative_selector, kvcompact::entry_merger) on a thread block as the execution
+/// group, the same group code the CPU backend runs with one worker. Ranked selectors: candidates and
+/// keys per head, the layer allocation (layer scope), then each head's best candidates by the
+/// grid-wide top-k (top_k.cuh: many blocks per head, kvcompact's ranking: higher key, then lower
+/// position), so the keep-sets are the CPU backend's exactly. Cooperative selectors and mergers: one
+/// block per head (per sequence, layers in order, for layer-scope cooperative selectors).
 #pragma once
 
-#include <kvcompact/cuda/detail/cub.cuh>
+#include <kvcompact/cuda/detail/block_group.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
-#include <kvcompact/selectors/hit_window.hpp>
-#include <kvcompact/selectors/top_k.hpp>
+#include <kvcompact/cuda/detail/top_k.cuh>
+#include <kvcompact/detail/selection.hpp>
+#include <kvcompact/policy.hpp>
 
-
+#include <cstddef>
 #include <cstdint>
+#include <span>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace cuda::detail {
 
-/// Where top_k_candidates_kernel writes what launch_top_k() ranks (device arrays).
-struct top_k_candidates {
-  float* keys;            ///< [S][L][Hkv][capacity]: pooled scores of a head's candidates, in position order
-  std::int32_t* counts;   ///< [S][L][Hkv]: candidates per head (0 where nothing is to be ranked)
-  std::int32_t* quota;    ///< [S][L][Hkv]: candidates to keep (budget minus protected slots; 0 where nothing is)
+/// The execution group of the prefill selection kernels.
+using prefill_group = block_group<prefill_threads>;
+/// Design occupancy of the selection and merge kernels: two blocks of 256 threads per SM (a block's
+/// group primitives take under 24 KiB of shared memory; more blocks wait at the same barriers).
+inline constexpr int selection_blocks_per_sm = 2;
+
+/// The (sequence, layer, KV head) a block of a (Hkv, S x grid layers) grid works on.
+struct head_block {
+  index_t s, l, h;  ///< sequence, layer, KV head
+  bool faulted;     ///< the layer is to be left as it is
 };
 
-/// Grid (Hkv, S x L): what top_k::select ranks in one head. Keeps the protected slots; gathers the
-/// other slots (candidates) in position order into `index_scratch(h, 0)` (block scan); writes their
-/// pooled scores (the selector's own pooling code) in that order as the head's top-k keys, and the
-/// budget left after the protected slots as the head's quota. launch_top_k() then keeps the best.
-/// Design occupancy: 4 blocks per SM (one block per head; at most 64 registers).
-template <class Schedule, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, 4)
-    top_k_candidates_kernel(prefill_problem<T, Layout, State> p, selectors::top_k<Schedule> selector, top_k_candidates out) {
-  using reduce_t = cub::BlockReduce<int, prefill_threads>;
-  using scan_t = cub::BlockScan<int, prefill_threads>;
-  __shared__ typename reduce_t::TempStorage reduce_storage;
-  __shared__ typename scan_t::TempStorage scan_storage;
-  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
-  const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
-  if (threadIdx.x == 0) out.counts[head] = out.quota[head] = 0;  // nothing to rank unless found below
-  if (p.layer_faults[s * p.layers() + l]) return;
-  const index_t n = p.cache.lengths[head];
-  const index_t budget = selector.budget(l, p.layers(), n);
-  std::uint8_t* keep = p.keep + base;
-  if (n <= budget) {
-    for (index_t j = threadIdx.x; j < n; j += blockDim.x) keep[j] = 1;
+template <class T, class Layout, class State>
+__device__ head_block head_of_block(const prefill_problem<T, Layout, State>& p) {
+  const index_t s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
+  return {s, l, static_cast<index_t>(blockIdx.x), p.layer_faults[s * p.layers() + l] != 0};
+}
+
+/// Device arrays through which the ranked tier hands each head's candidates to the grid-wide top-k
+/// (launch_top_k): the candidates' keys are in `p.floats` and their slots in `index_scratch(h, 0)`,
+/// in position order.
+struct ranked_top_k {
+  std::int32_t* counts;          ///< [S][L][Hkv]: candidates per head (0 in a faulted layer)
+  std::int32_t* wanted;          ///< [S][L][Hkv]: candidates the head keeps
+  std::span<std::byte> scratch;  ///< launch_top_k's scratch (one scope per head)
+};
+
+/// Grid (Hkv, S x L): phase 1 of a ranked selector for one head: the slot order, verdicts,
+/// candidates in position order, rank keys; the head's state goes to `p.ranking`, its candidate
+/// count and quota to @p top.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm)
+    ranked_gather_kernel(prefill_problem<T, Layout, State> p, Selector selector, ranked_top_k top) {
+  const auto [s, l, h, faulted] = head_of_block(p);
+  const index_t index = p.cache.head_index(s, l, h);
+  const prefill_group workers;
+  if (faulted) {
+    workers.once([&] { top.counts[index] = top.wanted[index] = 0; });
     return;
   }
-  const index_t step = p.step[s * p.layers() + l];
-  const std::int32_t* positions = p.cache.positions + base;
-  const std::int32_t* order = p.order + base;
-  const float* scores = p.scores + base;
-  std::int32_t* candidates = p.indices + 2 * base;  // index_scratch(h, 0), as the CPU selector uses it
-  int protected_here = 0;
-  for (index_t j = threadIdx.x; j < n; j += blockDim.x)
-    if (selector.rule.protects(positions[j], step)) {
-      keep[j] = 1;
-      ++protected_here;
-    }
-  const int protected_total = reduce_t(reduce_storage).Sum(protected_here);  // valid in thread 0, which uses it
-  index_t count = 0;  // candidates gathered so far (same in every thread)
-  for (index_t first = 0; first < n; first += prefill_threads) {
-    const index_t i = first + threadIdx.x;
-    const index_t slot = i < n ? order[i] : 0;
-    const bool is_candidate = i < n && !selector.rule.protects(positions[slot], step);
-    int at = 0, gathered = 0;
-    scan_t(scan_storage).ExclusiveSum(is_candidate ? 1 : 0, at, gathered);
-    if (is_candidate) candidates[count + at] = static_cast<std::int32_t>(slot);
-    count += gathered;
-    __syncthreads();  // scan_storage is reused; candidates are read by other threads below
-  }
-  float* keys = out.keys + base;
-  for (index_t c = threadIdx.x; c < count; c += blockDim.x)
-    keys[c] = selector.rule.pooled_score(c, count, [&](index_t i) { return scores[candidates[i]]; });
-  if (threadIdx.x == 0) {
-    const index_t quota = budget - protected_total;
-    out.counts[head] = static_cast<std::int32_t>(count);
-    out.quota[head] = static_cast<std::int32_t>(quota > 0 ? quota : 0);
+  const auto ctx = p.context(s, l);
+  ctx.prepare_order(workers, static_cast<int>(h));
+  const ::kvcompact::detail::ranked_head head = ::kvcompact::detail::gather_candidates(workers, selector, ctx, static_cast<int>(h));
+  workers.once([&] {
+    p.ranking[index] = head;
+    top.counts[index] = head.candidates;
+    top.wanted[index] = head.wanted;
+  });
+}
+
+/// Grid (S x grid layers): phase 2 of a layer-scope ranked selector: the layer-wide ranking and the per-head
+/// allocation of one layer, which becomes each head's `wanted` in @p top.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm)
+    ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector, ranked_top_k top) {
+  const index_t s = p.grid_sequence(blockIdx.x), l = p.grid_layer(blockIdx.x);
+  if (p.layer_faults[s * p.layers() + l]) return;
+  const prefill_group workers;
+  const index_t first = p.cache.head_index(s, l, 0);
+  ::kvcompact::detail::allocate_layer(workers, selector, p.context(s, l), p.ranking + first);
+  workers.for_each(p.cache.layout.num_kv_heads(), [&](index_t h) { top.wanted[first + h] = p.ranking[first + h].wanted; });
+}
+
+/// Phase 3: every head keeps its `wanted` best candidates whose key reaches the selector's floor,
+/// by the grid-wide top-k over all heads at once (one scope per head; items in position order, so
+/// equal keys keep the lower position, as kvcompact::detail::keep_best_candidates does on the CPU).
+/// A call over some layers (compress_prefill_layer) ranks the heads of those layers, one launch per
+/// sequence (their segments are contiguous within it).
+template <class Selector, class T, class Layout, class State>
+void launch_best_candidates(const prefill_problem<T, Layout, State>& p, const Selector& selector, const ranked_top_k& top, cudaStream_t stream,
+                            const char* where) {
+  const index_t capacity = p.cache.layout.capacity(), sequences = p.cache.layout.num_sequences(), kv_heads = p.cache.layout.num_kv_heads();
+  const bool all_layers = p.grid_layers == p.layers();
+  for (index_t s = 0; s < (all_layers ? 1 : sequences); ++s) {
+    const index_t first = p.cache.head_index(s, p.first_layer, 0), items = first * capacity;
+    top_k_problem problem;
+    problem.keys = {p.floats + items, capacity};  // float_scratch(h): the candidates' keys
+    problem.counts = top.counts + first;
+    problem.segments = (all_layers ? sequences : 1) * p.grid_layers * kv_heads;
+    problem.max_items = capacity;
+    problem.k = top.wanted + first;
+    problem.floor = ::kvcompact::detail::key_floor(selector);
+    problem.flags = {p.keep + items, capacity};
+    problem.flag_index = {p.indices + 2 * items, 2 * capacity};  // index_scratch(h, 0): the candidates' slots
+    problem.status = p.status;
+    problem.segment_layers = p.grid_layers;  // fault names count layers from this call's first one
+    problem.segment_heads = kv_heads;
+    launch_top_k(problem, top.scratch, stream, where);
   }
 }
 
-/// Grid (slot tiles, Hkv, S x L): CORM's budget-free rule, one thread per slot.
-template <class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads) hit_window_select_kernel(prefill_problem<T, Layout, State> p, selectors::hit_window selector) {
-  const auto [s, l, h, j, valid] = slot_of_thread(p);
-  if (!valid || p.layer_faults[s * p.layers() + l]) return;
-  const index_t base = p.head_base(s, l, h);
-  p.keep[base + j] = selector.keeps(p.scores[base + j], p.cache.positions[base + j], p.step[s * p.layers() + l]) ? 1 : 0;
+/// Grid (Hkv, S x L): a head-scope cooperative selector on one head (after its slot order).
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_select_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
+  const auto [s, l, h, faulted] = head_of_block(p);
+  if (faulted) return;
+  const prefill_group workers;
+  const auto ctx = p.context(s, l);
+  ctx.prepare_order(workers, static_cast<int>(h));
+  selector.select(workers, ctx, static_cast<int>(h));
 }
 
-/// Grid (S), one thread: every other selector, exactly as the CPU backend runs it: layer after layer
-/// (a WindowKV leader publishes before its followers read), then the merger per head.
-template <class Policy, class T, class Layout, class State>
-KVCOMPACT_KERNEL void serial_select_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
+/// Grid (S): a layer-scope cooperative selector on every layer of one sequence, in increasing order
+/// (a layer may read what an earlier one published in the sequence's shared store), each after the
+/// slot orders of its heads.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
   const index_t s = blockIdx.x;
-  p.shared[s * (p.cache.layout.capacity() + 2)] = -1;  // no decision published yet
+  const prefill_group workers;
+  workers.once([&] { p.shared[s * (p.cache.layout.capacity() + 2)] = -1; });  // no decision published yet
   for (index_t l = p.first_layer; l < p.first_layer + p.grid_layers; ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
-    auto ctx = p.context(s, l);
-    policy.selector.select(ctx);
-    if constexpr (Policy::merges)
-      for (int h = 0; h < ctx.kv_heads(); ++h) policy.merger.merge(ctx, h);
+    const auto ctx = p.context(s, l);
+    for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(workers, h);
+    selector.select(workers, ctx);
   }
 }
 
-/// Grid (Hkv, S x L), one thread: the merger after a parallel selection.
+/// Grid (Hkv, S x L): the merger on one head after selection.
+template <class Merger, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) merge_kernel(prefill_problem<T, Layout, State> p, Merger merger) {
+  const auto [s, l, h, faulted] = head_of_block(p);
+  if (faulted) return;
+  const prefill_group workers;
+  ::kvcompact::detail::merge_head(workers, merger, p.context(s, l), static_cast<int>(h));
+}
+
+/// Launches the selection and merge stages of compress_prefill for @p policy (slot order, step and
+/// scores are ready): the selector's tier and scope pick the kernels.
+/// @param heads KV heads @param layer_grid sequences x this call's layers @param sequence_grid sequences
+/// @param top the ranked tier's arrays for the grid-wide top-k
 template <class Policy, class T, class Layout, class State>
-KVCOMPACT_KERNEL void merge_kernel(prefill_problem<T, Layout, State> p, Policy policy) {
-  const index_t h = blockIdx.x, s = p.grid_sequence(blockIdx.y), l = p.grid_layer(blockIdx.y);
-  if (p.layer_faults[s * p.layers() + l]) return;
-  auto ctx = p.context(s, l);
-  policy.merger.merge(ctx, static_cast<int>(h));
+void launch_selection(const Policy& policy, const prefill_problem<T, Layout, State>& p, const ranked_top_k& top, unsigned heads, unsigned layer_grid,
+                      unsigned sequence_grid, cudaStream_t stream, const char* where) {
+  using selector_type = typename Policy::selector_type;
+  const dim3 per_head(heads, layer_grid);
+  if constexpr (ranked_selector<selector_type>) {
+    launch(&ranked_gather_kernel<selector_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.selector, top);
+    check_launch(where, "ranked_gather_kernel");
+    if constexpr (selector_type::scope == selection_scope::layer) {
+      launch(&ranked_allocate_kernel<selector_type, T, Layout, State>, dim3(layer_grid), prefill_threads, 0, stream, p, policy.selector, top);
+      check_launch(where, "ranked_allocate_kernel");
+    }
+    launch_best_candidates(p, policy.selector, top, stream, where);
+  } else if constexpr (selector_type::scope == selection_scope::head) {
+    launch(&cooperative_select_kernel<selector_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.selector);
+    check_launch(where, "cooperative_select_kernel");
+  } else {
+    launch(&cooperative_layers_kernel<selector_type, T, Layout, State>, dim3(sequence_grid), prefill_threads, 0, stream, p, policy.selector);
+    check_launch(where, "cooperative_layers_kernel");
+  }
+  if constexpr (Policy::merges) {
+    launch(&merge_kernel<typename Policy::merger_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.merger);
+    check_launch(where, "merge_kernel");
+  }
 }
 
 }  // namespace cuda::detail

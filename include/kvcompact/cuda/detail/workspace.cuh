@@ -6,6 +6,7 @@
 #include <kvcompact/cuda/detail/compaction.cuh>
 #include <kvcompact/cuda/detail/decode_update_kernel.cuh>
 #include <kvcompact/cuda/detail/top_k.cuh>
+#include <kvcompact/detail/ranked_selection.hpp>
 #include <kvcompact/types.hpp>
 
 #include <cstddef>
@@ -45,6 +46,7 @@ struct workspace_plan {
   std::size_t keep = 0;          ///< uint8: keep flags
   std::size_t query_scores = 0;  ///< float [S][L][Hq][capacity]: row-reduced scores per query head
   std::size_t order_ready = 0;   ///< uint8 [S][L][Hkv]
+  std::size_t ranking = 0;       ///< kvcompact::detail::ranked_head [S][L][Hkv]: ranked selectors' per-head state
   std::size_t shared = 0;        ///< int32 [S][capacity + 2]: store shared by the layers of a sequence
   std::size_t step = 0;          ///< int32 [S][L]: newest position of each layer
   std::size_t layer_faults = 0;  ///< int32 [S][L]: nonzero leaves the layer as it is
@@ -52,9 +54,8 @@ struct workspace_plan {
   std::size_t row_lse = 0;       ///< float [S][L][Hkv][G x padded rows]: log2 of each window row's softmax denominator (scaled logits)
   std::size_t row_visible = 0;   ///< int32 [S][L][Hkv][G x padded rows]: keys each window row sees
   std::size_t window_queries = 0;  ///< storage type [S][L][Hq][padded rows][padded head_dim]: the window in the storage type
-  std::size_t top_k_keys = 0;    ///< float: top-k keys of a head's candidates, in position order
-  std::size_t top_k_counts = 0;  ///< int32 [S][L][Hkv]: candidates per head
-  std::size_t top_k_quota = 0;   ///< int32 [S][L][Hkv]: candidates to keep per head
+  std::size_t top_k_counts = 0;  ///< int32 [S][L][Hkv]: a ranked selector's candidates per head
+  std::size_t top_k_quota = 0;   ///< int32 [S][L][Hkv]: the candidates each head keeps
   std::size_t top_k_scratch = 0;        ///< launch_top_k's scratch (one scope per head)
   std::size_t top_k_scratch_bytes = 0;  ///< its size
   std::size_t compaction = 0;           ///< launch_compaction's scratch
@@ -94,6 +95,7 @@ struct workspace_plan {
     take(p.keep, slot_heads, 1);
     take(p.query_scores, sequences * layers * query_heads * capacity, 4);
     take(p.order_ready, sequences * layers * kv_heads, 1);
+    take(p.ranking, sequences * layers * kv_heads, sizeof(::kvcompact::detail::ranked_head));
     take(p.shared, sequences * (capacity + 2), 4);
     take(p.step, sequences * layers, 4);
     take(p.layer_faults, sequences * layers, 4);
@@ -102,7 +104,6 @@ struct workspace_plan {
     take(p.row_visible, heads * group_rows, 4);
     take(p.window_queries, sequences * layers * query_heads * padded_window_rows(window_rows) * padded_head_dim(head_dim),
          static_cast<std::size_t>(element_bytes));
-    take(p.top_k_keys, slot_heads, 4);
     take(p.top_k_counts, heads, 4);
     take(p.top_k_quota, heads, 4);
     p.top_k_scratch_bytes = top_k_workspace_bytes(heads, 1, capacity);
