@@ -228,8 +228,8 @@ BOOST_AUTO_TEST_CASE(bad_engine_tables_are_refused_naming_them) {
   // The argument a session refuses `c` for (caches are filled through good tables, then the tables are broken).
   const auto refused_argument = [&](auto& c) -> std::string {
     using layout_t = std::decay_t<decltype(c.layout)>;
-    kvtest::session_storage<policy_t, float, layout_t> storage(c.layout, attention);
-    try {
+    try {  // the size queries (storage) validate the layout too
+      kvtest::session_storage<policy_t, float, layout_t> storage(c.layout, attention);
       kc::cpu::session<policy_t, float, layout_t> session(policy, c.view(), attention, storage.state_span(), storage.workspace_span());
     } catch (const kc::error& e) {
       return e.argument();
