@@ -68,7 +68,7 @@ KVCOMPACT_HOST_DEVICE void scan_body(const Group& group, const segment* in, inde
   group.once([&] { *out.total = total; });
 }
 
-KVCOMPACT_KERNEL void scan_kernel(const segment* in, index_t n, scan_out out) { scan_body(block{}, in, n, out); }
+__global__ void scan_kernel(const segment* in, index_t n, scan_out out) { scan_body(block{}, in, n, out); }
 
 template <class Group>
 KVCOMPACT_HOST_DEVICE void reduce_body(const Group& group, const std::int64_t* in, index_t n, std::int64_t* sums, std::int64_t* maxima) {
@@ -79,7 +79,7 @@ KVCOMPACT_HOST_DEVICE void reduce_body(const Group& group, const std::int64_t* i
   maxima[group.rank()] = most;
 }
 
-KVCOMPACT_KERNEL void reduce_kernel(const std::int64_t* in, index_t n, std::int64_t* sums, std::int64_t* maxima) {
+__global__ void reduce_kernel(const std::int64_t* in, index_t n, std::int64_t* sums, std::int64_t* maxima) {
   reduce_body(block{}, in, n, sums, maxima);
 }
 
@@ -91,7 +91,7 @@ KVCOMPACT_HOST_DEVICE void kth_body(const Group& group, const std::uint64_t* key
   }
 }
 
-KVCOMPACT_KERNEL void kth_kernel(const std::uint64_t* keys, index_t n, const index_t* ks, int count, std::uint64_t* cuts) {
+__global__ void kth_kernel(const std::uint64_t* keys, index_t n, const index_t* ks, int count, std::uint64_t* cuts) {
   kth_body(block{}, keys, n, ks, count, cuts);
 }
 
@@ -101,7 +101,7 @@ KVCOMPACT_HOST_DEVICE void sort_body(const Group& group, std::int32_t* items, in
   group.sort(items, n, [&](std::int32_t id) { return keys[id]; }, temp);
 }
 
-KVCOMPACT_KERNEL void sort_kernel(std::int32_t* items, index_t n, const std::uint32_t* keys, std::int32_t* temp) {
+__global__ void sort_kernel(std::int32_t* items, index_t n, const std::uint32_t* keys, std::int32_t* temp) {
   sort_body(block{}, items, n, keys, temp);
 }
 

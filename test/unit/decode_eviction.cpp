@@ -72,7 +72,7 @@ BOOST_AUTO_TEST_CASE(the_worst_verdict_is_the_victim_of_select_decode) {
     ctx.set_step(step);
     ctx.begin_decode();
     ctx.budget_ref(0) = length;  // excess 1
-    policy.selector.select_decode(ctx, 0);
+    kvtest::select_decode(policy.selector, ctx, 0);
     index_t victim = -1, worst = -1;
     for (index_t j = 0; j < length; ++j) {
       if (!ctx.kept(0, j)) victim = j;

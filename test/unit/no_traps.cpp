@@ -130,8 +130,8 @@ BOOST_AUTO_TEST_CASE(preset_budgets_must_be_positive) {
 
 BOOST_AUTO_TEST_CASE(pooling_kernels_must_be_odd_and_positive) {
   for (index_t k : {0, 2, 4, -3}) {
-    expect_error([&] { (void)kc::policies::snapkv(16, 4, k); }, "kernel");
-    expect_error([&] { (void)kc::policies::pyramidkv(32, 4, k); }, "kernel");
+    expect_error([&] { (void)kc::policies::snapkv(16, 4, k); }, "scoring.kernel");
+    expect_error([&] { (void)kc::policies::pyramidkv(32, 4, k); }, "scoring.kernel");
   }
   BOOST_CHECK_NO_THROW((void)kc::policies::snapkv(16, 4, 1));
   BOOST_CHECK_NO_THROW((void)kc::policies::snapkv(16, 4, 9));

@@ -89,7 +89,7 @@ __device__ quick_slot place_without_scan(const append_problem<T, Layout, typenam
 
 /// One block per (KV head, sequence) of one storage layer.
 template <class Policy, class T, class Layout>
-KVCOMPACT_KERNEL void __launch_bounds__(append_threads, 2)
+KVCOMPACT_KERNEL void __launch_bounds__(append_threads, 1)
     append_kernel(append_problem<T, Layout, typename Policy::scorer_type::state_type> p, Policy policy) {
   const index_t h = blockIdx.x, s = blockIdx.y;
   const index_t position = p.positions[s];
