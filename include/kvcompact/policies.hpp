@@ -148,7 +148,7 @@ struct cam_options {
 };
 
 /// @brief StreamingLLM (@ref methods_streaming_llm): `sinks` first tokens plus the newest, `budget` in all.
-/// @param budget slots per head @param sinks attention sinks, fewer than @p budget @return the policy
+/// @param budget_or_share slots per head @param sinks attention sinks, fewer than @p budget @return the policy
 /// @throws kvcompact::error when @p budget is not positive or @p sinks is negative or not below @p budget
 inline auto streaming_llm(budget_size budget_or_share, index_t sinks = 4) {
   const index_t budget = budget_or_share.slots("streaming_llm", "budget");
@@ -182,7 +182,7 @@ inline auto h2o(const h2o_options& o) {
 inline auto h2o(budget_size budget, index_t recent) { return h2o(h2o_options{budget, recent, 0}); }
 
 /// @brief TOVA (@ref methods_tova): the top `budget` by the last query's head-averaged attention (one-row window).
-/// @param budget slots per head @return the policy
+/// @param budget_or_share slots per head @return the policy
 /// @throws kvcompact::error when @p budget is not positive
 inline auto tova(budget_size budget_or_share) {
   const index_t budget = budget_or_share.slots("tova", "budget");
@@ -266,7 +266,7 @@ inline auto adakv(budget_size budget, index_t window = 32, double floor_fraction
 }
 
 /// @brief KNorm (@ref methods_knorm): the `budget` keys of lowest L2 norm.
-/// @param budget slots per head @return the policy
+/// @param budget_or_share slots per head @return the policy
 /// @throws kvcompact::error when @p budget is not positive
 inline auto knorm(budget_size budget_or_share) {
   const index_t budget = budget_or_share.slots("knorm", "budget");
@@ -284,7 +284,7 @@ inline auto corm(index_t window, index_t recent, index_t sinks = 0) {
 }
 
 /// @brief Budgeted CORM (@ref methods_corm_budgeted): the `recent` newest plus the most important above the threshold, `budget` in all.
-/// @param budget slots per head @param recent recent tokens kept (and window rows), at most @p budget
+/// @param budget_or_share slots per head @param recent recent tokens kept (and window rows), at most @p budget
 /// @param alpha threshold multiplier, finite and not negative @return the policy
 /// @throws kvcompact::error when an argument is out of range
 inline auto corm_budgeted(budget_size budget_or_share, index_t recent, float alpha = 1.0f) {
@@ -301,7 +301,7 @@ inline auto corm_budgeted(budget_size budget_or_share, index_t recent, float alp
 
 /// @brief WindowKV (@ref methods_windowkv): whole windows of `window` tokens under a group pyramid averaging `average`
 /// review tokens, indices shared by groups of `group` layers; the `suffix` newest tokens are kept.
-/// @param average average review tokens per layer @param group layers per group @param task the engine's task type
+/// @param average_or_share average review tokens per layer @param group layers per group @param task the engine's task type
 /// @param window tokens per window @param suffix observation window @return the policy
 /// @throws kvcompact::error when @p average, @p group or @p window is not positive or @p suffix is negative
 inline auto windowkv(budget_size average_or_share, index_t group, selectors::task_type task = selectors::task_type::localization,
@@ -386,7 +386,7 @@ inline std::vector<index_t> mixattention_capacities(const layouts::layer_map& ma
 /// the `recent` newest is written into the entry whose key is most similar (kvcompact::mergers::nearest_key)
 /// instead of being dropped; prefill compresses the prompt the same way. Pass every prompt query as the
 /// window (accumulated attention).
-/// @param slots M: entries per head @param recent newest tokens kept as they are
+/// @param slots_or_share M: entries per head @param recent newest tokens kept as they are
 /// @return the policy
 /// @throws kvcompact::error naming `recent` when it is not below @p slots
 inline auto bounded_memory(budget_size slots_or_share, index_t recent = 32) {
@@ -451,7 +451,7 @@ inline auto kvmerger(double fraction) {
 
 /// @brief CaM (@ref methods_cam) over StreamingLLM-style eviction: `start` first and `budget - start` newest tokens
 /// kept; each evicted value is spread over the next `merge_count` kept values.
-/// @param budget slots per head
+/// @param budget_or_share slots per head
 /// @param start first tokens kept, fewer than @p budget
 /// @param merge_count M, positive
 /// @return the policy

@@ -50,7 +50,7 @@ struct window_need_of {
   static constexpr window_need value = detail::scorer_window_need<typename P::scorer_type>();
 };
 
-/// @brief Shorthand for window_need_of<P>::value.
+/// @brief Shorthand for `window_need_of<P>::value`.
 /// @tparam P a kvcompact::compression_policy
 template <class P>
 inline constexpr window_need window_need_v = window_need_of<std::remove_cvref_t<P>>::value;
