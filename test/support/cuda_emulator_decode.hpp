@@ -68,8 +68,13 @@ inline void cp_async_wait(int pending) {
   }
 }
 
-/// fence.acq_rel.gpu: a sequentially consistent CPU fence (blocks run on concurrent OS threads).
-inline void fence_device() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+/// fence.acq_rel.gpu: a sequentially consistent read-modify-write of one grid-wide word (blocks run on
+/// concurrent OS threads; every fence of every block orders through that word, which ThreadSanitizer
+/// understands, whereas it cannot model std::atomic_thread_fence and GCC refuses it under -fsanitize=thread).
+inline void fence_device() {
+  static std::atomic<unsigned> fence_word{0};
+  fence_word.fetch_add(1u, std::memory_order_seq_cst);
+}
 
 /// griddepcontrol.launch_dependents (kernels run one after another: nothing to release).
 inline void griddepcontrol_launch_dependents() {}
