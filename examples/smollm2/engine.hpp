@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <stdexcept>
 #include <vector>
 
 #include "kv_backend.hpp"
@@ -48,9 +49,23 @@ public:
     /// every layer, so a compressing cache evicts exactly as in token-by-token decode.
     std::vector<float> forward_all(std::span<const token_id> tokens) { return logits(hidden(tokens, 0), tokens.size(), tokens.size()); }
 
+    /// Processes a whole prompt @p tokens like forward() followed by kv_backend::finish_prefill(), but
+    /// hands each layer's last @p window_rows queries to kv_backend::finish_prefill_layer() as soon as that
+    /// layer's attention is done: the backend compresses the layer before the next one runs, and only one
+    /// layer's window queries are held (last_window() keeps the last layer's). The same keep-sets as
+    /// forward() + finish_prefill(), since no layer reads another layer's cache.
+    /// @throws std::logic_error when the backend does not kv_backend::compresses_per_layer()
+    std::vector<float> forward_compressing_each_layer(std::span<const token_id> tokens, int window_rows) {
+        if (!kv_.compresses_per_layer())
+            throw std::logic_error("engine::forward_compressing_each_layer: the backend compresses all layers at once");
+        return logits(hidden(tokens, window_rows, true), tokens.size(), 1);
+    }
+
 private:
-    /// Runs every layer over @p tokens; @return the final hidden states [T][hidden].
-    std::vector<float> hidden(std::span<const token_id> tokens, int window_rows) {
+    /// Runs every layer over @p tokens; @return the final hidden states [T][hidden]. With
+    /// @p compress_each_layer the window holds one layer, handed to kv_backend::finish_prefill_layer()
+    /// after each layer's attention; else it holds every layer's queries.
+    std::vector<float> hidden(std::span<const token_id> tokens, int window_rows, bool compress_each_layer = false) {
         const std::size_t T = tokens.size(), H = c_.hidden, F = c_.ffn;
         const std::size_t D = c_.head_dim, NQ = c_.n_heads, KV = static_cast<std::size_t>(c_.n_kv_heads) * D;
         std::vector<float> x(T * H), xn(T * H), q(T * H), k(T * KV), v(T * KV), att(T * H), o(T * H);
@@ -62,7 +77,8 @@ private:
         query_window& window = window_;
         window = {};
         window.rows = static_cast<int>(std::min<std::size_t>(T, static_cast<std::size_t>(std::max(window_rows, 0))));
-        window.q.resize(static_cast<std::size_t>(c_.n_layers) * NQ * window.rows * D);
+        const std::size_t window_layers = compress_each_layer ? 1 : static_cast<std::size_t>(c_.n_layers);
+        window.q.resize(window_layers * NQ * window.rows * D);
         for (int r = 0; r < window.rows; ++r) window.positions.push_back(n_past_ + static_cast<std::int32_t>(T) - window.rows + r);
 
         for (int l = 0; l < c_.n_layers; ++l) {
@@ -80,7 +96,8 @@ private:
                 if (!batched) kv_.attend(l, &q[t * H], pos, &att[t * H]);
             }
             if (batched) kv_.attend_prefill(l, q.data(), T, n_past_, att.data());
-            record_window(window, l, q, T);
+            record_window(window, compress_each_layer ? 0 : l, q, T);
+            if (compress_each_layer) kv_.finish_prefill_layer(l, window);
             ops::matmul(L.wo.data(), H, H, att.data(), T, o.data());
             for (std::size_t i = 0; i < T * H; ++i) x[i] += o[i];
 
@@ -105,7 +122,7 @@ private:
         return out;
     }
 
-    /// Copies the queries of the last window.rows tokens of layer @p l into @p window.
+    /// Copies the queries of the last window.rows tokens into layer @p l of @p window.
     void record_window(query_window& window, int l, const std::vector<float>& q, std::size_t T) const {
         const std::size_t D = c_.head_dim, NQ = c_.n_heads, H = c_.hidden, R = static_cast<std::size_t>(window.rows);
         for (std::size_t r = 0; r < R; ++r) {

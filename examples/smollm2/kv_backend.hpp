@@ -48,6 +48,16 @@ public:
     /// Called once after the prompt was processed, with its last queries
     /// (engine::last_window()); compressing backends compress here.
     virtual void finish_prefill(const query_window& window) = 0;
+    /// @return true when the backend can compress each layer as soon as that layer's prefill is done
+    /// (finish_prefill_layer()), so that the engine holds one layer's window queries instead of every layer's.
+    virtual bool compresses_per_layer() const { return false; }
+    /// Called by engine::forward_compressing_each_layer() right after the prompt's attention of @p layer
+    /// (layers 0, 1, ... in order, each once, instead of one finish_prefill()), with that layer's last
+    /// queries: a one-layer query_window, [1][q_head][row][head_dim]. Only called when compresses_per_layer().
+    virtual void finish_prefill_layer(int layer, const query_window& layer_window) {
+        (void)layer, (void)layer_window;
+        throw std::logic_error("kv_backend::finish_prefill_layer: this backend compresses all layers in finish_prefill()");
+    }
     /// Replaces the cache content by @p prefilled (an uncompressed cache of the
     /// same geometry), e.g. to evaluate several policies on one prefill.
     virtual void restore(const kv_cache_storage& prefilled) = 0;

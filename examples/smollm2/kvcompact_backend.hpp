@@ -30,6 +30,8 @@ template <class Policy>
 class kvcompact_backend final : public kv_backend {
     using layout_type = kvcompact::layouts::strided;
     using session_type = kvcompact::cpu::session<Policy, float, layout_type>;
+    /// Whether the policy's selector decides per layer, as compress_prefill_layer() requires.
+    static constexpr bool compresses_layer_by_layer = !kvcompact::detail::decides_across_layers<typename Policy::selector_type>;
 
 public:
     /// @param n_heads query heads; @param capacity slots per (layer, kv_head), at
@@ -46,16 +48,16 @@ public:
           workspace_(session_type::workspace_bytes(view_.layout, shape_)) {}
 
     void append(int layer, const float* k, const float* v, std::int32_t position) override {
-        if (session_) session_->append(0, layer, k, v, position);
+        if (decoding_) session_->append(0, layer, k, v, position);
         else append_new_slot(cache_, layer, k, v, position);
     }
 
     void attend(int layer, const float* q, std::int32_t position, float* out) override {
-        if (session_) session_->attend(0, layer, q, position, out);
+        if (decoding_) session_->attend(0, layer, q, position, out);
         else attend_all_slots(cache_, layer, n_heads_, q, scale_, scores_.data(), out);
     }
 
-    bool batched_prefill() const override { return !session_; }
+    bool batched_prefill() const override { return !decoding_; }
 
     int window_rows(int prompt_length, int window) const override {
         return static_cast<int>(kvcompact::window_rows_for<Policy>(prompt_length, window));
@@ -66,8 +68,25 @@ public:
     }
 
     void finish_prefill(const query_window& window) override {
-        session_.emplace(policy_, view_, shape_, std::span<std::byte>(state_), std::span<std::byte>(workspace_));
-        session_->compress_prefill(kvcompact::query_window{window.q.data(), window.positions.data(), window.rows});
+        start_session();
+        session_->compress_prefill(library_window(window));
+        decoding_ = true;
+    }
+
+    /// @return false for selectors that share one decision across layers (WindowKV), which
+    /// kvcompact's compress_prefill_layer() rejects; true otherwise.
+    bool compresses_per_layer() const override { return compresses_layer_by_layer; }
+
+    /// Compresses @p layer with kvcompact::cpu::session::compress_prefill_layer() (the session starts at
+    /// layer 0); decoding starts after the last layer.
+    void finish_prefill_layer(int layer, const query_window& layer_window) override {
+        if constexpr (compresses_layer_by_layer) {
+            if (!session_) start_session();
+            session_->compress_prefill_layer(layer, library_window(layer_window));
+            decoding_ = layer + 1 == cache_.layers;
+        } else {
+            kv_backend::finish_prefill_layer(layer, layer_window);
+        }
     }
 
     void restore(const kv_cache_storage& prefilled) override {
@@ -78,6 +97,14 @@ public:
     const kv_cache_storage& cache() const override { return cache_; }
 
 private:
+    /// Binds the policy to the (prefilled) cache.
+    void start_session() { session_.emplace(policy_, view_, shape_, std::span<std::byte>(state_), std::span<std::byte>(workspace_)); }
+
+    /// @return kvcompact's view of the engine's recorded @p window (same layout).
+    static kvcompact::query_window library_window(const query_window& window) {
+        return kvcompact::query_window{window.q.data(), window.positions.data(), window.rows};
+    }
+
     Policy policy_;
     kv_cache_storage cache_;
     int n_heads_;
@@ -88,6 +115,7 @@ private:
     std::vector<std::byte> state_;
     std::vector<std::byte> workspace_;
     std::optional<session_type> session_;
+    bool decoding_ = false;  ///< every layer compressed: tokens go through the session
 };
 
 /// Builds the kvcompact backend that runs @p policy over a cache of the given shape.

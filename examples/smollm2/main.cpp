@@ -83,7 +83,8 @@ constexpr const char* usage_text =
     "  --budget-file FILE  per-layer budget table of prefixkv / xkv (bench/quality/budgets/)\n"
     "  --print-ids         print prompt and generated token ids\n"
     "  --logits-out FILE   write the logits of every generated token (fp32) to FILE\n"
-    "  --self-check        check prefill/decode consistency and no-evict presets, then exit\n"
+    "  --self-check        check prefill/decode consistency, no-evict presets and per-layer\n"
+    "                      prefill compression against the all-layer one, then exit\n"
     "  --help              print this text and exit\n";
 
 /// Most tokens (prompt plus generated) one run may hold.
@@ -199,8 +200,27 @@ struct generation {
     std::vector<token_id> tokens;             ///< generated ids
     std::vector<std::vector<float>> logits;   ///< logits that chose each generated id
     double prefill_s = 0, compress_s = 0, decode_s = 0;  ///< wall time of the phases
+    bool compressed_per_layer = false;        ///< compressed layer by layer within the prefill (compress_s 0)
+    std::vector<std::int32_t> kept_positions;  ///< after prefill compression: each (layer, kv_head)'s kept positions, in order
     std::size_t kv_bytes = 0, kv_full_bytes = 0;
 };
+
+/// How generate() compresses the prompt's KV cache.
+enum class prefill_compression {
+    per_layer_when_supported,  ///< each layer as its prefill finishes when the backend compresses_per_layer()
+    all_layers_at_end,         ///< every layer at once after the prefill (kv_backend::finish_prefill())
+};
+
+/// @return the positions of the occupied slots of every (layer, kv_head) of @p cache, concatenated.
+std::vector<std::int32_t> kept_positions(const kv_cache_storage& cache) {
+    std::vector<std::int32_t> kept;
+    for (int l = 0; l < cache.layers; ++l)
+        for (int h = 0; h < cache.kv_heads; ++h) {
+            const auto first = cache.positions.begin() + static_cast<std::ptrdiff_t>(cache.slot_index(l, h, 0));
+            kept.insert(kept.end(), first, first + cache.lengths[cache.head_index(l, h)]);
+        }
+    return kept;
+}
 
 using clock_type = std::chrono::steady_clock;
 
@@ -211,19 +231,23 @@ double seconds_since(clock_type::time_point t0) {
 /// Called with each generated token as soon as it is chosen (EOS included).
 using token_callback = std::function<void(token_id)>;
 
-/// Prefills @p prompt in one batch, then decodes greedily until EOS or @p o.max_new tokens, calling
-/// @p on_token (if set) with every token as it is generated.
+/// Prefills @p prompt in one batch, compressing it as @p compression says, then decodes greedily until
+/// EOS or @p o.max_new tokens, calling @p on_token (if set) with every token as it is generated.
 generation generate(const options& o, const model_config& c, const model_weights& w, const tokenizer& tok,
-                    const std::vector<token_id>& prompt, bool keep_logits, const token_callback& on_token = {}) {
+                    const std::vector<token_id>& prompt, bool keep_logits, const token_callback& on_token = {},
+                    prefill_compression compression = prefill_compression::per_layer_when_supported) {
     auto backend = make_backend(o, c, prompt.size(), static_cast<int>(prompt.size()) + o.max_new);
     engine eng(c, w, *backend);
     generation g;
+    const int window_rows = backend->window_rows(static_cast<int>(prompt.size()), o.window);  // the policy's window_need
+    g.compressed_per_layer = compression == prefill_compression::per_layer_when_supported && backend->compresses_per_layer();
     auto t0 = clock_type::now();
-    auto logits = eng.forward(prompt, backend->window_rows(static_cast<int>(prompt.size()), o.window));  // the policy's window_need
+    auto logits = g.compressed_per_layer ? eng.forward_compressing_each_layer(prompt, window_rows) : eng.forward(prompt, window_rows);
     g.prefill_s = seconds_since(t0);
     t0 = clock_type::now();
-    if (o.preset != "full") backend->finish_prefill(eng.last_window());
+    if (o.preset != "full" && !g.compressed_per_layer) backend->finish_prefill(eng.last_window());
     g.compress_s = seconds_since(t0);
+    g.kept_positions = kept_positions(backend->cache());
     t0 = clock_type::now();
     for (int i = 0; i < o.max_new; ++i) {
         const token_id next = argmax(logits);
@@ -272,7 +296,9 @@ double max_abs_diff(const std::vector<std::vector<float>>& a, const std::vector<
 
 /// Checks (1) prefill-then-decode == token-by-token == chunked prefill, and
 /// (2) kvcompact sessions whose budget never forces an eviction reproduce the
-/// full-cache logits (their attention sums in another order: tolerance 1e-3).
+/// full-cache logits (their attention sums in another order: tolerance 1e-3), and
+/// (3) compressing each layer as its prefill finishes keeps the same positions and generates the
+/// same tokens as compressing every layer after the prefill (h2o and snapkv at half the prompt).
 int self_check(options o, const model_config& c, const model_weights& w, const tokenizer& tok) {
     o.max_new = 16;
     o.preset = "full";
@@ -300,6 +326,21 @@ int self_check(options o, const model_config& c, const model_weights& w, const t
         o.budget = static_cast<double>(prompt.size() + static_cast<std::size_t>(o.max_new)) / static_cast<double>(prompt.size());
         const auto g = generate(o, c, w, tok, prompt, true);
         report(std::string("kvcompact ") + preset + " no-evict:", g.logits, g.tokens);
+    }
+    o.budget = 0.5;  // evicting: the per-layer compression must keep what the all-layer one keeps
+    for (const char* preset : {"h2o", "snapkv"}) {
+        o.preset = preset;
+        const auto per_layer = generate(o, c, w, tok, prompt, true);
+        const auto all_layers = generate(o, c, w, tok, prompt, true, {}, prefill_compression::all_layers_at_end);
+        const bool same_kept = per_layer.kept_positions == all_layers.kept_positions;
+        const bool same_tokens = per_layer.tokens == all_layers.tokens;
+        const double diff = max_abs_diff(per_layer.logits, all_layers.logits);
+        const bool ok = per_layer.compressed_per_layer && same_kept && same_tokens && diff <= 1e-3;
+        std::printf("self-check kvcompact %-6s per-layer vs all-layer: compressed per layer %s, kept positions %s (%zu), tokens %s, "
+                    "max |logit diff| = %.3g -> %s\n",
+                    preset, per_layer.compressed_per_layer ? "yes" : "NO", same_kept ? "equal" : "DIFFER", per_layer.kept_positions.size(),
+                    same_tokens ? "equal" : "DIFFER", diff, ok ? "ok" : "FAIL");
+        failures += ok ? 0 : 1;
     }
     return failures == 0 ? 0 : 1;
 }
@@ -358,7 +399,10 @@ int main(int argc, char** argv) try {
                  static_cast<double>(prompt.size()) / g.prefill_s);
     std::fprintf(stderr, "decode: %.0f tokens in %.3f s (%.1f tok/s)\n", decode_tokens, g.decode_s,
                  decode_tokens / std::max(g.decode_s, 1e-9));
-    if (o.preset != "full")
+    if (o.preset != "full" && g.compressed_per_layer)
+        std::fprintf(stderr, "preset %s: budget %ld slots per head (%.0f%% of %zu prompt tokens), compress_prefill_layer within the prefill\n",
+                     o.preset.c_str(), budget_slots(o, prompt.size()), 100.0 * o.budget, prompt.size());
+    else if (o.preset != "full")
         std::fprintf(stderr, "preset %s: budget %ld slots per head (%.0f%% of %zu prompt tokens), compress_prefill %.3f s\n",
                      o.preset.c_str(), budget_slots(o, prompt.size()), 100.0 * o.budget, prompt.size(), g.compress_s);
     std::fprintf(stderr, "kv cache [%s]: %zu bytes occupied vs %zu full (%.1f%%)\n", o.preset.c_str(), g.kv_bytes,
