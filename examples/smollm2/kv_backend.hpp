@@ -111,9 +111,10 @@ inline void attend_all_slots(const kv_cache_storage& cache, int layer, int n_hea
 /// Causal attention of @p tokens consecutive queries (positions @p first + t, rows of n_heads *
 /// head_dim floats in @p q) over the valid slots of @p layer whose position is not after the
 /// query's: tiles of query_tile tokens x the GQA group's query heads against key_tile slots with an
-/// online softmax, so each key and value tile is read once per query tile (not once per token).
-/// Parallel over (KV head, query tile); each output row is written by one thread in a fixed order,
-/// so the result does not depend on the thread count.
+/// online softmax, so each key and value tile is read once per query tile (not once per token); the
+/// tile's logits are one ops::dot_tile() (register blocks of query rows x keys), and each value row
+/// is read once per tile for all query rows. Parallel over (KV head, query tile); each output row is
+/// written by one thread in a fixed order, so the result does not depend on the thread count.
 inline void attend_causal(const kv_cache_storage& cache, int layer, int n_heads, const float* q, std::size_t tokens,
                           std::int32_t first, float scale, float* out) {
     constexpr std::size_t query_tile = 16, key_tile = 64;
@@ -125,32 +126,48 @@ inline void attend_causal(const kv_cache_storage& cache, int layer, int n_heads,
         const int h = static_cast<int>(static_cast<std::size_t>(item) / tiles);
         const std::size_t t0 = static_cast<std::size_t>(item) % tiles * query_tile, count = std::min(query_tile, tokens - t0);
         const std::size_t rows = count * group;  // row ti * group + gi: token t0 + ti, query head h * group + gi
-        std::vector<float> maxima(rows, -INFINITY), sums(rows, 0.0f), acc(rows * d, 0.0f);
-        float logits[key_tile];
+        std::vector<float> maxima(rows, -INFINITY), sums(rows, 0.0f), acc(rows * d, 0.0f), logits(rows * key_tile);
+        std::vector<const float*> query_rows(rows);
+        std::vector<std::uint8_t> updated(rows);
+        for (std::size_t r = 0; r < rows; ++r)
+            query_rows[r] = q + (t0 + r / group) * row_width + (static_cast<std::size_t>(h) * group + r % group) * d;
+        const float* keys[key_tile];
         const int length = cache.lengths[cache.head_index(layer, h)];
         const std::int32_t* positions = &cache.positions[cache.slot_index(layer, h, 0)];
+        const std::int32_t last_position = first + static_cast<std::int32_t>(t0 + count - 1);
         for (int s0 = 0; s0 < length; s0 += static_cast<int>(key_tile)) {
             const int n = std::min(static_cast<int>(key_tile), length - s0);
             const std::int32_t oldest = *std::min_element(positions + s0, positions + s0 + n);
+            if (oldest > last_position) continue;  // the whole tile is in every query's future
+            for (int s = 0; s < n; ++s) keys[s] = cache.key(layer, h, s0 + s);
+            ops::dot_tile(query_rows.data(), rows, keys, static_cast<std::size_t>(n), d, logits.data(), key_tile, 1);
             for (std::size_t r = 0; r < rows; ++r) {
                 const std::int32_t position = first + static_cast<std::int32_t>(t0 + r / group);
-                if (oldest > position) continue;  // the whole tile is in this query's future
-                const float* qr = q + (t0 + r / group) * row_width + (static_cast<std::size_t>(h) * group + r % group) * d;
+                updated[r] = oldest <= position;
+                if (!updated[r]) continue;  // the whole tile is in this query's future
+                float* row = &logits[r * key_tile];
                 float tile_max = -INFINITY;
                 for (int s = 0; s < n; ++s) {
-                    logits[s] = positions[s0 + s] <= position ? ops::dot(qr, cache.key(layer, h, s0 + s), d) * scale : -INFINITY;
-                    tile_max = std::max(tile_max, logits[s]);
+                    row[s] = positions[s0 + s] <= position ? row[s] * scale : -INFINITY;
+                    tile_max = std::max(tile_max, row[s]);
                 }
                 const float maximum = std::max(maxima[r], tile_max), rescale = std::exp(maxima[r] - maximum);
                 float* a = &acc[r * d];
                 for (std::size_t i = 0; i < d; ++i) a[i] *= rescale;
                 sums[r] *= rescale;
                 maxima[r] = maximum;
-                for (int s = 0; s < n; ++s) {
-                    if (logits[s] == -INFINITY) continue;
-                    const float p = std::exp(logits[s] - maximum);
-                    sums[r] += p;
-                    const float* v = cache.value(layer, h, s0 + s);
+                for (int s = 0; s < n; ++s) {  // row[s] becomes the weight of value s (-infinity: masked)
+                    if (row[s] == -INFINITY) continue;
+                    row[s] = std::exp(row[s] - maximum);
+                    sums[r] += row[s];
+                }
+            }
+            for (int s = 0; s < n; ++s) {  // each value row once for all query rows, the slots in order
+                const float* v = cache.value(layer, h, s0 + s);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    const float p = logits[r * key_tile + static_cast<std::size_t>(s)];
+                    if (!updated[r] || p == -INFINITY) continue;
+                    float* a = &acc[r * d];
                     for (std::size_t i = 0; i < d; ++i) a[i] += p * v[i];
                 }
             }

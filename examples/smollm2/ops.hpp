@@ -18,51 +18,70 @@ namespace smollm2::ops {
 /// Lanes of independent partial sums in the dot products (vectorises cleanly).
 inline constexpr std::size_t lanes = 8;
 
-/// Computes N dot products of row @p w with rows @p x[0..N) (length @p n each).
-template <std::size_t N>
-inline void dot_n(const float* __restrict w, const float* const* x, std::size_t n, float* out) {
-    float acc[N][lanes] = {};
+/// Computes the R x N dot products of rows @p w[0..R) with rows @p x[0..N) (length @p n each) into
+/// out[r][t], in one pass over them: each loaded chunk of a w row meets every x row and vice versa,
+/// the R x N lane sums in registers (R = 3, N = 4: 12 vectors of 8 lanes, 7 loads per 12 FMAs). Each
+/// output has the same association whatever R and N (lanes in order, then the lanes summed in order).
+template <std::size_t R, std::size_t N>
+inline void dot_block(const float* const* w, const float* const* x, std::size_t n, float (*out)[N]) {
+    float acc[R][N][lanes] = {};
     std::size_t i = 0;
     for (; i + lanes <= n; i += lanes)
-        for (std::size_t r = 0; r < N; ++r)
-            for (std::size_t l = 0; l < lanes; ++l) acc[r][l] += w[i + l] * x[r][i + l];
-    for (std::size_t r = 0; r < N; ++r) {
-        for (std::size_t k = i; k < n; ++k) acc[r][k - i] += w[k] * x[r][k];
-        float s = 0.0f;
-        for (std::size_t l = 0; l < lanes; ++l) s += acc[r][l];
-        out[r] = s;
-    }
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t t = 0; t < N; ++t)
+                for (std::size_t l = 0; l < lanes; ++l) acc[r][t][l] += w[r][i + l] * x[t][i + l];
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t t = 0; t < N; ++t) {
+            for (std::size_t k = i; k < n; ++k) acc[r][t][k - i] += w[r][k] * x[t][k];
+            float s = 0.0f;
+            for (std::size_t l = 0; l < lanes; ++l) s += acc[r][t][l];
+            out[r][t] = s;
+        }
 }
 
-/// @return the dot product of @p a and @p b (length @p n), same rounding as dot_n.
+/// @return the dot product of @p a and @p b (length @p n), same rounding as dot_block.
 inline float dot(const float* a, const float* b, std::size_t n) {
-    float r;
-    dot_n<1>(a, &b, n, &r);
-    return r;
+    float r[1][1];
+    dot_block<1, 1>(&a, &b, n, r);
+    return r[0][0];
+}
+
+/// out[i * a_stride + j * b_stride] = dot(a[i], b[j]) for i < @p na, j < @p nb (rows of length @p n):
+/// register blocks of 3 a-rows x 4 b-rows (8 a-rows x 1 b-row for the last b-rows), so each a-row is
+/// read once per 4 b-rows and each b-row once per 3 (8) a-rows. Same rounding as dot().
+inline void dot_tile(const float* const* a, std::size_t na, const float* const* b, std::size_t nb, std::size_t n, float* out,
+                     std::size_t a_stride, std::size_t b_stride) {
+    auto block = [&]<std::size_t R, std::size_t N>(std::size_t i, std::size_t j) {
+        float result[R][N];
+        dot_block<R, N>(a + i, b + j, n, result);
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t k = 0; k < N; ++k) out[(i + r) * a_stride + (j + k) * b_stride] = result[r][k];
+    };
+    auto all_rows = [&]<std::size_t R, std::size_t N>(std::size_t j) {  // every a-row against the N b-rows from j
+        std::size_t i = 0;
+        for (; i + R <= na; i += R) block.template operator()<R, N>(i, j);
+        for (; i < na; ++i) block.template operator()<1, N>(i, j);
+    };
+    std::size_t j = 0;
+    for (; j + 4 <= nb; j += 4) all_rows.template operator()<3, 4>(j);
+    for (; j < nb; ++j) all_rows.template operator()<8, 1>(j);
 }
 
 /// y[t][o] = sum_i w[o][i] * x[t][i] for t < tokens; w is [rows][cols] row-major.
-/// Parallel over blocks of output rows; tokens are processed 4 at a time so
-/// each weight row is read from memory once per 4 tokens.
+/// Parallel over blocks of 16 output rows, each a dot_tile() of its weight rows against all tokens.
 inline void matmul(const float* w, std::size_t rows, std::size_t cols, const float* x, std::size_t tokens,
                    float* y) {
     constexpr std::ptrdiff_t row_block = 16;
     const auto n_blocks = static_cast<std::ptrdiff_t>((rows + row_block - 1) / row_block);
+    std::vector<const float*> xs(tokens);
+    for (std::size_t t = 0; t < tokens; ++t) xs[t] = x + t * cols;
 #pragma omp parallel for schedule(static)
     for (std::ptrdiff_t b = 0; b < n_blocks; ++b) {
         const std::size_t r0 = static_cast<std::size_t>(b * row_block);
         const std::size_t r1 = std::min(rows, r0 + row_block);
-        std::size_t t = 0;
-        for (; t + 4 <= tokens; t += 4) {
-            const float* xs[4] = {x + t * cols, x + (t + 1) * cols, x + (t + 2) * cols, x + (t + 3) * cols};
-            for (std::size_t r = r0; r < r1; ++r) {
-                float out[4];
-                dot_n<4>(w + r * cols, xs, cols, out);
-                for (std::size_t k = 0; k < 4; ++k) y[(t + k) * rows + r] = out[k];
-            }
-        }
-        for (; t < tokens; ++t)
-            for (std::size_t r = r0; r < r1; ++r) y[t * rows + r] = dot(w + r * cols, x + t * cols, cols);
+        const float* ws[row_block];
+        for (std::size_t r = r0; r < r1; ++r) ws[r - r0] = w + r * cols;
+        dot_tile(ws, r1 - r0, xs.data(), tokens, cols, y + r0, 1, rows);
     }
 }
 
