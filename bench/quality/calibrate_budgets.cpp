@@ -36,7 +36,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -55,6 +54,7 @@
 #include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "model.hpp"
+#include "options.hpp"
 #include "tokenizer.hpp"
 
 namespace {
@@ -74,18 +74,13 @@ struct options {
     std::vector<double> budgets{0.1, 0.2, 0.3, 0.35, 0.5};
 };
 
-[[noreturn]] void usage(const std::string& why) {
-    std::fprintf(stderr, "calibrate_budgets: %s (see the header of calibrate_budgets.cpp)\n", why.c_str());
-    std::exit(2);
-}
+/// Exits with a usage_error of this tool.
+[[noreturn]] void usage(const std::string& why) { usage_error("calibrate_budgets", why); }
 
 options parse(int argc, char** argv) {
     options o;
-    if (const char* env = std::getenv("KVCOMPACT_SMOLLM2_GGUF")) o.model_path = env;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (i + 1 >= argc) usage("missing value for " + a);
-        const std::string v = argv[++i];
+    o.model_path = model_path_from_environment();
+    parse_option_pairs("calibrate_budgets", argc, argv, [&](const std::string& a, const std::string& v) {
         if (a == "--model") o.model_path = v;
         else if (a == "--essays") o.essays_dir = v;
         else if (a == "--prompts") o.prompts = std::stoi(v);
@@ -99,10 +94,10 @@ options parse(int argc, char** argv) {
         else if (a == "--threads") o.threads = std::stoi(v);
         else if (a == "--budgets") {
             o.budgets.clear();
-            std::stringstream ss(v);
-            for (std::string item; std::getline(ss, item, ',');) o.budgets.push_back(std::stod(item));
-        } else usage("unknown option " + a);
-    }
+            for (const auto& item : split_list(v)) o.budgets.push_back(std::stod(item));
+        } else return false;
+        return true;
+    });
     if (o.model_path.empty() || o.essays_dir.empty()) usage("need --essays DIR and a model (--model or KVCOMPACT_SMOLLM2_GGUF)");
     if (o.prefixkv_out.empty() && o.xkv_out.empty()) usage("nothing to write: give --prefixkv FILE and/or --xkv FILE");
     if (o.prompts < 1 || o.tokens < 2 * o.window || o.continuation < 1 || o.window < 1) usage("need prompts >= 1, tokens >= 2 window, continuation >= 1");

@@ -23,10 +23,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -41,6 +39,7 @@
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
 #include "model.hpp"
+#include "options.hpp"
 #include "tokenizer.hpp"
 
 namespace {
@@ -55,32 +54,22 @@ struct options {
     std::vector<std::string> presets{"snapkv", "streaming_llm", "h2o"};
 };
 
-[[noreturn]] void usage(const std::string& why) {
-    std::fprintf(stderr, "csr_quality: %s (see the header of csr_quality.cpp)\n", why.c_str());
-    std::exit(2);
-}
-
 options parse(int argc, char** argv) {
     options o;
-    if (const char* env = std::getenv("KVCOMPACT_SMOLLM2_GGUF")) o.model_path = env;
+    o.model_path = model_path_from_environment();
     const std::map<std::string, std::string*> texts{{"--model", &o.model_path}, {"--essays", &o.essays_dir}, {"--dictionary", &o.dictionary}};
     const std::map<std::string, int*> counts{{"--prompts", &o.prompts},       {"--tokens", &o.tokens},         {"--offset", &o.offset},
                                              {"--stride", &o.stride},         {"--atoms", &o.atoms},           {"--terms", &o.terms},
                                              {"--iterations", &o.iterations}, {"--ppl-context", &o.ppl_context}, {"--continuation", &o.continuation}};
-    for (int i = 1; i < argc; i += 2) {
-        const std::string a = argv[i];
-        if (i + 1 >= argc) usage("missing value after " + a);
-        const std::string v = argv[i + 1];
+    parse_option_pairs("csr_quality", argc, argv, [&](const std::string& a, const std::string& v) {
         if (const auto t = texts.find(a); t != texts.end()) *t->second = v;
         else if (const auto c = counts.find(a); c != counts.end()) *c->second = std::stoi(v);
-        else if (a == "--presets") {
-            o.presets.clear();
-            std::stringstream list(v);
-            for (std::string p; std::getline(list, p, ',');) o.presets.push_back(p);
-        } else usage("unknown option " + a);
-    }
-    if (o.model_path.empty() || o.essays_dir.empty()) usage("--essays and --model (or KVCOMPACT_SMOLLM2_GGUF) are required");
-    if (o.prompts < 1 || o.tokens < 2 || o.stride < 1 || o.atoms < 1 || o.terms < 1 || o.continuation < 1) usage("counts must be positive");
+        else if (a == "--presets") o.presets = split_list(v);
+        else return false;
+        return true;
+    });
+    if (o.model_path.empty() || o.essays_dir.empty()) usage_error("csr_quality", "--essays and --model (or KVCOMPACT_SMOLLM2_GGUF) are required");
+    if (o.prompts < 1 || o.tokens < 2 || o.stride < 1 || o.atoms < 1 || o.terms < 1 || o.continuation < 1) usage_error("csr_quality", "counts must be positive");
     return o;
 }
 

@@ -6,7 +6,6 @@
 ///        (eviction by the policy, attention with the scorer's state update).
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -18,6 +17,7 @@
 
 #include <kvcompact/kvcompact.hpp>
 
+#include "in_place_backend.hpp"
 #include "kv_backend.hpp"
 #include "kv_cache.hpp"
 
@@ -27,8 +27,7 @@ namespace smollm2 {
 /// works in place on this backend's kv_cache_storage arrays.
 /// @tparam Policy a kvcompact::compression_policy
 template <class Policy>
-class kvcompact_backend final : public kv_backend {
-    using layout_type = kvcompact::layouts::strided;
+class kvcompact_backend final : public in_place_backend {
     using session_type = kvcompact::cpu::session<Policy, float, layout_type>;
     /// Whether the policy's selector decides per layer, as compress_prefill_layer() requires.
     static constexpr bool compresses_layer_by_layer = !kvcompact::detail::decides_across_layers<typename Policy::selector_type>;
@@ -37,13 +36,7 @@ public:
     /// @param n_heads query heads; @param capacity slots per (layer, kv_head), at
     /// least prompt length + generated tokens.
     kvcompact_backend(const Policy& policy, int n_layers, int n_heads, int n_kv_heads, int head_dim, int capacity)
-        : policy_(policy), cache_(n_layers, n_kv_heads, capacity, head_dim), n_heads_(n_heads),
-          scale_(1.0f / std::sqrt(static_cast<float>(head_dim))),
-          scores_(static_cast<std::size_t>(n_heads) * capacity),
-          // memory order [layer][sequence][head][slot][dim] == kv_cache_storage's [layer][head][slot][dim]
-          view_{kvcompact::layouts::bhsd(1, n_layers, n_kv_heads, capacity, head_dim), cache_.k.data(), cache_.v.data(),
-                cache_.lengths.data(), cache_.positions.data()},
-          shape_{n_heads, scale_},
+        : in_place_backend(n_layers, n_heads, n_kv_heads, head_dim, capacity), policy_(policy),
           state_(session_type::state_bytes(view_.layout)),
           workspace_(session_type::workspace_bytes(view_.layout, shape_)) {}
 
@@ -61,10 +54,6 @@ public:
 
     int window_rows(int prompt_length, int window) const override {
         return static_cast<int>(kvcompact::window_rows_for<Policy>(prompt_length, window));
-    }
-
-    void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
-        attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
     }
 
     void finish_prefill(const query_window& window) override {
@@ -94,8 +83,6 @@ public:
         cache_.copy_from(prefilled);
     }
 
-    const kv_cache_storage& cache() const override { return cache_; }
-
 private:
     /// Binds the policy to the (prefilled) cache.
     void start_session() { session_.emplace(policy_, view_, shape_, std::span<std::byte>(state_), std::span<std::byte>(workspace_)); }
@@ -106,12 +93,6 @@ private:
     }
 
     Policy policy_;
-    kv_cache_storage cache_;
-    int n_heads_;
-    float scale_;
-    std::vector<float> scores_;
-    kvcompact::kv_cache<float, layout_type> view_;
-    kvcompact::attention_shape shape_;
     std::vector<std::byte> state_;
     std::vector<std::byte> workspace_;
     std::optional<session_type> session_;

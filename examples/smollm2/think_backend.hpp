@@ -7,7 +7,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -19,6 +18,7 @@
 
 #include <kvcompact/kvcompact.hpp>
 
+#include "in_place_backend.hpp"
 #include "kv_backend.hpp"
 #include "kv_cache.hpp"
 
@@ -27,18 +27,13 @@ namespace smollm2 {
 /// Runs a kvcompact::channels::pruned_policy over this backend's kv_cache_storage.
 /// @tparam Pruned a kvcompact::channels::pruned_policy
 template <class Pruned>
-class think_backend final : public kv_backend {
-    using layout_type = kvcompact::layouts::strided;
+class think_backend final : public in_place_backend {
     using session_type = kvcompact::cpu::session<typename Pruned::token_policy_type, float, layout_type>;
 
 public:
     /// @param n_heads query heads; @param capacity slots per (layer, kv_head), at least prompt length + generated tokens.
     think_backend(const Pruned& policy, int n_layers, int n_heads, int n_kv_heads, int head_dim, int capacity)
-        : policy_(policy), cache_(n_layers, n_kv_heads, capacity, head_dim), n_heads_(n_heads),
-          scale_(1.0f / std::sqrt(static_cast<float>(head_dim))), scores_(static_cast<std::size_t>(n_heads) * capacity),
-          view_{kvcompact::layouts::bhsd(1, n_layers, n_kv_heads, capacity, head_dim), cache_.k.data(), cache_.v.data(), cache_.lengths.data(),
-                cache_.positions.data()},
-          shape_{n_heads, scale_} {}
+        : in_place_backend(n_layers, n_heads, n_kv_heads, head_dim, capacity), policy_(policy) {}
 
     void append(int layer, const float* k, const float* v, std::int32_t position) override {
         if (pruned_) kvcompact::cpu::append_pruned(view_, pruned_->view, 0, layer, k, v, position);
@@ -54,10 +49,6 @@ public:
 
     int window_rows(int prompt_length, int window) const override {  // the token policy's kvcompact::window_need
         return static_cast<int>(kvcompact::window_rows_for<typename Pruned::token_policy_type>(prompt_length, window));
-    }
-
-    void attend_prefill(int layer, const float* q, std::size_t tokens, std::int32_t first, float* out) override {
-        attend_causal(cache_, layer, n_heads_, q, tokens, first, scale_, out);
     }
 
     /// Compresses tokens, prunes key channels, releases the full-width keys.
@@ -81,8 +72,6 @@ public:
         if (pruned_) throw std::logic_error("think_backend::restore: already compressed");
         cache_.copy_from(prefilled);
     }
-
-    const kv_cache_storage& cache() const override { return cache_; }
 
     /// Values of the occupied slots plus the pruned keys (thin rows, tail rows, channel lists) they use.
     std::size_t occupied_bytes() const override {
@@ -115,12 +104,6 @@ private:
     };
 
     Pruned policy_;
-    kv_cache_storage cache_;
-    int n_heads_;
-    float scale_;
-    std::vector<float> scores_;
-    kvcompact::kv_cache<float, layout_type> view_;
-    kvcompact::attention_shape shape_;
     std::optional<store> pruned_;
 };
 
