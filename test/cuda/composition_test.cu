@@ -18,6 +18,7 @@
 
 #include "support/backend_comparison.hpp"
 
+#include <atomic>
 #include <map>
 #include <random>
 #include <set>
@@ -63,6 +64,16 @@ struct smoothed_top {
   }
 };
 
+/// Records a worker count from every block that runs a head (all write the same value): an atomic
+/// store, so that the emulator's blocks (OS threads) do not race on the word.
+KVCOMPACT_HOST_DEVICE inline void record_group_size(int* where, int size) {
+#if defined(__CUDA_ARCH__)
+  atomicExch(where, size);
+#else
+  std::atomic_ref<int>(*where).store(size, std::memory_order_relaxed);
+#endif
+}
+
 /// Cooperative: keeps the `recent` newest slots, the best slot (score, then lower position) of every
 /// block of `block` consecutive positions, and the `extra` best of the others. Decode: a head at its
 /// budget evicts its lowest-scoring slot outside the recent window. Records the group size it ran on.
@@ -82,7 +93,7 @@ struct block_champions {
     const index_t n = ctx.length(h);
     const std::int32_t* order = ctx.order(h);
     auto key = [&](index_t i) { return kc::detail::rank_key(ctx.score(h, order[i]), ctx.position(h, order[i])); };
-    group.once([&] { *group_size = group.size(); });
+    group.once([&] { record_group_size(group_size, group.size()); });
     group.for_each((n + block - 1) / block, [&](index_t b) {
       index_t best = b * block;
       for (index_t i = best + 1; i < n && i < (b + 1) * block; ++i)

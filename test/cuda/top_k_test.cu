@@ -15,6 +15,7 @@
 
 #include "support/device_cache.hpp"
 
+#include <atomic>
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -305,19 +306,21 @@ BOOST_AUTO_TEST_CASE(look_back_waits_for_late_counts_and_for_unread_rows_that_mo
                                            kd::tile_count_ready | kd::tile_rows_unread | full, 0ull};
   kvtest::device_array<kd::tile_status> words(statuses);
   kvtest::device_array<unsigned> out(std::vector<unsigned>(5, 0u));
-  int spins = 0;
+  // The hook runs on every block's thread: the count is atomic and the words are published as a
+  // block would publish them (release stores), so the race detector sees no race of the test's own.
+  std::atomic<int> spins = 0;
   kvemu::spin_hook() = [&] {
-    ++spins;
+    const int spin = ++spins;
     kd::tile_status* w = words.data();
-    if (spins == 50) w[1] = kd::tile_count_ready | 5u;          // tile 1's count arrives late
-    if (spins == 400) w[2] = kd::tile_prefix_ready | 21u;       // tiles 2 and 3 finish reading
-    if (spins == 900) w[3] = kd::tile_prefix_ready | 29u;
+    if (spin == 50) kvemu::store_release(w + 1, kd::tile_count_ready | 5u);     // tile 1's count arrives late
+    if (spin == 400) kvemu::store_release(w + 2, kd::tile_prefix_ready | 21u);  // tiles 2 and 3 finish reading
+    if (spin == 900) kvemu::store_release(w + 3, kd::tile_prefix_ready | 29u);
   };
   kd::launch(&look_back_kernel, dim3(4), 32, 0, nullptr, words.data(), full, out.data());
   kvemu::spin_hook() = nullptr;
   const std::vector<unsigned> got = out.download();
   BOOST_TEST(got[4] == 29u);
-  BOOST_TEST(spins >= 900, "the look-back of tile 4 returned before tile 3 published its prefix");
+  BOOST_TEST(spins.load() >= 900, "the look-back of tile 4 returned before tile 3 published its prefix");
 }
 
 BOOST_AUTO_TEST_CASE(look_back_does_not_wait_for_unread_rows_that_stay) {
@@ -327,7 +330,7 @@ BOOST_AUTO_TEST_CASE(look_back_does_not_wait_for_unread_rows_that_stay) {
                                            kd::tile_count_ready | kd::tile_rows_unread | full, 0ull};
   kvtest::device_array<kd::tile_status> words(statuses);
   kvtest::device_array<unsigned> out(std::vector<unsigned>(4, 0u));
-  int spins = 0;
+  std::atomic<int> spins = 0;
   kvemu::spin_hook() = [&] {
     if (++spins > 100000) kvemu::fail("look_back waits for rows that stay in place");
   };

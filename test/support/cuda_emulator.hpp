@@ -90,6 +90,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -294,6 +295,18 @@ struct launch_context {
   mutable int fence_object = 0;  ///< address for __threadfence's release/acquire
 };
 
+/// One pending 16-byte cp.async copy (support/cuda_emulator_decode.hpp performs them).
+struct async_copy {
+  void* to;          ///< shared memory
+  const void* from;  ///< global memory
+};
+
+/// The cp.async copies a thread started and has not waited for.
+struct async_copy_queue {
+  std::vector<async_copy> open;                ///< copies of the group not yet committed
+  std::deque<std::vector<async_copy>> groups;  ///< committed groups, oldest first
+};
+
 /// One emulated thread (a fiber of its block's OS thread).
 struct fiber {
   int linear = 0;                  ///< linear thread index in the block (fixed for the fiber)
@@ -314,6 +327,7 @@ struct fiber {
   relaxed<const char*> site_file;  ///< the __syncthreads it waits at
   relaxed<unsigned> site_line, site_column;
   relaxed<std::uint32_t> gather_words[2][max_gather_bytes / 4];  ///< warp_all_gather contributions, double-buffered
+  async_copy_queue async_copies;   ///< its cp.async copies (emptied when it starts a block)
 
   dim3 thread_index() const { return dim3(index_x.load(), index_y.load(), index_z.load()); }
 };
@@ -519,6 +533,7 @@ inline void build_block(block& b) {
     f.index_y.store((u / dim.x) % dim.y);
     f.index_z.store(u / (dim.x * dim.y));
     f.state.store(wait_kind::running);
+    f.async_copies = {};
     f.asan_fake_stack = nullptr;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack;

@@ -12,38 +12,11 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <deque>
-#include <vector>
 
 namespace kvemu {
 
-/// One pending 16-byte copy.
-struct async_copy {
-  void* to;          ///< shared memory
-  const void* from;  ///< global memory
-};
-
-/// The copies a thread started and has not waited for.
-struct async_copy_queue {
-  std::vector<async_copy> open;                  ///< copies of the group not yet committed
-  std::deque<std::vector<async_copy>> groups;    ///< committed groups, oldest first
-};
-
-/// Queue of the running thread (reset when its OS thread starts running another block).
-inline async_copy_queue& async_copies() {
-  static thread_local std::vector<async_copy_queue> queues;  // blocks run on OS threads, one block at a time each
-  static thread_local const block* owner = nullptr;
-  static thread_local dim3 owner_index{0, 0, 0};
-  const block& b = *running_block;
-  if (owner != &b || owner_index.x != b.index.x || owner_index.y != b.index.y || owner_index.z != b.index.z) {
-    queues.clear();
-    owner = &b;
-    owner_index = b.index;
-  }
-  const auto index = static_cast<std::size_t>(this_thread().linear);
-  if (queues.size() <= index) queues.resize(index + 1);
-  return queues[index];
-}
+/// The running thread's cp.async queue (kept in its fiber: an emulated thread's own state).
+inline async_copy_queue& async_copies() { return this_thread().async_copies; }
 
 /// cp.async.cg.shared.global [to], [from], 16.
 inline void cp_async_16(void* to, const void* from) {

@@ -114,6 +114,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(append_threads, 1)
   __shared__ index_t nan_slot;
   __shared__ index_t chosen;
   __shared__ bool scan;
+  __syncthreads();  // every thread has read the head's length before thread 0 may append to it
   if (threadIdx.x == 0) {
     const quick_slot quick = place_without_scan(p, policy, s, h, head, position);
     scan = quick.scan;

@@ -194,7 +194,10 @@ KVCOMPACT_KERNEL void __launch_bounds__(compaction_threads, compaction_min_block
   const index_t h = head_linear % kv_heads, s = p.grid_sequence(head_linear / kv_heads), l = p.grid_layer(head_linear / kv_heads);
   if (p.layer_faults[s * layers + l]) return;
   const index_t head = p.cache.head_index(s, l, h), base = p.head_base(s, l, h);
-  const std::int32_t n = p.cache.lengths[head];
+  // The head's last tile writes the new length while tiles past the end may still read the old one
+  // (either value ends them: both are at most their first slot); every tile below the last one read
+  // it before the last tile's look-back could finish. Hence relaxed atomics, not plain accesses.
+  const std::int32_t n = load_relaxed(p.cache.lengths + head);
   const int first = static_cast<int>(tile * plan.tile_slots);
   // A bad length (below 0, above the layer's own capacity) was reported when the layer was scored.
   if (n < 0 || n > ::kvcompact::detail::layer_capacity(layout, l) || (tile > 0 && first >= n)) return;
@@ -249,7 +252,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(compaction_threads, compaction_min_block
   write_rows(p.cache, plan, count, rows, staged);
   if (threadIdx.x == 0) {
     if (tile == 0) p.budgets[head] = static_cast<std::int32_t>(policy.selector.budget(l, layers, n));
-    if (first + slots == n) p.cache.lengths[head] = kept_before + count;
+    if (first + slots == n) store_relaxed(p.cache.lengths + head, static_cast<std::int32_t>(kept_before + count));
   }
 }
 

@@ -24,7 +24,7 @@ __device__ inline bool block_arrives_last(std::int32_t* counter, std::int32_t to
     fence_device();  // release: the block's writes before the arrival
     const std::int32_t before = atomicAdd(counter, 1);
     last = before == total - 1 ? 1 : 0;
-    if (last) *counter = 0;  // every block has arrived: nobody else touches it in this launch
+    if (last) atomicExch(counter, 0);  // every block has arrived; atomic, as the others' additions are
   }
   __syncthreads();
   const bool is_last = last != 0;
