@@ -49,7 +49,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -68,6 +67,7 @@
 #include "layer_map_backend.hpp"
 #include "think_backend.hpp"
 #include "model.hpp"
+#include "options.hpp"
 #include "tokenizer.hpp"
 
 namespace {
@@ -122,40 +122,27 @@ struct options {
     std::vector<std::pair<std::string, std::string>> budget_tables;  ///< calibrated preset -> budget file
 };
 
-std::vector<std::string> split(const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
-    return out;
-}
-
 std::vector<double> split_numbers(const std::string& s) {
     std::vector<double> out;
-    for (const auto& item : split(s)) out.push_back(std::stod(item));
+    for (const auto& item : split_list(s)) out.push_back(std::stod(item));
     return out;
 }
 
 options parse(int argc, char** argv) {
     options o;
-    if (const char* env = std::getenv("KVCOMPACT_SMOLLM2_GGUF")) o.model_path = env;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (i + 1 >= argc) {
-            std::fprintf(stderr, "kv_quality: missing value for %s\n", a.c_str());
-            std::exit(2);
-        }
-        const std::string v = argv[++i];
+    o.model_path = model_path_from_environment();
+    parse_option_pairs("kv_quality", argc, argv, [&](const std::string& a, const std::string& v) {
         if (a == "--model") o.model_path = v;
         else if (a == "--essays") o.essays_dir = v;
         else if (a == "--tasks") {
-            const auto t = split(v);
+            const auto t = split_list(v);
             o.ppl = std::find(t.begin(), t.end(), "ppl") != t.end();
             o.needle = std::find(t.begin(), t.end(), "needle") != t.end();
         }
-        else if (a == "--presets") o.presets = split(v);
+        else if (a == "--presets") o.presets = split_list(v);
         else if (a == "--budgets") o.budgets = split_numbers(v);
         else if (a == "--extra") {
-            for (const auto& item : split(v)) {
+            for (const auto& item : split_list(v)) {
                 const auto colon = item.find(':');
                 if (colon == std::string::npos) {
                     std::fprintf(stderr, "kv_quality: --extra wants preset:budget items, got \"%s\"\n", item.c_str());
@@ -173,7 +160,7 @@ options parse(int argc, char** argv) {
         else if (a == "--csv") o.csv = v;
         else if (a == "--threads") o.threads = std::stoi(v);
         else if (a == "--budget-tables") {
-            for (const auto& item : split(v)) {
+            for (const auto& item : split_list(v)) {
                 const auto eq = item.find('=');
                 if (eq == std::string::npos || !calibrated_preset(item.substr(0, eq))) {
                     std::fprintf(stderr, "kv_quality: --budget-tables wants prefixkv=FILE / xkv=FILE items, got \"%s\"\n", item.c_str());
@@ -182,11 +169,9 @@ options parse(int argc, char** argv) {
                 o.budget_tables.emplace_back(item.substr(0, eq), item.substr(eq + 1));
             }
         }
-        else {
-            std::fprintf(stderr, "kv_quality: unknown option %s (see the header of kv_quality.cpp)\n", a.c_str());
-            std::exit(2);
-        }
-    }
+        else return false;
+        return true;
+    });
     if (o.model_path.empty() || o.essays_dir.empty()) {
         std::fprintf(stderr, "kv_quality: need --essays DIR (bench/quality/fetch_essays.sh) and a model "
                              "(--model or KVCOMPACT_SMOLLM2_GGUF)\n");

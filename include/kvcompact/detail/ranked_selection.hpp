@@ -190,7 +190,7 @@ KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& se
       sum_across_ranks(ctx, &layer_total, 1);
       layer_top_counts(
           ctx, static_cast<index_t>(layer_total), [&](int h) { return index_t{heads[h].candidates}; },
-          [&](int h, index_t c) { return score_order_key(ctx.float_scratch(h)[c]); },
+          [&](int h, index_t c) { return orderable_bits(ctx.float_scratch(h)[c]); },
           [&](int h, index_t taken) { heads[h].share = static_cast<std::int32_t>(taken); });
     });
   } else {

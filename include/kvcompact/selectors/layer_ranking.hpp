@@ -4,27 +4,19 @@
 /// every tensor-parallel rank (kvcompact::rank_group).
 #pragma once
 
+#include <kvcompact/detail/order_keys.hpp>
 #include <kvcompact/tensor_parallel.hpp>
 #include <kvcompact/types.hpp>
 
 #include <cstdint>
-#include <cstring>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
 namespace detail {
 
-/// An unsigned key in the order of @p score (higher score, higher key; -0 and +0 equal).
-KVCOMPACT_HOST_DEVICE inline std::uint32_t score_order_key(float score) {
-  const float canonical = score == 0.0f ? 0.0f : score;
-  std::uint32_t bits = 0;
-  std::memcpy(&bits, &canonical, sizeof bits);
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
 /// How many candidates of each KV head belong to the @p total best of the layer, over the KV heads of
 /// every rank of @p ctx's group: head h has `count_of(h)` candidates whose order keys are
-/// `key_of(h, i)` (kvcompact::detail::score_order_key of their scores); `count_of(h)` is negative for a head
+/// `key_of(h, i)` (kvcompact::detail::orderable_bits of their scores); `count_of(h)` is negative for a head
 /// that takes no part. Equal scores go to the lower head first (ranks hold consecutive heads), then in
 /// list order, as a merge of the lists that prefers the lower head on ties. Each head's count is passed
 /// to `set_taken(h, n)`. A 4-bit radix select over the score keys: 8 all-reduces of 16 counts, plus
