@@ -3,6 +3,7 @@
 /// @brief The CPU backend: prefill compression, decode attention with scoring, decode-time eviction.
 #pragma once
 
+#include <kvcompact/cpu/detail/compaction.hpp>
 #include <kvcompact/cpu/detail/parallel.hpp>
 #include <kvcompact/cpu/detail/vector_math.hpp>
 #include <kvcompact/detail/cache_checks.hpp>
@@ -623,16 +624,24 @@ class session {
   }
 
   // Moves kept slots to the front, keeping their relative slot order (ascending position after a
-  // prefill), copying K/V bit-identically; the decode state starts from the prefill score.
+  // prefill), copying K/V bit-identically, one run of consecutive kept slots at a time; the decode
+  // state starts from the prefill score.
   void compact(layer_context<T, Layout>& ctx, int h, index_t step) {
-    const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h);
+    const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h), n = ctx.length(h);
+    const float* scores = scratch_.scores + h * capacity();
+    state_type* states = slot_state_ + head * capacity();
     index_t kept = 0;
-    for (index_t j = 0; j < ctx.length(h); ++j) {
-      if (!ctx.kept(h, j)) continue;
-      const index_t position = ctx.position(h, j);
-      if (kept != j) move_slot(ctx.sequence(), ctx.layer(), h, j, kept);  // before the state write: move_slot copies the old state
-      slot_state_[head * capacity() + kept] = policy_.scorer.state_from_prefill(scratch_.scores[h * capacity() + j], position, step);
-      ++kept;
+    for (index_t j = 0; j < n;) {
+      if (!ctx.kept(h, j)) {
+        ++j;
+        continue;
+      }
+      index_t end = j + 1;
+      while (end < n && ctx.kept(h, end)) ++end;
+      if (kept != j) detail::move_slots(cache_, slot_state_, ctx.sequence(), ctx.layer(), h, j, kept, end - j);
+      for (index_t i = 0; i < end - j; ++i) states[kept + i] = policy_.scorer.state_from_prefill(scores[j + i], ctx.position(h, kept + i), step);
+      kept += end - j;
+      j = end;
     }
     cache_.lengths[head] = static_cast<std::int32_t>(kept);
   }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -57,7 +58,8 @@ void require_finite_slots(const kv_cache<T, Layout>& cache, const char* where, l
 }
 
 /// Throws kvcompact::error about "cache.positions" when a valid slot's position is negative (unset)
-/// or two valid slots of a head share a position (in @p layers). @p scratch holds capacity() entries.
+/// or two valid slots of a head share a position (in @p layers); positions already strictly ascending
+/// (what a prefill holds) are checked in one pass, others by sorting a copy. @p scratch holds capacity() entries.
 template <class T, class Layout>
 void require_valid_positions(const kv_cache<T, Layout>& cache, std::int32_t* scratch, const char* where, layer_range layers = {}) {
   for (index_t s = 0; s < cache.layout.num_sequences(); ++s)
@@ -72,6 +74,7 @@ void require_valid_positions(const kv_cache<T, Layout>& cache, std::int32_t* scr
                                                       " (unset?): positions must not be negative");
           scratch[j] = positions[j];
         }
+        if (std::adjacent_find(scratch, scratch + length, std::greater_equal<>{}) == scratch + length) continue;  // strictly ascending: distinct
         std::sort(scratch, scratch + length);
         const std::int32_t* twice = std::adjacent_find(scratch, scratch + length);
         if (twice != scratch + length)

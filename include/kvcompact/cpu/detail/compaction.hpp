@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Compaction on the CPU backend: moving runs of slots of one head toward the front with one
+/// memmove per run of K/V rows that lie back to back in storage, instead of one element at a time.
+#pragma once
+
+#include <kvcompact/detail/slot_ops.hpp>
+#include <kvcompact/kv_cache.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+KVCOMPACT_NAMESPACE_BEGIN
+namespace detail {
+
+/// How many of the @p count slots from @p from and from @p to (both ascending) have their K/V rows
+/// back to back in storage on both sides, starting at the first pair: 0 when the rows are strided
+/// (dim_stride() != 1) or a slot does not map into storage, else at least 1.
+template <class T, class Layout>
+index_t contiguous_rows(const kv_cache<T, Layout>& cache, index_t sequence, index_t layer, index_t head, index_t from, index_t to, index_t count) {
+  const Layout& layout = cache.layout;
+  if (layout.dim_stride() != 1) return 0;
+  const index_t row = layout.head_dim(), src = layout.offset(sequence, layer, head, from), dst = layout.offset(sequence, layer, head, to);
+  index_t rows = 0;
+  for (; rows < count; ++rows) {
+    if (!slot_in_range(layout, sequence, from + rows) || !slot_in_range(layout, sequence, to + rows)) break;
+    if (layout.offset(sequence, layer, head, from + rows) != src + rows * row || layout.offset(sequence, layer, head, to + rows) != dst + rows * row)
+      break;
+  }
+  return rows;
+}
+
+/// Moves @p count slots of one head from slot @p from to slot @p to (to < from): K and V bit-identically,
+/// positions and decode states, with the result of kvcompact::detail::move_slot for each slot in
+/// ascending order, but one memmove per run of rows back to back in storage.
+template <class T, class Layout, class State>
+void move_slots(const kv_cache<T, Layout>& cache, State* states, index_t sequence, index_t layer, index_t head, index_t from, index_t to,
+                index_t count) {
+  static_assert(std::is_trivially_copyable_v<T> && std::is_trivially_copyable_v<State>, "kvcompact: detail::move_slots copies bytewise");
+  const index_t first = cache.slot_index(sequence, layer, head, 0), row = cache.layout.head_dim();
+  for (index_t moved = 0; moved < count;) {
+    const index_t from_slot = from + moved, to_slot = to + moved;
+    const index_t rows = contiguous_rows(cache, sequence, layer, head, from_slot, to_slot, count - moved);
+    if (rows == 0) {  // strided rows or a slot outside storage: the element-wise move
+      move_slot(cache, states, sequence, layer, head, from_slot, to_slot);
+      ++moved;
+      continue;
+    }
+    const index_t src = cache.layout.offset(sequence, layer, head, from_slot), dst = cache.layout.offset(sequence, layer, head, to_slot);
+    const auto bytes = [&](std::size_t element) { return static_cast<std::size_t>(rows) * element; };
+    std::memmove(cache.keys + dst, cache.keys + src, bytes(static_cast<std::size_t>(row) * sizeof(T)));
+    std::memmove(cache.values + dst, cache.values + src, bytes(static_cast<std::size_t>(row) * sizeof(T)));
+    std::memmove(cache.positions + first + to_slot, cache.positions + first + from_slot, bytes(sizeof(std::int32_t)));
+    std::memmove(states + first + to_slot, states + first + from_slot, bytes(sizeof(State)));
+    moved += rows;
+  }
+}
+
+}  // namespace detail
+KVCOMPACT_NAMESPACE_END
