@@ -30,7 +30,7 @@ template <class Policy>
 class kvcompact_backend final : public in_place_backend {
     using session_type = kvcompact::cpu::session<Policy, float, layout_type>;
     /// Whether the policy's selector decides per layer, as compress_prefill_layer() requires.
-    static constexpr bool compresses_layer_by_layer = !kvcompact::detail::decides_across_layers<typename Policy::selector_type>;
+    static constexpr bool compresses_layer_by_layer = kvcompact::layer_by_layer_prefill_v<Policy>;
 
 public:
     /// @param n_heads query heads; @param capacity slots per (layer, kv_head), at

@@ -13,6 +13,7 @@
 #include <kvcompact/cpu/session.hpp>
 #include <kvcompact/error.hpp>
 #include <kvcompact/kv_cache.hpp>
+#include <kvcompact/layer_by_layer.hpp>
 #include <kvcompact/layouts/flashinfer_paged.hpp>
 #include <kvcompact/layouts/layer_condensed.hpp>
 #include <kvcompact/layouts/paged.hpp>

@@ -256,6 +256,18 @@ BOOST_AUTO_TEST_CASE(each_preset_states_its_window) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(every_preset_but_windowkv_compresses_layer_by_layer) {
+  static_assert(kc::layer_by_layer_prefill_v<decltype(pol::h2o(8, 2))>);
+  static_assert(kc::layer_by_layer_prefill_v<const decltype(pol::snapkv(8, 2))&>);
+  static_assert(!kc::layer_by_layer_prefill_v<decltype(pol::windowkv(8, 2))>);
+  // the runtime dispatcher: every preset name but WindowKV's
+  const pol::preset_options options{.budget = 64, .prompt_length = 256, .window = 8};
+  for (const auto name : pol::preset_names) {
+    const bool per_layer = pol::with_preset(name, options, [](const auto& p) { return kc::layer_by_layer_prefill_v<decltype(p)>; });
+    BOOST_TEST(per_layer == (name != "windowkv"), name);
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---- compress_prefill_layer on the CPU -------------------------------------------------------------
