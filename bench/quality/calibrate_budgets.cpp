@@ -49,13 +49,10 @@
 #include <kvcompact/selectors/layer_budget_file.hpp>
 
 #include "engine.hpp"
-#include "essays.hpp"
-#include "fingerprint.hpp"
-#include "gguf.hpp"
 #include "kv_backend.hpp"
+#include "loaded_model.hpp"
 #include "model.hpp"
 #include "options.hpp"
-#include "tokenizer.hpp"
 
 namespace {
 
@@ -293,12 +290,11 @@ int main(int argc, char** argv) try {
     if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
     const auto t_start = clock_type::now();
-    const gguf::file file(o.model_path);
-    const auto c = model_config::from_gguf(file);
-    const tokenizer tok(file);
-    const auto w = model_weights::from_gguf(file, c);
-    const auto signature = model_signature(file, c);
-    const auto text = tok.encode(load_essays(o.essays_dir), false);
+    const loaded_model model(o.model_path);
+    const auto& c = model.config;
+    const auto& w = model.weights;
+    const auto& signature = model.signature;
+    const auto text = model.essay_tokens(o.essays_dir);
     const int span = o.tokens + o.continuation;
     if (static_cast<std::size_t>(o.offset) + static_cast<std::size_t>(o.prompts) * span > text.size())
         throw std::runtime_error("essays too short: " + std::to_string(text.size()) + " tokens");

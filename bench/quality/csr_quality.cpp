@@ -33,14 +33,11 @@
 #include <kvcompact/kvcompact.hpp>
 
 #include "engine.hpp"
-#include "essays.hpp"
-#include "fingerprint.hpp"
-#include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
+#include "loaded_model.hpp"
 #include "model.hpp"
 #include "options.hpp"
-#include "tokenizer.hpp"
 
 namespace {
 
@@ -118,13 +115,12 @@ double nll(const std::vector<float>& logits, token_id target) {
 
 int main(int argc, char** argv) try {
     const options o = parse(argc, argv);
-    const gguf::file file(o.model_path);
-    const auto c = model_config::from_gguf(file);
-    const tokenizer tok(file);
-    const auto w = model_weights::from_gguf(file, c);
-    const auto signature = model_signature(file, c);
+    const loaded_model loaded(o.model_path);
+    const auto& c = loaded.config;
+    const auto& w = loaded.weights;
+    const auto& signature = loaded.signature;
     const std::string model = signature.name + " " + signature.fingerprint;
-    const auto text = tok.encode(load_essays(o.essays_dir), false);
+    const auto text = loaded.essay_tokens(o.essays_dir);
     if (static_cast<std::size_t>(o.offset) + static_cast<std::size_t>(o.prompts) * o.tokens > text.size()) throw std::runtime_error("essays too short");
     const int L = c.n_layers, H = c.n_kv_heads, D = c.head_dim;
 

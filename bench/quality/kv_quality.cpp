@@ -59,13 +59,11 @@
 
 #include "chat.hpp"
 #include "engine.hpp"
-#include "essays.hpp"
-#include "fingerprint.hpp"
-#include "gguf.hpp"
 #include "kv_backend.hpp"
 #include "kvcompact_backend.hpp"
 #include "layer_map_backend.hpp"
 #include "think_backend.hpp"
+#include "loaded_model.hpp"
 #include "model.hpp"
 #include "options.hpp"
 #include "tokenizer.hpp"
@@ -518,13 +516,9 @@ int main(int argc, char** argv) try {
     if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
     const auto t0 = clock_type::now();
-    const gguf::file file(o.model_path);
-    const auto c = model_config::from_gguf(file);
-    const tokenizer tok(file);
-    const auto w = model_weights::from_gguf(file, c);
-    const auto signature = model_signature(file, c);
-    const model_bundle m{c, w, tok, signature};
-    const auto text = tok.encode(load_essays(o.essays_dir), false);
+    const loaded_model model(o.model_path);
+    const model_bundle m{model.config, model.weights, model.tok, model.signature};
+    const auto text = model.essay_tokens(o.essays_dir);
     std::printf("# kvcompact quality on SmolLM2-135M-Instruct (%zu essay tokens)\n", text.size());
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> csv(o.csv.empty() ? nullptr : std::fopen(o.csv.c_str(), "w"), &std::fclose);
     if (!o.csv.empty() && !csv) throw std::runtime_error("cannot write --csv " + o.csv);
