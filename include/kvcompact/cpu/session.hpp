@@ -324,6 +324,7 @@ class session {
 
  private:
   static constexpr index_t slot_block = 256;  // slots per parallel block (fixed: results never depend on the thread count)
+  static constexpr int score_batch = 16;      // slots per slot_scores() call of a batched slot scorer (16 sums side by side)
 
   index_t capacity() const { return cache_.layout.capacity(); }
   index_t head_dim() const { return cache_.layout.head_dim(); }
@@ -582,11 +583,10 @@ class session {
     const index_t kv_heads = cache_.layout.num_kv_heads();
     if constexpr (!Policy::needs_attention) {
       for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
-        for (index_t j = first; j < end; ++j) {
-          const float score = detail::slot_score(policy_, cache_, sequence, layer, h, j);
-          scratch_.scores[h * capacity() + j] = score;
-          for (index_t g = h * group(); g < (h + 1) * group(); ++g) scratch_.query_scores[g * capacity() + j] = score;  // per-query-head view
-        }
+        float* scores = scratch_.scores + h * capacity();
+        for (index_t j = first; j < end; j += score_batch) score_slots(sequence, layer, h, j, end - j < score_batch ? end - j : score_batch, scores + j);
+        for (index_t g = h * group(); g < (h + 1) * group(); ++g)  // per-query-head view
+          for (index_t j = first; j < end; ++j) scratch_.query_scores[g * capacity() + j] = scores[j];
       });
     } else {
       score_window(sequence, layer, window, in_window);
@@ -601,6 +601,26 @@ class session {
                       "NaN score at layer " + std::to_string(layer) + " head " + std::to_string(h) + " slot " + std::to_string(j) +
                           " (NaN in keys or queries?)");
   }
+  // Slot scores of `count` (at most score_batch) consecutive slots from `first` of KV head h into
+  // scores[0, count): one slot_scores() call (the scorer's batched definition of its score) for a full
+  // batch when the scorer scores batches, slot_score() per slot otherwise.
+  void score_slots(index_t sequence, index_t layer, index_t h, index_t first, index_t count, float* scores) const {
+    if constexpr (detail::scores_slot_batches<typename Policy::scorer_type>) {
+      if (count == score_batch) {
+        index_t rows[score_batch], positions[score_batch];
+        for (index_t i = 0; i < score_batch; ++i) {
+          rows[i] = cache_.layout.offset(sequence, layer, h, first + i);
+          positions[i] = position_of(sequence, layer, h, first + i);
+        }
+        const index_t stride = cache_.layout.dim_stride();
+        auto keys = [&](int i, index_t d) { return to_float(cache_.keys[rows[i] + d * stride]); };
+        policy_.scorer.template slot_scores<score_batch>(keys, head_dim(), positions, scores);
+        return;
+      }
+    }
+    for (index_t i = 0; i < count; ++i) scores[i] = detail::slot_score(policy_, cache_, sequence, layer, h, first + i);
+  }
+
   void compress_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
     score_layer(sequence, layer, window, in_window);
     index_t step = 0;

@@ -19,6 +19,16 @@ enum class score_source : std::uint8_t {
   attention,  ///< attention probabilities of observation-window queries (prefill) and of the current query (decode)
 };
 
+/// @brief One key as a batch of one (`keys(0, d)` is `key(d)`): lets a slot scorer whose score is
+/// defined by a batched `slot_scores<Count>()` define `slot_score()` as the batch of one.
+/// @tparam Key the key accessor, `key(d)` returns dimension d as float
+template <class Key>
+struct single_key {
+  const Key& key;  ///< the key
+  /// @brief Dimension @p d of the key. @param d dimension @return key(d)
+  KVCOMPACT_HOST_DEVICE float operator()(int, index_t d) const { return key(d); }
+};
+
 namespace detail {
 template <class S>
 concept declares_scorer = requires { typename S::component_kind; } && std::derived_from<typename S::component_kind, scorer_tag>;
@@ -40,6 +50,14 @@ concept scorer_has_math = scorer_has_source<S> && (S::source == score_source::sl
         { s.group } -> std::convertible_to<reduction>;
         { S::shares_across_kv_heads } -> std::convertible_to<bool>;
       });
+struct probe_key_batch {
+  KVCOMPACT_HOST_DEVICE float operator()(int, index_t) const { return 0.0f; }
+};
+/// Whether a slot scorer scores batches of keys (`slot_scores<Count>(keys, dims, positions, scores)`).
+template <class S>
+concept scores_slot_batches = requires(const S& s, probe_key_batch keys, index_t i, const index_t* positions, float* scores) {
+  s.template slot_scores<2>(keys, i, positions, scores);
+};
 template <class S>
 concept scorer_has_decode = scorer_has_state<S> && requires(const S& s, typename S::state_type& st, float f, index_t i) {
   { s.initial_state(f, i) } -> std::convertible_to<typename S::state_type>;
@@ -55,7 +73,12 @@ concept scorer_has_decode = scorer_has_state<S> && requires(const S& s, typename
 /// 1. `using component_kind = kvcompact::scorer_tag;` (opt-in);
 /// 2. `static constexpr kvcompact::score_source source`;
 ///    - `score_source::slot`: `float slot_score(Key key, index_t dims, index_t position)` where
-///      `key(d)` returns dimension d as float;
+///      `key(d)` returns dimension d as float; optionally also `template <int Count> void
+///      slot_scores(Keys keys, index_t dims, const index_t* positions, float* scores)`, the scores of
+///      Count keys at once (`keys(i, d)` is dimension d of key i; positions and scores hold Count
+///      entries), which must give each key exactly its slot_score() (define slot_score() as the batch
+///      of one, kvcompact::single_key): the CPU backend then scores 16 slots per call, so a
+///      per-key sequential sum (scorers::key_norm) runs as 16 independent sums;
 ///    - `score_source::attention`: members `reduction rows` and `reduction group`, a static
 ///      `bool shares_across_kv_heads`, and `float row_term(float probability, index_t visible_keys,
 ///      index_t query_position)`: the score of a slot is `group`-reduced over the query heads of its KV

@@ -18,12 +18,27 @@ struct key_norm {
   using state_type = float;                                  ///< the slot's score
   static constexpr score_source source = score_source::slot; ///< reads keys
 
-  /// @brief Negated L2 norm of the key. @param key key(d) returns dimension d @param dims head dimension @return -||key||
+  /// @brief Negated L2 norms of @p Count keys at once, the definition of the score: each key's squares
+  /// are summed over its dimensions in order, so a batch gives every key the score slot_score() gives
+  /// it alone, and the batch's independent sums can run side by side (the CPU backend's throughput).
+  /// @tparam Count keys in the batch
+  /// @param keys keys(i, d) returns dimension d of key i @param dims head dimension
+  /// @param scores [Count] receives -||key i||
+  template <int Count, class Keys>
+  KVCOMPACT_HOST_DEVICE void slot_scores(const Keys& keys, index_t dims, const index_t*, float* scores) const {
+    float sums[Count];
+    for (int i = 0; i < Count; ++i) sums[i] = 0.0f;
+    for (index_t d = 0; d < dims; ++d)
+      for (int i = 0; i < Count; ++i) sums[i] += keys(i, d) * keys(i, d);
+    for (int i = 0; i < Count; ++i) scores[i] = -std::sqrt(sums[i]);
+  }
+  /// @brief Negated L2 norm of the key (slot_scores() of one key). @param key key(d) returns dimension d
+  /// @param dims head dimension @param position the slot's position @return -||key||
   template <class Key>
-  KVCOMPACT_HOST_DEVICE float slot_score(const Key& key, index_t dims, index_t) const {
-    float sum = 0.0f;
-    for (index_t d = 0; d < dims; ++d) sum += key(d) * key(d);
-    return -std::sqrt(sum);
+  KVCOMPACT_HOST_DEVICE float slot_score(const Key& key, index_t dims, index_t position) const {
+    float score = 0.0f;
+    slot_scores<1>(single_key<Key>{key}, dims, &position, &score);
+    return score;
   }
   /// @brief State of a new slot. @param score its slot score @return @p score
   KVCOMPACT_HOST_DEVICE state_type initial_state(float score, index_t) const { return score; }
