@@ -116,8 +116,9 @@ class session {
   ///
   /// Every rank must make the same calls in the same order, over caches of the same extents whose heads
   /// together satisfy what one session over all of them requires (slot-aligned heads for shared
-  /// scores, equal layer groups for WindowKV; each rank checks its own heads). Set it before
-  /// compress_prefill(); a group of one rank is the default.
+  /// scores, equal layer groups for WindowKV; each rank checks its own heads). A call that throws on
+  /// one rank leaves the others waiting in the all-reduce: the engine aborts its group then. Set it
+  /// before compress_prefill(); a group of one rank is the default.
   /// @param group the rank, the rank count and the engine's all-reduce (not copied deeper: the
   /// context pointer must stay valid)
   /// @throws kvcompact::error naming "group.*" for a bad group, or "policy" for Ada-KV's strict repair
