@@ -19,13 +19,10 @@ namespace cuda::detail {
 /// Threads per block of the sparse attention kernel.
 inline constexpr int sparse_attention_threads = 128;
 
-/// Atom groups of the output product: head_dim threads each, as many as a block of @p threads holds (at least one).
-KVCOMPACT_HOST_DEVICE inline index_t sparse_output_groups(index_t dims, index_t threads) { return dims < threads ? threads / dims : 1; }
-
 /// Dynamic shared memory of the kernel: the query, its projections on the key atoms, the value-atom
 /// weights `h` and the partial outputs of the atom groups (blocks of sparse_attention_threads).
 KVCOMPACT_HOST_DEVICE inline std::size_t sparse_attention_shared_bytes(index_t dims, index_t atoms) {
-  return static_cast<std::size_t>(dims + 2 * atoms + sparse_output_groups(dims, sparse_attention_threads) * dims) * sizeof(float);
+  return static_cast<std::size_t>(dims + 2 * atoms + weighted_rows_groups(dims, sparse_attention_threads) * dims) * sizeof(float);
 }
 
 /// Whether every atom index of a code is below the dictionary's atom count.
@@ -39,7 +36,7 @@ KVCOMPACT_HOST_DEVICE inline bool code_in_range(const codecs::sparse_codes& code
 /// atom), checks the codes' atom indices (one out of range is reported as device_fault::bad_code and
 /// the head's output is left unwritten), finds the largest logit (a thread per slot), then recomputes each
 /// logit, scatters `exp(logit - max)` times the value code's weights into `h` (shared-memory atomics)
-/// and writes `D_V^T h / sum` (atom groups of head_dim threads, summed in group order).
+/// and writes `D_V^T h / sum` (block_weighted_rows).
 /// @p queries and @p output are [query_heads][head_dim] fp32. @tparam Threads the block size (a power of two).
 template <int Threads>
 KVCOMPACT_KERNEL void __launch_bounds__(Threads)
@@ -86,20 +83,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(Threads)
   }
   sum = block_sum<Threads>(sum);  // its barriers also publish the atom weights
   const float* value_atoms = codes.atoms_of(layer, h, entry_half::value);
-  const index_t groups = sparse_output_groups(dims, Threads), group = threadIdx.x / dims;
-  if (group < groups)
-    for (index_t c = threadIdx.x % dims; c < dims; c += Threads) {
-      float acc = 0.0f;
-      for (index_t k = group; k < atoms; k += groups)
-        if (weights[k] != 0.0f) acc = fmaf(weights[k], value_atoms[k * dims + c], acc);
-      partial[group * dims + c] = acc;
-    }
-  __syncthreads();
-  for (index_t c = threadIdx.x; c < dims; c += blockDim.x) {
-    float acc = 0.0f;
-    for (index_t g = 0; g < groups; ++g) acc += partial[g * dims + c];
-    out[c] = acc / sum;
-  }
+  block_weighted_rows<Threads>(
+      atoms, dims, [&](index_t k) { return weights[k]; }, [&](index_t k, index_t c) { return value_atoms[k * dims + c]; }, sum, partial, out);
 }
 
 }  // namespace cuda::detail
