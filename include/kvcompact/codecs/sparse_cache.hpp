@@ -8,11 +8,14 @@
 #include <kvcompact/codecs/matching_pursuit.hpp>
 #include <kvcompact/codecs/sparse_codes.hpp>
 #include <kvcompact/detail/channel_ranking.hpp>
+#include <kvcompact/kv_cache.hpp>
 #include <kvcompact/numeric.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -53,6 +56,71 @@ class sparse_cache {
       detail::require(length(layer, h) < capacity_, "sparse_cache::append", "cache", [&] { return "head " + std::to_string(h) + " of layer " + std::to_string(layer) + " is full"; });
     encoder scratch(head_dim_, terms_);
     for (index_t h = 0; h < kv_heads_; ++h) store(layer, h, keys + h * head_dim_, values + h * head_dim_, position, scratch);
+  }
+
+  /// @brief Replaces the contents with one sequence of a full-precision cache: every head's valid slots,
+  /// in slot order, encoded with their positions (@ref methods_csr_eviction). After a kvcompact policy
+  /// compressed the cache (kvcompact::cpu::session::compress_prefill), only the entries it kept are encoded.
+  /// @tparam T the cache's element @tparam Layout its kvcompact::kv_layout
+  /// @param cache host cache with this cache's layers, KV heads and head_dim @param sequence the sequence to encode
+  /// @throws kvcompact::error naming `cache` (another shape; kvcompact::kv_cache::validate), `sequence` (out of
+  /// range) or `cache.lengths` (a head holds more entries than this cache's capacity); nothing is changed then
+  template <class T, class Layout>
+  void encode(const kv_cache<T, Layout>& cache, index_t sequence) {
+    constexpr const char* where = "sparse_cache::encode";
+    cache.validate(where);
+    const Layout& layout = cache.layout;
+    detail::require(layout.num_layers() == layers_ && layout.num_kv_heads() == kv_heads_ && layout.head_dim() == head_dim_, where, "cache", [&] {
+      return "has " + std::to_string(layout.num_layers()) + " layers x " + std::to_string(layout.num_kv_heads()) + " KV heads x head_dim " +
+             std::to_string(layout.head_dim()) + ", this sparse cache " + std::to_string(layers_) + " x " + std::to_string(kv_heads_) + " x " +
+             std::to_string(head_dim_);
+    });
+    detail::require(sequence >= 0 && sequence < layout.num_sequences(), where, "sequence", "out of range");
+    for (index_t i = 0; i < layers_ * kv_heads_; ++i)
+      detail::require(cache.lengths[cache.head_index(sequence, i / kv_heads_, i % kv_heads_)] <= capacity_, where, "cache.lengths", [&] {
+        return "head " + std::to_string(i % kv_heads_) + " of layer " + std::to_string(i / kv_heads_) + " holds more entries than the sparse cache's capacity " +
+               std::to_string(capacity_);
+      });
+    clear();
+    encoder scratch(head_dim_, terms_);
+    std::vector<float> key(static_cast<std::size_t>(head_dim_)), value(key.size());
+    for (index_t l = 0; l < layers_; ++l)
+      for (index_t h = 0; h < kv_heads_; ++h)
+        for (index_t j = 0; j < cache.lengths[cache.head_index(sequence, l, h)]; ++j) {
+          const index_t row = layout.offset(sequence, l, h, j);
+          for (index_t d = 0; d < head_dim_; ++d) {
+            key[static_cast<std::size_t>(d)] = to_float(cache.keys[row + d * layout.dim_stride()]);
+            value[static_cast<std::size_t>(d)] = to_float(cache.values[row + d * layout.dim_stride()]);
+          }
+          store(l, h, key.data(), value.data(), cache.positions[cache.slot_index(sequence, l, h, j)], scratch);
+        }
+  }
+
+  /// @brief Evicts entries of one head: the slots whose flag in @p keep is set move, in slot order, to
+  /// the front, their codes and positions unchanged bit for bit; the head's length becomes their count
+  /// (@ref methods_csr_eviction).
+  /// @param layer layer @param head KV head @param keep [length(layer, head)] nonzero: the slot stays
+  /// @return the new length
+  /// @throws kvcompact::error naming `layer`, `head` (out of range) or `keep` (not one flag per entry)
+  index_t compact(index_t layer, index_t head, std::span<const std::uint8_t> keep) {
+    constexpr const char* where = "sparse_cache::compact";
+    detail::require(layer >= 0 && layer < layers_, where, "layer", "out of range");
+    detail::require(head >= 0 && head < kv_heads_, where, "head", "out of range");
+    std::int32_t& count = lengths_[static_cast<std::size_t>(layer * kv_heads_ + head)];
+    detail::require(keep.size() == static_cast<std::size_t>(count), where, "keep", [&] { return "must hold one flag per entry (" + std::to_string(count) + ")"; });
+    const std::size_t code = static_cast<std::size_t>(2 * terms_);
+    std::int32_t kept = 0;
+    for (index_t j = 0; j < count; ++j) {
+      if (!keep[static_cast<std::size_t>(j)]) continue;
+      if (kept != j) {
+        const std::size_t from = code_offset(layer, head, j, entry_half::key), to = code_offset(layer, head, kept, entry_half::key);
+        std::copy_n(indices_.begin() + static_cast<std::ptrdiff_t>(from), code, indices_.begin() + static_cast<std::ptrdiff_t>(to));
+        std::copy_n(weights_.begin() + static_cast<std::ptrdiff_t>(from), code, weights_.begin() + static_cast<std::ptrdiff_t>(to));
+        positions_[slot_index(layer, head, kept)] = positions_[slot_index(layer, head, j)];
+      }
+      ++kept;
+    }
+    return count = kept;
   }
 
   /// @brief Decode attention of one token's queries over every stored entry of a layer, on the codes:
