@@ -337,6 +337,14 @@ BOOST_AUTO_TEST_CASE(compaction_keeps_the_flagged_codes_bit_identical_in_slot_or
       }
     }
   BOOST_TEST(cache.length(1, 2) == 0);
+  // Heads of a layer now differ in length: an append that one full head refuses stores nothing.
+  const auto k = kvtest::random_vector(H * D, 1.0, rng);
+  for (index_t t = T; t < CAP; ++t) cache.append(0, k.data(), k.data(), 100 + t);
+  std::vector<index_t> lengths;
+  for (index_t h = 0; h < H; ++h) lengths.push_back(cache.length(0, h));
+  BOOST_TEST(lengths[0] == CAP);
+  kvtest::expect_error([&] { cache.append(0, k.data(), k.data(), 200); }, "cache", "head 0 of layer 0 is full");
+  for (index_t h = 0; h < H; ++h) BOOST_TEST(cache.length(0, h) == lengths[static_cast<std::size_t>(h)]);
   kvtest::expect_error([&] { cache.compact(0, 0, std::vector<std::uint8_t>(3)); }, "keep");
   kvtest::expect_error([&] { cache.compact(2, 0, {}); }, "layer");
   kvtest::expect_error([&] { cache.compact(0, 3, {}); }, "head");
