@@ -11,6 +11,7 @@
 //    whole 32-layer cache in one call (SnapKV, time per layer),
 //  - the selection stages alone: the grid-wide top-k keeping 25% of each head's keys, and the
 //    compaction of that keep-set,
+//  - CSR decode attention over sparse codes (kvcompact::cuda::sparse_attention; batch 1),
 //  - the device copy bandwidth (cudaMemcpy device to device, bytes read + written).
 // Each time is the median of CUDA-event timings after warm-up. "% copy" is the bytes an operation
 // must move divided by its time, as a share of the copy bandwidth; "x floor" is its time over the
@@ -357,6 +358,33 @@ int main(int argc, char** argv) {
     const double per_layer_bytes = (cache.kv_bytes() / 2.0 + 2.0 * 0.25 * cache.kv_bytes()) / model_layers;
     emit({"compress SnapKV 25%, 32 layers/call", n, 1, ms * 1e3 / model_layers, per_layer_bytes, bandwidth});
     s.session->check("kernel_bench");
+  }
+  // CSR: decode attention over sparse codes (4096-atom dictionaries, 8 terms: 2 bits per element as
+  // stored), batch 1; bytes: the codes (K and V) and the layer's dictionaries read once.
+  for (index_t n : token_counts) {
+    constexpr index_t atoms = 4096, terms = 8;
+    const auto code_count = static_cast<std::size_t>(kv_heads * n * 2 * terms);
+    std::vector<std::uint16_t> host_indices(code_count);
+    for (std::size_t i = 0; i < code_count; ++i) host_indices[i] = static_cast<std::uint16_t>(i * 2654435761u % atoms);
+    const std::vector<std::int32_t> host_lengths(static_cast<std::size_t>(kv_heads), static_cast<std::int32_t>(n));
+    buffer<std::uint16_t> indices(code_count);
+    buffer<kc::half_t> weights(code_count);
+    buffer<std::int32_t> lengths(host_lengths.size());
+    buffer<float> dictionaries(static_cast<std::size_t>(kv_heads * 2 * atoms * head_dim)), queries(static_cast<std::size_t>(query_heads * head_dim)),
+        output(queries.count);
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(indices.data, host_indices.data(), code_count * 2, cudaMemcpyHostToDevice));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(lengths.data, host_lengths.data(), host_lengths.size() * 4, cudaMemcpyHostToDevice));
+    kc::cuda::detail::launch(fill_random<kc::half_t>, dim3(256), dim3(256), 0, nullptr, weights.data, static_cast<index_t>(code_count), 9);
+    kc::cuda::detail::launch(fill_random<float>, dim3(256), dim3(256), 0, nullptr, dictionaries.data, static_cast<index_t>(dictionaries.count), 10);
+    kc::cuda::detail::launch(fill_random<float>, dim3(64), dim3(256), 0, nullptr, queries.data, static_cast<index_t>(queries.count), 11);
+    const kc::codecs::sparse_codes codes{indices.data, weights.data, lengths.data, dictionaries.data, 1, kv_heads, n, terms, head_dim, atoms};
+    buffer<std::byte> status(kc::cuda::sparse_attention::workspace_bytes());
+    kc::cuda::sparse_attention attention(codes, status.bytes());
+    const float scale = 1.0f / 11.3137085f;  // 1 / sqrt(128)
+    const double ms = median_ms(reps, 3, [&] { attention.attend(0, queries.data, query_heads, scale, output.data); }, [] {});
+    const double bytes = static_cast<double>(code_count) * 4.0 + static_cast<double>(dictionaries.count) * 4.0;
+    emit({"CSR decode attention (N 4096, s 8)", n, 1, ms * 1e3, bytes, bandwidth});
+    attention.check();
   }
   if (!csv.empty()) {
     std::ofstream out(csv);

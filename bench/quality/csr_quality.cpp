@@ -10,13 +10,16 @@
 /// evaluation does not read), prefilled with the full cache; every --stride-th token's post-RoPE key
 /// and value of every (layer, KV head) is a sample; kvcompact::calibration::learn_dictionary fits
 /// --atoms atoms for --terms-term codes in --iterations updates. The dictionaries are written to
-/// --dictionary (named after the model and its weights' fingerprint).
+/// --dictionary (named after the model and its weights' fingerprint). With --load-dictionary FILE the
+/// calibration is skipped and FILE's dictionaries are used (a file of another model is refused).
 /// Evaluation (kv_quality's protocol): the --ppl-context-token essay prefix (tokens 0..) is prefilled
 /// with the full cache, then the cache is replaced by codes (CSR) or compressed by an eviction preset
 /// to the same bytes as the codes at fp16 (budget = T * bits / 16 slots per head), and the next
 /// --continuation tokens are teacher-forced; new tokens are coded as they arrive.
 ///
-/// Usage: csr_quality --essays DIR [--model FILE] [--dictionary FILE] [--prompts 4] [--tokens 1024]
+/// The coded cache is examples/smollm2's sparse_backend (the --preset csr of smollm2_decode).
+///
+/// Usage: csr_quality --essays DIR [--model FILE] [--dictionary FILE | --load-dictionary FILE] [--prompts 4] [--tokens 1024]
 ///                    [--offset 16384] [--stride 2] [--atoms 256] [--terms 4] [--iterations 6]
 ///                    [--ppl-context 1024] [--continuation 64] [--presets snapkv,streaming_llm,h2o]
 
@@ -38,6 +41,7 @@
 #include "loaded_model.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "sparse_backend.hpp"
 
 namespace {
 
@@ -46,7 +50,7 @@ using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
 struct options {
-    std::string model_path, essays_dir, dictionary;
+    std::string model_path, essays_dir, dictionary, load_dictionary;
     int prompts = 4, tokens = 1024, offset = 16384, stride = 2, atoms = 256, terms = 4, iterations = 6, ppl_context = 1024, continuation = 64;
     std::vector<std::string> presets{"snapkv", "streaming_llm", "h2o"};
 };
@@ -54,7 +58,8 @@ struct options {
 options parse(int argc, char** argv) {
     options o;
     o.model_path = model_path_from_environment();
-    const std::map<std::string, std::string*> texts{{"--model", &o.model_path}, {"--essays", &o.essays_dir}, {"--dictionary", &o.dictionary}};
+    const std::map<std::string, std::string*> texts{{"--model", &o.model_path}, {"--essays", &o.essays_dir}, {"--dictionary", &o.dictionary},
+                                                  {"--load-dictionary", &o.load_dictionary}};
     const std::map<std::string, int*> counts{{"--prompts", &o.prompts},       {"--tokens", &o.tokens},         {"--offset", &o.offset},
                                              {"--stride", &o.stride},         {"--atoms", &o.atoms},           {"--terms", &o.terms},
                                              {"--iterations", &o.iterations}, {"--ppl-context", &o.ppl_context}, {"--continuation", &o.continuation}};
@@ -70,61 +75,12 @@ options parse(int argc, char** argv) {
     return o;
 }
 
-/// A cache of sparse codes: the prefilled entries are coded when restored, new ones when appended;
-/// attention runs on the codes.
-class sparse_backend final : public kv_backend {
-public:
-    sparse_backend(const kvcompact::codecs::dictionary_set& dictionaries, const model_config& c, int capacity, int terms, const std::string& model)
-        : codes_(dictionaries, c.n_layers, c.n_kv_heads, c.head_dim, capacity, terms, model), dense_(c.n_layers, c.n_kv_heads, capacity, c.head_dim),
-          c_(c), scale_(1.0f / std::sqrt(static_cast<float>(c.head_dim))) {}
-    void append(int layer, const float* k, const float* v, std::int32_t position) override { codes_.append(layer, k, v, position); }
-    void attend(int layer, const float* q, std::int32_t, float* out) override { codes_.attend(layer, q, c_.n_heads, scale_, out); }
-    void finish_prefill(const query_window&) override {}
-    void restore(const kv_cache_storage& prefilled) override {
-        dense_.copy_from(prefilled);
-        codes_.clear();
-        const auto D = static_cast<std::size_t>(c_.head_dim);
-        std::vector<float> k(static_cast<std::size_t>(c_.n_kv_heads) * D), v(k.size());
-        for (int l = 0; l < c_.n_layers; ++l)
-            for (int j = 0; j < prefilled.lengths[prefilled.head_index(l, 0)]; ++j) {
-                for (int h = 0; h < c_.n_kv_heads; ++h) {
-                    std::copy_n(prefilled.key(l, h, j), D, k.data() + h * D);
-                    std::copy_n(prefilled.value(l, h, j), D, v.data() + h * D);
-                }
-                codes_.append(l, k.data(), v.data(), prefilled.positions[prefilled.slot_index(l, 0, j)]);
-            }
-    }
-    const kv_cache_storage& cache() const override { return dense_; }
-    const kvcompact::codecs::sparse_cache& codes() const { return codes_; }
-
-private:
-    kvcompact::codecs::sparse_cache codes_;
-    kv_cache_storage dense_;  // the prefilled cache as restored (the engine's interface; attention never reads it)
-    const model_config& c_;
-    float scale_;
-};
-
-double nll(const std::vector<float>& logits, token_id target) {
-    const float mx = *std::max_element(logits.begin(), logits.end());
-    double sum = 0;
-    for (float l : logits) sum += std::exp(static_cast<double>(l - mx));
-    return std::log(sum) + mx - logits[static_cast<std::size_t>(target)];
-}
-
-}  // namespace
-
-int main(int argc, char** argv) try {
-    const options o = parse(argc, argv);
-    const loaded_model loaded(o.model_path);
+/// Records calibration K/V (the essays from token o.offset on), fits every dictionary, writes them to
+/// o.dictionary (when given) and prints the calibration and the fit's errors per layer.
+kvcompact::codecs::dictionary_set fit_dictionaries(const options& o, const loaded_model& loaded, const std::vector<token_id>& text, const std::string& model) {
     const auto& c = loaded.config;
     const auto& w = loaded.weights;
-    const auto& signature = loaded.signature;
-    const std::string model = signature.name + " " + signature.fingerprint;
-    const auto text = loaded.essay_tokens(o.essays_dir);
-    if (static_cast<std::size_t>(o.offset) + static_cast<std::size_t>(o.prompts) * o.tokens > text.size()) throw std::runtime_error("essays too short");
     const int L = c.n_layers, H = c.n_kv_heads, D = c.head_dim;
-
-    // 1. calibration samples and the dictionary fit
     auto t0 = clock_type::now();
     std::vector<std::vector<float>> samples(static_cast<std::size_t>(L * H * 2));  // [layer][head][key, value]
     for (int n = 0; n < o.prompts; ++n) {
@@ -156,7 +112,6 @@ int main(int argc, char** argv) try {
     }
     const double fit_s = seconds_since(t0);
     if (!o.dictionary.empty()) set.save(o.dictionary);
-    std::printf("# CSR on %s\n\n", model.c_str());
     std::printf("Calibration: %d passages of %d tokens from token %d, every %d-th token: %zu samples per dictionary; "
                 "recording %.1f s, fit %.1f s (N = %d atoms, s = %d terms, %d updates)\n\n",
                 o.prompts, o.tokens, o.offset, o.stride, samples[0].size() / static_cast<std::size_t>(D), record_s, fit_s, o.atoms, o.terms,
@@ -170,6 +125,35 @@ int main(int argc, char** argv) try {
         }
         std::printf("| %d | %.3f -> %.3f | %.3f -> %.3f |\n", l, k0, k1, v0, v1);
     }
+
+    std::printf("\n");
+    return set;
+}
+
+double nll(const std::vector<float>& logits, token_id target) {
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (float l : logits) sum += std::exp(static_cast<double>(l - mx));
+    return std::log(sum) + mx - logits[static_cast<std::size_t>(target)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const options o = parse(argc, argv);
+    const loaded_model loaded(o.model_path);
+    const auto& c = loaded.config;
+    const auto& w = loaded.weights;
+    const auto& signature = loaded.signature;
+    const std::string model = signature.name + " " + signature.fingerprint;
+    const auto text = loaded.essay_tokens(o.essays_dir);
+    if (static_cast<std::size_t>(o.offset) + static_cast<std::size_t>(o.prompts) * o.tokens > text.size()) throw std::runtime_error("essays too short");
+    const int L = c.n_layers, H = c.n_kv_heads, D = c.head_dim;
+
+    // 1. calibration samples and the dictionary fit (or a fitted set from --load-dictionary)
+    std::printf("# CSR on %s\n\n", model.c_str());
+    const auto set = o.load_dictionary.empty() ? fit_dictionaries(o, loaded, text, model) : kvcompact::codecs::dictionary_set::load(o.load_dictionary);
+    if (!o.load_dictionary.empty()) std::printf("Dictionaries: %s (N = %d atoms)\n", o.load_dictionary.c_str(), static_cast<int>(set.atoms));
 
     // 2. evaluation
     const std::vector<token_id> prompt(text.begin(), text.begin() + o.ppl_context);
@@ -191,15 +175,15 @@ int main(int argc, char** argv) try {
     full_kv_backend full(L, c.n_heads, H, D, capacity);
     full.restore(prefilled.cache());
     const double full_ppl = evaluate(full);
-    t0 = clock_type::now();
-    sparse_backend sparse(set, c, capacity, o.terms, model);
+    const auto t0 = clock_type::now();
+    sparse_backend sparse(set, o.terms, model, L, c.n_heads, H, D, capacity);
     sparse.restore(prefilled.cache());
     const double sparse_ppl = evaluate(sparse);
     const double bits = sparse.codes().stored_bits_per_element(), packed = sparse.codes().packed_bits_per_element();
     std::printf("\nContinuation perplexity (%d-token essay prefix, next %d tokens teacher-forced):\n\n", o.ppl_context, o.continuation);
     std::printf("| cache | bits per K/V element | share of an fp16 cache | ppl | ppl / full |\n|---|---|---|---|---|\n");
     std::printf("| full | 16 (fp16) | 100%% | %.3f | 1.000 |\n", full_ppl);
-    std::printf("| csr (N = %d, s = %d; %.1f s) | %.2f stored (16-bit index + fp16 weight), %.2f packed | %.1f%% | %.3f | %.3f |\n", o.atoms, o.terms,
+    std::printf("| csr (N = %d, s = %d; %.1f s) | %.2f stored (16-bit index + fp16 weight), %.2f packed | %.1f%% | %.3f | %.3f |\n", static_cast<int>(set.atoms), o.terms,
                 seconds_since(t0), bits, packed, 100.0 * bits / 16.0, sparse_ppl, sparse_ppl / full_ppl);
     const long budget = std::max(1L, std::lround(static_cast<double>(o.ppl_context) * bits / 16.0));
     for (const auto& name : o.presets) {

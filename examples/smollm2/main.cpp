@@ -5,7 +5,8 @@
 ///
 /// Usage: see usage_text below (`smollm2_decode --help`).
 /// The model path defaults to $KVCOMPACT_SMOLLM2_GGUF (see fetch_model.sh). The calibrated presets
-/// (prefixkv, xkv) read the per-layer table for --budget from --budget-file (bench/quality/budgets/).
+/// (prefixkv, xkv) read the per-layer table for --budget from --budget-file (bench/quality/budgets/); CSR
+/// (--preset csr) reads its dictionaries from --dictionary (written by bench/quality/csr_quality).
 
 #include <algorithm>
 #include <chrono>
@@ -36,6 +37,7 @@
 #include "kvcompact_backend.hpp"
 #include "layer_map_backend.hpp"
 #include "model.hpp"
+#include "sparse_backend.hpp"
 #include "think_backend.hpp"
 #include "tokenizer.hpp"
 
@@ -55,6 +57,8 @@ struct options {
     double budget = 1.0;         ///< fraction of the prompt's KV kept by compression
     int window = 32;             ///< observation window / recent tokens of the preset
     std::string budget_file;     ///< per-layer budget file of the calibrated presets
+    std::string dictionary;      ///< dictionary file of the csr preset
+    int csr_terms = 4;           ///< (index, weight) pairs per code of the csr preset
     kvcompact::budgets::model_signature model;  ///< the loaded model's signature (set after loading; budget files)
     bool print_ids = false;
     std::string logits_out;
@@ -77,10 +81,13 @@ constexpr const char* usage_text =
     "                      pyramidkv, adakv, knorm, corm, corm_budgeted, windowkv, kvmerger, cam;\n"
     "                      the calibrated prefixkv, xkv (with --budget-file); the MixAttention-style\n"
     "                      caches sliding_window, mixattention; ThinK key-channel pruning after SnapKV:\n"
-    "                      think_snapkv (pruning ratio 0.4), think_snapkv_r50 (0.5)\n"
+    "                      think_snapkv (pruning ratio 0.4), think_snapkv_r50 (0.5); CSR sparse codes\n"
+    "                      of every entry: csr (with --dictionary)\n"
     "  --budget FRACTION   share of the prompt's KV kept by compression, in (0, 1] (default 1)\n"
     "  --window ROWS       observation window / recent tokens of the preset, 1 to 65536 (default 32)\n"
     "  --budget-file FILE  per-layer budget table of prefixkv / xkv (bench/quality/budgets/)\n"
+    "  --dictionary FILE   dictionaries of csr, fitted on this model (bench/quality/csr_quality --dictionary)\n"
+    "  --csr-terms N       (atom, weight) pairs per coded key or value of csr, 1 to 64 (default 4)\n"
     "  --print-ids         print prompt and generated token ids\n"
     "  --logits-out FILE   write the logits of every generated token (fp32) to FILE\n"
     "  --self-check        check prefill/decode consistency, no-evict presets and per-layer\n"
@@ -156,6 +163,8 @@ options parse(int argc, char** argv) {
         else if (a == "--budget") o.budget = parse_fraction(a, next());
         else if (a == "--window") o.window = static_cast<int>(parse_integer(a, next(), 1, 65536));
         else if (a == "--budget-file") o.budget_file = next();
+        else if (a == "--dictionary") o.dictionary = next();
+        else if (a == "--csr-terms") o.csr_terms = static_cast<int>(parse_integer(a, next(), 1, 64));
         else if (a == "--print-ids") o.print_ids = true;
         else if (a == "--logits-out") o.logits_out = next();
         else if (a == "--self-check") o.self_check = true;
@@ -180,6 +189,11 @@ long budget_slots(const options& o, std::size_t prompt_length) {
 /// preset loads its table for o.budget from o.budget_file, checked against o.model.
 std::unique_ptr<kv_backend> make_backend(const options& o, const model_config& c, std::size_t prompt_length, int capacity) {
     if (o.preset == "full") return std::make_unique<full_kv_backend>(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
+    if (o.preset == "csr") {
+        if (o.dictionary.empty()) usage("--preset csr needs --dictionary FILE (written by bench/quality/csr_quality --dictionary)");
+        return std::make_unique<sparse_backend>(kvcompact::codecs::dictionary_set::load(o.dictionary), o.csr_terms, o.model.name + " " + o.model.fingerprint,
+                                                c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, capacity);
+    }
     if (is_layer_map_preset(o.preset))
         return make_layer_map_backend(o.preset, static_cast<int>(budget_slots(o, prompt_length)), c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
                                       capacity);
@@ -399,7 +413,9 @@ int main(int argc, char** argv) try {
                  static_cast<double>(prompt.size()) / g.prefill_s);
     std::fprintf(stderr, "decode: %.0f tokens in %.3f s (%.1f tok/s)\n", decode_tokens, g.decode_s,
                  decode_tokens / std::max(g.decode_s, 1e-9));
-    if (o.preset != "full" && g.compressed_per_layer)
+    if (o.preset == "csr")
+        std::fprintf(stderr, "preset csr: every prompt entry coded as %d (atom, weight) pairs per key and value, in %.3f s\n", o.csr_terms, g.compress_s);
+    else if (o.preset != "full" && g.compressed_per_layer)
         std::fprintf(stderr, "preset %s: budget %ld slots per head (%.0f%% of %zu prompt tokens), compress_prefill_layer within the prefill\n",
                      o.preset.c_str(), budget_slots(o, prompt.size()), 100.0 * o.budget, prompt.size());
     else if (o.preset != "full")

@@ -6,4 +6,5 @@
 #include <kvcompact/cuda/check.cuh>
 #include <kvcompact/cuda/key_pruning.cuh>
 #include <kvcompact/cuda/session.cuh>
+#include <kvcompact/cuda/sparse_attention.cuh>
 #include <kvcompact/kvcompact.hpp>

@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 // CSR (docs/methods.md 13): matching pursuit against a plain double-precision reference, attention on
 // the codes against softmax attention in double over the vectors the codes stand for, the dictionary
-// fit on vectors built from a hidden dictionary, the dictionary file, and bad input named in
-// kvcompact::error (a dictionary of the wrong head_dim, for another model, not unit-norm).
+// fit on vectors built from a hidden dictionary, the dictionary file, eviction with the encoded cache
+// (a policy's keep-set through cpu::session then encode(): exactly the kept entries, each once, with
+// the codes matching pursuit gives their rows; compact(): kept codes and positions bit-identical, in
+// slot order), and bad input named in kvcompact::error (a dictionary of the wrong head_dim, for
+// another model, not unit-norm; a cache of another shape; a keep-set of the wrong size).
 #include "support/expect_error.hpp"
 #include "support/reference.hpp"
 
 #include <kvcompact/calibration/dictionary_learning.hpp>
 #include <kvcompact/codecs/sparse_cache.hpp>
+#include <kvcompact/kvcompact.hpp>
 
 #include <boost/test/unit_test.hpp>
 
@@ -15,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <set>
 #include <vector>
 
 namespace kc = kvcompact;
@@ -207,4 +212,140 @@ BOOST_AUTO_TEST_CASE(dictionary_files_round_trip_and_bad_dictionaries_are_named)
   std::filesystem::remove(path);
   const std::vector<float> few(5 * 8, 1.0f);
   kvtest::expect_error([&] { (void)kc::calibration::learn_dictionary(few, 8, 6, 2, 1, 0); }, "atoms");
+}
+
+namespace {
+
+// The code matching pursuit gives a vector (the library's encoder, called directly): what an entry
+// encoded from that vector must hold, bit for bit.
+struct entry_code {
+  std::vector<std::uint16_t> indices;
+  std::vector<std::uint16_t> weight_bits;
+};
+entry_code code_of(const std::vector<float>& x, const kc::codecs::dictionary_set& set, index_t layer, index_t head, kc::codecs::entry_half half, index_t terms) {
+  entry_code c{std::vector<std::uint16_t>(static_cast<std::size_t>(terms)), {}};
+  std::vector<float> residual(x.size()), weights(static_cast<std::size_t>(terms));
+  kc::codecs::matching_pursuit(x.data(), set.atoms_of(layer, head, half), set.atoms, set.head_dim, terms, residual.data(), c.indices.data(), weights.data());
+  for (float w : weights) c.weight_bits.push_back(kc::from_float<kc::half_t>(w).bits);
+  return c;
+}
+// The code a sparse cache stores for a slot.
+entry_code stored_code(const kc::codecs::sparse_cache& cache, index_t layer, index_t head, index_t slot, kc::codecs::entry_half half) {
+  const kc::codecs::sparse_codes view = cache.codes();
+  const std::size_t at = view.code_offset(layer, head, slot, half);
+  entry_code c;
+  for (index_t t = 0; t < view.terms; ++t) {
+    c.indices.push_back(view.indices[at + static_cast<std::size_t>(t)]);
+    c.weight_bits.push_back(view.weights[at + static_cast<std::size_t>(t)].bits);
+  }
+  return c;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(encoding_a_compressed_cache_encodes_exactly_the_entries_the_policy_kept) {
+  constexpr index_t L = 2, H = 2, G = 2, D = 16, N = 32, S = 3, CAP = 48, PROMPT = 40, WINDOW = 6, BUDGET = 14;
+  auto cache = kvtest::make_random_cache<kc::half_t>({1, L, H, CAP, D}, {PROMPT, PROMPT}, 61);
+  const auto full = cache;  // positions 0..PROMPT-1: slot p holds position p
+  const auto window = kvtest::make_random_window(1, L, H * G, WINDOW, D, {PROMPT - 1}, 1.0, 62);
+  const auto policy = kc::policies::snapkv(BUDGET, WINDOW);
+  using session_type = kc::cpu::session<decltype(policy), kc::half_t, kc::layouts::strided>;
+  const kc::attention_shape shape{H * G};
+  std::vector<std::byte> state(session_type::state_bytes(cache.layout)), workspace(session_type::workspace_bytes(cache.layout, shape));
+  session_type session(policy, cache.view(), shape, state, workspace);
+  session.compress_prefill(window.view());
+  const auto set = random_set("test-model", L, H, D, N, 63);
+  kc::codecs::sparse_cache sparse(set, L, H, D, CAP, S);
+  const std::vector<float> filler(static_cast<std::size_t>(H * D), 0.5f);
+  sparse.append(0, filler.data(), filler.data(), 99);  // replaced by encode()
+  sparse.encode(cache.view(), 0);
+  const auto row = [&](const std::vector<kc::half_t>& data, index_t l, index_t h, index_t p) {
+    std::vector<float> x(static_cast<std::size_t>(D));
+    for (index_t d = 0; d < D; ++d) x[static_cast<std::size_t>(d)] = kc::to_float(data[static_cast<std::size_t>(full.element(0, l, h, p, d))]);
+    return x;
+  };
+  for (index_t l = 0; l < L; ++l)
+    for (index_t h = 0; h < H; ++h) {
+      BOOST_TEST_REQUIRE(sparse.length(l, h) == BUDGET);
+      std::set<index_t> seen;
+      for (index_t j = 0; j < BUDGET; ++j) {
+        const index_t p = sparse.position(l, h, j);
+        BOOST_TEST(p == cache.position(0, l, h, j));  // the policy's kept slots, in its slot order
+        BOOST_TEST(seen.insert(p).second, "position " << p << " encoded twice");
+        BOOST_TEST((stored_code(sparse, l, h, j, kc::codecs::entry_half::key).indices ==
+                    code_of(row(full.keys, l, h, p), set, l, h, kc::codecs::entry_half::key, S).indices));
+        BOOST_TEST((stored_code(sparse, l, h, j, kc::codecs::entry_half::key).weight_bits ==
+                    code_of(row(full.keys, l, h, p), set, l, h, kc::codecs::entry_half::key, S).weight_bits));
+        BOOST_TEST((stored_code(sparse, l, h, j, kc::codecs::entry_half::value).indices ==
+                    code_of(row(full.values, l, h, p), set, l, h, kc::codecs::entry_half::value, S).indices));
+        BOOST_TEST((stored_code(sparse, l, h, j, kc::codecs::entry_half::value).weight_bits ==
+                    code_of(row(full.values, l, h, p), set, l, h, kc::codecs::entry_half::value, S).weight_bits));
+      }
+      for (index_t p = PROMPT - WINDOW; p < PROMPT; ++p) BOOST_TEST(seen.count(p) == 1, "window position " << p << " lost");  // SnapKV keeps its window
+    }
+  // Bad input is named; a refused encode leaves the cache as it was.
+  kc::codecs::sparse_cache small(set, L, H, D, BUDGET - 1, S);
+  kvtest::expect_error([&] { small.encode(cache.view(), 0); }, "cache.lengths");
+  kvtest::expect_error([&] { sparse.encode(cache.view(), 1); }, "sequence");
+  auto other = kvtest::make_random_cache<float>({1, L, H, CAP, 2 * D}, {4, 4}, 64);
+  kvtest::expect_error([&] { sparse.encode(other.view(), 0); }, "cache", "head_dim");
+  BOOST_TEST(sparse.length(1, 1) == BUDGET);
+}
+
+BOOST_AUTO_TEST_CASE(compaction_keeps_the_flagged_codes_bit_identical_in_slot_order) {
+  constexpr index_t L = 2, H = 3, D = 16, N = 40, S = 4, CAP = 30, T = 25;
+  const auto set = random_set("test-model", L, H, D, N, 71);
+  kc::codecs::sparse_cache cache(set, L, H, D, CAP, S);
+  std::mt19937 rng(72);
+  for (index_t t = 0; t < T; ++t)
+    for (index_t l = 0; l < L; ++l) {
+      const auto k = kvtest::random_vector(H * D, 1.0, rng), v = kvtest::random_vector(H * D, 1.0, rng);
+      cache.append(l, k.data(), v.data(), 100 + t);
+    }
+  struct entry {
+    entry_code key, value;
+    index_t position;
+  };
+  const auto entry_at = [&](index_t l, index_t h, index_t j) {
+    return entry{stored_code(cache, l, h, j, kc::codecs::entry_half::key), stored_code(cache, l, h, j, kc::codecs::entry_half::value), cache.position(l, h, j)};
+  };
+  std::vector<std::vector<entry>> before;
+  for (index_t l = 0; l < L; ++l)
+    for (index_t h = 0; h < H; ++h) {
+      before.emplace_back();
+      for (index_t j = 0; j < T; ++j) before.back().push_back(entry_at(l, h, j));
+    }
+  std::bernoulli_distribution coin(0.4);
+  for (index_t l = 0; l < L; ++l)
+    for (index_t h = 0; h < H; ++h) {
+      std::vector<std::uint8_t> keep(static_cast<std::size_t>(T));
+      for (auto& k : keep) k = coin(rng) ? 1 : 0;
+      if (l == 0 && h == 0) std::fill(keep.begin(), keep.end(), std::uint8_t{1});  // keeps everything
+      if (l == 1 && h == 2) std::fill(keep.begin(), keep.end(), std::uint8_t{0});  // keeps nothing
+      if (l == 1 && h == 0) keep.assign(keep.size(), 0), keep[T - 1] = 7;  // only the last (any nonzero flag keeps)
+      std::vector<index_t> kept;
+      for (index_t j = 0; j < T; ++j)
+        if (keep[static_cast<std::size_t>(j)]) kept.push_back(j);
+      BOOST_TEST(cache.compact(l, h, keep) == static_cast<index_t>(kept.size()));
+      BOOST_TEST_REQUIRE(cache.length(l, h) == static_cast<index_t>(kept.size()));
+      const auto& old = before[static_cast<std::size_t>(l * H + h)];
+      for (std::size_t i = 0; i < kept.size(); ++i) {
+        const entry now = entry_at(l, h, static_cast<index_t>(i)), & was = old[static_cast<std::size_t>(kept[i])];
+        BOOST_TEST(now.position == was.position, "layer " << l << " head " << h << " slot " << i);
+        BOOST_TEST((now.key.indices == was.key.indices && now.key.weight_bits == was.key.weight_bits));
+        BOOST_TEST((now.value.indices == was.value.indices && now.value.weight_bits == was.value.weight_bits));
+      }
+    }
+  BOOST_TEST(cache.length(1, 2) == 0);
+  // Heads of a layer now differ in length: an append that one full head refuses stores nothing.
+  const auto k = kvtest::random_vector(H * D, 1.0, rng);
+  for (index_t t = T; t < CAP; ++t) cache.append(0, k.data(), k.data(), 100 + t);
+  std::vector<index_t> lengths;
+  for (index_t h = 0; h < H; ++h) lengths.push_back(cache.length(0, h));
+  BOOST_TEST(lengths[0] == CAP);
+  kvtest::expect_error([&] { cache.append(0, k.data(), k.data(), 200); }, "cache", "head 0 of layer 0 is full");
+  for (index_t h = 0; h < H; ++h) BOOST_TEST(cache.length(0, h) == lengths[static_cast<std::size_t>(h)]);
+  kvtest::expect_error([&] { cache.compact(0, 0, std::vector<std::uint8_t>(3)); }, "keep");
+  kvtest::expect_error([&] { cache.compact(2, 0, {}); }, "layer");
+  kvtest::expect_error([&] { cache.compact(0, 3, {}); }, "head");
 }

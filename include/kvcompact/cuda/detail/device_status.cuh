@@ -25,6 +25,7 @@ enum class device_fault : std::int32_t {
   non_finite_window = 5,  ///< NaN or Inf in a window query, or in a key a window row attends (slot: the window row)
   pruned_store = 6,       ///< a head does not fit its pruned key store, or its slots are not in position order (slot: its length)
   non_finite_attention = 7,  ///< NaN or Inf in a decode query, key or value reached the attention
+  bad_code = 8,              ///< a sparse code (CSR) names an atom outside its dictionary (slot: the first such slot)
 };
 
 /// The first fault recorded since the last check (later ones are dropped).
@@ -96,6 +97,9 @@ inline void raise(const device_status& status, const char* where) {
       throw error(where, "queries", "NaN or Inf in the query or a key (slot " + std::to_string(status.slot) +
                                         ", -1: in a value) reached the decode attention (sequence " + std::to_string(status.sequence) +
                                         ", layer " + std::to_string(status.layer) + ", KV head " + std::to_string(status.head) + ")");
+    case device_fault::bad_code:
+      throw error(where, "codes.indices", "a code of slot " + std::to_string(status.slot) + " names an atom outside the dictionary (layer " +
+                                              std::to_string(status.layer) + ", KV head " + std::to_string(status.head) + "); the head's output was not written");
   }
   throw error(where, "status", "unknown device fault code " + std::to_string(status.fault));
 }

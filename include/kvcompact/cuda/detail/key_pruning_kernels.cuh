@@ -119,8 +119,7 @@ KVCOMPACT_KERNEL void __launch_bounds__(pruning_threads)
 /// Dynamic shared memory of the attention kernel: the query, its gathered channels and the partial
 /// outputs of the slot groups.
 KVCOMPACT_HOST_DEVICE inline std::size_t pruned_attention_shared_bytes(index_t dims, index_t kept) {
-  const index_t groups = dims < pruning_threads ? pruning_threads / dims : 1;
-  return static_cast<std::size_t>(dims + kept + groups * dims) * sizeof(float);
+  return static_cast<std::size_t>(dims + kept + weighted_rows_groups(dims, pruning_threads) * dims) * sizeof(float);
 }
 
 /// One block per (query head, sequence) of one storage layer: gathers the query to its KV head's kept
@@ -177,20 +176,9 @@ KVCOMPACT_KERNEL void __launch_bounds__(pruning_threads)
     sum += weight;
   }
   sum = block_sum<pruning_threads>(sum);  // its barrier also publishes the weights
-  const index_t groups = dims < pruning_threads ? pruning_threads / dims : 1, group = threadIdx.x / dims;
-  if (group < groups)
-    for (index_t c = threadIdx.x % dims; c < dims; c += pruning_threads) {
-      float acc = 0.0f;
-      for (index_t j = group; j < length; j += groups)
-        acc = fmaf(row_logits[j], to_float(cache.values[layout.offset(s, layer, h, j) + c * layout.dim_stride()]), acc);
-      partial[group * dims + c] = acc;
-    }
-  __syncthreads();
-  for (index_t c = threadIdx.x; c < dims; c += blockDim.x) {
-    float acc = 0.0f;
-    for (index_t g = 0; g < groups; ++g) acc += partial[g * dims + c];
-    out[c] = acc / sum;
-  }
+  block_weighted_rows<pruning_threads>(
+      length, dims, [&](index_t j) { return row_logits[j]; },
+      [&](index_t j, index_t c) { return to_float(cache.values[layout.offset(s, layer, h, j) + c * layout.dim_stride()]); }, sum, partial, out);
 }
 
 }  // namespace cuda::detail
