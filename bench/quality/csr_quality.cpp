@@ -263,20 +263,14 @@ void run_needle(const options& o, const loaded_model& loaded, const kvcompact::c
             const auto prompt_logits = first.forward(prompt);
             const auto answer_of = [&](kv_backend& backend) {
                 engine eng(c, w, backend, static_cast<std::int32_t>(prompt.size()));
-                auto logits = prompt_logits;
-                std::string answer;
-                for (int i = 0; i < pass_key_answer_tokens; ++i) {
-                    const token_id t = argmax(logits);
-                    if (t == loaded.tok.eos()) break;
-                    answer += loaded.tok.decode(t);
-                    const token_id one[1] = {t};
-                    logits = eng.forward(one);
-                }
+                std::string answer = pass_key_answer(eng, loaded.tok, prompt_logits);
                 return std::pair{answer, eng.tokens_seen()};
             };
             const auto report = [&](const std::string& name, double budget, const std::string& answer, double kept) {
                 const bool hit = pass_key_hit(answer, key);
-                std::printf("| %d | %.0f%% | %s %.1f%% | \"%s\" | %s |\n", context, 100 * depth, name.c_str(), 100 * budget, answer.c_str(), hit ? "hit" : "miss");
+                std::string shown;  // the answer on one table line
+                for (char ch : answer) shown += ch == '\n' ? std::string("\\n") : std::string(1, ch);
+                std::printf("| %d | %.0f%% | %s %.1f%% | \"%s\" | %s |\n", context, 100 * depth, name.c_str(), 100 * budget, shown.c_str(), hit ? "hit" : "miss");
                 std::fflush(stdout);
                 if (csv) std::fprintf(csv, "needle,%s,%.4f,%d,%.2f,%d,%.5f\n", name.c_str(), budget, context, depth, hit ? 1 : 0, kept);
             };

@@ -380,14 +380,7 @@ void run_needle(const options& o, const model_bundle& m, const std::vector<token
                 try {
                     auto backend = compressed_backend(o, m, cfgs[k], snap);
                     engine eng(m.c, m.w, *backend, snap.tokens);
-                    auto logits = snap.logits;
-                    for (int i = 0; i < pass_key_answer_tokens; ++i) {
-                        const token_id t = argmax(logits);
-                        if (t == m.tok.eos()) break;
-                        answer += m.tok.decode(t);
-                        const token_id one[1] = {t};
-                        logits = eng.forward(one);
-                    }
+                    answer = pass_key_answer(eng, m.tok, snap.logits);
                     kept = kept_share(*backend, eng);
                 } catch (const std::exception& e) {
                     answer = std::string("error: ") + e.what();

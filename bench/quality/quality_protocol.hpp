@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine.hpp"
 #include "kv_backend.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
@@ -111,6 +112,20 @@ inline std::string pass_key(int context, double depth) {
 /// Tokens generated after a pass-key prompt: the answer is a hit when it starts with the key's
 /// digits after the cue.
 inline constexpr int pass_key_answer_tokens = 6;
+
+/// @return the greedy answer that @p eng generates from @p logits (the prompt's last logits): at most
+/// pass_key_answer_tokens tokens, up to the end-of-text token.
+inline std::string pass_key_answer(engine& eng, const tokenizer& tok, std::vector<float> logits) {
+    std::string answer;
+    for (int i = 0; i < pass_key_answer_tokens; ++i) {
+        const token_id t = argmax(logits);
+        if (t == tok.eos()) break;
+        answer += tok.decode(t);
+        const token_id one[1] = {t};
+        logits = eng.forward(one);
+    }
+    return answer;
+}
 
 /// @return whether @p answer (the greedy continuation of needle_prompt) starts with @p key's digits after the cue.
 inline bool pass_key_hit(const std::string& answer, const std::string& key) { return answer.rfind(key.substr(1), 0) == 0; }
