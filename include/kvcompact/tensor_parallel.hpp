@@ -7,6 +7,8 @@
 #include <kvcompact/error.hpp>
 #include <kvcompact/types.hpp>
 
+#include <bit>
+#include <cstdint>
 #include <string>
 
 KVCOMPACT_NAMESPACE_BEGIN
@@ -15,8 +17,9 @@ KVCOMPACT_NAMESPACE_BEGIN
 /// `[rank * kv_heads, (rank + 1) * kv_heads)` of the model (and its query heads the matching GQA
 /// groups), and `all_reduce_sum` is the engine's all-reduce over the group (NCCL, MPI, a thread
 /// barrier...). Every rank calls the same session entry points in the same order; the session calls
-/// `all_reduce_sum` where a decision spans the KV heads of a layer (Ada-KV's layer-wide ranking), so
-/// each rank keeps exactly what one unsharded session would keep for its heads.
+/// `all_reduce_sum` where a decision spans the KV heads of a layer (the layer's newest position,
+/// Ada-KV's layer-wide ranking, scores shared across KV heads, WindowKV's windows), so each rank keeps
+/// exactly what one unsharded session would keep for its heads.
 struct rank_group {
   int ranks = 1;            ///< ranks in the group (1: no sharding, the hook is never called)
   int rank = 0;             ///< this rank, in [0, ranks); ranks hold consecutive KV heads in rank order
@@ -47,6 +50,44 @@ inline index_t max_across_ranks(const rank_group& group, index_t value) {
     largest = static_cast<index_t>(published) > largest ? static_cast<index_t>(published) : largest;
   }
   return largest;
+}
+
+/// Hands @p count floats of rank @p from to every rank of @p group, bit for bit (host code): their bit
+/// patterns travel as integers in the all-reduce's doubles, to which every other rank adds zeros, and
+/// sums of integers below 2^53 are exact; negative zeros and NaN payloads arrive unchanged. One
+/// all-reduce per 1024 values.
+inline void broadcast_floats(const rank_group& group, int from, float* values, index_t count) {
+  constexpr index_t chunk = 1024;
+  double bits[chunk];
+  for (index_t first = 0; first < count; first += chunk) {
+    const index_t n = count - first < chunk ? count - first : chunk;
+    for (index_t i = 0; i < n; ++i) bits[i] = group.rank == from ? static_cast<double>(std::bit_cast<std::uint32_t>(values[first + i])) : 0.0;
+    group.all_reduce_sum(group.context, bits, n);
+    for (index_t i = 0; i < n; ++i) values[first + i] = std::bit_cast<float>(static_cast<std::uint32_t>(bits[i]));
+  }
+}
+
+/// Continues a running reduction over the query heads of every rank of @p group in the order of one
+/// unsharded session: ranks hold consecutive query heads, so rank 0 runs @p add_local, which carries
+/// the @p count running @p values on over this rank's heads, then hands them to rank 1, and so on;
+/// afterwards every rank holds the values the last rank finished, bit for bit what one session
+/// computes. Without a group of several ranks (and in device code, which has none) add_local runs once.
+/// Calls broadcast_floats() once per rank.
+KVCOMPACT_EXEC_CHECK_DISABLE
+template <class AddLocal>
+KVCOMPACT_HOST_DEVICE void continue_across_ranks(const rank_group* group, float* values, index_t count, const AddLocal& add_local) {
+#if defined(__CUDA_ARCH__)
+  add_local();
+#else
+  if (group == nullptr || group->ranks == 1) {
+    add_local();
+    return;
+  }
+  for (int r = 0; r < group->ranks; ++r) {
+    if (r == group->rank) add_local();
+    broadcast_floats(*group, r, values, count);
+  }
+#endif
 }
 
 /// The rank group of a selection context (none for contexts without one: single-rank, device code).

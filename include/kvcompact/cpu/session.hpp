@@ -89,7 +89,8 @@ class session {
     const auto g = static_cast<std::size_t>(shape.query_heads);
     const auto strip = static_cast<std::size_t>(strip_capacity(shape.query_heads));
     const auto blocks = static_cast<std::size_t>(blocks_of(layout.capacity())), dims = static_cast<std::size_t>(layout.head_dim());
-    const std::size_t selection = cap * (3 * h + g) + cap * 2 * h + cap * h + cap * h + (cap + 2) + h;
+    const std::size_t shared = Policy::shares_scores_across_kv_heads ? cap : 0;  // layer_scores_
+    const std::size_t selection = cap * (3 * h + g) + shared + cap * 2 * h + cap * h + cap * h + (cap + 2) + h;
     const std::size_t attention = cap * strip + dims * strip + 3 * strip * blocks + 2 * strip + g * blocks * dims;
     return (selection + attention) * 4 + cap * h * sizeof(std::uint64_t) + h * sizeof(detail::ranked_head) + cap * h + h + 64;
   }
@@ -103,27 +104,30 @@ class session {
     threads_ = count;
   }
   /// @brief Makes this session one rank of a tensor-parallel group (kvcompact::rank_group): its KV heads
-  /// are the rank's share of the model's, and the decisions that span the KV heads of a layer (the
-  /// layer's newest position, which recent-token protection counts from; Ada-KV's layer-wide ranking)
-  /// call the group's all-reduce, so every rank keeps what one unsharded session
-  /// would keep for its heads. Every rank must make the same calls in the same order. Set it before
-  /// compress_prefill(); a group of one rank is the default.
+  /// are the rank's share of the model's, and the decisions that span the KV heads of a layer call the
+  /// group's all-reduce, so every rank keeps what one unsharded session would keep for its heads, with
+  /// the same scores and decode state bit for bit:
+  /// - the layer's newest position, which recent-token protection counts from (at prefill);
+  /// - Ada-KV's layer-wide ranking (at prefill);
+  /// - scores shared across the KV heads of a layer (TOVA, PrefixKV, Elastic Cache: every query head
+  ///   of the model contributes), at prefill and in every attend() / observe(), whose state drives
+  ///   decode-time eviction; the ranks continue one reduction in the unsharded query-head order;
+  /// - WindowKV's window scores, which average every query head of the layer (at prefill).
+  ///
+  /// Every rank must make the same calls in the same order, over caches of the same extents whose heads
+  /// together satisfy what one session over all of them requires (slot-aligned heads for shared
+  /// scores, equal layer groups for WindowKV; each rank checks its own heads). A call that throws on
+  /// one rank leaves the others waiting in the all-reduce: the engine aborts its group then. Set it
+  /// before compress_prefill(); a group of one rank is the default.
   /// @param group the rank, the rank count and the engine's all-reduce (not copied deeper: the
   /// context pointer must stay valid)
-  /// @throws kvcompact::error naming "group.*" for a bad group, or "policy" for a policy whose
-  /// cross-head decisions are not reduced across ranks (scores shared across KV heads, WindowKV's
-  /// windows, Ada-KV's strict repair) when the group has several ranks
+  /// @throws kvcompact::error naming "group.*" for a bad group, or "policy" for Ada-KV's strict repair
+  /// (which moves slots between the heads of one rank only) when the group has several ranks
   void set_rank_group(const rank_group& group) {
     constexpr const char* where = "set_rank_group";
     group.validate(where);
-    if (group.ranks > 1) {
-      detail::require(!Policy::shares_scores_across_kv_heads, where, "policy",
-                      "its scores are shared across the KV heads of a layer, which is not reduced across ranks");
-      detail::require(detail::decision_group(policy_.selector) == 0, where, "policy",
-                      "WindowKV's window decision spans every KV head and is not reduced across ranks");
-      if constexpr (requires { policy_.selector.strict; })
-        detail::require(!policy_.selector.strict, where, "policy", "Ada-KV's strict repair moves slots between heads of one rank only");
-    }
+    if constexpr (requires { policy_.selector.strict; })
+      detail::require(group.ranks == 1 || !policy_.selector.strict, where, "policy", "Ada-KV's strict repair moves slots between heads of one rank only");
     ranks_ = group;
   }
 
@@ -349,6 +353,7 @@ class session {
     scratch_.scores = floats(cap * h);
     scratch_.query_scores = floats(cap * g);
     scratch_.floats = floats(cap * h);
+    layer_scores_ = floats(Policy::shares_scores_across_kv_heads ? cap : 0);
     logits_ = floats(cap * strip);
     packed_ = floats(head_dim() * strip);
     block_max_ = floats(strip * blocks);
@@ -559,23 +564,56 @@ class session {
     }
   }
 
-  // Group reduction of per-query-head values (terms[g * capacity + j], g the query head) into one
-  // value per slot of KV head h: over its query heads, or over all query heads for scores shared
-  // across KV heads.
-  template <class Use>
-  void reduce_group(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* terms, const Use& use) const {
+  // Combines per-query-head values (terms[g * capacity + j], g the query head) of the query heads
+  // [first_g, first_g + count) into acc[j - first] for the slots [first, end), in query-head order; a
+  // slot beyond a head's length contributes 0.
+  void combine_heads(index_t sequence, index_t layer, index_t first_g, index_t count, index_t first, index_t end, const float* terms, float* acc) const {
     const auto& scorer = policy_.scorer;
-    const index_t first_g = Policy::shares_scores_across_kv_heads ? 0 : h * group();
-    const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
-    float acc[slot_block];  // one block's slots, reduced over the query heads in order
-    for (index_t j = first; j < end; ++j) acc[j - first] = detail::reduction_identity(scorer.group);
     for (index_t g = first_g; g < first_g + count; ++g) {
       const index_t length = length_of(sequence, layer, g / group()), seen = length < end ? (length > first ? length : first) : end;
       const float* row = terms + g * capacity();
       for (index_t j = first; j < seen; ++j) acc[j - first] = detail::reduction_combine(scorer.group, acc[j - first], row[j]);
       for (index_t j = seen; j < end; ++j) acc[j - first] = detail::reduction_combine(scorer.group, acc[j - first], 0.0f);  // beyond that head's slots
     }
+  }
+
+  // Group reduction of per-query-head values (terms[g * capacity + j], g the query head) into one
+  // value per slot of KV head h: over its query heads, or over all query heads for scores shared
+  // across KV heads (on several ranks: what reduce_across_ranks() left in layer_scores_).
+  template <class Use>
+  void reduce_group(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* terms, const Use& use) const {
+    if (Policy::shares_scores_across_kv_heads && ranks_.ranks > 1) {
+      for (index_t j = first; j < end; ++j) use(j, layer_scores_[j]);
+      return;
+    }
+    const auto& scorer = policy_.scorer;
+    const index_t first_g = Policy::shares_scores_across_kv_heads ? 0 : h * group();
+    const index_t count = Policy::shares_scores_across_kv_heads ? shape_.query_heads : group();
+    float acc[slot_block];  // one block's slots, reduced over the query heads in order
+    for (index_t j = first; j < end; ++j) acc[j - first] = detail::reduction_identity(scorer.group);
+    combine_heads(sequence, layer, first_g, count, first, end, terms, acc);
     for (index_t j = first; j < end; ++j) use(j, detail::reduction_finish(scorer.group, acc[j - first], static_cast<int>(count)));
+  }
+
+  // Scores shared across KV heads on a tensor-parallel group (nothing to do otherwise): the group
+  // reduction of terms (as reduce_group() takes them) over the query heads of every rank, continued
+  // rank after rank in the unsharded query-head order (kvcompact::detail::continue_across_ranks), into
+  // layer_scores_[j] for every slot j the layer's heads hold on any rank.
+  void reduce_across_ranks(index_t sequence, index_t layer, const float* terms) {
+    if (!Policy::shares_scores_across_kv_heads || ranks_.ranks == 1) return;
+    const auto& scorer = policy_.scorer;
+    index_t slots = 0;
+    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) slots = length_of(sequence, layer, h) > slots ? length_of(sequence, layer, h) : slots;
+    slots = detail::max_across_ranks(ranks_, slots);
+    for (index_t j = 0; j < slots; ++j) layer_scores_[j] = detail::reduction_identity(scorer.group);
+    detail::continue_across_ranks(&ranks_, layer_scores_, slots, [&] {
+      detail::parallel_for(blocks_of(slots), team(), [&](index_t b) {
+        const index_t first = b * slot_block, end = first + slot_block < slots ? first + slot_block : slots;
+        combine_heads(sequence, layer, 0, shape_.query_heads, first, end, terms, layer_scores_ + first);
+      });
+    });
+    const int model_heads = static_cast<int>(shape_.query_heads * ranks_.ranks);
+    for (index_t j = 0; j < slots; ++j) layer_scores_[j] = detail::reduction_finish(scorer.group, layer_scores_[j], model_heads);
   }
 
   void score_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
@@ -590,6 +628,7 @@ class session {
       });
     } else {
       score_window(sequence, layer, window, in_window);
+      reduce_across_ranks(sequence, layer, scratch_.query_scores);
       for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
         reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
       });
@@ -760,6 +799,7 @@ class session {
           for (index_t j = first; j < end; ++j) terms[j] = visible(slot_positions[j]) ? scorer.row_term(terms[j] * factor, count, position) : 0.0f;
         }
       });
+      reduce_across_ranks(sequence, storage, logits_);
       for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
         const std::int32_t* slot_positions = positions(h);
         state_type* states = slot_state_ + cache_.slot_index(sequence, storage, h, 0);
@@ -777,6 +817,7 @@ class session {
   std::int32_t* budgets_ = nullptr;
   int threads_ = 0;
   layer_scratch scratch_{};
+  float* layer_scores_ = nullptr;          // [capacity] scores shared across KV heads, over every rank (reduce_across_ranks())
   float* logits_ = nullptr;                // [strip_capacity][capacity] logits, then exps, then row terms
   float* packed_ = nullptr;                // [head_dim][strip_capacity] window queries of one strip, transposed per tile
   float* block_max_ = nullptr;             // per block and row: maximum logit, then the probability factor

@@ -6,6 +6,7 @@
 #include <kvcompact/detail/order_keys.hpp>
 #include <kvcompact/selectors/budgets.hpp>
 #include <kvcompact/selectors/concepts.hpp>
+#include <kvcompact/tensor_parallel.hpp>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
@@ -24,7 +25,8 @@ enum class task_type : std::uint8_t {
 /// A window's score averages the row-reduced scores of ALL query heads of the layer
 /// (`ctx.query_score`), so every KV head keeps the same windows whatever the scorer (WindowKV's own is
 /// kvcompact::scorers::last_query; slot scorers such as KNorm give every query head its KV head's
-/// score). Prefill-only: decode appends.
+/// score); on a tensor-parallel group (kvcompact::rank_group, host backend) the average spans the
+/// query heads of every rank, summed in the unsharded order. Prefill-only: decode appends.
 ///
 /// A kvcompact::cooperative_selector of layer scope: one worker per window scores it (the same
 /// arithmetic on both backends), the worst windows are found by partial selection, and every slot's
@@ -70,16 +72,16 @@ struct windows {
   KVCOMPACT_HOST_DEVICE void select_decode(Group&, Ctx&, int) const {}
 
  private:
-  // Score of the window of order ranks [begin, end), computed by one worker. Both modes average over
-  // ALL query heads of the layer (docs/methods.md 4.5) using ctx.query_score, so they agree for any
-  // scorer; ctx.score(0, ...) would be only KV head 0's group for a scorer that is not shared across
-  // KV heads (KNorm, SnapKV-style, CORM).
+  // The window of order ranks [begin, end): @p total plus each of the context's query heads' score of
+  // it, in query-head order, computed by one worker. Both modes average over ALL query heads of the
+  // layer (docs/methods.md 4.5; decide() divides) using ctx.query_score, so they agree for any scorer;
+  // ctx.score(0, ...) would be only KV head 0's group for a scorer that is not shared across KV heads
+  // (KNorm, SnapKV-style, CORM).
   template <class Ctx>
-  KVCOMPACT_HOST_DEVICE float window_score(const Ctx& ctx, index_t begin, index_t end) const {
+  KVCOMPACT_HOST_DEVICE float add_head_scores(const Ctx& ctx, index_t begin, index_t end, float total) const {
     const int group_size = ctx.query_heads() / ctx.kv_heads();
     const index_t p = window / 2 > 0 ? window / 2 : 1;  // top count p = omega / 2, at least 1
     const index_t top = p < end - begin ? p : end - begin;
-    float total = 0.0f;
     for (int g = 0; g < ctx.query_heads(); ++g) {
       const std::int32_t* own = ctx.order(g / group_size);  // query head g's scores are indexed by its KV head's slots
       auto value = [&](index_t i) { return ctx.query_score(g, own[i]); };
@@ -103,7 +105,7 @@ struct windows {
       }
       total += sum / static_cast<float>(top);
     }
-    return total / static_cast<float>(ctx.query_heads());
+    return total;
   }
 
   template <class Group, class Ctx>
@@ -122,10 +124,18 @@ struct windows {
       store[0] = static_cast<std::int32_t>(review);
       store[1] = static_cast<std::int32_t>(count);
     });
+    const rank_group* ranks = detail::rank_group_of(ctx);
     workers.for_each(count, [&](index_t k) {
-      scores[k] = window_score(ctx, k * window, k * window + size_of(k));
+      scores[k] = ranks == nullptr ? add_head_scores(ctx, k * window, k * window + size_of(k), 0.0f) / static_cast<float>(ctx.query_heads()) : 0.0f;
       store[2 + k] = 1;
     });
+    if (ranks != nullptr)  // host only: the average spans the query heads of every rank, in the unsharded order
+      workers.once([&] {
+        detail::continue_across_ranks(ranks, scores, count, [&] {
+          for (index_t k = 0; k < count; ++k) scores[k] = add_head_scores(ctx, k * window, k * window + size_of(k), scores[k]);
+        });
+        for (index_t k = 0; k < count; ++k) scores[k] /= static_cast<float>(ctx.query_heads() * ranks->ranks);
+      });
     const index_t drop = (review - b + window - 1) / window;
     if (drop * window >= review) {
       workers.for_each(count, [&](index_t k) { store[2 + k] = 0; });
