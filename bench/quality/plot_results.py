@@ -157,7 +157,7 @@ def plot(ppl, needle, out):
         ax.set_ylim(-0.05, 1.05)
         used.append(ax)
     for ax in used:
-        ax.set_xlabel("budget (% of the prompt's KV entries per head; csr: % of the fp16 cache's bytes)")
+        ax.set_xlabel("budget (% of KV entries per head; csr: % of fp16 bytes)")
         ax.grid(True, alpha=0.3)
     legend_ax = axes[len(used)]
     for ax in axes[len(used):]:

@@ -18,6 +18,11 @@
 # bench/quality/budgets/, written by calibrate_budgets), the bounded slot memory (bounded_memory) and
 # the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp at 10 and 20 %
 # (sliding_window, mixattention; inference-time approximations, docs/methods.md 9.4).
+# Part csr: bench/quality/csr_quality (next to KV_QUALITY) fits CSR's dictionaries (256 atoms, 4 terms, 6 updates,
+# on essay text from token 16384 on, which no evaluation reads; OUT_DIR/csr.dict) and writes kv_quality's ppl and
+# needle rows (ppl_1024, needle_2k protocols) for preset csr at 4, 6, 11 and 16 terms: budget = the codes' share
+# of the fp16 cache, 12.5 / 18.75 / 34.4 / 50 %. Measured 2026-12-01 alone (JOBS=1, one thread, load 3-5 on
+# 2 shared vCPUs): 1481 s wall, 672 s CPU (bench/results/smollm2_csr_2026-12-01.md).
 # Writes OUT_DIR/<run>.{csv,md,err,cpu} and OUT_DIR/times.txt (per part: wall and CPU seconds, load average at the end).
 #
 # Usage: [JOBS=N] [PRESETS=a,b] [BUDGETS=0.1,0.2] [EXTRA=p:b,...] [PARTS="ppl_1024 needle_2k"]
