@@ -4,6 +4,7 @@
 #pragma once
 
 #include <kvcompact/cuda/check.cuh>
+#include <kvcompact/cuda/device_rank_group.cuh>
 #include <kvcompact/cuda/key_pruning.cuh>
 #include <kvcompact/cuda/session.cuh>
 #include <kvcompact/cuda/sparse_attention.cuh>

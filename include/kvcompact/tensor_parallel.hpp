@@ -13,6 +13,17 @@
 
 KVCOMPACT_NAMESPACE_BEGIN
 
+namespace detail {
+/// Checks the fields of a rank group (kvcompact::rank_group, kvcompact::cuda::device_rank_group):
+/// @p ranks at least 1, @p rank in [0, ranks), an all-reduce (@p reduces) when there are several ranks.
+/// @throws kvcompact::error naming "group.ranks", "group.rank" or "group.all_reduce_sum"
+inline void validate_rank_fields(int ranks, int rank, bool reduces, const char* where) {
+  require(ranks >= 1, where, "group.ranks", [&] { return "is " + std::to_string(ranks) + ", must be at least 1"; });
+  require(rank >= 0 && rank < ranks, where, "group.rank", [&] { return "is " + std::to_string(rank) + ", outside [0, " + std::to_string(ranks) + ")"; });
+  require(ranks == 1 || reduces, where, "group.all_reduce_sum", "null pointer, but the group has several ranks");
+}
+}  // namespace detail
+
 /// @brief One rank of a tensor-parallel group: the session's KV heads are heads
 /// `[rank * kv_heads, (rank + 1) * kv_heads)` of the model (and its query heads the matching GQA
 /// groups), and `all_reduce_sum` is the engine's all-reduce over the group (NCCL, MPI, a thread
@@ -31,12 +42,7 @@ struct rank_group {
   /// @brief Checks the fields.
   /// @param where the entry point (for the error message)
   /// @throws kvcompact::error naming "group.ranks", "group.rank" or "group.all_reduce_sum"
-  void validate(const char* where) const {
-    detail::require(ranks >= 1, where, "group.ranks", [&] { return "is " + std::to_string(ranks) + ", must be at least 1"; });
-    detail::require(rank >= 0 && rank < ranks, where, "group.rank",
-                    [&] { return "is " + std::to_string(rank) + ", outside [0, " + std::to_string(ranks) + ")"; });
-    detail::require(ranks == 1 || all_reduce_sum != nullptr, where, "group.all_reduce_sum", "null pointer, but the group has several ranks");
-  }
+  void validate(const char* where) const { detail::validate_rank_fields(ranks, rank, all_reduce_sum != nullptr, where); }
 };
 
 namespace detail {

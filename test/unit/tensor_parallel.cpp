@@ -15,6 +15,7 @@
 #include "support/expect_error.hpp"
 #include "support/layer_window.hpp"
 #include "support/reference.hpp"
+#include "support/shards.hpp"
 
 #include <barrier>
 #include <cstring>
@@ -69,35 +70,6 @@ class thread_all_reduce {
   std::vector<entry> entries_;
 };
 
-/// KV heads [first, first + count) of @p full (and their slots) as a cache of their own.
-kvtest::random_cache<float> shard_cache(const kvtest::random_cache<float>& full, index_t first, index_t count) {
-  kvtest::random_cache<float> out({S, L, count, CAP, D});
-  for (index_t s = 0; s < S; ++s)
-    for (index_t l = 0; l < L; ++l)
-      for (index_t h = 0; h < count; ++h) {
-        out.lengths[static_cast<std::size_t>(out.head_index(s, l, h))] = full.lengths[static_cast<std::size_t>(full.head_index(s, l, first + h))];
-        for (index_t j = 0; j < CAP; ++j) {
-          out.positions[static_cast<std::size_t>(out.slot_index(s, l, h, j))] = full.positions[static_cast<std::size_t>(full.slot_index(s, l, first + h, j))];
-          for (index_t d = 0; d < D; ++d) {
-            out.keys[static_cast<std::size_t>(out.element(s, l, h, j, d))] = full.keys[static_cast<std::size_t>(full.element(s, l, first + h, j, d))];
-            out.values[static_cast<std::size_t>(out.element(s, l, h, j, d))] = full.values[static_cast<std::size_t>(full.element(s, l, first + h, j, d))];
-          }
-        }
-      }
-  return out;
-}
-
-/// True when head @p h of @p shard holds what head @p full_head of @p full holds (lengths, positions, K/V bits).
-bool same_head(const kvtest::random_cache<float>& shard, index_t h, const kvtest::random_cache<float>& full, index_t full_head, index_t s, index_t l) {
-  if (shard.length(s, l, h) != full.length(s, l, full_head)) return false;
-  for (index_t j = 0; j < shard.length(s, l, h); ++j) {
-    if (shard.position(s, l, h, j) != full.position(s, l, full_head, j)) return false;
-    for (index_t d = 0; d < D; ++d)
-      if (shard.key(s, l, h, j, d) != full.key(s, l, full_head, j, d) || shard.value(s, l, h, j, d) != full.value(s, l, full_head, j, d)) return false;
-  }
-  return true;
-}
-
 /// Decode steps of the whole model: per step, sequence and layer one token's keys and values
 /// ([H][D]) and queries ([H * G][D]) at position CAP + step (above every prompt position).
 struct decode_steps {
@@ -145,7 +117,7 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
   std::vector<shard_result> shards;
   std::vector<kvtest::random_window> windows;
   for (int r = 0; r < ranks; ++r) {
-    const auto cache = shard_cache(full, r * heads, heads);
+    const auto cache = kvtest::shard_heads(full, r * heads, heads);
     shards.push_back({cache, cache, {}, {}});
     windows.push_back(kvtest::window_part(w, 0, L, r * heads * G, heads * G));
   }
@@ -216,8 +188,8 @@ std::string first_difference(const std::vector<shard_result>& shards, const shar
       for (index_t l = 0; l < L; ++l)
         for (index_t h = 0; h < heads; ++h) {
           const std::string head = where + "sequence " + std::to_string(s) + " layer " + std::to_string(l) + " head " + std::to_string(h);
-          if (!same_head(shard.prefilled, h, unsharded.prefilled, r * heads + h, s, l)) return head + " after prefill";
-          if (!same_head(shard.decoded, h, unsharded.decoded, r * heads + h, s, l)) return head + " after decoding";
+          if (!kvtest::same_head(shard.prefilled, h, unsharded.prefilled, r * heads + h, s, l)) return head + " after prefill";
+          if (!kvtest::same_head(shard.decoded, h, unsharded.decoded, r * heads + h, s, l)) return head + " after decoding";
           for (index_t j = 0; j < CAP; ++j)
             if (shard.states[static_cast<std::size_t>(((s * L + l) * heads + h) * CAP + j)] !=
                 unsharded.states[static_cast<std::size_t>(((s * L + l) * H + r * heads + h) * CAP + j)])
@@ -273,13 +245,13 @@ BOOST_AUTO_TEST_CASE(adakv_shards_keep_what_one_session_keeps) {
           for (index_t s = 0; s < S; ++s)
             for (index_t l = 0; l < L; ++l)
               for (index_t h = 0; h < H / ranks; ++h)
-                BOOST_TEST(same_head(shards[static_cast<std::size_t>(r)].prefilled, h, reference, r * (H / ranks) + h, s, l),
+                BOOST_TEST(kvtest::same_head(shards[static_cast<std::size_t>(r)].prefilled, h, reference, r * (H / ranks) + h, s, l),
                            "seed " << seed << " ranks " << ranks << " rank " << r << " sequence " << s << " layer " << l << " head " << h);
         if (ranks > 1 && !layer_by_layer) {
           const auto alone = run_shards(policy, full, w, ranks, false, false);
           for (int r = 0; r < ranks; ++r)
             for (index_t h = 0; h < H / ranks; ++h)
-              ungrouped_differs = ungrouped_differs || !same_head(alone[static_cast<std::size_t>(r)].prefilled, h, reference, r * (H / ranks) + h, 0, 0);
+              ungrouped_differs = ungrouped_differs || !kvtest::same_head(alone[static_cast<std::size_t>(r)].prefilled, h, reference, r * (H / ranks) + h, 0, 0);
         }
       }
     BOOST_TEST(ungrouped_differs, "seed " << seed << ": shards without the group keep the same as with it, so the group is not exercised");
@@ -300,7 +272,7 @@ BOOST_AUTO_TEST_CASE(per_head_policies_give_the_same_keep_sets) {
   for (int r = 0; r < 4; ++r)
     for (index_t s = 0; s < S; ++s)
       for (index_t l = 0; l < L; ++l)
-        for (index_t h = 0; h < H / 4; ++h) BOOST_TEST(same_head(shards[static_cast<std::size_t>(r)].prefilled, h, reference, r * (H / 4) + h, s, l));
+        for (index_t h = 0; h < H / 4; ++h) BOOST_TEST(kvtest::same_head(shards[static_cast<std::size_t>(r)].prefilled, h, reference, r * (H / 4) + h, s, l));
 }
 
 // Scores shared across the KV heads of a layer: every query head of the model contributes to a slot's

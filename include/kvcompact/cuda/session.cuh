@@ -15,10 +15,12 @@
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
 #include <kvcompact/cuda/detail/ptx_grid_dependency.cuh>
+#include <kvcompact/cuda/detail/rank_exchange.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/select_kernels.cuh>
 #include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/cuda/detail/workspace.cuh>
+#include <kvcompact/cuda/device_rank_group.cuh>
 #include <kvcompact/detail/decode_eviction.hpp>
 #include <kvcompact/detail/parameter_checks.hpp>
 #include <kvcompact/detail/size_checks.hpp>
@@ -194,6 +196,35 @@ class session {
     this->check(where);
   }
 
+  /// @brief Makes this session one rank of a tensor-parallel group (kvcompact::cuda::device_rank_group):
+  /// its KV heads are the rank's share of the model's, and the decisions that span the KV heads of a
+  /// layer call the group's all-reduce on the session's stream, so every rank keeps what one unsharded
+  /// session would keep for its heads, with the same slots, K/V and decode state bit for bit. On the
+  /// CUDA backend that decision is the layer's newest position, which recent-token protection counts
+  /// from (at prefill: one all-reduce of sequences x layers doubles per rank, between kernels, without
+  /// host synchronisation). Policies with decisions the CUDA backend does not yet reduce across ranks
+  /// are refused with several ranks (kvcompact::cpu::session::set_rank_group takes them): scores
+  /// shared across KV heads (TOVA, PrefixKV, Elastic Cache), and layer-scope selectors (Ada-KV's
+  /// layer-wide ranking, WindowKV).
+  ///
+  /// Every rank must make the same calls in the same order, over caches of the same extents. Set it
+  /// before compress_prefill(); a group of one rank is the default.
+  /// @param group the rank, the rank count and the engine's all-reduce (not copied deeper: the
+  /// context pointer must stay valid)
+  /// @throws kvcompact::error naming "group.*" for a bad group, or "policy" for a policy whose
+  /// decisions span KV heads in a way the CUDA backend does not reduce across ranks, when the group
+  /// has several ranks
+  void set_rank_group(const device_rank_group& group) {
+    constexpr const char* where = "set_rank_group";
+    group.validate(where);
+    ::kvcompact::detail::require(group.ranks == 1 || !Policy::shares_scores_across_kv_heads, where, "policy",
+                                 "scores shared across KV heads are not reduced across ranks on the CUDA backend yet (cpu::session does)");
+    ::kvcompact::detail::require(group.ranks == 1 || Policy::selector_type::scope != selection_scope::layer, where, "policy",
+                                 "a layer-scope selector (Ada-KV's layer-wide ranking, WindowKV) is not reduced across ranks on the CUDA "
+                                 "backend yet (cpu::session does)");
+    ranks_ = group;
+  }
+
   /// @brief Compresses every sequence and storage layer of a prefilled cache: scores, selects, merges
   /// and compacts in place; lengths, positions, decode state and budgets are updated on the device.
   /// Scoring runs the observation window's softmax in two passes over K on tensor cores, each key
@@ -265,6 +296,8 @@ class session {
     cuda::check(cudaMemsetAsync(p.layer_faults, 0, sizeof(std::int32_t) * sequences * layers, stream_), where, "cudaMemsetAsync(faults)");
     detail::launch(&detail::prepare_kernel<T, Layout, state_type>, dim3(heads, layer_grid), detail::prefill_threads, 0, stream_, p);
     detail::check_launch(where, "prepare_kernel");
+    if (ranks_.ranks > 1)  // the layer's newest position, over every rank's heads (recent-token protection counts from it)
+      detail::newest_across_ranks(ranks_, p.step, detail::at_offset<double>(workspace_, plan_.rank_exchange), sequences * layers, stream_, where);
     if constexpr (Policy::needs_attention) {
       switch (detail::padded_head_dim(head_dim())) {
         case 64: score_window<64>(p); break;
@@ -570,6 +603,7 @@ class session {
   bool programmatic_ = false;
   std::byte* workspace_ = nullptr;
   detail::workspace_plan plan_{};
+  device_rank_group ranks_{};  // tensor-parallel group (one rank by default)
   bool compressed_ = false;  // compress_prefill() ran
   bool decoding_ = false;    // append() ran
   index_t layers_compressed_ = 0;  // layers compress_prefill_layer() compressed (in order)

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief The newest position of each layer over the ranks of a tensor-parallel group
+/// (kvcompact::cuda::device_rank_group), stream-ordered: no host synchronisation.
+#pragma once
+
+#include <kvcompact/cuda/check.cuh>
+#include <kvcompact/cuda/detail/launch.cuh>
+#include <kvcompact/cuda/device_rank_group.cuh>
+#include <kvcompact/types.hpp>
+
+#include <cstdint>
+
+KVCOMPACT_NAMESPACE_BEGIN
+namespace cuda::detail {
+
+/// Threads per block of the exchange kernels.
+inline constexpr int exchange_threads = 256;
+
+/// Grid over @p count values: @p published[i] = @p newest[i] on the publishing rank, 0 on the others.
+/// @tparam Position the positions' integer type
+template <class Position>
+KVCOMPACT_KERNEL void __launch_bounds__(exchange_threads)
+    publish_newest_kernel(const Position* newest, double* published, index_t count, bool publish) {
+  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) published[i] = publish ? static_cast<double>(newest[i]) : 0.0;
+}
+
+/// Grid over @p count values: @p newest[i] = max(@p newest[i], @p reduced[i]), the publishing rank's
+/// value after the all-reduce (a sum of one position and zeros: exact).
+/// @tparam Position the positions' integer type
+template <class Position>
+KVCOMPACT_KERNEL void __launch_bounds__(exchange_threads) take_newest_kernel(Position* newest, const double* reduced, index_t count) {
+  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) {
+    const auto other = static_cast<Position>(reduced[i]);
+    newest[i] = other > newest[i] ? other : newest[i];
+  }
+}
+
+/// Raises each of the @p count values of @p newest (positions, in device memory) to its maximum over
+/// the ranks of @p group: in rank order, the rank whose turn it is publishes its values into
+/// @p scratch (@p count doubles of device memory), the others zeros, the group sums them, and every
+/// rank keeps the larger value. One all-reduce per rank, all on @p stream.
+inline void newest_across_ranks(const device_rank_group& group, std::int32_t* newest, double* scratch, index_t count, cudaStream_t stream,
+                             const char* where) {
+  const auto blocks = static_cast<unsigned>(ceil_div(count, exchange_threads));
+  for (int r = 0; r < group.ranks; ++r) {
+    launch(&publish_newest_kernel<std::int32_t>, dim3(blocks), exchange_threads, 0, stream, newest, scratch, count, r == group.rank);
+    check_launch(where, "publish_newest_kernel");
+    group.all_reduce_sum(group.context, scratch, count, stream);
+    launch(&take_newest_kernel<std::int32_t>, dim3(blocks), exchange_threads, 0, stream, newest, scratch, count);
+    check_launch(where, "take_newest_kernel");
+  }
+}
+
+}  // namespace cuda::detail
+KVCOMPACT_NAMESPACE_END

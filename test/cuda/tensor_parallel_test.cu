@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: Apache-2.0
+// GPU test: tensor-parallel shards on the CUDA backend (issue 13.6). The KV heads of a model split over
+// 1, 2 and 4 ranks, one kvcompact::cuda::session per rank with a kvcompact::cuda::device_rank_group
+// whose all-reduce sums device doubles on the session's stream. The ranks are simulated one at a time
+// in rank order (one thread each, but only the thread whose turn it is runs: the emulator, like one
+// GPU, sees one rank at a time). Heads have different lengths, so the newest position of a layer,
+// which recent-token protection counts from, differs across heads and ranks: with the group every rank
+// keeps exactly what one unsharded session keeps for its heads (slots, positions, K/V bits, decode
+// state, budgets); without it a shard counts from its own heads' newest position and keeps something
+// else. Policies whose decisions span KV heads in a way the CUDA backend does not reduce across ranks
+// yet (shared scores, layer-scope selectors) and bad groups are refused by name.
+#define BOOST_TEST_NO_MAIN
+#define BOOST_TEST_ALTERNATIVE_INIT_API
+#include <boost/test/unit_test.hpp>
+
+#include <kvcompact/cuda.cuh>
+
+#include "support/custom_layout.hpp"
+#include "support/device_cache.hpp"
+#include "support/expect_error.hpp"
+#include "support/layer_window.hpp"
+#include "support/shards.hpp"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace kc = kvcompact;
+namespace pol = kvcompact::policies;
+using kc::index_t;
+
+namespace {
+
+constexpr index_t S = 2, L = 2, H = 4, G = 2, CAP = 32, D = 16, ROWS = 4;
+using T = kc::bfloat16_t;
+using layout_type = kc::layouts::strided;
+
+/// Ranks taking turns in rank order, one thread each, only one running at a time; the all-reduce is
+/// where a rank hands the turn on: it copies its device values out, the last rank of the round sums
+/// every rank's values (in rank order), and each rank copies the sum back into its device values when
+/// its turn comes again. A rank that ends hands the turn on too; a rank that throws ends the run.
+class turn_taking_ranks {
+ public:
+  explicit turn_taking_ranks(int ranks) : published_(static_cast<std::size_t>(ranks)), contexts_(static_cast<std::size_t>(ranks)) {
+    for (int r = 0; r < ranks; ++r) contexts_[static_cast<std::size_t>(r)] = {this, r};
+  }
+  /// The group of rank @p rank.
+  kc::cuda::device_rank_group group(int rank) {
+    return {static_cast<int>(published_.size()), rank, &contexts_[static_cast<std::size_t>(rank)], &all_reduce_sum};
+  }
+  /// Runs @p body(rank) for every rank, in turns; the first failure is rethrown as std::runtime_error.
+  void run(const std::function<void(int)>& body) {
+    std::vector<std::thread> threads;
+    std::vector<std::string> failures(published_.size());
+    for (int r = 0; r < static_cast<int>(published_.size()); ++r)
+      threads.emplace_back([&, r] {
+        try {
+          wait_for_turn(r);
+          body(r);
+        } catch (const std::exception& e) {
+          failures[static_cast<std::size_t>(r)] = e.what();
+          const std::lock_guard<std::mutex> lock(mutex_);
+          aborted_ = true;
+        }
+        hand_on(r);
+      });
+    for (auto& t : threads) t.join();
+    for (const auto& f : failures)
+      if (!f.empty()) throw std::runtime_error(f);
+  }
+
+ private:
+  struct context {
+    turn_taking_ranks* self;
+    int rank;
+  };
+  static void all_reduce_sum(void* opaque, double* device_values, index_t count, cudaStream_t stream) {
+    const auto& c = *static_cast<context*>(opaque);
+    turn_taking_ranks& self = *c.self;
+    auto& mine = self.published_[static_cast<std::size_t>(c.rank)];
+    mine.resize(static_cast<std::size_t>(count));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpyAsync(mine.data(), device_values, mine.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+    KVCOMPACT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (c.rank + 1 == static_cast<int>(self.published_.size())) {  // the round is complete
+      self.sum_.assign(mine.size(), 0.0);
+      for (const auto& values : self.published_) {
+        if (values.size() != mine.size()) throw std::runtime_error("all_reduce_sum: the ranks passed different counts");
+        for (std::size_t i = 0; i < values.size(); ++i) self.sum_[i] += values[i];
+      }
+    }
+    self.hand_on(c.rank);
+    self.wait_for_turn(c.rank);
+    KVCOMPACT_CUDA_CHECK(cudaMemcpyAsync(device_values, self.sum_.data(), self.sum_.size() * sizeof(double), cudaMemcpyHostToDevice, stream));
+    KVCOMPACT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  void hand_on(int rank) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      turn_ = (rank + 1) % static_cast<int>(published_.size());
+    }
+    turns_.notify_all();
+  }
+  void wait_for_turn(int rank) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const bool mine = turns_.wait_for(lock, std::chrono::minutes(5), [&] { return turn_ == rank || aborted_; });
+    if (!mine || aborted_) throw std::runtime_error("rank " + std::to_string(rank) + ": another rank failed or never reached the all-reduce");
+  }
+
+  std::vector<std::vector<double>> published_;  // each rank's values of the current round
+  std::vector<double> sum_;                     // the last complete round's sum
+  std::vector<context> contexts_;
+  std::mutex mutex_;
+  std::condition_variable turns_;
+  int turn_ = 0;
+  bool aborted_ = false;
+};
+
+/// One rank's cache after compress_prefill(), its decode state bytes and budgets.
+struct shard_result {
+  kvtest::random_cache<T> cache;  ///< the compressed cache
+  std::vector<std::byte> states;  ///< per-slot decode state, [s][l][h][CAP]
+  std::vector<std::int32_t> budgets;  ///< [s][l][h]
+};
+
+/// Runs @p policy's compress_prefill() over @p ranks shards of @p full (with the rank group when
+/// @p grouped), the ranks one at a time; returns each rank's result.
+template <class Policy>
+std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped) {
+  using session_type = kc::cuda::session<Policy, T, layout_type>;
+  const index_t heads = H / ranks;
+  std::vector<shard_result> shards(static_cast<std::size_t>(ranks), shard_result{kvtest::random_cache<T>({S, L, heads, CAP, D}), {}, {}});
+  turn_taking_ranks group(ranks);
+  group.run([&](int r) {
+    const auto host = kvtest::shard_heads(full, r * heads, heads);
+    const kvtest::random_window window = kvtest::window_part(w, 0, L, r * heads * G, heads * G);
+    const kc::attention_shape shape{heads * G};
+    kvtest::device_cache<T, layout_type> device(kvtest::copy_into(host, host.layout));
+    kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
+    session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
+    if (grouped) session.set_rank_group(group.group(r));
+    const kvtest::device_window device_window(window);
+    session.compress_prefill(device_window.view());
+    session.check("compress_prefill");
+    shard_result& shard = shards[static_cast<std::size_t>(r)];
+    shard.cache = host;
+    shard.cache.keys = device.keys.download();
+    shard.cache.values = device.values.download();
+    shard.cache.lengths = device.lengths.download();
+    shard.cache.positions = device.positions.download();
+    shard.states.resize(static_cast<std::size_t>(S * L * heads * CAP) * sizeof(typename session_type::state_type));
+    shard.budgets.resize(static_cast<std::size_t>(S * L * heads));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(shard.states.data(), session.slot_states(), shard.states.size(), cudaMemcpyDeviceToHost));
+    KVCOMPACT_CUDA_CHECK(cudaMemcpy(shard.budgets.data(), session.budgets(), shard.budgets.size() * 4, cudaMemcpyDeviceToHost));
+  });
+  return shards;
+}
+
+/// Where @p shards and one unsharded run part: "" when every rank's heads hold what the unsharded
+/// heads hold (lengths, positions, K/V bits), with the same decode state of every valid slot and the same budgets.
+template <std::size_t StateBytes>
+std::string first_difference(const std::vector<shard_result>& shards, const shard_result& unsharded) {
+  const auto ranks = static_cast<index_t>(shards.size()), heads = H / ranks;
+  for (index_t r = 0; r < ranks; ++r) {
+    const shard_result& shard = shards[static_cast<std::size_t>(r)];
+    for (index_t s = 0; s < S; ++s)
+      for (index_t l = 0; l < L; ++l)
+        for (index_t h = 0; h < heads; ++h) {
+          const std::string head = "rank " + std::to_string(r) + " of " + std::to_string(ranks) + ": sequence " + std::to_string(s) + " layer " +
+                                   std::to_string(l) + " head " + std::to_string(h);
+          const index_t full_head = r * heads + h;
+          if (!kvtest::same_head(shard.cache, h, unsharded.cache, full_head, s, l)) return head + ": keep-set, positions or K/V";
+          const auto mine = static_cast<std::size_t>(shard.cache.head_index(s, l, h)), theirs = static_cast<std::size_t>(unsharded.cache.head_index(s, l, full_head));
+          if (shard.budgets[mine] != unsharded.budgets[theirs]) return head + ": budget";
+          if (std::memcmp(shard.states.data() + mine * CAP * StateBytes, unsharded.states.data() + theirs * CAP * StateBytes,
+                          static_cast<std::size_t>(shard.cache.lengths[mine]) * StateBytes) != 0)
+            return head + ": decode state";
+        }
+  }
+  return "";
+}
+
+/// Checks that 1, 2 and 4 grouped ranks keep what one unsharded session keeps; returns whether 4 ranks
+/// without the group keep something else (each counting from its own heads' newest position).
+template <class Policy>
+bool shards_match_one_session(const std::string& name, const Policy& policy, std::uint32_t seed) {
+  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<Policy, T, layout_type>::state_type);
+  kvtest::fill_options fill;
+  fill.min_length = 14;  // heads of different lengths: different newest positions
+  const auto full = kvtest::convert_cache<T>([&] {
+    auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, seed);
+    kvtest::round_to_exact_values(exact);
+    return exact;
+  }());
+  auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, seed + 3);
+  kvtest::round_to_exact_values(w);
+  const shard_result unsharded = run_shards(policy, full, w, 1, false).front();
+  BOOST_TEST((unsharded.cache.lengths != full.lengths), name << ": the policy compressed nothing, so the comparison proves little");
+  bool newest_differs = false;  // some layer's heads end at different positions, or the test proves little
+  for (index_t s = 0; s < S; ++s)
+    for (index_t l = 0; l < L; ++l)
+      for (index_t h = 1; h < H; ++h) newest_differs = newest_differs || full.length(s, l, h) != full.length(s, l, 0);
+  BOOST_TEST(newest_differs, name);
+  for (const int ranks : {1, 2, 4}) {
+    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true), unsharded);
+    BOOST_TEST(difference.empty(), name << " seed " << seed << ": " << difference);
+  }
+  return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false), unsharded).empty();
+}
+
+/// Runs shards_match_one_session() over a few seeds; without the group some seed must keep something
+/// else, or the group is not exercised.
+template <class Policy>
+void check_shards(const std::string& name, const Policy& policy) {
+  bool ungrouped_differs = false;
+  for (const std::uint32_t seed : {5u, 6u}) ungrouped_differs = shards_match_one_session(name, policy, seed) || ungrouped_differs;
+  BOOST_TEST(ungrouped_differs, name << ": shards without the group keep what one session keeps, so the group is not exercised");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(shards_keep_what_one_session_keeps) {
+  check_shards("snapkv", pol::snapkv(12, 4, 3));
+  check_shards("h2o", pol::h2o(12, 4));
+  check_shards("corm", pol::corm(4, 4));
+  check_shards("bounded_memory", pol::bounded_memory(12, 4));
+}
+
+BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
+  kvtest::fill_options fill;
+  fill.min_length = 14;
+  fill.aligned_heads = true;  // shared scores need slot-aligned heads
+  const auto full = kvtest::make_random_cache<T>({S, L, H, CAP, D}, fill, 7);
+  const kvtest::device_cache<T, layout_type> device(kvtest::copy_into(full, full.layout));
+  const kc::attention_shape shape{H * G};
+  turn_taking_ranks two(2);
+  const auto refuses = [&](const auto& policy, const char* what) {
+    using session_type = kc::cuda::session<std::remove_cvref_t<decltype(policy)>, T, layout_type>;
+    kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
+    session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
+    kvtest::expect_error([&] { session.set_rank_group(two.group(1)); }, "policy", what);
+    session.set_rank_group(kc::cuda::device_rank_group{});  // one rank: accepted
+  };
+  refuses(pol::tova(12), "shared across KV heads");
+  refuses(pol::adakv(12, 4), "layer-scope");
+  refuses(pol::windowkv(12, 2), "not reduced across ranks");  // shared scores and a layer-scope selector
+
+  using session_type = kc::cuda::session<decltype(pol::snapkv(12, 4)), T, layout_type>;
+  kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
+  session_type session(pol::snapkv(12, 4), device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
+  kvtest::expect_error([&] { session.set_rank_group({0, 0, nullptr, nullptr}); }, "group.ranks", "at least 1");
+  kvtest::expect_error([&] { session.set_rank_group({2, 2, nullptr, two.group(0).all_reduce_sum}); }, "group.rank", "outside [0, 2)");
+  kvtest::expect_error([&] { session.set_rank_group({2, 1, nullptr, nullptr}); }, "group.all_reduce_sum", "null pointer");
+  session.set_rank_group(two.group(1));  // a policy with head-scope decisions: accepted
+}
+
+#include "support/gpu_main.hpp"
