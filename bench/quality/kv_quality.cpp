@@ -66,6 +66,7 @@
 #include "loaded_model.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "quality_protocol.hpp"
 #include "tokenizer.hpp"
 
 namespace {
@@ -119,12 +120,6 @@ struct options {
     int threads = 0;
     std::vector<std::pair<std::string, std::string>> budget_tables;  ///< calibrated preset -> budget file
 };
-
-std::vector<double> split_numbers(const std::string& s) {
-    std::vector<double> out;
-    for (const auto& item : split_list(s)) out.push_back(std::stod(item));
-    return out;
-}
 
 options parse(int argc, char** argv) {
     options o;
@@ -234,57 +229,6 @@ query_window last_rows(const query_window& w, int rows, int layers, int heads, i
     return out;
 }
 
-/// Forwards to an inner backend and, for every attend(), also computes the
-/// full-cache attention of the same query on a shadow cache holding every
-/// token, accumulating ||out - full|| / ||full|| per layer.
-class error_probe final : public kv_backend {
-public:
-    /// @param prefilled the uncompressed cache @p inner started from (copied into the shadow).
-    error_probe(kv_backend& inner, const model_config& c, const kv_cache_storage& prefilled)
-        : inner_(inner), shadow_(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, prefilled.capacity),
-          full_out_(static_cast<std::size_t>(c.hidden)), error_sum_(static_cast<std::size_t>(c.n_layers), 0.0),
-          count_(static_cast<std::size_t>(c.n_layers), 0) {
-        shadow_.restore(prefilled);
-    }
-
-    void append(int layer, const float* k, const float* v, std::int32_t position) override {
-        inner_.append(layer, k, v, position);
-        shadow_.append(layer, k, v, position);
-    }
-    void attend(int layer, const float* q, std::int32_t position, float* out) override {
-        inner_.attend(layer, q, position, out);
-        shadow_.attend(layer, q, position, full_out_.data());
-        double num = 0, den = 0;
-        for (std::size_t i = 0; i < full_out_.size(); ++i) {
-            num += (out[i] - full_out_[i]) * static_cast<double>(out[i] - full_out_[i]);
-            den += full_out_[i] * static_cast<double>(full_out_[i]);
-        }
-        error_sum_[layer] += std::sqrt(num / std::max(den, 1e-30));
-        ++count_[layer];
-    }
-    void finish_prefill(const query_window& window) override { inner_.finish_prefill(window); }
-    void restore(const kv_cache_storage& prefilled) override {
-        inner_.restore(prefilled);
-        shadow_.restore(prefilled);
-    }
-    const kv_cache_storage& cache() const override { return inner_.cache(); }
-    std::size_t occupied_bytes() const override { return inner_.occupied_bytes(); }
-
-    /// @return mean relative error of each layer over all attend() calls.
-    std::vector<double> mean_errors() const {
-        std::vector<double> out(error_sum_.size());
-        for (std::size_t l = 0; l < out.size(); ++l) out[l] = count_[l] ? error_sum_[l] / static_cast<double>(count_[l]) : 0.0;
-        return out;
-    }
-
-private:
-    kv_backend& inner_;
-    full_kv_backend shadow_;
-    std::vector<float> full_out_;
-    std::vector<double> error_sum_;
-    std::vector<long> count_;
-};
-
 /// One (preset, budget) configuration of a sweep; preset "full" is the reference.
 struct config {
     std::string preset;
@@ -359,14 +303,6 @@ double kept_share(const kv_backend& backend, const engine& eng) {
            static_cast<double>(backend.cache().full_bytes(static_cast<std::size_t>(eng.tokens_seen())));
 }
 
-/// @return -log softmax(logits)[target].
-double nll(const std::vector<float>& logits, token_id target) {
-    const float mx = *std::max_element(logits.begin(), logits.end());
-    double sum = 0;
-    for (float l : logits) sum += std::exp(static_cast<double>(l - mx));
-    return std::log(sum) + mx - logits[static_cast<std::size_t>(target)];
-}
-
 void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id>& text, std::FILE* csv) {
     const std::vector<token_id> prompt(text.begin(), text.begin() + o.ppl_context);
     const std::vector<token_id> cont(text.begin() + o.ppl_context, text.begin() + o.ppl_context + o.continuation);
@@ -423,37 +359,7 @@ void run_ppl(const options& o, const model_bundle& m, const std::vector<token_id
     }
 }
 
-/// Builds a pass-key prompt of about @p context tokens with the key at @p depth
-/// (raw text, no chat template). The prompt ends with the key's first digit as
-/// retrieval cue: SmolLM2-135M does not answer the uncued question even with the
-/// full cache, but copies the remaining digits when they are still retrievable.
-std::vector<token_id> needle_prompt(const model_bundle& m, const std::vector<token_id>& hay, int context, double depth,
-                                    const std::string& key) {
-    const auto head = m.tok.encode("There is an important info hidden inside a lot of irrelevant text. Find it and "
-                                   "memorize it. I will quiz you about the important information there.\n\n", false);
-    const auto needle = m.tok.encode(" The pass key is " + key + ". Remember it. " + key + " is the pass key.", false);
-    const auto tail = m.tok.encode("\n\nWhat is the pass key? The pass key is " + key.substr(0, 1), false);
-    const auto n_hay = static_cast<std::size_t>(context) - head.size() - needle.size() - tail.size();
-    auto at = static_cast<std::size_t>(depth * static_cast<double>(n_hay));
-    while (at > 0 && at < n_hay && m.tok.decode(hay[at - 1]).find('.') == std::string::npos) ++at;  // after a sentence
-    std::vector<token_id> p = head;
-    p.insert(p.end(), hay.begin(), hay.begin() + static_cast<std::ptrdiff_t>(at));
-    p.insert(p.end(), needle.begin(), needle.end());
-    p.insert(p.end(), hay.begin() + static_cast<std::ptrdiff_t>(at), hay.begin() + static_cast<std::ptrdiff_t>(n_hay));
-    p.insert(p.end(), tail.begin(), tail.end());
-    return p;
-}
-
-/// @return a 5-digit pass key that depends only on @p context and @p depth, so runs split by context
-/// or depth use the same keys as one combined run.
-std::string pass_key(int context, double depth) {
-    auto seed = 12345u + static_cast<unsigned>(context) * 7919u + static_cast<unsigned>(std::lround(depth * 1000.0));
-    for (int i = 0; i < 3; ++i) seed = seed * 1103515245u + 12345u;
-    return std::to_string(10000 + (seed >> 8) % 90000);
-}
-
 void run_needle(const options& o, const model_bundle& m, const std::vector<token_id>& hay, std::FILE* csv) {
-    constexpr int answer_tokens = 6;
     const auto cfgs = configs(o);
     std::vector<std::vector<int>> hits(cfgs.size(), std::vector<int>(o.needle_contexts.size(), 0));
     std::printf("\n## Cued pass-key retrieval (5-digit key, first digit given; depths");
@@ -463,8 +369,8 @@ void run_needle(const options& o, const model_bundle& m, const std::vector<token
         const int context = static_cast<int>(o.needle_contexts[ci]);
         for (double depth : o.depths) {
             const std::string key = pass_key(context, depth);
-            const auto prompt = needle_prompt(m, hay, context, depth, key);
-            const auto snap = prefill(m, prompt, answer_tokens, std::min(context, std::max(o.window, o.max_window_rows)));
+            const auto prompt = needle_prompt(m.tok, hay, context, depth, key);
+            const auto snap = prefill(m, prompt, pass_key_answer_tokens, std::min(context, std::max(o.window, o.max_window_rows)));
             std::fprintf(stderr, "needle context %d depth %.2f key %s: prefill %.1f s\n", context, depth, key.c_str(),
                          snap.seconds);
             for (std::size_t k = 0; k < cfgs.size(); ++k) {
@@ -474,19 +380,12 @@ void run_needle(const options& o, const model_bundle& m, const std::vector<token
                 try {
                     auto backend = compressed_backend(o, m, cfgs[k], snap);
                     engine eng(m.c, m.w, *backend, snap.tokens);
-                    auto logits = snap.logits;
-                    for (int i = 0; i < answer_tokens; ++i) {
-                        const token_id t = argmax(logits);
-                        if (t == m.tok.eos()) break;
-                        answer += m.tok.decode(t);
-                        const token_id one[1] = {t};
-                        logits = eng.forward(one);
-                    }
+                    answer = pass_key_answer(eng, m.tok, snap.logits);
                     kept = kept_share(*backend, eng);
                 } catch (const std::exception& e) {
                     answer = std::string("error: ") + e.what();
                 }
-                const bool hit = answer.rfind(key.substr(1), 0) == 0;  // the 4 digits after the cue, first
+                const bool hit = pass_key_hit(answer, key);
                 std::fprintf(stderr, "  %s %.0f%%: \"%s\" %s (%.1f s)\n", cfgs[k].preset.c_str(), 100 * cfgs[k].budget,
                              answer.c_str(), hit ? "hit" : "miss", seconds_since(t0));
                 hits[k][ci] += hit ? 1 : 0;

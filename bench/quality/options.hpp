@@ -33,6 +33,13 @@ inline std::vector<std::string> split_list(const std::string& list) {
     return items;
 }
 
+/// @return the numbers of the comma-separated @p list, in order.
+inline std::vector<double> split_numbers(const std::string& list) {
+    std::vector<double> out;
+    for (const auto& item : split_list(list)) out.push_back(std::stod(item));
+    return out;
+}
+
 /// Reads the `--name value` pairs of a command line: calls @p apply(name, value) for each, which returns
 /// false for a name it does not know. A name without a value or an unknown name is a usage_error of @p tool.
 /// @param tool the tool's name @param argc, argv main's arguments @param apply stores one option

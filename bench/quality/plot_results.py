@@ -5,7 +5,8 @@
 Usage: python3 bench/quality/plot_results.py [--png OUT.png] [--tables] [--layer-budget F] [--exclude A,B] CSV [CSV ...]
 
 Reads every ``ppl`` row (ppl,preset,budget,ppl,kv_kept,err_layer0..) and ``needle`` row
-(needle,preset,budget,context,depth,hit,kv_kept) of the given files.
+(needle,preset,budget,context,depth,hit,kv_kept) of the given files; bench/quality/csr_quality --csv
+writes the same rows for preset ``csr`` (budget: the share of an fp16 cache its codes take).
 --png draws, per preset against the budget: perplexity relative to the full cache, the
 attention-output error averaged over layers, and pass-key accuracy per needle context (hits over
 the depths); needs matplotlib.
@@ -41,6 +42,11 @@ def read_rows(paths):
                 else:
                     sys.exit(f"plot_results.py: {path}: unknown row kind {row[0]!r}")
     return ppl, needle
+
+
+def percent(budget):
+    """The budget as the tables print it: 10%, 12.5% (CSR's code sizes are not whole percents)."""
+    return f"{100 * budget:.4g}%"
 
 
 def mean(xs):
@@ -80,21 +86,21 @@ def print_tables(ppl, needle, layer_budget):
                      f"{100 * r['kept']:.1f}%"]
         else:
             cells = ["", "", "", ""]
-        print(f"| {p} | {100 * b:.0f}% | " + " | ".join(cells) + (f" | {hits}/{n} |" if n else " | |"))
+        print(f"| {p} | {percent(b)} | " + " | ".join(cells) + (f" | {hits}/{n} |" if n else " | |"))
     if contexts:
         print("\n| preset | budget | " + " | ".join(f"{c} tokens" for c in contexts) + " |")
         print("|---|---|" + "---|" * len(contexts))
         for p, b in configs_of({}, needle, ["full"] + presets):
             cells = [f"{sum(needle[c][p][b].values())}/{len(needle[c][p][b])}" if b in needle[c].get(p, {}) else ""
                      for c in contexts]
-            print(f"| {p} | {100 * b:.0f}% | " + " | ".join(cells) + " |")
+            print(f"| {p} | {percent(b)} | " + " | ".join(cells) + " |")
         trials = sorted({(c, d) for c in contexts for p in needle[c] for b in needle[c][p] for d in needle[c][p][b]})
         print("\nPass key per trial (context @ depth):\n")
         print("| preset | budget | " + " | ".join(f"{c} @ {100 * d:.0f}%" for c, d in trials) + " |")
         print("|---|---|" + "---|" * len(trials))
         for p, b in configs_of({}, needle, ["full"] + presets):
             cells = [{1: "hit", 0: "miss", None: ""}[needle[c].get(p, {}).get(b, {}).get(d)] for c, d in trials]
-            print(f"| {p} | {100 * b:.0f}% | " + " | ".join(cells) + " |")
+            print(f"| {p} | {percent(b)} | " + " | ".join(cells) + " |")
     at = [p for p in presets if layer_budget in ppl.get(p, {})]
     if at:
         print(f"\nPer-layer attention-output relative error at a {100 * layer_budget:.0f}% budget:\n")
@@ -151,7 +157,7 @@ def plot(ppl, needle, out):
         ax.set_ylim(-0.05, 1.05)
         used.append(ax)
     for ax in used:
-        ax.set_xlabel("budget (% of the prompt's KV entries per head)")
+        ax.set_xlabel("budget (% of KV entries per head; csr: % of fp16 bytes)")
         ax.grid(True, alpha=0.3)
     legend_ax = axes[len(used)]
     for ax in axes[len(used):]:
