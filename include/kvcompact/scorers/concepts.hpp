@@ -26,6 +26,7 @@ template <class Key>
 struct single_key {
   const Key& key;  ///< the key
   /// @brief Dimension @p d of the key. @param d dimension @return key(d)
+  KVCOMPACT_EXEC_CHECK_DISABLE
   KVCOMPACT_HOST_DEVICE float operator()(int, index_t d) const { return key(d); }
 };
 

@@ -24,6 +24,7 @@ struct key_norm {
   /// @tparam Count keys in the batch
   /// @param keys keys(i, d) returns dimension d of key i @param dims head dimension
   /// @param scores [Count] receives -||key i||
+  KVCOMPACT_EXEC_CHECK_DISABLE
   template <int Count, class Keys>
   KVCOMPACT_HOST_DEVICE void slot_scores(const Keys& keys, index_t dims, const index_t*, float* scores) const {
     float sums[Count];
