@@ -11,7 +11,9 @@
 # 2 shared vCPUs with two processes running (2026-11-28/29): ppl 1853 s, needle_2k 2443 s,
 # needle_4k (three depths) and each 8000-token depth are in bench/results/smollm2_quality_2026-11-29.md.
 # The engine has been faster since (blocked prefill attention, one-pass perplexity continuations, the
-# threaded CPU backend); the whole grid has not been timed again yet (docs/smollm2.md, 2026-11-30). A slice
+# threaded CPU backend). The whole grid on 2026-12-01 (JOBS=1, nice 19, shared machine at load 3-5), CPU seconds:
+# ppl_1024 333, needle_2k 463, needle_4k 1045, each 8000-token depth 948-949, csr 672 (5358 in all; with JOBS=2
+# on two idle cores about 45-50 minutes, not measured end to end): bench/results/smollm2_quality_2026-12-01_full.md. A slice
 # of it (six presets at four budgets plus five layout configurations, ppl_1024 and needle_2k) took 155 s
 # and 359 s on 2026-12-01 (bench/results/smollm2_quality_2026-12-01.md).
 # The grid also holds the presets with calibrated per-layer budgets (prefixkv, xkv: the budget files of
