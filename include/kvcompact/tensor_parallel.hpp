@@ -5,9 +5,9 @@
 #pragma once
 
 #include <kvcompact/error.hpp>
+#include <kvcompact/numeric.hpp>
 #include <kvcompact/types.hpp>
 
-#include <bit>
 #include <cstdint>
 #include <string>
 
@@ -58,18 +58,24 @@ inline index_t max_across_ranks(const rank_group& group, index_t value) {
   return largest;
 }
 
-/// Hands @p count floats of rank @p from to every rank of @p group, bit for bit (host code): their bit
-/// patterns travel as integers in the all-reduce's doubles, to which every other rank adds zeros, and
-/// sums of integers below 2^53 are exact; negative zeros and NaN payloads arrive unchanged. One
-/// all-reduce per 1024 values.
+/// A float's bit pattern as the integer-valued double an all-reduce carries from one rank to the
+/// others: every other rank adds zeros, and sums of integers below 2^53 are exact, so
+/// exchanged_as_float() gives the float back bit for bit (negative zeros and NaN payloads too).
+/// @param value the float @return its bits as a double
+KVCOMPACT_HOST_DEVICE inline double float_as_exchanged(float value) { return static_cast<double>(float_bits(value)); }
+/// The float whose bit pattern float_as_exchanged() carried. @param bits the double @return the float
+KVCOMPACT_HOST_DEVICE inline float exchanged_as_float(double bits) { return bits_float(static_cast<std::uint32_t>(bits)); }
+
+/// Hands @p count floats of rank @p from to every rank of @p group, bit for bit (host code), as
+/// float_as_exchanged() values. One all-reduce per 1024 values.
 inline void broadcast_floats(const rank_group& group, int from, float* values, index_t count) {
   constexpr index_t chunk = 1024;
   double bits[chunk];
   for (index_t first = 0; first < count; first += chunk) {
     const index_t n = count - first < chunk ? count - first : chunk;
-    for (index_t i = 0; i < n; ++i) bits[i] = group.rank == from ? static_cast<double>(std::bit_cast<std::uint32_t>(values[first + i])) : 0.0;
+    for (index_t i = 0; i < n; ++i) bits[i] = group.rank == from ? float_as_exchanged(values[first + i]) : 0.0;
     group.all_reduce_sum(group.context, bits, n);
-    for (index_t i = 0; i < n; ++i) values[first + i] = std::bit_cast<float>(static_cast<std::uint32_t>(bits[i]));
+    for (index_t i = 0; i < n; ++i) values[first + i] = exchanged_as_float(bits[i]);
   }
 }
 

@@ -7,8 +7,11 @@
 // which recent-token protection counts from, differs across heads and ranks: with the group every rank
 // keeps exactly what one unsharded session keeps for its heads (slots, positions, K/V bits, decode
 // state, budgets); without it a shard counts from its own heads' newest position and keeps something
-// else. Policies whose decisions span KV heads in a way the CUDA backend does not reduce across ranks
-// yet (shared scores, layer-scope selectors) and bad groups are refused by name.
+// else. Scores shared across KV heads (TOVA, PrefixKV, Elastic Cache) average every query head of the
+// model: the ranks carry that reduction on in the unsharded query-head order, at prefill and in every
+// attend() / observe() of the decode steps that follow (their state drives decode-time eviction), so
+// the decode-time keep-sets, states and attention outputs match too. Layer-scope selectors, which the
+// CUDA backend does not reduce across ranks yet, and bad groups are refused by name.
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
 #include <boost/test/unit_test.hpp>
@@ -26,6 +29,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -121,20 +125,58 @@ class turn_taking_ranks {
   bool aborted_ = false;
 };
 
-/// One rank's cache after compress_prefill(), its decode state bytes and budgets.
+/// Decode steps of the whole model: per step and layer one token's keys and values ([S][H][D]) and
+/// queries ([S][H * G][D]) at position CAP + step (above every prompt position), in the storage type.
+struct decode_steps {
+  index_t count = 0;      ///< steps
+  std::vector<T> keys;    ///< [step][l][s][H][D]
+  std::vector<T> values;  ///< [step][l][s][H][D]
+  std::vector<T> queries; ///< [step][l][s][H * G][D]
+
+  /// @p count steps of random tokens from @p seed.
+  static decode_steps make(index_t count, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    const auto stored = [&](index_t n, double scale) {
+      std::vector<T> out;
+      for (const float x : kvtest::random_vector(n, scale, rng)) out.push_back(kc::from_float<T>(x));
+      return out;
+    };
+    decode_steps steps{count, {}, {}, {}};
+    steps.keys = stored(count * L * S * H * D, 1.0);
+    steps.values = stored(count * L * S * H * D, 1.0);
+    steps.queries = stored(count * L * S * H * G * D, 2.0);
+    return steps;
+  }
+  /// Rows [@p first, @p first + @p count) of each sequence of (@p step, @p l) in @p all, whose
+  /// sequences have @p rows rows of D values each.
+  static std::vector<T> rows_of(const std::vector<T>& all, index_t step, index_t l, index_t rows, index_t first, index_t count) {
+    std::vector<T> out;
+    for (index_t s = 0; s < S; ++s) {
+      const auto from = all.begin() + static_cast<std::ptrdiff_t>((((step * L + l) * S + s) * rows + first) * D);
+      out.insert(out.end(), from, from + static_cast<std::ptrdiff_t>(count * D));
+    }
+    return out;
+  }
+};
+
+/// One rank's cache after compress_prefill() and the decode steps, its decode state bytes, budgets and
+/// attention outputs.
 struct shard_result {
   kvtest::random_cache<T> cache;  ///< the compressed cache
   std::vector<std::byte> states;  ///< per-slot decode state, [s][l][h][CAP]
   std::vector<std::int32_t> budgets;  ///< [s][l][h]
+  std::vector<T> outputs;  ///< [attend() call][s][this rank's query heads][D]
 };
 
 /// Runs @p policy's compress_prefill() over @p ranks shards of @p full (with the rank group when
-/// @p grouped), the ranks one at a time; returns each rank's result.
+/// @p grouped), then @p steps decode steps (per layer append(), then attend() or, every other step,
+/// observe()), the ranks one at a time; returns each rank's result.
 template <class Policy>
-std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped) {
+std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped,
+                                     const decode_steps& steps = {}) {
   using session_type = kc::cuda::session<Policy, T, layout_type>;
   const index_t heads = H / ranks;
-  std::vector<shard_result> shards(static_cast<std::size_t>(ranks), shard_result{kvtest::random_cache<T>({S, L, heads, CAP, D}), {}, {}});
+  std::vector<shard_result> shards(static_cast<std::size_t>(ranks), shard_result{kvtest::random_cache<T>({S, L, heads, CAP, D}), {}, {}, {}});
   turn_taking_ranks group(ranks);
   group.run([&](int r) {
     const auto host = kvtest::shard_heads(full, r * heads, heads);
@@ -148,6 +190,24 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
     session.compress_prefill(device_window.view());
     session.check("compress_prefill");
     shard_result& shard = shards[static_cast<std::size_t>(r)];
+    for (index_t t = 0; t < steps.count; ++t) {
+      const kvtest::device_array<std::int32_t> positions(std::vector<std::int32_t>(S, static_cast<std::int32_t>(CAP + t)));
+      for (index_t l = 0; l < L; ++l) {
+        const kvtest::device_array<T> keys(decode_steps::rows_of(steps.keys, t, l, H, r * heads, heads));
+        const kvtest::device_array<T> values(decode_steps::rows_of(steps.values, t, l, H, r * heads, heads));
+        const kvtest::device_array<T> queries(decode_steps::rows_of(steps.queries, t, l, H * G, r * heads * G, heads * G));
+        session.append(l, keys.data(), values.data(), positions.data());
+        if (t % 2 == 1) {
+          session.observe(l, queries.data(), positions.data());
+          continue;
+        }
+        const kvtest::device_array<T> output(static_cast<std::size_t>(S * heads * G * D));
+        session.attend(l, queries.data(), positions.data(), output.data());
+        const std::vector<T> out = output.download();
+        shard.outputs.insert(shard.outputs.end(), out.begin(), out.end());
+      }
+    }
+    session.check("decode steps");
     shard.cache = host;
     shard.cache.keys = device.keys.download();
     shard.cache.values = device.values.download();
@@ -181,6 +241,13 @@ std::string first_difference(const std::vector<shard_result>& shards, const shar
                           static_cast<std::size_t>(shard.cache.lengths[mine]) * StateBytes) != 0)
             return head + ": decode state";
         }
+    const index_t rows = S * heads * G * D, calls = static_cast<index_t>(unsharded.outputs.size()) / (S * H * G * D);
+    if (static_cast<index_t>(shard.outputs.size()) != calls * rows) return "rank " + std::to_string(r) + ": attend() calls";
+    for (index_t i = 0; i < calls; ++i)
+      for (index_t s = 0; s < S; ++s)
+        if (std::memcmp(shard.outputs.data() + i * rows + s * heads * G * D, unsharded.outputs.data() + (i * S + s) * H * G * D + r * heads * G * D,
+                        static_cast<std::size_t>(heads * G * D) * sizeof(T)) != 0)
+          return "rank " + std::to_string(r) + ": attend() output of call " + std::to_string(i) + ", sequence " + std::to_string(s);
   }
   return "";
 }
@@ -188,10 +255,11 @@ std::string first_difference(const std::vector<shard_result>& shards, const shar
 /// Checks that 1, 2 and 4 grouped ranks keep what one unsharded session keeps; returns whether 4 ranks
 /// without the group keep something else (each counting from its own heads' newest position).
 template <class Policy>
-bool shards_match_one_session(const std::string& name, const Policy& policy, std::uint32_t seed) {
+bool shards_match_one_session(const std::string& name, const Policy& policy, std::uint32_t seed, index_t decode_count) {
   constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<Policy, T, layout_type>::state_type);
   kvtest::fill_options fill;
   fill.min_length = 14;  // heads of different lengths: different newest positions
+  fill.aligned_heads = Policy::shares_scores_across_kv_heads;  // shared scores need slot-aligned heads
   const auto full = kvtest::convert_cache<T>([&] {
     auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, seed);
     kvtest::round_to_exact_values(exact);
@@ -199,26 +267,29 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
   }());
   auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, seed + 3);
   kvtest::round_to_exact_values(w);
-  const shard_result unsharded = run_shards(policy, full, w, 1, false).front();
+  const decode_steps steps = decode_steps::make(decode_count, seed + 7);
+  const shard_result unsharded = run_shards(policy, full, w, 1, false, steps).front();
   BOOST_TEST((unsharded.cache.lengths != full.lengths), name << ": the policy compressed nothing, so the comparison proves little");
-  bool newest_differs = false;  // some layer's heads end at different positions, or the test proves little
-  for (index_t s = 0; s < S; ++s)
-    for (index_t l = 0; l < L; ++l)
-      for (index_t h = 1; h < H; ++h) newest_differs = newest_differs || full.length(s, l, h) != full.length(s, l, 0);
-  BOOST_TEST(newest_differs, name);
+  if (!Policy::shares_scores_across_kv_heads) {  // some layer's heads end at different positions, or the test proves little
+    bool newest_differs = false;
+    for (index_t s = 0; s < S; ++s)
+      for (index_t l = 0; l < L; ++l)
+        for (index_t h = 1; h < H; ++h) newest_differs = newest_differs || full.length(s, l, h) != full.length(s, l, 0);
+    BOOST_TEST(newest_differs, name);
+  }
   for (const int ranks : {1, 2, 4}) {
-    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true), unsharded);
+    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << ": " << difference);
   }
-  return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false), unsharded).empty();
+  return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false, steps), unsharded).empty();
 }
 
-/// Runs shards_match_one_session() over a few seeds; without the group some seed must keep something
-/// else, or the group is not exercised.
+/// Runs shards_match_one_session() over a few seeds, with @p decode_count decode steps after the
+/// prefill; without the group some seed must keep something else, or the group is not exercised.
 template <class Policy>
-void check_shards(const std::string& name, const Policy& policy) {
+void check_shards(const std::string& name, const Policy& policy, index_t decode_count = 0) {
   bool ungrouped_differs = false;
-  for (const std::uint32_t seed : {5u, 6u}) ungrouped_differs = shards_match_one_session(name, policy, seed) || ungrouped_differs;
+  for (const std::uint32_t seed : {5u, 6u}) ungrouped_differs = shards_match_one_session(name, policy, seed, decode_count) || ungrouped_differs;
   BOOST_TEST(ungrouped_differs, name << ": shards without the group keep what one session keeps, so the group is not exercised");
 }
 
@@ -229,6 +300,15 @@ BOOST_AUTO_TEST_CASE(shards_keep_what_one_session_keeps) {
   check_shards("h2o", pol::h2o(12, 4));
   check_shards("corm", pol::corm(4, 4));
   check_shards("bounded_memory", pol::bounded_memory(12, 4));
+}
+
+// Scores shared across the KV heads of a layer: every query head of the model adds to a slot's score,
+// at prefill and in each decode step's state update.
+BOOST_AUTO_TEST_CASE(shared_scores_keep_what_one_session_keeps_over_decode) {
+  constexpr index_t steps = 4;
+  check_shards("tova", pol::tova(12), steps);
+  check_shards("prefixkv", pol::prefixkv(kc::budgets::layer_table::fractions(std::vector<double>{0.4, 0.5})), steps);
+  check_shards("elastic_cache", pol::elastic_cache(0.5), steps);
 }
 
 BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
@@ -246,9 +326,8 @@ BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
     kvtest::expect_error([&] { session.set_rank_group(two.group(1)); }, "policy", what);
     session.set_rank_group(kc::cuda::device_rank_group{});  // one rank: accepted
   };
-  refuses(pol::tova(12), "shared across KV heads");
   refuses(pol::adakv(12, 4), "layer-scope");
-  refuses(pol::windowkv(12, 2), "not reduced across ranks");  // shared scores and a layer-scope selector
+  refuses(pol::windowkv(12, 2), "layer-scope");  // shared scores (reduced) and a layer-scope selector (not yet)
 
   using session_type = kc::cuda::session<decltype(pol::snapkv(12, 4)), T, layout_type>;
   kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);

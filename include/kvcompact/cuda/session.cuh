@@ -200,12 +200,15 @@ class session {
   /// its KV heads are the rank's share of the model's, and the decisions that span the KV heads of a
   /// layer call the group's all-reduce on the session's stream, so every rank keeps what one unsharded
   /// session would keep for its heads, with the same slots, K/V and decode state bit for bit. On the
-  /// CUDA backend that decision is the layer's newest position, which recent-token protection counts
-  /// from (at prefill: one all-reduce of sequences x layers doubles per rank, between kernels, without
-  /// host synchronisation). Policies with decisions the CUDA backend does not yet reduce across ranks
-  /// are refused with several ranks (kvcompact::cpu::session::set_rank_group takes them): scores
-  /// shared across KV heads (TOVA, PrefixKV, Elastic Cache), and layer-scope selectors (Ada-KV's
-  /// layer-wide ranking, WindowKV).
+  /// CUDA backend those decisions are the layer's newest position, which recent-token protection
+  /// counts from (at prefill: one all-reduce of sequences x layers doubles per rank), and scores
+  /// shared across KV heads (TOVA, PrefixKV, Elastic Cache): their reduction over query heads runs rank
+  /// after rank in the unsharded query-head order, so the float bits match one session's (at prefill
+  /// one all-reduce of sequences x layers x capacity doubles per rank, in attend() and observe() one of
+  /// sequences x capacity doubles per rank). All of it is stream-ordered between kernels, without
+  /// host synchronisation. Layer-scope selectors (Ada-KV's layer-wide ranking, WindowKV) are not yet
+  /// reduced across ranks on the CUDA backend and are refused with several ranks
+  /// (kvcompact::cpu::session::set_rank_group takes them).
   ///
   /// Every rank must make the same calls in the same order, over caches of the same extents. Set it
   /// before compress_prefill(); a group of one rank is the default.
@@ -217,8 +220,6 @@ class session {
   void set_rank_group(const device_rank_group& group) {
     constexpr const char* where = "set_rank_group";
     group.validate(where);
-    ::kvcompact::detail::require(group.ranks == 1 || !Policy::shares_scores_across_kv_heads, where, "policy",
-                                 "scores shared across KV heads are not reduced across ranks on the CUDA backend yet (cpu::session does)");
     ::kvcompact::detail::require(group.ranks == 1 || Policy::selector_type::scope != selection_scope::layer, where, "policy",
                                  "a layer-scope selector (Ada-KV's layer-wide ranking, WindowKV) is not reduced across ranks on the CUDA "
                                  "backend yet (cpu::session does)");
@@ -520,9 +521,21 @@ class session {
     constexpr auto scores = &detail::window_scores_kernel<scorer_type, Dp, detail::needs_query_scores<Policy>, T, Layout, state_type>;
     const std::size_t score_bytes = detail::score_shared_bytes<T, Dp>(p.staged_rows);
     detail::allow_shared_memory(scores, score_bytes, where);
-    detail::launch(scores, dim3(static_cast<unsigned>(p.chunks), scorer_type::shares_across_kv_heads ? 1u : heads, layer_grid),
-                   detail::score_threads, score_bytes, stream_, p, policy_.scorer);
-    detail::check_launch(where, "window_scores_kernel");
+    const auto launch_scores = [&](detail::score_handoff handoff) {
+      detail::launch(scores, dim3(static_cast<unsigned>(p.chunks), scorer_type::shares_across_kv_heads ? 1u : heads, layer_grid),
+                     detail::score_threads, score_bytes, stream_, p, policy_.scorer, handoff);
+      detail::check_launch(where, "window_scores_kernel");
+    };
+    if (!scorer_type::shares_across_kv_heads || ranks_.ranks == 1) return launch_scores({});
+    // Scores shared across KV heads: the group reduction runs over every rank's query heads in the
+    // unsharded order, rank after rank, then each rank finishes it for its own heads.
+    double* running = detail::at_offset<double>(workspace_, plan_.rank_exchange);
+    detail::continue_across_ranks(ranks_, running, cache_.layout.num_sequences() * p.grid_layers * capacity(), stream_, where,
+                                  [&](bool continues) { launch_scores({running, continues}); });
+    detail::launch(&detail::finish_shared_scores_kernel<scorer_type, T, Layout, state_type>,
+                   dim3(static_cast<unsigned>(detail::ceil_div(capacity(), detail::prefill_threads)), layer_grid), detail::prefill_threads, 0,
+                   stream_, p, policy_.scorer, running, static_cast<int>(shape_.query_heads * ranks_.ranks));
+    detail::check_launch(where, "finish_shared_scores_kernel");
   }
 
   void run_attention(const char* where, index_t layer, const T* queries, const std::int32_t* positions, T* output) {
@@ -565,20 +578,36 @@ class session {
     const bool find_victims = ::kvcompact::detail::decode_eviction_of(policy_) == ::kvcompact::detail::decode_eviction_kind::ranked;
     if (!Policy::needs_attention && !find_victims) return;
     const int tiles = static_cast<int>(detail::ceil_div(capacity(), detail::update_tile));
-    const detail::update_problem<state_type> update{states_,
-                                                    records_,
-                                                    detail::at_offset<detail::victim_pair>(w, plan_.tile_victims),
-                                                    update_arrivals_,
-                                                    tiles,
-                                                    generation_,
-                                                    Policy::needs_attention,
-                                                    find_victims};
+    detail::update_problem<state_type> update{states_,
+                                              records_,
+                                              detail::at_offset<detail::victim_pair>(w, plan_.tile_victims),
+                                              update_arrivals_,
+                                              tiles,
+                                              generation_,
+                                              Policy::needs_attention,
+                                              find_victims};
     const bool shared_scores = Policy::shares_scores_across_kv_heads;
     const dim3 update_grid(static_cast<unsigned>(tiles), shared_scores ? 1u : static_cast<unsigned>(kv_heads), sequence_grid);
     const std::size_t update_bytes = detail::update_shared_bytes(shared_scores ? shape_.query_heads : group(), kv_heads);
-    cuda::check(detail::launch_programmatic(programmatic_, &detail::decode_update_kernel<Policy, T, Layout>, update_grid, detail::update_threads,
-                                            update_bytes, stream_, problem, update, policy_),
-                where, "decode_update_kernel");
+    const auto launch_update = [&](const detail::update_problem<state_type>& u) {
+      cuda::check(detail::launch_programmatic(programmatic_, &detail::decode_update_kernel<Policy, T, Layout>, update_grid, detail::update_threads,
+                                              update_bytes, stream_, problem, u, policy_),
+                  where, "decode_update_kernel");
+    };
+    if (shared_scores && Policy::needs_attention && ranks_.ranks > 1) {
+      // The group reduction of the shared term runs over every rank's query heads in the unsharded
+      // order, rank after rank (state updates and victims wait for the last rank).
+      update.running = detail::at_offset<double>(w, plan_.rank_exchange);
+      update.ranks = ranks_.ranks;
+      detail::continue_across_ranks(ranks_, update.running, sequences * capacity(), stream_, where, [&](bool continues) {
+        detail::update_problem<state_type> hand_on = update;
+        hand_on.hand_on = true;
+        hand_on.continues = continues;
+        hand_on.find_victims = false;
+        launch_update(hand_on);
+      });
+    }
+    launch_update(update);
   }
 
   Policy policy_;

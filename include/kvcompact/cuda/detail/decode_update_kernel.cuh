@@ -15,6 +15,7 @@
 #include <kvcompact/cuda/detail/last_block.cuh>
 #include <kvcompact/cuda/detail/ptx_grid_dependency.cuh>
 #include <kvcompact/detail/decode_eviction.hpp>
+#include <kvcompact/tensor_parallel.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -40,6 +41,13 @@ struct update_problem {
   std::int32_t generation;        ///< the session's generation, stamped on the records
   bool update_states;             ///< fold the query's attention into the states (the scorer reads attention)
   bool find_victims;              ///< record the candidates of a ranked decode eviction
+  /// Scores shared across KV heads on one rank of several: [S][capacity] the group reduction's
+  /// running accumulators (kvcompact::detail::float_as_exchanged()) handed from rank to rank
+  /// (continue_across_ranks in rank_exchange.cuh); null on one rank.
+  double* running = nullptr;
+  bool hand_on = false;    ///< with `running`: carry the accumulators on over this rank's query heads and write them back, nothing else
+  bool continues = false;  ///< with `hand_on`: start from `running` (a rank after the first) instead of the identity
+  int ranks = 1;           ///< ranks whose query heads the shared reduction spans
 };
 
 /// Bytes of dynamic shared memory of decode_update_kernel: softmax statistics of the reduced query
@@ -91,7 +99,13 @@ KVCOMPACT_UNROLL
       for (int k = 0; k < update_slots_per_thread; ++k) {
         const int slot = tile * update_tile + tid + k * update_threads;
         if (slot >= capacity) break;
-        float acc = ::kvcompact::detail::reduction_identity(scorer.group);
+        const index_t running_slot = static_cast<index_t>(s) * capacity + slot;
+        if (u.running != nullptr && !u.hand_on) {  // every rank has added its query heads
+          term[k] = ::kvcompact::detail::reduction_finish(scorer.group, ::kvcompact::detail::exchanged_as_float(u.running[running_slot]), reduced * u.ranks);
+          continue;
+        }
+        float acc = u.hand_on && u.continues ? ::kvcompact::detail::exchanged_as_float(u.running[running_slot])
+                                             : ::kvcompact::detail::reduction_identity(scorer.group);
         for (int kh = first_kv; kh < last_kv; ++kh) {  // the KV heads of the reduced query heads
           const bool seen = attended(kh, slot);
           const float* logits = p.logits + ((static_cast<index_t>(s) * kv_heads + kh) * capacity + slot) * p.group;
@@ -101,8 +115,12 @@ KVCOMPACT_UNROLL
             acc = ::kvcompact::detail::reduction_combine(scorer.group, acc, row_term);
           }
         }
-        term[k] = ::kvcompact::detail::reduction_finish(scorer.group, acc, reduced);
+        if (u.hand_on)
+          u.running[running_slot] = ::kvcompact::detail::float_as_exchanged(acc);
+        else
+          term[k] = ::kvcompact::detail::reduction_finish(scorer.group, acc, reduced);
       }
+    if (u.hand_on) return;
   }
   for (int kh = first_kv; kh < last_kv; ++kh) {
     const index_t head = p.cache.head_index(s, p.storage_layer, kh);

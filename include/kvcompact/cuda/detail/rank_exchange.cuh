@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief The newest position of each layer over the ranks of a tensor-parallel group
-/// (kvcompact::cuda::device_rank_group), stream-ordered: no host synchronisation.
+/// @brief The decisions that span the KV heads of a layer over the ranks of a tensor-parallel group
+/// (kvcompact::cuda::device_rank_group), stream-ordered, without host synchronisation: the layer's
+/// newest position, and running reductions over query heads handed from rank to rank.
 #pragma once
 
 #include <kvcompact/cuda/check.cuh>
@@ -9,6 +10,7 @@
 #include <kvcompact/cuda/device_rank_group.cuh>
 #include <kvcompact/types.hpp>
 
+#include <cstddef>
 #include <cstdint>
 
 KVCOMPACT_NAMESPACE_BEGIN
@@ -51,6 +53,26 @@ inline void newest_across_ranks(const device_rank_group& group, std::int32_t* ne
     group.all_reduce_sum(group.context, scratch, count, stream);
     launch(&take_newest_kernel<std::int32_t>, dim3(blocks), exchange_threads, 0, stream, newest, scratch, count);
     check_launch(where, "take_newest_kernel");
+  }
+}
+
+/// The device counterpart of kvcompact::detail::continue_across_ranks: continues @p count running
+/// reductions over the query heads of every rank of @p group in the order of one unsharded session.
+/// @p running holds them (@p count doubles of device memory) as kvcompact::detail::float_as_exchanged()
+/// values. In rank order, the rank whose turn it is enqueues @p add_local(continues) on @p stream,
+/// which carries the values on over its own query heads (from @p running when @p continues, i.e. after
+/// rank 0; from the reduction's identity otherwise) and writes them back into @p running; the other
+/// ranks zero theirs; the group sums. Afterwards @p running holds, on every rank, the values the last
+/// rank finished, bit for bit what one session computes. One all-reduce per rank.
+template <class AddLocal>
+void continue_across_ranks(const device_rank_group& group, double* running, index_t count, cudaStream_t stream, const char* where,
+                           const AddLocal& add_local) {
+  for (int r = 0; r < group.ranks; ++r) {
+    if (r == group.rank)
+      add_local(r > 0);
+    else
+      cuda::check(cudaMemsetAsync(running, 0, sizeof(double) * static_cast<std::size_t>(count), stream), where, "cudaMemsetAsync(rank exchange)");
+    group.all_reduce_sum(group.context, running, count, stream);
   }
 }
 

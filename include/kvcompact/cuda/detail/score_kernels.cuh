@@ -35,6 +35,7 @@
 #include <kvcompact/selectors/hit_window.hpp>
 #include <kvcompact/selectors/merging_sets.hpp>
 #include <kvcompact/selectors/top_k.hpp>
+#include <kvcompact/tensor_parallel.hpp>
 
 #include <climits>
 #include <cstdint>
@@ -447,15 +448,39 @@ inline std::size_t statistics_shared_bytes() {
          static_cast<std::size_t>(statistics_threads / 32 * 16 * shape::a_tiles * 3) * sizeof(float);
 }
 
+/// The running reduction over query heads of scores shared across KV heads, handed from rank to rank of
+/// a tensor-parallel group (continue_across_ranks in rank_exchange.cuh); null `running`: one rank.
+struct score_handoff {
+  double* running = nullptr;  ///< [S x grid layers][capacity] kvcompact::detail::float_as_exchanged() accumulators
+  bool continues = false;     ///< start from `running` (a rank after the first) instead of the reduction's identity
+};
+
+/// Writes the score of slot @p j of the KV heads [@p h_first, @p h_first + @p h_count) that hold it,
+/// flagging NaN.
+template <class T, class Layout, class State>
+__device__ void write_slot_score(const prefill_problem<T, Layout, State>& p, index_t s, index_t l, index_t h_first, index_t h_count, index_t j,
+                                 float score) {
+  for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
+    if (j >= scored_length(p, s, l, hh)) continue;
+    if (isnan(score)) flag_nan(p, s, l, hh, j);
+    p.scores[p.head_base(s, l, hh) + j] = score;
+  }
+}
+
 /// Grid (key chunks, Hkv or 1 for scorers that share scores across KV heads, S x L), score_threads:
 /// pass 2. Each warp holds 16-key tiles of its KV head(s) as A fragments loaded straight from the
 /// cache (16-byte loads; the page table or layout is consulted once per key, by one lane); the window
 /// rows come from shared memory (staged once when they fit, else block by block). For each key and
 /// query head the lane folds the scorer's row terms of its rows in registers; at the end of a query
 /// head the 4 lanes of the quad combine, and the group reduction follows in registers. Each slot's
-/// score is written once (per-query-head scores too when @p QueryScores).
+/// score is written once (per-query-head scores too when @p QueryScores). Scores shared across KV heads
+/// on one rank of several (@p handoff.running set): the group reduction starts from the accumulators
+/// handed over (or the identity on the first rank), runs over this rank's query heads in order, and is
+/// written back unfinished for every slot of the capacity (other ranks' heads may be longer);
+/// finish_shared_scores_kernel writes the scores once every rank has added its heads.
 template <class Scorer, int Dp, bool QueryScores, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2) window_scores_kernel(prefill_problem<T, Layout, State> p, Scorer scorer) {
+KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2)
+    window_scores_kernel(prefill_problem<T, Layout, State> p, Scorer scorer, score_handoff handoff) {
   using shape = window_tile<T, Dp>;
   constexpr int key_tiles = shape::a_tiles, warps = score_threads / 32, warp_keys = 16 * key_tiles, block_keys = warps * warp_keys;
   constexpr int key_slots = (warp_keys + 31) / 32;
@@ -473,7 +498,9 @@ KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2) window_scores_kernel(p
   const index_t h_first = all_heads ? 0 : blockIdx.y, h_count = all_heads ? kv_heads : 1;
   const index_t dims = p.cache.layout.head_dim(), stride = p.cache.layout.dim_stride();
   const int rows = static_cast<int>(group * p.padded_rows), padded_rows = static_cast<int>(p.padded_rows);
-  index_t longest = 0;
+  const bool handing = all_heads && handoff.running != nullptr;
+  const index_t running_base = static_cast<index_t>(blockIdx.z) * capacity;
+  index_t longest = handing ? capacity : 0;
   for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
     const index_t n = scored_length(p, s, l, hh);
     longest = n > longest ? n : longest;
@@ -491,7 +518,13 @@ KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2) window_scores_kernel(p
     const index_t warp_first = tile_first + warp * warp_keys;
     float group_acc[key_tiles][2];
     KVCOMPACT_UNROLL
-    for (int tile = 0; tile < key_tiles; ++tile) group_acc[tile][0] = group_acc[tile][1] = ::kvcompact::detail::reduction_identity(scorer.group);
+    for (int tile = 0; tile < key_tiles; ++tile)
+      KVCOMPACT_UNROLL
+      for (int half = 0; half < 2; ++half) {
+        const index_t j = warp_first + tile * 16 + lane.g + 8 * half;
+        group_acc[tile][half] = handing && handoff.continues && j < end ? ::kvcompact::detail::exchanged_as_float(handoff.running[running_base + j])
+                                                                        : ::kvcompact::detail::reduction_identity(scorer.group);
+      }
     for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
       const index_t n = scored_length(p, s, l, hh), base = p.head_base(s, l, hh);
       index_t own_offset[key_slots];
@@ -585,15 +618,28 @@ KVCOMPACT_KERNEL void __launch_bounds__(score_threads, 2) window_scores_kernel(p
         KVCOMPACT_UNROLL
         for (int half = 0; half < 2; ++half) {
           const index_t j = warp_first + tile * 16 + lane.g + 8 * half;
-          const float score = ::kvcompact::detail::reduction_finish(scorer.group, group_acc[tile][half], reduced);
-          for (index_t hh = h_first; hh < h_first + h_count; ++hh) {
-            if (j >= end || j >= scored_length(p, s, l, hh)) continue;
-            if (isnan(score)) flag_nan(p, s, l, hh, j);
-            p.scores[p.head_base(s, l, hh) + j] = score;
-          }
+          if (j >= end) continue;
+          if (handing)
+            handoff.running[running_base + j] = ::kvcompact::detail::float_as_exchanged(group_acc[tile][half]);
+          else
+            write_slot_score(p, s, l, h_first, h_count, j, ::kvcompact::detail::reduction_finish(scorer.group, group_acc[tile][half], reduced));
         }
     }
   }
+}
+
+/// Grid (capacity / prefill_threads, S x grid layers), prefill_threads: the scores shared across KV
+/// heads once every rank of a group has carried the group reduction on (window_scores_kernel with a
+/// score_handoff): each slot's accumulator in @p running finished over @p query_heads (every rank's)
+/// and written for this rank's heads that hold the slot.
+template <class Scorer, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads)
+    finish_shared_scores_kernel(prefill_problem<T, Layout, State> p, Scorer scorer, const double* running, int query_heads) {
+  const index_t j = static_cast<index_t>(blockIdx.x) * prefill_threads + threadIdx.x, capacity = p.cache.layout.capacity();
+  if (j >= capacity) return;
+  const float accumulator = ::kvcompact::detail::exchanged_as_float(running[static_cast<index_t>(blockIdx.y) * capacity + j]);
+  write_slot_score(p, p.grid_sequence(blockIdx.y), p.grid_layer(blockIdx.y), 0, p.cache.layout.num_kv_heads(), j,
+                   ::kvcompact::detail::reduction_finish(scorer.group, accumulator, query_heads));
 }
 
 }  // namespace cuda::detail
