@@ -7,11 +7,13 @@
 // which recent-token protection counts from, differs across heads and ranks: with the group every rank
 // keeps exactly what one unsharded session keeps for its heads (slots, positions, K/V bits, decode
 // state, budgets); without it a shard counts from its own heads' newest position and keeps something
-// else. Scores shared across KV heads (TOVA, PrefixKV, Elastic Cache) average every query head of the
-// model: the ranks carry that reduction on in the unsharded query-head order, at prefill and in every
-// attend() / observe() of the decode steps that follow (their state drives decode-time eviction), so
-// the decode-time keep-sets, states and attention outputs match too. Layer-scope selectors, which the
-// CUDA backend does not reduce across ranks yet, and bad groups are refused by name.
+// else. Ada-KV's layer-wide ranking spans the heads of every rank (its radix select's rounds between
+// device all-reduces). Scores shared across KV heads (TOVA, PrefixKV, Elastic Cache) average every
+// query head of the model: the ranks carry that reduction on in the unsharded query-head order, at
+// prefill and in every attend() / observe() of the decode steps that follow (their state drives
+// decode-time eviction), so the decode-time keep-sets, states and attention outputs match too.
+// WindowKV, which the CUDA backend does not reduce across ranks yet, Ada-KV's strict repair and bad
+// groups are refused by name.
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
 #include <boost/test/unit_test.hpp>
@@ -168,12 +170,13 @@ struct shard_result {
   std::vector<T> outputs;  ///< [attend() call][s][this rank's query heads][D]
 };
 
-/// Runs @p policy's compress_prefill() over @p ranks shards of @p full (with the rank group when
-/// @p grouped), then @p steps decode steps (per layer append(), then attend() or, every other step,
-/// observe()), the ranks one at a time; returns each rank's result.
+/// Runs @p policy's compress_prefill() (or compress_prefill_layer() on each layer, @p by_layer) over
+/// @p ranks shards of @p full (with the rank group when @p grouped), then @p steps decode steps (per
+/// layer append(), then attend() or, every other step, observe()), the ranks one at a time; returns
+/// each rank's result.
 template <class Policy>
 std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped,
-                                     const decode_steps& steps = {}) {
+                                     bool by_layer = false, const decode_steps& steps = {}) {
   using session_type = kc::cuda::session<Policy, T, layout_type>;
   const index_t heads = H / ranks;
   std::vector<shard_result> shards(static_cast<std::size_t>(ranks), shard_result{kvtest::random_cache<T>({S, L, heads, CAP, D}), {}, {}, {}});
@@ -186,8 +189,15 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
     kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
     session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
     if (grouped) session.set_rank_group(group.group(r));
-    const kvtest::device_window device_window(window);
-    session.compress_prefill(device_window.view());
+    if (by_layer) {
+      for (index_t l = 0; l < L; ++l) {
+        const kvtest::device_window layer(kvtest::layer_window(window, l));
+        session.compress_prefill_layer(l, layer.view());
+      }
+    } else {
+      const kvtest::device_window device_window(window);
+      session.compress_prefill(device_window.view());
+    }
     session.check("compress_prefill");
     shard_result& shard = shards[static_cast<std::size_t>(r)];
     for (index_t t = 0; t < steps.count; ++t) {
@@ -268,7 +278,7 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
   auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, seed + 3);
   kvtest::round_to_exact_values(w);
   const decode_steps steps = decode_steps::make(decode_count, seed + 7);
-  const shard_result unsharded = run_shards(policy, full, w, 1, false, steps).front();
+  const shard_result unsharded = run_shards(policy, full, w, 1, false, false, steps).front();
   BOOST_TEST((unsharded.cache.lengths != full.lengths), name << ": the policy compressed nothing, so the comparison proves little");
   if (!Policy::shares_scores_across_kv_heads) {  // some layer's heads end at different positions, or the test proves little
     bool newest_differs = false;
@@ -278,10 +288,10 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
     BOOST_TEST(newest_differs, name);
   }
   for (const int ranks : {1, 2, 4}) {
-    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, steps), unsharded);
+    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, false, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << ": " << difference);
   }
-  return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false, steps), unsharded).empty();
+  return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false, false, steps), unsharded).empty();
 }
 
 /// Runs shards_match_one_session() over a few seeds, with @p decode_count decode steps after the
@@ -300,6 +310,66 @@ BOOST_AUTO_TEST_CASE(shards_keep_what_one_session_keeps) {
   check_shards("h2o", pol::h2o(12, 4));
   check_shards("corm", pol::corm(4, 4));
   check_shards("bounded_memory", pol::bounded_memory(12, 4));
+  check_shards("adakv", pol::adakv(12, 4));  // the layer-wide ranking spans every rank's heads
+}
+
+// Ada-KV with every head holding the same keys, values and window queries: the layer's ranking ties
+// across heads and ranks at its threshold, where the lower heads take the tied candidates first (the
+// ranks before this one tell how many they took), layer by layer too.
+BOOST_AUTO_TEST_CASE(adakv_ties_across_ranks_go_to_the_lower_heads) {
+  const auto policy = pol::adakv(12, 4);
+  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<decltype(policy), T, layout_type>::state_type);
+  kvtest::fill_options fill;
+  fill.min_length = 20;
+  auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 11);
+  kvtest::round_to_exact_values(exact);
+  auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, 14);
+  kvtest::round_to_exact_values(w);
+  for (index_t s = 0; s < S; ++s)
+    for (index_t l = 0; l < L; ++l) {
+      for (index_t h = 1; h < H; ++h) {
+        exact.lengths[static_cast<std::size_t>(exact.head_index(s, l, h))] = static_cast<std::int32_t>(exact.length(s, l, 0));
+        for (index_t j = 0; j < CAP; ++j) {
+          float k[D], v[D];
+          for (index_t d = 0; d < D; ++d) {
+            k[d] = static_cast<float>(exact.key(s, l, 0, j, d));
+            v[d] = static_cast<float>(exact.value(s, l, 0, j, d));
+          }
+          exact.set_slot(s, l, h, j, k, v, exact.position(s, l, 0, j));
+        }
+      }
+      for (index_t g = G; g < H * G; ++g)
+        for (index_t r = 0; r < ROWS; ++r) std::memcpy(w.queries.data() + (w.query(s, l, g, r) - w.queries.data()), w.query(s, l, g % G, r), sizeof(float) * D);
+    }
+  const auto full = kvtest::convert_cache<T>(exact);
+  const shard_result unsharded = run_shards(policy, full, w, 1, false).front();
+  bool uneven = false;  // tied heads end with different lengths only when the ties are split between heads
+  for (index_t h = 1; h < H; ++h) uneven = uneven || unsharded.cache.length(0, 0, h) != unsharded.cache.length(0, 0, 0);
+  BOOST_TEST(uneven, "the layer's threshold ties no candidates across heads, so the test proves little");
+  for (const int ranks : {2, 4})
+    for (const bool by_layer : {false, true}) {
+      const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, by_layer), unsharded);
+      BOOST_TEST(difference.empty(), "ranks " << ranks << (by_layer ? " layer by layer: " : ": ") << difference);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(adakv_layer_by_layer_shards_keep_what_one_session_keeps) {
+  const auto policy = pol::adakv(12, 4);
+  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<decltype(policy), T, layout_type>::state_type);
+  kvtest::fill_options fill;
+  fill.min_length = 14;
+  const auto full = kvtest::convert_cache<T>([&] {
+    auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 8);
+    kvtest::round_to_exact_values(exact);
+    return exact;
+  }());
+  auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, 9);
+  kvtest::round_to_exact_values(w);
+  const shard_result unsharded = run_shards(policy, full, w, 1, false).front();
+  for (const int ranks : {2, 4}) {
+    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, true), unsharded);
+    BOOST_TEST(difference.empty(), "ranks " << ranks << ": " << difference);
+  }
 }
 
 // Scores shared across the KV heads of a layer: every query head of the model adds to a slot's score,
@@ -326,8 +396,8 @@ BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
     kvtest::expect_error([&] { session.set_rank_group(two.group(1)); }, "policy", what);
     session.set_rank_group(kc::cuda::device_rank_group{});  // one rank: accepted
   };
-  refuses(pol::adakv(12, 4), "layer-scope");
-  refuses(pol::windowkv(12, 2), "layer-scope");  // shared scores (reduced) and a layer-scope selector (not yet)
+  refuses(pol::adakv({.budget = 12, .window = 4, .strict = true}), "exact-total repair");
+  refuses(pol::windowkv(12, 2), "layer-scope cooperative");  // shared scores (reduced) and a layer-scope cooperative selector (not yet)
 
   using session_type = kc::cuda::session<decltype(pol::snapkv(12, 4)), T, layout_type>;
   kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
