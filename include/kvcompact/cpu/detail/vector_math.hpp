@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief SIMD building blocks of the CPU backend: row loads from fp32/fp16/bf16 storage, dot
-/// products, scaled row sums, exp, and the register-blocked tile of the window products.
+/// products, scaled and weighted row sums, exp, prefetch hints, and the register-blocked tile of the
+/// window products.
 ///
 /// Written as fixed-width lane loops (arrays of `simd_lanes` independent accumulators, summed in a fixed
 /// order at the end) that GCC and Clang vectorise at -O2/-O3 for whatever vector width the consumer
 /// compiles for (-march), with no intrinsics and no pragma: the same source runs on SSE, AVX2, AVX-512
 /// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
-/// fixed association). docs/cpu_backend.md explains the choice.
+/// fixed association). The two kernels that keep several rows of sums at once (dot_rows,
+/// weighted_rows) use float_lanes, a vector extension with the same lane arithmetic, because GCC does
+/// not keep their lane-loop form in registers. docs/cpu_backend.md explains the choice.
 #pragma once
 
 #include <kvcompact/numeric.hpp>
