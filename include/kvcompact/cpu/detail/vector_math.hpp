@@ -7,23 +7,24 @@
 /// order at the end) that GCC and Clang vectorise at -O2/-O3 for whatever vector width the consumer
 /// compiles for (-march), with no intrinsics and no pragma: the same source runs on SSE, AVX2, AVX-512
 /// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
-/// fixed association). docs/cpu_backend.md explains the choice.
+/// fixed association; simd_lanes and sum_lanes() come from detail/lane_sums.hpp, shared with the
+/// components' own definitions). docs/cpu_backend.md explains the choice.
 #pragma once
 
+#include <kvcompact/detail/lane_sums.hpp>
 #include <kvcompact/numeric.hpp>
 #include <kvcompact/types.hpp>
 
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
 namespace detail {
 
-/// Independent partial sums per reduction: one 512-bit vector of floats, two 256-bit ones.
-inline constexpr int simd_lanes = 16;
 /// Dimensions one row load converts at a time (the stack buffer of a converted row chunk).
 inline constexpr index_t row_chunk = 128;
 
@@ -48,15 +49,6 @@ inline float exp_approx(float x) {
   const float power = std::bit_cast<float>(static_cast<std::uint32_t>(rounded + 127) << 23);
   const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < low));  // all ones unless x underflows
   return std::bit_cast<float>(std::bit_cast<std::uint32_t>(y * power) & keep);
-}
-
-/// Sum of the simd_lanes of an accumulator array, in one fixed (pairwise) order.
-inline float sum_lanes(const float (&acc)[simd_lanes]) {
-  float half[simd_lanes / 2];
-  for (int l = 0; l < simd_lanes / 2; ++l) half[l] = acc[l] + acc[l + simd_lanes / 2];
-  float quarter[simd_lanes / 4];
-  for (int l = 0; l < simd_lanes / 4; ++l) quarter[l] = half[l] + half[l + simd_lanes / 4];
-  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
 /// Elements [first, first + count) of a stored row (element stride @p stride) as fp32: a pointer
@@ -100,16 +92,38 @@ inline constexpr int tile_rows = 32;
 /// Keys of one window-product tile.
 inline constexpr int tile_keys = 8;
 
+/// Query rows of the tile that tile_product() holds as one vector per key: tile_keys vectors of 8 floats
+/// (eight 256-bit registers) fit every x86-64 and NEON register file. Lane loops leave this shape's
+/// accumulators on the stack (GCC 12 unroll-and-jams the dimension loop into the key loop); wider tiles
+/// keep the lane loop (as vectors their accumulators no longer fit the registers and spill).
+inline constexpr int register_tile_rows = 8;
+
 /// One register-blocked tile of a window product: `acc[k][r] += sum_d keys[k][d] * packed[d][r]` for
 /// tile_keys keys and ROWS query rows over @p count dimensions. `packed` holds the queries transposed
-/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows.
+/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows. Every sum runs
+/// over d in order, whatever the shape: the register_tile_rows tile writes the same arithmetic with a
+/// GCC/Clang vector type (`vector_size`), so its sums stay in registers; the bits are the same.
 template <int ROWS>
 void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][ROWS]) {
-  for (index_t d = 0; d < count; ++d) {
-    const float* q = packed + d * ROWS;
-    for (int k = 0; k < tile_keys; ++k) {
-      const float x = keys[k][d];
-      for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+  if constexpr (ROWS == register_tile_rows) {
+    // The size names register_tile_rows, not ROWS: GCC drops the attribute from a dependent alias.
+    using rows_vector = float __attribute__((vector_size(register_tile_rows * sizeof(float))));
+    static_assert(sizeof(rows_vector) == sizeof(acc[0]), "kvcompact: one vector per key of the tile");
+    rows_vector sums[tile_keys];
+    std::memcpy(sums, acc, sizeof sums);
+    for (index_t d = 0; d < count; ++d) {
+      rows_vector q;
+      std::memcpy(&q, packed + d * ROWS, sizeof q);
+      for (int k = 0; k < tile_keys; ++k) sums[k] += keys[k][d] * q;
+    }
+    std::memcpy(acc, sums, sizeof sums);
+  } else {
+    for (index_t d = 0; d < count; ++d) {
+      const float* q = packed + d * ROWS;
+      for (int k = 0; k < tile_keys; ++k) {
+        const float x = keys[k][d];
+        for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+      }
     }
   }
 }
