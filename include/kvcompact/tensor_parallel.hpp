@@ -47,28 +47,38 @@ struct rank_group {
 
 namespace detail {
 
+/// Hands @p count values of rank @p from to every rank of @p group with one all-reduce: rank @p from
+/// publishes its @p values, every other rank overwrites its @p values with zeros, and the sum leaves
+/// rank @p from's values, exactly, on every rank. Every rank of the group calls it with the same
+/// @p from and @p count.
+KVCOMPACT_HOST_DEVICE inline void publish_from_rank(const rank_group& group, int from, double* values, index_t count) {
+  if (group.rank != from)
+    for (index_t i = 0; i < count; ++i) values[i] = 0.0;
+  group.all_reduce_sum(group.context, values, count);
+}
+
 /// The largest of @p value over the ranks of @p group (one all-reduce per rank; host code).
 inline index_t max_across_ranks(const rank_group& group, index_t value) {
   index_t largest = value;
   for (int r = 0; r < group.ranks && group.ranks > 1; ++r) {
-    double published = r == group.rank ? static_cast<double>(value) : 0.0;
-    group.all_reduce_sum(group.context, &published, 1);
+    double published = static_cast<double>(value);
+    publish_from_rank(group, r, &published, 1);
     largest = static_cast<index_t>(published) > largest ? static_cast<index_t>(published) : largest;
   }
   return largest;
 }
 
 /// Hands @p count floats of rank @p from to every rank of @p group, bit for bit (host code): their bit
-/// patterns travel as integers in the all-reduce's doubles, to which every other rank adds zeros, and
-/// sums of integers below 2^53 are exact; negative zeros and NaN payloads arrive unchanged. One
-/// all-reduce per 1024 values.
+/// patterns travel as integers in the doubles of publish_from_rank(), and sums of integers below 2^53
+/// are exact; negative zeros and NaN payloads arrive unchanged. One all-reduce per 1024 values.
 inline void broadcast_floats(const rank_group& group, int from, float* values, index_t count) {
   constexpr index_t chunk = 1024;
   double bits[chunk];
   for (index_t first = 0; first < count; first += chunk) {
     const index_t n = count - first < chunk ? count - first : chunk;
-    for (index_t i = 0; i < n; ++i) bits[i] = group.rank == from ? static_cast<double>(std::bit_cast<std::uint32_t>(values[first + i])) : 0.0;
-    group.all_reduce_sum(group.context, bits, n);
+    if (group.rank == from)
+      for (index_t i = 0; i < n; ++i) bits[i] = static_cast<double>(std::bit_cast<std::uint32_t>(values[first + i]));
+    publish_from_rank(group, from, bits, n);
     for (index_t i = 0; i < n; ++i) values[first + i] = std::bit_cast<float>(static_cast<std::uint32_t>(bits[i]));
   }
 }
@@ -123,8 +133,8 @@ KVCOMPACT_HOST_DEVICE rank_sums prefix_across_ranks(const Ctx& ctx, double local
   if (group == nullptr || group->ranks == 1) return {local, 0.0};
   rank_sums sums{0.0, 0.0};
   for (int r = 0; r < group->ranks; ++r) {
-    double value = r == group->rank ? local : 0.0;
-    group->all_reduce_sum(group->context, &value, 1);
+    double value = local;
+    publish_from_rank(*group, r, &value, 1);
     sums.total += value;
     if (r < group->rank) sums.before += value;
   }
