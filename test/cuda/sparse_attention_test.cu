@@ -6,7 +6,8 @@
 //    heads of different lengths (one empty: zero output), codes naming an atom twice;
 //  - codes written by kvcompact::codecs::sparse_cache (matching pursuit) and copied to the device: the
 //    GPU matches the reference and the CPU's sparse_cache::attend;
-//  - bad arguments are named by kvcompact::error; an atom index outside the dictionary and a length
+//  - bad arguments are named by kvcompact::error; atom indices outside the dictionary (in keys, values
+//    or both: check() names the first such slot, the head's output stays unwritten) and a length
 //    outside [0, capacity] are raised by check().
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
@@ -21,6 +22,8 @@
 
 #include <cmath>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace kc = kvcompact;
@@ -212,20 +215,42 @@ BOOST_AUTO_TEST_CASE(bad_arguments_and_bad_codes_are_named) {
     kvtest::expect_error([&] { attention.attend(0, nullptr, 4, 1.0f, out.data()); }, "queries");
     kvtest::expect_error([&] { attention.attend(0, q.data(), 4, 1.0f, nullptr); }, "output");
   }
-  // An atom index outside the dictionary (slot 5 of layer 1, head 1's value) and a length above the capacity.
+  // Atom indices outside the dictionary in layer 1, head 1 (full): each case names the first bad slot
+  // over keys and values, leaves that head's output unwritten and still writes head 0's.
   host.lengths[3] = static_cast<std::int32_t>(e.capacity);
-  host.indices[host.view.code_offset(1, 1, 5, entry_half::value) + 1] = static_cast<std::uint16_t>(e.atoms);
-  {
-    device_codes device(host.view);
+  struct bad_atom {
+    index_t slot;
+    entry_half half;
+    index_t term;
+    std::uint16_t atom;
+  };
+  const std::vector<std::pair<std::vector<bad_atom>, index_t>> cases{
+      {{{5, entry_half::value, 1, static_cast<std::uint16_t>(e.atoms)}}, 5},
+      {{{3, entry_half::key, 0, static_cast<std::uint16_t>(e.atoms)}}, 3},
+      {{{2, entry_half::key, 1, 0xFFFF}}, 2},  // far outside the kernel's shared memory
+      {{{9, entry_half::key, 0, static_cast<std::uint16_t>(e.atoms + 3)}, {5, entry_half::value, 0, static_cast<std::uint16_t>(e.atoms)}}, 5},
+      {{{4, entry_half::key, 1, static_cast<std::uint16_t>(e.atoms)}, {11, entry_half::value, 1, static_cast<std::uint16_t>(e.atoms)}}, 4}};
+  const float unwritten = 7.0f;
+  for (const auto& [bad, first] : cases) {
+    host_codes broken = host;
+    for (const bad_atom& b : bad) broken.indices[host.view.code_offset(1, 1, b.slot, b.half) + static_cast<std::size_t>(b.term)] = b.atom;
+    broken.view.indices = broken.indices.data();
+    device_codes device(broken.view);
     kc::cuda::sparse_attention attention(device.view, workspace.bytes());
-    kvtest::device_array<float> q(std::vector<float>(static_cast<std::size_t>(2 * e.head_dim), 0.5f)), out(q.size());
+    kvtest::device_array<float> q(std::vector<float>(static_cast<std::size_t>(2 * e.head_dim), 0.5f));
+    kvtest::device_array<float> out(std::vector<float>(q.size(), unwritten));
     attention.attend(0, q.data(), 2, 1.0f, out.data());
     attention.check();  // layer 0 is sound
+    out.upload(std::vector<float>(q.size(), unwritten));
     attention.attend(1, q.data(), 2, 1.0f, out.data());
-    kvtest::expect_error([&] { attention.check(); }, "codes.indices", "slot 5");
+    kvtest::expect_error([&] { attention.check(); }, "codes.indices", "slot " + std::to_string(first));
     attention.check();  // cleared
+    const auto written = out.download();
+    for (index_t c = 0; c < e.head_dim; ++c) {
+      BOOST_TEST(written[static_cast<std::size_t>(c)] != unwritten, "head 0 element " << c << ", first bad slot " << first);
+      BOOST_TEST(written[static_cast<std::size_t>(e.head_dim + c)] == unwritten, "head 1 element " << c << ", first bad slot " << first);
+    }
   }
-  host.indices[host.view.code_offset(1, 1, 5, entry_half::value) + 1] = 0;
   host.lengths[3] = static_cast<std::int32_t>(e.capacity + 1);
   {
     device_codes device(host.view);

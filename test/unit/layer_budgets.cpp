@@ -258,15 +258,45 @@ std::vector<double> reference_prefix_search(const std::vector<std::vector<double
     p = (lo + hi) / 2;
     double F = 0;
     for (index_t l = 0; l < L; ++l) F += static_cast<double>(forget(l, p));
-    if (std::abs(F - target) < 5) break;
+    if (std::abs(F - target) < 5 && (F > 0 || std::floor(target + 1e-9) == 0)) break;
     if (F < target) hi = p;
     else lo = p;
   }
   double F = 0;
   for (index_t l = 0; l < L; ++l) F += static_cast<double>(forget(l, p));
-  std::vector<double> rho;
-  for (index_t l = 0; l < L; ++l)
-    rho.push_back(std::trunc(std::min(static_cast<double>(forget(l, p)) * target / F, static_cast<double>(T - P))) / static_cast<double>(T));
+  std::vector<double> rho(static_cast<std::size_t>(L), 0.0);
+  if (F == 0) return rho;
+  // scaled, capped at T - P, truncated; then the tokens short of floor(target) one each to the largest
+  // remainders (lower layer first among equal ones; layers that forget nothing excluded), in rounds
+  std::vector<double> scaled, count;
+  double total = 0;
+  for (index_t l = 0; l < L; ++l) {
+    scaled.push_back(std::min(static_cast<double>(forget(l, p)) * target / F, static_cast<double>(T - P)));
+    count.push_back(std::floor(scaled.back()));
+    total += count.back();
+  }
+  const double wanted = std::floor(target + 1e-9);
+  std::vector<bool> given(static_cast<std::size_t>(L), false);
+  while (total < wanted) {
+    index_t best = -1;
+    for (index_t l = 0; l < L; ++l) {
+      const auto i = static_cast<std::size_t>(l);
+      if (given[i] || scaled[i] == 0 || count[i] >= static_cast<double>(T - P)) continue;
+      const auto b = static_cast<std::size_t>(best);
+      if (best < 0 || scaled[i] - std::floor(scaled[i]) > scaled[b] - std::floor(scaled[b])) best = l;
+    }
+    if (best < 0) {  // a round is over: start the next one, unless no layer has room
+      bool room = false;
+      for (index_t l = 0; l < L; ++l) room = room || (scaled[static_cast<std::size_t>(l)] > 0 && count[static_cast<std::size_t>(l)] < static_cast<double>(T - P));
+      if (!room) break;
+      std::fill(given.begin(), given.end(), false);
+      continue;
+    }
+    given[static_cast<std::size_t>(best)] = true;
+    count[static_cast<std::size_t>(best)] += 1;
+    total += 1;
+  }
+  for (index_t l = 0; l < L; ++l) rho[static_cast<std::size_t>(l)] = count[static_cast<std::size_t>(l)] / static_cast<double>(T);
   return rho;
 }
 
@@ -284,13 +314,14 @@ BOOST_AUTO_TEST_CASE(prefix_search_hand_worked_example) {
   // Two layers of 4 tokens, P = 1. Layer 0 is concentrated (0.7, 0.1, 0.1, 0.1), layer 1 uniform.
   // r = 0.25: target 2 tokens. p = 0.5 forgets 4 - (1 + 0) - 1 = 2 in layer 0 and 4 - (1 + 1) - 1 = 1 in
   // layer 1 (total 3, not within 5? it is: |3 - 2| < 5), so p = 0.5 stops at once; scaled by 2 / 3:
-  // f = (1.33, 0.67), truncated to (1, 0) -> rho = (0.25, 0).
+  // f = (1.33, 0.67), truncated to (1, 0): one token short of 2, which goes to the larger remainder
+  // (layer 1's 0.67) -> (1, 1), rho = (0.25, 0.25).
   const std::vector<std::vector<double>> a{{0.1, 0.7, 0.1, 0.1}, {1, 1, 1, 1}};
   const auto result = kc::calibration::prefix_search(a, 0.25, 1);
   BOOST_TEST(result.converged);
   BOOST_TEST(result.iterations == 1);
   BOOST_TEST(result.share == 0.5);
-  BOOST_TEST(result.evicted == (std::vector<double>{0.25, 0.0}), boost::test_tools::per_element());
+  BOOST_TEST(result.evicted == (std::vector<double>{0.25, 0.25}), boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_CASE(prefix_search_matches_the_reference_and_meets_the_target) {
@@ -318,7 +349,7 @@ BOOST_AUTO_TEST_CASE(prefix_search_matches_the_reference_and_meets_the_target) {
     if (!got.converged) continue;
     ++converged;
     BOOST_TEST(mean <= r + 1e-12, "trial " << trial);
-    BOOST_TEST(mean >= r - 1.0 / static_cast<double>(T) - 1e-12, "trial " << trial);  // truncation loses < 1 token per layer
+    BOOST_TEST(mean * static_cast<double>(L * T) >= std::floor(r * static_cast<double>(L * T) + 1e-9) - 1e-9, "trial " << trial);  // rounding loses < 1 token in all
     // a more concentrated layer (steeper law) never keeps more than a much flatter one
     for (index_t i = 0; i < L; ++i)
       for (index_t j = 0; j < L; ++j)
@@ -326,6 +357,53 @@ BOOST_AUTO_TEST_CASE(prefix_search_matches_the_reference_and_meets_the_target) {
           BOOST_TEST(got.evicted[static_cast<std::size_t>(i)] >= got.evicted[static_cast<std::size_t>(j)], "layers " << i << ", " << j);
   }
   BOOST_TEST(converged >= 30);
+}
+
+// Calibration at short prompts (calibrate_budgets --tokens 64 refused its own tables while the search
+// truncated each layer's count: up to 1 / T off the target). Random small prompts: every prompt's
+// result, and the mean of several (the calibrated table), meet the share, and the total is floor(r L T).
+BOOST_AUTO_TEST_CASE(prefix_search_meets_the_share_at_short_prompts) {
+  std::mt19937 rng(29);
+  int checked = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const index_t L = kvtest::uniform_int(rng, 1, 30), T = kvtest::uniform_int(rng, 4, 128), P = kvtest::uniform_int(rng, 0, 2);
+    const double r = 0.05 + 0.9 * (kvtest::uniform_pm1(rng) + 1) / 2;
+    if (r * static_cast<double>(T) > static_cast<double>(T - P)) continue;  // the protected tokens leave too few to evict
+    std::vector<double> table(static_cast<std::size_t>(L), 0.0);
+    const int prompts = 4;
+    for (int n = 0; n < prompts; ++n) {
+      std::vector<std::vector<double>> a;
+      for (index_t l = 0; l < L; ++l) a.push_back(power_law_layer(rng, T, 0.2 + 1.8 * (kvtest::uniform_pm1(rng) + 1) / 2));
+      const auto got = kc::calibration::prefix_search(a, r, P);
+      double tokens = 0;
+      for (index_t l = 0; l < L; ++l) {
+        const double count = got.evicted[static_cast<std::size_t>(l)] * static_cast<double>(T);
+        BOOST_TEST(std::abs(count - std::round(count)) < 1e-9, "trial " << trial << ": whole tokens");
+        BOOST_TEST(count <= static_cast<double>(T - P) + 1e-9, "trial " << trial << ": protected tokens kept");
+        tokens += std::round(count);
+        table[static_cast<std::size_t>(l)] += got.evicted[static_cast<std::size_t>(l)] / prompts;
+      }
+      BOOST_TEST(tokens == std::floor(r * static_cast<double>(L * T) + 1e-9), "trial " << trial << " (L " << L << ", T " << T << ", P " << P << ", r " << r << ")");
+      BOOST_TEST(kc::calibration::meets_evicted_share(got.evicted, r, T), "trial " << trial);
+    }
+    double table_tokens = 0;
+    for (double x : table) table_tokens += x * static_cast<double>(T);
+    BOOST_TEST(std::abs(table_tokens - std::floor(r * static_cast<double>(L * T) + 1e-9)) < 1e-9, "trial " << trial);
+    BOOST_TEST(kc::calibration::meets_evicted_share(table, r, T), "trial " << trial << ": the table is accepted");
+    ++checked;
+  }
+  BOOST_TEST(checked >= 250);
+}
+
+BOOST_AUTO_TEST_CASE(meets_evicted_share_bounds) {
+  using kc::calibration::meets_evicted_share;
+  // 2 layers of 10 tokens, r = 0.3: 6 tokens in all meets it, 5 (one short) and 7 (one over) do not
+  BOOST_TEST(meets_evicted_share({0.4, 0.2}, 0.3, 10));
+  BOOST_TEST(!meets_evicted_share({0.3, 0.2}, 0.3, 10));
+  BOOST_TEST(!meets_evicted_share({0.4, 0.3}, 0.3, 10));
+  BOOST_TEST(meets_evicted_share({0.3, 0.25}, 0.29, 10));  // 5.5 tokens (a table's mean): between floor(5.8) and 5.8
+  BOOST_TEST(!meets_evicted_share({0.2, 0.25}, 0.29, 10));  // 4.5: below floor(5.8)
+  BOOST_TEST(!meets_evicted_share({}, 0.3, 10));
 }
 
 BOOST_AUTO_TEST_CASE(prefix_search_refuses_bad_input) {

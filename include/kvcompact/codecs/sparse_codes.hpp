@@ -10,6 +10,7 @@
 #include <kvcompact/types.hpp>
 
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 
@@ -60,14 +61,27 @@ KVCOMPACT_HOST_DEVICE void for_each_term(const sparse_codes& codes, index_t laye
 }
 
 /// @brief The unscaled logit of a slot from the query's projections on the key atoms
+/// (@ref methods_csr_attention): `sum_m w_m projection(i_m)`, summed in term order.
+/// @param codes the storage @param layer layer @param head KV head @param slot slot
+/// @param projection callable taking (std::uint16_t atom), returning the query's dot product with that key
+/// atom as a float (a kernel that checks the atom indices as it reads them looks up through it)
+/// @return the logit before scaling
+KVCOMPACT_EXEC_CHECK_DISABLE
+template <class Projection>
+  requires std::invocable<const Projection&, std::uint16_t>
+KVCOMPACT_HOST_DEVICE float code_logit(const sparse_codes& codes, index_t layer, index_t head, index_t slot, const Projection& projection) {
+  float logit = 0.0f;
+  for_each_term(codes, layer, head, slot, entry_half::key, [&](std::uint16_t atom, float weight) { logit = fmaf(weight, projection(atom), logit); });
+  return logit;
+}
+
+/// @brief The unscaled logit of a slot from the query's projections on the key atoms
 /// (@ref methods_csr_attention): `sum_m w_m projected[i_m]`, summed in term order.
 /// @param codes the storage @param layer layer @param head KV head @param slot slot
 /// @param projected [atoms] the query's dot products with the head's key atoms
 /// @return the logit before scaling
 KVCOMPACT_HOST_DEVICE inline float code_logit(const sparse_codes& codes, index_t layer, index_t head, index_t slot, const float* projected) {
-  float logit = 0.0f;
-  for_each_term(codes, layer, head, slot, entry_half::key, [&](std::uint16_t atom, float weight) { logit = fmaf(weight, projected[atom], logit); });
-  return logit;
+  return code_logit(codes, layer, head, slot, [projected](std::uint16_t atom) { return projected[atom]; });
 }
 
 }  // namespace codecs
