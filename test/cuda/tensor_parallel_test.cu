@@ -7,8 +7,9 @@
 // which recent-token protection counts from, differs across heads and ranks: with the group every rank
 // keeps exactly what one unsharded session keeps for its heads (slots, positions, K/V bits, decode
 // state, budgets); without it a shard counts from its own heads' newest position and keeps something
-// else. Policies whose decisions span KV heads in a way the CUDA backend does not reduce across ranks
-// yet (shared scores, layer-scope selectors) and bad groups are refused by name.
+// else. Ada-KV's layer-wide ranking spans the heads of every rank (its radix select's rounds between
+// device all-reduces). Policies whose decisions span KV heads in a way the CUDA backend does not reduce
+// across ranks yet (shared scores, WindowKV), Ada-KV's strict repair and bad groups are refused by name.
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
 #include <boost/test/unit_test.hpp>
@@ -128,10 +129,12 @@ struct shard_result {
   std::vector<std::int32_t> budgets;  ///< [s][l][h]
 };
 
-/// Runs @p policy's compress_prefill() over @p ranks shards of @p full (with the rank group when
-/// @p grouped), the ranks one at a time; returns each rank's result.
+/// Runs @p policy's compress_prefill() (or compress_prefill_layer() on each layer, @p by_layer) over
+/// @p ranks shards of @p full (with the rank group when @p grouped), the ranks one at a time; returns
+/// each rank's result.
 template <class Policy>
-std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped) {
+std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped,
+                                     bool by_layer = false) {
   using session_type = kc::cuda::session<Policy, T, layout_type>;
   const index_t heads = H / ranks;
   std::vector<shard_result> shards(static_cast<std::size_t>(ranks), shard_result{kvtest::random_cache<T>({S, L, heads, CAP, D}), {}, {}});
@@ -144,8 +147,15 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
     kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
     session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
     if (grouped) session.set_rank_group(group.group(r));
-    const kvtest::device_window device_window(window);
-    session.compress_prefill(device_window.view());
+    if (by_layer) {
+      for (index_t l = 0; l < L; ++l) {
+        const kvtest::device_window layer(kvtest::layer_window(window, l));
+        session.compress_prefill_layer(l, layer.view());
+      }
+    } else {
+      const kvtest::device_window device_window(window);
+      session.compress_prefill(device_window.view());
+    }
     session.check("compress_prefill");
     shard_result& shard = shards[static_cast<std::size_t>(r)];
     shard.cache = host;
@@ -229,6 +239,66 @@ BOOST_AUTO_TEST_CASE(shards_keep_what_one_session_keeps) {
   check_shards("h2o", pol::h2o(12, 4));
   check_shards("corm", pol::corm(4, 4));
   check_shards("bounded_memory", pol::bounded_memory(12, 4));
+  check_shards("adakv", pol::adakv(12, 4));  // the layer-wide ranking spans every rank's heads
+}
+
+// Ada-KV with every head holding the same keys, values and window queries: the layer's ranking ties
+// across heads and ranks at its threshold, where the lower heads take the tied candidates first (the
+// ranks before this one tell how many they took), layer by layer too.
+BOOST_AUTO_TEST_CASE(adakv_ties_across_ranks_go_to_the_lower_heads) {
+  const auto policy = pol::adakv(12, 4);
+  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<decltype(policy), T, layout_type>::state_type);
+  kvtest::fill_options fill;
+  fill.min_length = 20;
+  auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 11);
+  kvtest::round_to_exact_values(exact);
+  auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, 14);
+  kvtest::round_to_exact_values(w);
+  for (index_t s = 0; s < S; ++s)
+    for (index_t l = 0; l < L; ++l) {
+      for (index_t h = 1; h < H; ++h) {
+        exact.lengths[static_cast<std::size_t>(exact.head_index(s, l, h))] = static_cast<std::int32_t>(exact.length(s, l, 0));
+        for (index_t j = 0; j < CAP; ++j) {
+          float k[D], v[D];
+          for (index_t d = 0; d < D; ++d) {
+            k[d] = static_cast<float>(exact.key(s, l, 0, j, d));
+            v[d] = static_cast<float>(exact.value(s, l, 0, j, d));
+          }
+          exact.set_slot(s, l, h, j, k, v, exact.position(s, l, 0, j));
+        }
+      }
+      for (index_t g = G; g < H * G; ++g)
+        for (index_t r = 0; r < ROWS; ++r) std::memcpy(w.queries.data() + (w.query(s, l, g, r) - w.queries.data()), w.query(s, l, g % G, r), sizeof(float) * D);
+    }
+  const auto full = kvtest::convert_cache<T>(exact);
+  const shard_result unsharded = run_shards(policy, full, w, 1, false).front();
+  bool uneven = false;  // tied heads end with different lengths only when the ties are split between heads
+  for (index_t h = 1; h < H; ++h) uneven = uneven || unsharded.cache.length(0, 0, h) != unsharded.cache.length(0, 0, 0);
+  BOOST_TEST(uneven, "the layer's threshold ties no candidates across heads, so the test proves little");
+  for (const int ranks : {2, 4})
+    for (const bool by_layer : {false, true}) {
+      const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, by_layer), unsharded);
+      BOOST_TEST(difference.empty(), "ranks " << ranks << (by_layer ? " layer by layer: " : ": ") << difference);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(adakv_layer_by_layer_shards_keep_what_one_session_keeps) {
+  const auto policy = pol::adakv(12, 4);
+  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<decltype(policy), T, layout_type>::state_type);
+  kvtest::fill_options fill;
+  fill.min_length = 14;
+  const auto full = kvtest::convert_cache<T>([&] {
+    auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, 8);
+    kvtest::round_to_exact_values(exact);
+    return exact;
+  }());
+  auto w = kvtest::make_random_window(S, L, H * G, ROWS, D, {CAP - 1, CAP - 1}, 1.5, 9);
+  kvtest::round_to_exact_values(w);
+  const shard_result unsharded = run_shards(policy, full, w, 1, false).front();
+  for (const int ranks : {2, 4}) {
+    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, true), unsharded);
+    BOOST_TEST(difference.empty(), "ranks " << ranks << ": " << difference);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
@@ -247,7 +317,7 @@ BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
     session.set_rank_group(kc::cuda::device_rank_group{});  // one rank: accepted
   };
   refuses(pol::tova(12), "shared across KV heads");
-  refuses(pol::adakv(12, 4), "layer-scope");
+  refuses(pol::adakv({.budget = 12, .window = 4, .strict = true}), "exact-total repair");
   refuses(pol::windowkv(12, 2), "not reduced across ranks");  // shared scores and a layer-scope selector
 
   using session_type = kc::cuda::session<decltype(pol::snapkv(12, 4)), T, layout_type>;

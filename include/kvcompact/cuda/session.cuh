@@ -204,24 +204,30 @@ class session {
   /// from (at prefill: one all-reduce of sequences x layers doubles per rank, between kernels, without
   /// host synchronisation). Policies with decisions the CUDA backend does not yet reduce across ranks
   /// are refused with several ranks (kvcompact::cpu::session::set_rank_group takes them): scores
-  /// shared across KV heads (TOVA, PrefixKV, Elastic Cache), and layer-scope selectors (Ada-KV's
-  /// layer-wide ranking, WindowKV).
+  /// shared across KV heads (TOVA, PrefixKV, Elastic Cache), layer-scope cooperative selectors
+  /// (WindowKV) and an exact-total repair (Ada-KV's strict mode, refused by the CPU backend too). A
+  /// layer-scope ranked selector (Ada-KV) ranks its layer over every rank's heads: the rounds of a
+  /// radix select (kvcompact::detail::layer_top_counts) between kernels, about ten all-reduces of up to
+  /// 16 doubles per layer, plus one per rank for ties.
   ///
   /// Every rank must make the same calls in the same order, over caches of the same extents. Set it
   /// before compress_prefill(); a group of one rank is the default.
   /// @param group the rank, the rank count and the engine's all-reduce (not copied deeper: the
   /// context pointer must stay valid)
   /// @throws kvcompact::error naming "group.*" for a bad group, or "policy" for a policy whose
-  /// decisions span KV heads in a way the CUDA backend does not reduce across ranks, when the group
-  /// has several ranks
+  /// decisions span KV heads in a way the CUDA backend does not reduce across ranks (or an exact-total
+  /// repair), when the group has several ranks
   void set_rank_group(const device_rank_group& group) {
     constexpr const char* where = "set_rank_group";
     group.validate(where);
     ::kvcompact::detail::require(group.ranks == 1 || !Policy::shares_scores_across_kv_heads, where, "policy",
                                  "scores shared across KV heads are not reduced across ranks on the CUDA backend yet (cpu::session does)");
-    ::kvcompact::detail::require(group.ranks == 1 || Policy::selector_type::scope != selection_scope::layer, where, "policy",
-                                 "a layer-scope selector (Ada-KV's layer-wide ranking, WindowKV) is not reduced across ranks on the CUDA "
-                                 "backend yet (cpu::session does)");
+    using selector_type = typename Policy::selector_type;
+    ::kvcompact::detail::require(group.ranks == 1 || selector_type::scope != selection_scope::layer || ranked_selector<selector_type>, where, "policy",
+                                 "a layer-scope cooperative selector (WindowKV) is not reduced across ranks on the CUDA backend yet (cpu::session does)");
+    if constexpr (ranked_selector<selector_type> && selector_type::scope == selection_scope::layer)
+      ::kvcompact::detail::require(group.ranks == 1 || !::kvcompact::detail::exact_total(policy_.selector), where, "policy",
+                                   "an exact-total repair (Ada-KV's strict mode) moves slots between the heads of one rank only");
     ranks_ = group;
   }
 
@@ -312,7 +318,7 @@ class session {
                      bytes, stream_, p, policy_);
       detail::check_launch(where, "slot_score_kernel");
     }
-    detail::launch_selection(policy_, p, ranked_top_k(), heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
+    detail::launch_selection(policy_, p, ranked_top_k(), layer_exchange(), heads, layer_grid, detail::grid_extent(sequences, where, "sequences"), stream_, where);
     detail::launch_compaction(p, policy_, workspace_span(plan_.compaction, plan_.compaction_bytes), stream_, where);
   }
 
@@ -421,6 +427,12 @@ class session {
   detail::ranked_top_k ranked_top_k() const {
     return {detail::at_offset<std::int32_t>(workspace_, plan_.top_k_counts), detail::at_offset<std::int32_t>(workspace_, plan_.top_k_quota),
             workspace_span(plan_.top_k_scratch, plan_.top_k_scratch_bytes)};
+  }
+
+  /// The tensor-parallel group and the arrays of a layer-scope selector's ranking across its ranks.
+  detail::layer_exchange layer_exchange() const {
+    return {ranks_, detail::at_offset<double>(workspace_, plan_.rank_exchange),
+            detail::at_offset<::kvcompact::detail::layer_cut>(workspace_, plan_.layer_cuts)};
   }
 
   detail::prefill_problem<T, Layout, state_type> prefill(const query_window& window, index_t first_layer, index_t layer_count) const {

@@ -49,12 +49,6 @@ struct candidate_list {
   KVCOMPACT_HOST_DEVICE int head() const { return h; }
 };
 
-/// Sum of two counts.
-struct count_sum {
-  /// @return a + b
-  KVCOMPACT_HOST_DEVICE index_t operator()(index_t a, index_t b) const { return a + b; }
-};
-
 /// Phase 1 (per head): applies the prefill verdicts (keep flags of `keep` slots), gathers the
 /// candidates in position order into `ctx.index_scratch(h, 0)` and their rank keys into
 /// `ctx.float_scratch(h)`. `ctx.order(h)` must be ready. Returns the head's state (same in every worker).
@@ -165,16 +159,36 @@ struct layer_items {
   KVCOMPACT_HOST_DEVICE bool allocated(int h, index_t c) const { return candidate_key(selector, ctx, h, c) >= heads[h].cut; }
 };
 
-/// Phase 2 (layer scope, one group per layer): each head's share of the layer's `total` best
-/// candidates, the selector's allocation, and the exact-total repair. Sets every head's `wanted`.
-template <class Group, class Selector, class Ctx>
-KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
+/// A layer's candidates as the ranking across ranks sees them (kvcompact::detail::layer_top_counts):
+/// the 32-bit order keys of their scores, no key floor.
+template <class Ctx>
+struct layer_score_list {
+  const Ctx& ctx;             ///< selection context
+  const ranked_head* state;   ///< [kv_heads] phase-1 states
+  /// KV heads.
+  KVCOMPACT_HOST_DEVICE int heads() const { return ctx.kv_heads(); }
+  /// Candidates of head h.
+  KVCOMPACT_HOST_DEVICE index_t count(int h) const { return state[h].candidates; }
+  /// Order key of candidate c of head h.
+  KVCOMPACT_HOST_DEVICE std::uint32_t key(int h, index_t c) const { return orderable_bits(ctx.float_scratch(h)[c]); }
+};
+
+/// A layer's sums over its heads (phase 1 done).
+struct layer_sums {
+  index_t total;   ///< sum of the quotas
+  index_t items;   ///< candidates
+  index_t stride;  ///< most candidates of a head (at least 1)
+};
+
+/// The layer's sums; sets every head's `first` (group code).
+template <class Group, class Ctx>
+KVCOMPACT_HOST_DEVICE layer_sums number_layer_items(const Group& group, const Ctx& ctx, ranked_head* heads) {
   const int count = ctx.kv_heads();
-  index_t total = 0, items = 0, stride = 1;
+  layer_sums sums{0, 0, 1};
   for (int h = 0; h < count; ++h) {
-    total += heads[h].quota;
-    items += heads[h].candidates;
-    stride = heads[h].candidates > stride ? heads[h].candidates : stride;
+    sums.total += heads[h].quota;
+    sums.items += heads[h].candidates;
+    sums.stride = heads[h].candidates > sums.stride ? heads[h].candidates : sums.stride;
   }
   group.once([&] {
     std::int32_t first = 0;
@@ -183,28 +197,50 @@ KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& se
       first += heads[h].candidates;
     }
   });
-  const layer_items<Selector, Ctx> layer{selector, ctx, heads, stride};
+  return sums;
+}
+
+/// Phase 2a (layer scope, one group per layer): each head's `share` of the layer's best candidates,
+/// as many as the quotas sum to (over every rank's heads with a host kvcompact::rank_group).
+template <class Group, class Selector, class Ctx>
+KVCOMPACT_HOST_DEVICE void share_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
+  const int count = ctx.kv_heads();
+  const layer_sums sums = number_layer_items(group, ctx, heads);
   if (rank_group_of(ctx) != nullptr) {  // host only: the layer's ranking spans the heads of every rank (no key floor)
-    group.once([&] {
-      double layer_total = static_cast<double>(total);
-      sum_across_ranks(ctx, &layer_total, 1);
-      layer_top_counts(
-          ctx, static_cast<index_t>(layer_total), [&](int h) { return index_t{heads[h].candidates}; },
-          [&](int h, index_t c) { return orderable_bits(ctx.float_scratch(h)[c]); },
-          [&](int h, index_t taken) { heads[h].share = static_cast<std::int32_t>(taken); });
-    });
-  } else {
-    auto item_key = [&](index_t i) {
-      const int h = layer.head_of(i);
-      return layer.best_first(h, i - heads[h].first);
-    };
-    const std::uint64_t cut = group.kth_largest(items, total, item_key);
-    for (int h = 0; h < count; ++h) {
-      const index_t share = group.reduce(heads[h].candidates, [&](index_t c) { return layer.best_first(h, c) >= cut ? index_t{1} : index_t{0}; },
-                                         index_t{0}, count_sum{});
-      group.once([&] { heads[h].share = static_cast<std::int32_t>(share); });
-    }
+    double layer_total = static_cast<double>(sums.total);
+    sum_across_ranks(ctx, &layer_total, 1);
+    layer_top_counts(group, ctx, static_cast<index_t>(layer_total), layer_score_list<Ctx>{ctx, heads},
+                     [&](int h, index_t taken) { heads[h].share = static_cast<std::int32_t>(taken); });
+    return;
   }
+  const layer_items<Selector, Ctx> layer{selector, ctx, heads, sums.stride};
+  auto item_key = [&](index_t i) {
+    const int h = layer.head_of(i);
+    return layer.best_first(h, i - heads[h].first);
+  };
+  const std::uint64_t cut = group.kth_largest(sums.items, sums.total, item_key);
+  for (int h = 0; h < count; ++h) {
+    const index_t share = group.reduce(heads[h].candidates, [&](index_t c) { return layer.best_first(h, c) >= cut ? index_t{1} : index_t{0}; },
+                                       index_t{0}, count_sum{});
+    group.once([&] { heads[h].share = static_cast<std::int32_t>(share); });
+  }
+}
+
+/// Phase 2a across ranks from a finished radix select (@p cut: its rounds done, `tied_before` set; the
+/// CUDA backend's rounds between device all-reduces): each head's `share` (group code).
+template <class Group, class Ctx>
+KVCOMPACT_HOST_DEVICE void share_layer_from_cut(const Group& group, const Ctx& ctx, ranked_head* heads, const layer_cut& cut) {
+  take_counts(group, layer_score_list<Ctx>{ctx, heads}, cut, [&](int h, index_t taken) { heads[h].share = static_cast<std::int32_t>(taken); });
+}
+
+/// Phase 2b (layer scope, one group per layer, shares set): the selector's allocation and the
+/// exact-total repair. Sets every head's `wanted`.
+template <class Group, class Selector, class Ctx>
+KVCOMPACT_HOST_DEVICE void allocate_from_shares(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
+  const int count = ctx.kv_heads();
+  const layer_sums sums = number_layer_items(group, ctx, heads);
+  const index_t total = sums.total;
+  const layer_items<Selector, Ctx> layer{selector, ctx, heads, sums.stride};
   const layer_allocation view{heads, count, total};
   group.for_each(count, [&](index_t h) { heads[h].wanted = static_cast<std::int32_t>(selector.allocate(ctx, view, static_cast<int>(h))); });
   if (!exact_total(selector)) return;
@@ -223,7 +259,7 @@ KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& se
     if (give) return in ? 0 : layer.best_first(h, c);
     return in ? layer.worst_first(h, c) : 0;
   };
-  const std::uint64_t move_cut = group.kth_largest(items, give ? total - allocated : allocated - total, [&](index_t i) {
+  const std::uint64_t move_cut = group.kth_largest(sums.items, give ? total - allocated : allocated - total, [&](index_t i) {
     const int h = layer.head_of(i);
     return move_key(h, i - heads[h].first);
   });
@@ -232,6 +268,15 @@ KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& se
                                        index_t{0}, count_sum{});
     group.once([&] { heads[h].wanted += static_cast<std::int32_t>(give ? moved : -moved); });
   }
+}
+
+/// Phase 2 (layer scope, one group per layer): each head's share of the layer's `total` best
+/// candidates (share_layer()), the selector's allocation and the exact-total repair
+/// (allocate_from_shares()). Sets every head's `wanted`.
+template <class Group, class Selector, class Ctx>
+KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
+  share_layer(group, selector, ctx, heads);
+  allocate_from_shares(group, selector, ctx, heads);
 }
 
 /// Eviction key of a candidate slot of a ranked selector whose keys are local (larger: evicted first;

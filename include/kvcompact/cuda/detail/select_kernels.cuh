@@ -12,6 +12,7 @@
 
 #include <kvcompact/cuda/detail/block_group.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
+#include <kvcompact/cuda/detail/layer_ranking_exchange.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/top_k.cuh>
@@ -76,15 +77,23 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
 }
 
 /// Grid (S x grid layers): phase 2 of a layer-scope ranked selector: the layer-wide ranking and the per-head
-/// allocation of one layer, which becomes each head's `wanted` in @p top.
+/// allocation of one layer, which becomes each head's `wanted` in @p top. With @p cuts (a group of
+/// several ranks: layer_ranking_across_ranks() ran) the shares come from the layer's cut over every
+/// rank's heads.
 template <class Selector, class T, class Layout, class State>
 KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm)
-    ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector, ranked_top_k top) {
+    ranked_allocate_kernel(prefill_problem<T, Layout, State> p, Selector selector, ranked_top_k top, const ::kvcompact::detail::layer_cut* cuts) {
   const index_t s = p.grid_sequence(blockIdx.x), l = p.grid_layer(blockIdx.x);
   if (p.layer_faults[s * p.layers() + l]) return;
   const prefill_group workers;
   const index_t first = p.cache.head_index(s, l, 0);
-  ::kvcompact::detail::allocate_layer(workers, selector, p.context(s, l), p.ranking + first);
+  const auto ctx = p.context(s, l);
+  if (cuts == nullptr) {
+    ::kvcompact::detail::allocate_layer(workers, selector, ctx, p.ranking + first);
+  } else {
+    ::kvcompact::detail::share_layer_from_cut(workers, ctx, p.ranking + first, cuts[blockIdx.x]);
+    ::kvcompact::detail::allocate_from_shares(workers, selector, ctx, p.ranking + first);
+  }
   workers.for_each(p.cache.layout.num_kv_heads(), [&](index_t h) { top.wanted[first + h] = p.ranking[first + h].wanted; });
 }
 
@@ -156,16 +165,20 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
 /// scores are ready): the selector's tier and scope pick the kernels.
 /// @param heads KV heads @param layer_grid sequences x this call's layers @param sequence_grid sequences
 /// @param top the ranked tier's arrays for the grid-wide top-k
+/// @param ranks the tensor-parallel group and its arrays (a layer-scope ranked selector ranks over every rank's heads)
 template <class Policy, class T, class Layout, class State>
-void launch_selection(const Policy& policy, const prefill_problem<T, Layout, State>& p, const ranked_top_k& top, unsigned heads, unsigned layer_grid,
-                      unsigned sequence_grid, cudaStream_t stream, const char* where) {
+void launch_selection(const Policy& policy, const prefill_problem<T, Layout, State>& p, const ranked_top_k& top, const layer_exchange& ranks,
+                      unsigned heads, unsigned layer_grid, unsigned sequence_grid, cudaStream_t stream, const char* where) {
   using selector_type = typename Policy::selector_type;
   const dim3 per_head(heads, layer_grid);
   if constexpr (ranked_selector<selector_type>) {
     launch(&ranked_gather_kernel<selector_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.selector, top);
     check_launch(where, "ranked_gather_kernel");
     if constexpr (selector_type::scope == selection_scope::layer) {
-      launch(&ranked_allocate_kernel<selector_type, T, Layout, State>, dim3(layer_grid), prefill_threads, 0, stream, p, policy.selector, top);
+      const bool across_ranks = ranks.group.ranks > 1;
+      if (across_ranks) layer_ranking_across_ranks(p, ranks, layer_grid, stream, where);
+      launch(&ranked_allocate_kernel<selector_type, T, Layout, State>, dim3(layer_grid), prefill_threads, 0, stream, p, policy.selector, top,
+             across_ranks ? static_cast<const ::kvcompact::detail::layer_cut*>(ranks.cuts) : nullptr);
       check_launch(where, "ranked_allocate_kernel");
     }
     launch_best_candidates(p, policy.selector, top, stream, where);

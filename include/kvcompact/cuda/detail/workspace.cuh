@@ -7,6 +7,7 @@
 #include <kvcompact/cuda/detail/decode_update_kernel.cuh>
 #include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/detail/ranked_selection.hpp>
+#include <kvcompact/selectors/layer_ranking.hpp>
 #include <kvcompact/types.hpp>
 
 #include <cstddef>
@@ -50,7 +51,8 @@ struct workspace_plan {
   std::size_t shared = 0;        ///< int32 [S][capacity + 2]: store shared by the layers of a sequence
   std::size_t step = 0;          ///< int32 [S][L]: newest position of each layer
   std::size_t layer_faults = 0;  ///< int32 [S][L]: nonzero leaves the layer as it is
-  std::size_t rank_exchange = 0;  ///< double [S][L]: what the ranks of a tensor-parallel group sum (rank_exchange.cuh)
+  std::size_t rank_exchange = 0;  ///< double [S][L][16]: what the ranks of a tensor-parallel group sum (rank_exchange.cuh, layer_ranking_exchange.cuh)
+  std::size_t layer_cuts = 0;     ///< kvcompact::detail::layer_cut [S][L]: each layer's ranking across ranks (layer_ranking_exchange.cuh)
   std::size_t stats = 0;         ///< float [S][L][Hkv][key chunks][3][G x padded rows]: per-chunk softmax statistics of window rows
   std::size_t row_lse = 0;       ///< float [S][L][Hkv][G x padded rows]: log2 of each window row's softmax denominator (scaled logits)
   std::size_t row_visible = 0;   ///< int32 [S][L][Hkv][G x padded rows]: keys each window row sees
@@ -100,7 +102,8 @@ struct workspace_plan {
     take(p.shared, sequences * (capacity + 2), 4);
     take(p.step, sequences * layers, 4);
     take(p.layer_faults, sequences * layers, 4);
-    take(p.rank_exchange, sequences * layers, sizeof(double));
+    take(p.rank_exchange, ::kvcompact::detail::layer_digit_bins * sequences * layers, sizeof(double));
+    take(p.layer_cuts, sequences * layers, sizeof(::kvcompact::detail::layer_cut));
     take(p.stats, heads * window_chunk_cap(heads, capacity) * 3 * group_rows, 4);
     take(p.row_lse, heads * group_rows, 4);
     take(p.row_visible, heads * group_rows, 4);
