@@ -8,11 +8,14 @@
 /// order at the end) that GCC and Clang vectorise at -O2/-O3 for whatever vector width the consumer
 /// compiles for (-march), with no intrinsics and no pragma: the same source runs on SSE, AVX2, AVX-512
 /// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
-/// fixed association). The two kernels that keep several rows of sums at once (dot_rows,
+/// fixed association; simd_lanes and sum_lanes() come from detail/lane_sums.hpp, shared with the
+/// components' own definitions). The two kernels that keep several rows of sums at once (dot_rows,
 /// weighted_rows) use float_lanes, a vector extension with the same lane arithmetic, because GCC does
-/// not keep their lane-loop form in registers. docs/cpu_backend.md explains the choice.
+/// not keep their lane-loop form in registers (the 8-row window tile has a vector type of its own).
+/// docs/cpu_backend.md explains the choice.
 #pragma once
 
+#include <kvcompact/detail/lane_sums.hpp>
 #include <kvcompact/numeric.hpp>
 #include <kvcompact/types.hpp>
 
@@ -27,8 +30,6 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace detail {
 
-/// Independent partial sums per reduction: one 512-bit vector of floats, two 256-bit ones.
-inline constexpr int simd_lanes = 16;
 /// Dimensions one row load converts at a time (the stack buffer of a converted row chunk).
 inline constexpr index_t row_chunk = 128;
 
@@ -82,8 +83,9 @@ inline void load_lanes(const float* p, float_lanes& v) { std::memcpy(&v, p, size
 /// Writes @p v to the simd_lanes floats at @p p (any alignment).
 inline void store_lanes(float* p, const float_lanes& v) { std::memcpy(p, &v, sizeof v); }
 
-/// Sum of the simd_lanes of @p v in one fixed (pairwise) order: lanes l and l + 8, then l and l + 4,
-/// then (0 + 2) + (1 + 3); the halves are taken in registers (no store and reload of the vector).
+/// Sum of the simd_lanes of @p v in the order of detail::sum_lanes() of an array (lanes l and l + 8,
+/// then l and l + 4, then (0 + 2) + (1 + 3)), with the halves taken in registers (no store and reload
+/// of the vector, which stalls store forwarding).
 inline float sum_lanes(const float_lanes& v) {
   static_assert(simd_lanes == 16, "the shuffles below name 16 lanes");
   using half_lanes = float __attribute__((vector_size(simd_lanes / 2 * sizeof(float))));
@@ -169,16 +171,38 @@ inline constexpr int tile_rows = 32;
 /// Keys of one window-product tile.
 inline constexpr int tile_keys = 8;
 
+/// Query rows of the tile that tile_product() holds as one vector per key: tile_keys vectors of 8 floats
+/// (eight 256-bit registers) fit every x86-64 and NEON register file. Lane loops leave this shape's
+/// accumulators on the stack (GCC 12 unroll-and-jams the dimension loop into the key loop); wider tiles
+/// keep the lane loop (as vectors their accumulators no longer fit the registers and spill).
+inline constexpr int register_tile_rows = 8;
+
 /// One register-blocked tile of a window product: `acc[k][r] += sum_d keys[k][d] * packed[d][r]` for
 /// tile_keys keys and ROWS query rows over @p count dimensions. `packed` holds the queries transposed
-/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows.
+/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows. Every sum runs
+/// over d in order, whatever the shape: the register_tile_rows tile writes the same arithmetic with a
+/// GCC/Clang vector type (`vector_size`), so its sums stay in registers; the bits are the same.
 template <int ROWS>
 void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][ROWS]) {
-  for (index_t d = 0; d < count; ++d) {
-    const float* q = packed + d * ROWS;
-    for (int k = 0; k < tile_keys; ++k) {
-      const float x = keys[k][d];
-      for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+  if constexpr (ROWS == register_tile_rows) {
+    // The size names register_tile_rows, not ROWS: GCC drops the attribute from a dependent alias.
+    using rows_vector = float __attribute__((vector_size(register_tile_rows * sizeof(float))));
+    static_assert(sizeof(rows_vector) == sizeof(acc[0]), "kvcompact: one vector per key of the tile");
+    rows_vector sums[tile_keys];
+    std::memcpy(sums, acc, sizeof sums);
+    for (index_t d = 0; d < count; ++d) {
+      rows_vector q;
+      std::memcpy(&q, packed + d * ROWS, sizeof q);
+      for (int k = 0; k < tile_keys; ++k) sums[k] += keys[k][d] * q;
+    }
+    std::memcpy(acc, sums, sizeof sums);
+  } else {
+    for (index_t d = 0; d < count; ++d) {
+      const float* q = packed + d * ROWS;
+      for (int k = 0; k < tile_keys; ++k) {
+        const float x = keys[k][d];
+        for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+      }
     }
   }
 }
@@ -229,9 +253,7 @@ segment_softmax softmax_segment(float* row, index_t count, const Seen& seen) {
   for (i = 0; i + simd_lanes <= count; i += simd_lanes)
     for (int l = 0; l < simd_lanes; ++l) exponentiate(i + l, l);
   for (int l = 0; i + l < count; ++l) exponentiate(i + l, l);
-  float_lanes lanes;
-  load_lanes(sums, lanes);
-  return {maximum, sum_lanes(lanes), shown};
+  return {maximum, sum_lanes(sums), shown};
 }
 
 }  // namespace detail
