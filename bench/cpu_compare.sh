@@ -6,7 +6,8 @@
 # round's median, in ms and as a multiple of the bytes floor measured in that round, with the median
 # CPU time of the process during the call (all threads), which a shared machine inflates less.
 #
-# Usage: [ROUNDS=3] [REPS=5] [TOKENS=4096,16384] [THREADS=1,2] [PYTHON=python3] bench/cpu_compare.sh OUT_DIR [CPU_BENCH]
+# Usage: [ROUNDS=3] [REPS=5] [TOKENS=4096,16384] [THREADS=1,2] [CASES=word,...] [PYTHON=python3] bench/cpu_compare.sh OUT_DIR [CPU_BENCH]
+# (CASES: only the cases whose name contains one of the words, e.g. CASES=decode; default all)
 # Writes OUT_DIR/round<i>_{kvcompact,peer}.csv and prints the markdown table (also OUT_DIR/table.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,13 +18,15 @@ rounds=${ROUNDS:-3}
 reps=${REPS:-5}
 tokens=${TOKENS:-4096,16384}
 threads=${THREADS:-1,2}
+cases=()
+[ -n "${CASES:-}" ] && cases=(--cases "$CASES")
 mkdir -p "$out"
 export OMP_WAIT_POLICY=passive
 for round in $(seq 1 "$rounds"); do
   echo "round $round: kvcompact $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/log.txt"
-  "$bench" --tokens "$tokens" --threads "$threads" --reps "$reps" --csv "$out/round${round}_kvcompact.csv" >> "$out/log.txt"
+  "$bench" --tokens "$tokens" --threads "$threads" --reps "$reps" "${cases[@]}" --csv "$out/round${round}_kvcompact.csv" >> "$out/log.txt"
   echo "round $round: peer $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/log.txt"
-  "$python" bench/peer_torch_cpu.py --tokens "$tokens" --threads "$threads" --reps "$reps" --csv "$out/round${round}_peer.csv" >> "$out/log.txt"
+  "$python" bench/peer_torch_cpu.py --tokens "$tokens" --threads "$threads" --reps "$reps" "${cases[@]}" --csv "$out/round${round}_peer.csv" >> "$out/log.txt"
 done
 "$python" - "$out" <<'EOF' | tee "$out/table.md"
 import csv, glob, statistics, sys

@@ -329,6 +329,8 @@ class session {
  private:
   static constexpr index_t slot_block = 256;  // slots per parallel block (fixed: results never depend on the thread count)
   static constexpr int score_batch = 16;      // slots per slot_scores() call of a batched slot scorer (16 sums side by side)
+  static constexpr index_t value_run = 16;    // value rows value_rows() adds per register pass (in L1)
+  static constexpr index_t prefetch_rows = 16;  // how far ahead decode_logits() prefetches key rows
 
   index_t capacity() const { return cache_.layout.capacity(); }
   index_t head_dim() const { return cache_.layout.head_dim(); }
@@ -721,24 +723,31 @@ class session {
   };
 
   // Logits of the group's query heads against the keys [first, end) of KV head h (logits[g * capacity + j]),
-  // each key row read once for all of them; 4 query heads per pass over the key row.
+  // each key row read once for all of them; 4 query heads per pass over the key row, their lane sums
+  // in registers (detail::dot_rows). Contiguous rows are prefetched: the key row prefetch_rows ahead
+  // and the value row of the same slot (which value_rows() reads next), so both streams stay in flight
+  // while the arithmetic runs (without it, memory and arithmetic took turns: perf, and the
+  // L2-resident step cost as much as the stream).
   void decode_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* queries, float* logits) const {
     const index_t group_size = group(), dims = head_dim();
     float buffer[detail::row_chunk];
+    const std::size_t row_bytes = cache_.layout.dim_stride() == 1 ? static_cast<std::size_t>(dims) * sizeof(T) : 0;
     for (index_t j = first; j < end; ++j) {
       const T* key = cache_.keys + cache_.layout.offset(sequence, layer, h, j);
+      if (j + prefetch_rows < end) detail::prefetch_bytes(cache_.keys + cache_.layout.offset(sequence, layer, h, j + prefetch_rows), row_bytes);
+      detail::prefetch_bytes(cache_.values + cache_.layout.offset(sequence, layer, h, j), row_bytes);  // for value_rows()
       for (index_t g0 = 0; g0 < group_size; g0 += 4) {
         auto rows = [&]<int R>(std::integral_constant<int, R>) {
-          float acc[R][detail::simd_lanes] = {};
+          detail::float_lanes sums[R] = {};
           const float* q[R];
           for (int r = 0; r < R; ++r) q[r] = queries + (h * group_size + g0 + r) * dims;
           for (index_t d = 0; d < dims; d += detail::row_chunk) {
             const index_t chunk = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
             const float* shifted[R];
             for (int r = 0; r < R; ++r) shifted[r] = q[r] + d;
-            detail::dot_rows<R>(shifted, detail::load_row(key, cache_.layout.dim_stride(), d, chunk, buffer), chunk, acc);
+            detail::dot_rows<R>(shifted, detail::load_row(key, cache_.layout.dim_stride(), d, chunk, buffer), chunk, sums);
           }
-          for (int r = 0; r < R; ++r) logits[(g0 + r) * capacity() + j] = detail::sum_lanes(acc[r]) * scale_;
+          for (int r = 0; r < R; ++r) logits[(g0 + r) * capacity() + j] = detail::sum_lanes(sums[r]) * scale_;
         };
         dispatch_rows(group_size - g0, rows);
       }
@@ -747,21 +756,30 @@ class session {
 
   // partial[g * head_dim + d] = sum over the slots [first, end) of weights[g * capacity + j] times
   // value row j, for the group's query heads: the value rows are read once, in slot order (a
-  // sequential stream), each added to every query head's sum (in L1); zero weights (masked slots)
-  // are skipped, so a masked slot's value never reaches the output.
+  // sequential stream), value_run rows at a time (in L1), each added to every query head's sum in slot
+  // order (detail::weighted_rows, the sums in registers over the run); zero weights (masked slots) are
+  // skipped, so a masked slot's value never reaches the output.
   void value_rows(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* weights, float* partial) const {
     const index_t group_size = group(), dims = head_dim();
     for (index_t i = 0; i < group_size * dims; ++i) partial[i] = 0.0f;
-    float buffer[detail::row_chunk];
-    for (index_t j = first; j < end; ++j) {
-      const T* value = cache_.values + cache_.layout.offset(sequence, layer, h, j);
+    float buffer[value_run][detail::row_chunk];
+    for (index_t run = first; run < end; run += value_run) {
+      const index_t count = end - run < value_run ? end - run : value_run;
       for (index_t d = 0; d < dims; d += detail::row_chunk) {
         const index_t width = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
-        const float* row = detail::load_row(value, cache_.layout.dim_stride(), d, width, buffer);
-        for (index_t g = 0; g < group_size; ++g) {
-          const float w = weights[g * capacity() + j];
-          if (w != 0.0f) detail::add_scaled(partial + g * dims + d, w, row, width);
-        }
+        const float* rows[value_run];
+        for (index_t i = 0; i < count; ++i)
+          rows[i] = detail::load_row(cache_.values + cache_.layout.offset(sequence, layer, h, run + i), cache_.layout.dim_stride(), d, width, buffer[i]);
+        for (index_t g0 = 0; g0 < group_size; g0 += 4)
+          dispatch_rows(group_size - g0, [&]<int R>(std::integral_constant<int, R>) {
+            float* out[R];
+            const float* w[R];
+            for (int r = 0; r < R; ++r) {
+              out[r] = partial + (g0 + r) * dims + d;
+              w[r] = weights + (g0 + r) * capacity() + run;
+            }
+            detail::weighted_rows<R>(out, w, rows, count, width);
+          });
       }
     }
   }

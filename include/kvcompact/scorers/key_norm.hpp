@@ -3,6 +3,7 @@
 /// @brief Key-norm scorer (KNorm): low key norm means important.
 #pragma once
 
+#include <kvcompact/detail/lane_sums.hpp>
 #include <kvcompact/scorers/concepts.hpp>
 
 #include <cmath>
@@ -19,19 +20,26 @@ struct key_norm {
   static constexpr score_source source = score_source::slot; ///< reads keys
 
   /// @brief Negated L2 norms of @p Count keys at once, the definition of the score: each key's squares
-  /// are summed over its dimensions in order, so a batch gives every key the score slot_score() gives
-  /// it alone, and the batch's independent sums can run side by side (the CPU backend's throughput).
+  /// are summed in detail::simd_lanes strided partial sums (dimension d into lane d % simd_lanes, each
+  /// lane in order) that detail::sum_lanes() combines in its fixed pairwise order. A batch gives every
+  /// key the score slot_score() gives it alone; the CPU backend's lane loop vectorises along the
+  /// dimensions (memory-bound), a CUDA thread keeps the lanes in registers: the same bits on both.
   /// @tparam Count keys in the batch
   /// @param keys keys(i, d) returns dimension d of key i @param dims head dimension
   /// @param scores [Count] receives -||key i||
   KVCOMPACT_EXEC_CHECK_DISABLE
   template <int Count, class Keys>
   KVCOMPACT_HOST_DEVICE void slot_scores(const Keys& keys, index_t dims, const index_t*, float* scores) const {
-    float sums[Count];
-    for (int i = 0; i < Count; ++i) sums[i] = 0.0f;
-    for (index_t d = 0; d < dims; ++d)
-      for (int i = 0; i < Count; ++i) sums[i] += keys(i, d) * keys(i, d);
-    for (int i = 0; i < Count; ++i) scores[i] = -std::sqrt(sums[i]);
+    constexpr int lanes = detail::simd_lanes;
+    for (int i = 0; i < Count; ++i) {
+      float sums[lanes];
+      for (int l = 0; l < lanes; ++l) sums[l] = 0.0f;
+      index_t d = 0;
+      for (; d + lanes <= dims; d += lanes)
+        for (int l = 0; l < lanes; ++l) sums[l] += keys(i, d + l) * keys(i, d + l);
+      for (int l = 0; d + l < dims; ++l) sums[l] += keys(i, d + l) * keys(i, d + l);
+      scores[i] = -std::sqrt(detail::sum_lanes(sums));
+    }
   }
   /// @brief Negated L2 norm of the key (slot_scores() of one key). @param key key(d) returns dimension d
   /// @param dims head dimension @param position the slot's position @return -||key||

@@ -1,29 +1,35 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
 /// @brief SIMD building blocks of the CPU backend: row loads from fp32/fp16/bf16 storage, dot
-/// products, scaled row sums, exp, and the register-blocked tile of the window products.
+/// products, scaled and weighted row sums, exp, prefetch hints, and the register-blocked tile of the
+/// window products.
 ///
 /// Written as fixed-width lane loops (arrays of `simd_lanes` independent accumulators, summed in a fixed
 /// order at the end) that GCC and Clang vectorise at -O2/-O3 for whatever vector width the consumer
 /// compiles for (-march), with no intrinsics and no pragma: the same source runs on SSE, AVX2, AVX-512
 /// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
-/// fixed association). docs/cpu_backend.md explains the choice.
+/// fixed association; simd_lanes and sum_lanes() come from detail/lane_sums.hpp, shared with the
+/// components' own definitions). The two kernels that keep several rows of sums at once (dot_rows,
+/// weighted_rows) use float_lanes, a vector extension with the same lane arithmetic, because GCC does
+/// not keep their lane-loop form in registers (the 8-row window tile has a vector type of its own).
+/// docs/cpu_backend.md explains the choice.
 #pragma once
 
+#include <kvcompact/detail/lane_sums.hpp>
 #include <kvcompact/numeric.hpp>
 #include <kvcompact/types.hpp>
 
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 
 namespace detail {
 
-/// Independent partial sums per reduction: one 512-bit vector of floats, two 256-bit ones.
-inline constexpr int simd_lanes = 16;
 /// Dimensions one row load converts at a time (the stack buffer of a converted row chunk).
 inline constexpr index_t row_chunk = 128;
 
@@ -50,15 +56,6 @@ inline float exp_approx(float x) {
   return std::bit_cast<float>(std::bit_cast<std::uint32_t>(y * power) & keep);
 }
 
-/// Sum of the simd_lanes of an accumulator array, in one fixed (pairwise) order.
-inline float sum_lanes(const float (&acc)[simd_lanes]) {
-  float half[simd_lanes / 2];
-  for (int l = 0; l < simd_lanes / 2; ++l) half[l] = acc[l] + acc[l + simd_lanes / 2];
-  float quarter[simd_lanes / 4];
-  for (int l = 0; l < simd_lanes / 4; ++l) quarter[l] = half[l] + half[l + simd_lanes / 4];
-  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
-}
-
 /// Elements [first, first + count) of a stored row (element stride @p stride) as fp32: a pointer
 /// into the row itself when it already is contiguous fp32, otherwise converted into @p buffer
 /// (at least @p count floats).
@@ -73,21 +70,61 @@ const float* load_row(const T* row, index_t stride, index_t first, index_t count
   return buffer;
 }
 
-/// `out[r] += dot(queries[r], key)` over @p count dimensions for ROWS query rows, reading the key
-/// chunk once (the GQA group's query heads served from one load). @p acc holds the lane sums
-/// between chunks; sum_lanes() finishes them.
+/// simd_lanes floats as one value (a GCC/Clang vector extension, which nvcc's host pass accepts), for
+/// the kernels that keep several rows of accumulators at once: their lane-loop form GCC does not
+/// keep in registers (it vectorises across the rows instead, with scalar gathers). Element-wise
+/// arithmetic only, so every lane sums in the same order as a lane loop. Passed by reference (a
+/// 64-byte vector by value would depend on the -march of each translation unit's ABI).
+using float_lanes = float __attribute__((vector_size(simd_lanes * sizeof(float))));
+
+/// Loads the simd_lanes floats at @p p (any alignment) into @p v.
+inline void load_lanes(const float* p, float_lanes& v) { std::memcpy(&v, p, sizeof v); }
+
+/// Writes @p v to the simd_lanes floats at @p p (any alignment).
+inline void store_lanes(float* p, const float_lanes& v) { std::memcpy(p, &v, sizeof v); }
+
+/// Sum of the simd_lanes of @p v in the order of detail::sum_lanes() of an array (lanes l and l + 8,
+/// then l and l + 4, then (0 + 2) + (1 + 3)), with the halves taken in registers (no store and reload
+/// of the vector, which stalls store forwarding).
+inline float sum_lanes(const float_lanes& v) {
+  static_assert(simd_lanes == 16, "the shuffles below name 16 lanes");
+  using half_lanes = float __attribute__((vector_size(simd_lanes / 2 * sizeof(float))));
+  using quarter_lanes = float __attribute__((vector_size(simd_lanes / 4 * sizeof(float))));
+  const half_lanes half = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const quarter_lanes quarter = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+/// `sums[r] += queries[r] * key` lane-wise over @p count dimensions for ROWS query rows (lane l
+/// takes dimensions l, l + simd_lanes, ...), reading the key once for all of them (the GQA group's
+/// query heads served from one load); sum_lanes() of each finishes its dot product. The ROWS sums
+/// advance together in registers (independent chains, so the FMA latency is hidden).
 template <int ROWS>
-void dot_rows(const float* const* queries, const float* key, index_t count, float (&acc)[ROWS][simd_lanes]) {
-  for (int r = 0; r < ROWS; ++r) {  // one row at a time: the key chunk stays in L1, the sums in registers
-    const float* q = queries[r];
-    float sums[simd_lanes];
-    for (int l = 0; l < simd_lanes; ++l) sums[l] = acc[r][l];
-    index_t d = 0;
-    for (; d + simd_lanes <= count; d += simd_lanes)
-      for (int l = 0; l < simd_lanes; ++l) sums[l] += q[d + l] * key[d + l];
-    for (int l = 0; l < simd_lanes && d + l < count; ++l) sums[l] += q[d + l] * key[d + l];
-    for (int l = 0; l < simd_lanes; ++l) acc[r][l] = sums[l];
+void dot_rows(const float* const* queries, const float* key, index_t count, float_lanes (&sums)[ROWS]) {
+  float_lanes k, q;
+  index_t d = 0;
+  for (; d + simd_lanes <= count; d += simd_lanes) {
+    load_lanes(key + d, k);
+    for (int r = 0; r < ROWS; ++r) {
+      load_lanes(queries[r] + d, q);
+      sums[r] += q * k;
+    }
   }
+  if (d == count) return;
+  float tail[simd_lanes] = {};  // the last count - d dimensions, zero-padded
+  for (index_t l = 0; d + l < count; ++l) tail[l] = key[d + l];
+  load_lanes(tail, k);
+  for (int r = 0; r < ROWS; ++r) {
+    for (index_t l = 0; d + l < count; ++l) tail[l] = queries[r][d + l];
+    load_lanes(tail, q);
+    sums[r] += q * k;
+  }
+}
+
+/// Asks the cache hierarchy for the @p bytes at @p p, one prefetch per 64-byte line: a hint, no
+/// load (never faults), so the memory stream of a row runs ahead of the arithmetic on earlier rows.
+inline void prefetch_bytes(const void* p, std::size_t bytes) {
+  for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset);
 }
 
 /// `y[i] += a * x[i]` for i < @p count.
@@ -95,21 +132,77 @@ inline void add_scaled(float* y, float a, const float* x, index_t count) {
   for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
 }
 
+/// Weighted row sums over a run of rows, for ROWS outputs at once: `out[r][i] += weights[r][j] * rows[j][i]`
+/// for j < @p count in order and i < @p width, skipping zero weights (a row with a zero weight never
+/// reaches the output, even if it holds a NaN). Each element gets exactly the additions of
+/// add_scaled() row after row, in the same order; the outputs stay in registers over the run
+/// (2 * simd_lanes elements of each at a time), so each row element is loaded once for all ROWS outputs.
+template <int ROWS>
+void weighted_rows(float* const (&out)[ROWS], const float* const (&weights)[ROWS], const float* const* rows, index_t count, index_t width) {
+  index_t i = 0;
+  for (; i + 2 * simd_lanes <= width; i += 2 * simd_lanes) {
+    float_lanes low[ROWS], high[ROWS], x_low, x_high;
+    for (int r = 0; r < ROWS; ++r) {
+      load_lanes(out[r] + i, low[r]);
+      load_lanes(out[r] + i + simd_lanes, high[r]);
+    }
+    for (index_t j = 0; j < count; ++j) {
+      load_lanes(rows[j] + i, x_low);
+      load_lanes(rows[j] + i + simd_lanes, x_high);
+      for (int r = 0; r < ROWS; ++r) {
+        const float w = weights[r][j];
+        if (w == 0.0f) continue;
+        low[r] += w * x_low;
+        high[r] += w * x_high;
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      store_lanes(out[r] + i, low[r]);
+      store_lanes(out[r] + i + simd_lanes, high[r]);
+    }
+  }
+  for (index_t j = 0; j < count && i < width; ++j)
+    for (int r = 0; r < ROWS; ++r)
+      if (weights[r][j] != 0.0f) add_scaled(out[r] + i, weights[r][j], rows[j] + i, width - i);
+}
+
 /// Most query rows of one window-product tile (the vector dimension of the tile).
 inline constexpr int tile_rows = 32;
 /// Keys of one window-product tile.
 inline constexpr int tile_keys = 8;
 
+/// Query rows of the tile that tile_product() holds as one vector per key: tile_keys vectors of 8 floats
+/// (eight 256-bit registers) fit every x86-64 and NEON register file. Lane loops leave this shape's
+/// accumulators on the stack (GCC 12 unroll-and-jams the dimension loop into the key loop); wider tiles
+/// keep the lane loop (as vectors their accumulators no longer fit the registers and spill).
+inline constexpr int register_tile_rows = 8;
+
 /// One register-blocked tile of a window product: `acc[k][r] += sum_d keys[k][d] * packed[d][r]` for
 /// tile_keys keys and ROWS query rows over @p count dimensions. `packed` holds the queries transposed
-/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows.
+/// (`packed[d * ROWS + r]`), so each key element is broadcast against a vector of rows. Every sum runs
+/// over d in order, whatever the shape: the register_tile_rows tile writes the same arithmetic with a
+/// GCC/Clang vector type (`vector_size`), so its sums stay in registers; the bits are the same.
 template <int ROWS>
 void tile_product(const float* packed, const float* const (&keys)[tile_keys], index_t count, float (&acc)[tile_keys][ROWS]) {
-  for (index_t d = 0; d < count; ++d) {
-    const float* q = packed + d * ROWS;
-    for (int k = 0; k < tile_keys; ++k) {
-      const float x = keys[k][d];
-      for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+  if constexpr (ROWS == register_tile_rows) {
+    // The size names register_tile_rows, not ROWS: GCC drops the attribute from a dependent alias.
+    using rows_vector = float __attribute__((vector_size(register_tile_rows * sizeof(float))));
+    static_assert(sizeof(rows_vector) == sizeof(acc[0]), "kvcompact: one vector per key of the tile");
+    rows_vector sums[tile_keys];
+    std::memcpy(sums, acc, sizeof sums);
+    for (index_t d = 0; d < count; ++d) {
+      rows_vector q;
+      std::memcpy(&q, packed + d * ROWS, sizeof q);
+      for (int k = 0; k < tile_keys; ++k) sums[k] += keys[k][d] * q;
+    }
+    std::memcpy(acc, sums, sizeof sums);
+  } else {
+    for (index_t d = 0; d < count; ++d) {
+      const float* q = packed + d * ROWS;
+      for (int k = 0; k < tile_keys; ++k) {
+        const float x = keys[k][d];
+        for (int r = 0; r < ROWS; ++r) acc[k][r] += x * q[r];
+      }
     }
   }
 }
