@@ -291,6 +291,10 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
     const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, false, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << ": " << difference);
   }
+  if constexpr (Policy::shares_scores_across_kv_heads) {  // the reduction handed on layer by layer too
+    const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, 2, true, true, steps), unsharded);
+    BOOST_TEST(difference.empty(), name << " seed " << seed << " layer by layer: " << difference);
+  }
   return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false, false, steps), unsharded).empty();
 }
 
