@@ -11,6 +11,7 @@
 #include <kvcompact/cuda/detail/block_group.cuh>
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
+#include <kvcompact/cuda/detail/rank_exchange.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/device_rank_group.cuh>
 #include <kvcompact/detail/ranked_selection.hpp>
@@ -109,11 +110,11 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, layer_count_blocks_per_
   workers.once([&] { cuts[b].tied = static_cast<double>(tied); });
 }
 
-/// One thread per layer: @p values[b] = this rank's tied count when it publishes, else 0.
+/// One thread per layer: @p values[b] = this rank's tied count (run by the publishing rank).
 KVCOMPACT_KERNEL void __launch_bounds__(layer_exchange_threads)
-    publish_tied_kernel(const ::kvcompact::detail::layer_cut* cuts, double* values, unsigned blocks, bool publish) {
+    publish_tied_kernel(const ::kvcompact::detail::layer_cut* cuts, double* values, unsigned blocks) {
   const unsigned b = blockIdx.x * blockDim.x + threadIdx.x;
-  if (b < blocks) values[b] = publish ? cuts[b].tied : 0.0;
+  if (b < blocks) values[b] = cuts[b].tied;
 }
 
 /// One thread per layer: adds the publishing rank's tied count (@p values[b], after the all-reduce)
@@ -149,9 +150,11 @@ void layer_ranking_across_ranks(const prefill_problem<T, Layout, State>& p, cons
   launch(&layer_tied_kernel<T, Layout, State>, dim3(blocks), prefill_threads, 0, stream, p, exchange.cuts);
   check_launch(where, "layer_tied_kernel");
   for (int r = 0; r < group.ranks; ++r) {  // the tied candidates of the ranks before this one (lower heads take ties first)
-    launch(&publish_tied_kernel, threads_grid, layer_exchange_threads, 0, stream, exchange.cuts, exchange.values, blocks, r == group.rank);
-    check_launch(where, "publish_tied_kernel");
-    group.all_reduce_sum(group.context, exchange.values, static_cast<index_t>(blocks), stream);
+    if (r == group.rank) {
+      launch(&publish_tied_kernel, threads_grid, layer_exchange_threads, 0, stream, exchange.cuts, exchange.values, blocks);
+      check_launch(where, "publish_tied_kernel");
+    }
+    publish_from_rank(group, r, exchange.values, static_cast<index_t>(blocks), stream, where);
     launch(&take_tied_kernel, threads_grid, layer_exchange_threads, 0, stream, exchange.values, exchange.cuts, blocks, r < group.rank);
     check_launch(where, "take_tied_kernel");
   }

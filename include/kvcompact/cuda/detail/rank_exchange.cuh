@@ -19,13 +19,23 @@ namespace cuda::detail {
 /// Threads per block of the exchange kernels.
 inline constexpr int exchange_threads = 256;
 
-/// Grid over @p count values: @p published[i] = @p newest[i] on the publishing rank, 0 on the others.
+/// The device counterpart of kvcompact::detail::publish_from_rank: hands the @p count doubles at
+/// @p values (device memory) of rank @p from to every rank of @p group with one all-reduce on
+/// @p stream. Rank @p from has written its values there (earlier on @p stream); every other rank
+/// zeros its own, and the sum leaves rank @p from's values, exactly, on every rank. Every rank of the
+/// group calls it with the same @p from and @p count.
+inline void publish_from_rank(const device_rank_group& group, int from, double* values, index_t count, cudaStream_t stream, const char* where) {
+  if (group.rank != from)
+    cuda::check(cudaMemsetAsync(values, 0, sizeof(double) * static_cast<std::size_t>(count), stream), where, "cudaMemsetAsync(rank exchange)");
+  group.all_reduce_sum(group.context, values, count, stream);
+}
+
+/// Grid over @p count values: @p published[i] = @p newest[i] (run by the publishing rank).
 /// @tparam Position the positions' integer type
 template <class Position>
-KVCOMPACT_KERNEL void __launch_bounds__(exchange_threads)
-    publish_newest_kernel(const Position* newest, double* published, index_t count, bool publish) {
+KVCOMPACT_KERNEL void __launch_bounds__(exchange_threads) publish_newest_kernel(const Position* newest, double* published, index_t count) {
   const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < count) published[i] = publish ? static_cast<double>(newest[i]) : 0.0;
+  if (i < count) published[i] = static_cast<double>(newest[i]);
 }
 
 /// Grid over @p count values: @p newest[i] = max(@p newest[i], @p reduced[i]), the publishing rank's
@@ -48,9 +58,11 @@ inline void newest_across_ranks(const device_rank_group& group, std::int32_t* ne
                              const char* where) {
   const auto blocks = static_cast<unsigned>(ceil_div(count, exchange_threads));
   for (int r = 0; r < group.ranks; ++r) {
-    launch(&publish_newest_kernel<std::int32_t>, dim3(blocks), exchange_threads, 0, stream, newest, scratch, count, r == group.rank);
-    check_launch(where, "publish_newest_kernel");
-    group.all_reduce_sum(group.context, scratch, count, stream);
+    if (r == group.rank) {
+      launch(&publish_newest_kernel<std::int32_t>, dim3(blocks), exchange_threads, 0, stream, newest, scratch, count);
+      check_launch(where, "publish_newest_kernel");
+    }
+    publish_from_rank(group, r, scratch, count, stream, where);
     launch(&take_newest_kernel<std::int32_t>, dim3(blocks), exchange_threads, 0, stream, newest, scratch, count);
     check_launch(where, "take_newest_kernel");
   }
@@ -68,11 +80,8 @@ template <class AddLocal>
 void continue_across_ranks(const device_rank_group& group, double* running, index_t count, cudaStream_t stream, const char* where,
                            const AddLocal& add_local) {
   for (int r = 0; r < group.ranks; ++r) {
-    if (r == group.rank)
-      add_local(r > 0);
-    else
-      cuda::check(cudaMemsetAsync(running, 0, sizeof(double) * static_cast<std::size_t>(count), stream), where, "cudaMemsetAsync(rank exchange)");
-    group.all_reduce_sum(group.context, running, count, stream);
+    if (r == group.rank) add_local(r > 0);
+    publish_from_rank(group, r, running, count, stream, where);
   }
 }
 
