@@ -17,6 +17,12 @@ KVCOMPACT_NAMESPACE_BEGIN
 
 namespace calibration {
 
+/// @brief The whole number of tokens prefix_search() evicts in all layers for the target @p evicted_tokens
+/// (`r L T`, in tokens): its floor, computed with a 1e-9 margin because `r L T` computed in double may
+/// land just below a whole number it equals.
+/// @param evicted_tokens r L T @return floor(r L T)
+inline index_t whole_evicted_tokens(double evicted_tokens) { return static_cast<index_t>(std::floor(evicted_tokens + 1e-9)); }
+
 /// @brief What prefix_search() found for one prompt.
 struct prefix_search_result {
   std::vector<double> evicted;  ///< rho_l: evicted fraction of every layer (a whole number of tokens / T)
@@ -73,8 +79,7 @@ inline prefix_search_result prefix_search(const std::vector<std::vector<double>>
     cumulative[static_cast<std::size_t>(l)] = std::move(sorted);
   }
   const double target = evicted_fraction * static_cast<double>(layers * tokens);
-  // 1e-9: r * L * T computed in double may land just below a whole number it equals
-  const auto wanted = static_cast<index_t>(std::floor(target + 1e-9));
+  const index_t wanted = whole_evicted_tokens(target);
   auto forget = [&](index_t l, double p) {
     const auto& c = cumulative[static_cast<std::size_t>(l)];
     const auto below = static_cast<index_t>(std::lower_bound(c.begin(), c.end(), p) - c.begin());  // #{k : C[k] < p}, C ascending
@@ -138,7 +143,7 @@ inline bool meets_evicted_share(const std::vector<double>& evicted, double evict
   double evicted_tokens = 0.0;
   for (double x : evicted) evicted_tokens += x * static_cast<double>(tokens);
   const double target = evicted_fraction * static_cast<double>(evicted.size()) * static_cast<double>(tokens);
-  return !evicted.empty() && evicted_tokens <= target + 1e-6 && evicted_tokens >= std::floor(target + 1e-9) - 1e-6;
+  return !evicted.empty() && evicted_tokens <= target + 1e-6 && evicted_tokens >= static_cast<double>(whole_evicted_tokens(target)) - 1e-6;
 }
 
 }  // namespace calibration
