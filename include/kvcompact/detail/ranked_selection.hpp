@@ -200,12 +200,12 @@ KVCOMPACT_HOST_DEVICE layer_sums number_layer_items(const Group& group, const Ct
   return sums;
 }
 
-/// Phase 2a (layer scope, one group per layer): each head's `share` of the layer's best candidates,
-/// as many as the quotas sum to (over every rank's heads with a host kvcompact::rank_group).
+/// Phase 2a (layer scope, one group per layer, @p sums from number_layer_items()): each head's
+/// `share` of the layer's best candidates, as many as the quotas sum to (over every rank's heads
+/// with a host kvcompact::rank_group).
 template <class Group, class Selector, class Ctx>
-KVCOMPACT_HOST_DEVICE void share_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
+KVCOMPACT_HOST_DEVICE void share_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads, const layer_sums& sums) {
   const int count = ctx.kv_heads();
-  const layer_sums sums = number_layer_items(group, ctx, heads);
   if (rank_group_of(ctx) != nullptr) {  // host only: the layer's ranking spans the heads of every rank (no key floor)
     double layer_total = static_cast<double>(sums.total);
     sum_across_ranks(ctx, &layer_total, 1);
@@ -233,12 +233,12 @@ KVCOMPACT_HOST_DEVICE void share_layer_from_cut(const Group& group, const Ctx& c
   take_counts(group, layer_score_list<Ctx>{ctx, heads}, cut, [&](int h, index_t taken) { heads[h].share = static_cast<std::int32_t>(taken); });
 }
 
-/// Phase 2b (layer scope, one group per layer, shares set): the selector's allocation and the
-/// exact-total repair. Sets every head's `wanted`.
+/// Phase 2b (layer scope, one group per layer, shares set, @p sums from number_layer_items()): the
+/// selector's allocation and the exact-total repair. Sets every head's `wanted`.
 template <class Group, class Selector, class Ctx>
-KVCOMPACT_HOST_DEVICE void allocate_from_shares(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
+KVCOMPACT_HOST_DEVICE void allocate_from_shares(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads,
+                                                const layer_sums& sums) {
   const int count = ctx.kv_heads();
-  const layer_sums sums = number_layer_items(group, ctx, heads);
   const index_t total = sums.total;
   const layer_items<Selector, Ctx> layer{selector, ctx, heads, sums.stride};
   const layer_allocation view{heads, count, total};
@@ -275,8 +275,9 @@ KVCOMPACT_HOST_DEVICE void allocate_from_shares(const Group& group, const Select
 /// (allocate_from_shares()). Sets every head's `wanted`.
 template <class Group, class Selector, class Ctx>
 KVCOMPACT_HOST_DEVICE void allocate_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
-  share_layer(group, selector, ctx, heads);
-  allocate_from_shares(group, selector, ctx, heads);
+  const layer_sums sums = number_layer_items(group, ctx, heads);
+  share_layer(group, selector, ctx, heads, sums);
+  allocate_from_shares(group, selector, ctx, heads, sums);
 }
 
 /// Eviction key of a candidate slot of a ranked selector whose keys are local (larger: evicted first;

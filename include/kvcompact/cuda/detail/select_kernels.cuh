@@ -92,7 +92,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
     ::kvcompact::detail::allocate_layer(workers, selector, ctx, p.ranking + first);
   } else {
     ::kvcompact::detail::share_layer_from_cut(workers, ctx, p.ranking + first, cuts[blockIdx.x]);
-    ::kvcompact::detail::allocate_from_shares(workers, selector, ctx, p.ranking + first);
+    ::kvcompact::detail::allocate_from_shares(workers, selector, ctx, p.ranking + first,
+                                              ::kvcompact::detail::number_layer_items(workers, ctx, p.ranking + first));
   }
   workers.for_each(p.cache.layout.num_kv_heads(), [&](index_t h) { top.wanted[first + h] = p.ranking[first + h].wanted; });
 }
