@@ -62,6 +62,20 @@ struct count_sum {
   KVCOMPACT_HOST_DEVICE index_t operator()(index_t a, index_t b) const { return a + b; }
 };
 
+/// One head's candidates above a layer's threshold and at it (take_counts()).
+struct threshold_counts {
+  index_t greater;  ///< candidates whose key exceeds the threshold
+  index_t tied;     ///< candidates whose key is the threshold
+};
+
+/// Field-wise sum of two threshold_counts.
+struct threshold_counts_sum {
+  /// @return a + b, field by field
+  KVCOMPACT_HOST_DEVICE threshold_counts operator()(const threshold_counts& a, const threshold_counts& b) const {
+    return {a.greater + b.greater, a.tied + b.tied};
+  }
+};
+
 /// One round (group code): this rank's candidates by their digit at @p shift, among those whose key
 /// starts with the digits chosen so far. @p list has `heads()`, `count(h)` (candidates of head h,
 /// negative for a head that takes no part) and `key(h, i)` (the 32-bit order key of candidate i,
@@ -111,6 +125,7 @@ KVCOMPACT_HOST_DEVICE index_t count_tied(const Group& group, const Candidates& l
 /// Hands every taking head its count of the layer's best (group code; `set_taken(h, n)` runs on one
 /// worker): all or none when takes_all_or_none(), else the candidates above the threshold and,
 /// lower heads first, the `needed` candidates tied at it that the ranks before left (`tied_before` set).
+/// One pass over each head counts both.
 template <class Group, class Candidates, class SetTaken>
 KVCOMPACT_HOST_DEVICE void take_counts(const Group& group, const Candidates& list, const layer_cut& cut, const SetTaken& set_taken) {
   if (takes_all_or_none(cut)) {
@@ -121,13 +136,16 @@ KVCOMPACT_HOST_DEVICE void take_counts(const Group& group, const Candidates& lis
   double remaining = cut.needed - cut.tied_before;
   for (int h = 0; h < list.heads(); ++h) {
     if (list.count(h) < 0) continue;
-    const index_t greater = group.reduce(
-        list.count(h), [&](index_t i) { return list.key(h, i) > cut.threshold ? index_t{1} : index_t{0}; }, index_t{0}, count_sum{});
-    const index_t tied = group.reduce(
-        list.count(h), [&](index_t i) { return list.key(h, i) == cut.threshold ? index_t{1} : index_t{0}; }, index_t{0}, count_sum{});
-    const index_t take = remaining <= 0.0 ? 0 : (remaining >= static_cast<double>(tied) ? tied : static_cast<index_t>(remaining));
+    const threshold_counts at = group.reduce(
+        list.count(h),
+        [&](index_t i) {
+          const std::uint32_t key = list.key(h, i);
+          return threshold_counts{key > cut.threshold ? index_t{1} : index_t{0}, key == cut.threshold ? index_t{1} : index_t{0}};
+        },
+        threshold_counts{0, 0}, threshold_counts_sum{});
+    const index_t take = remaining <= 0.0 ? 0 : (remaining >= static_cast<double>(at.tied) ? at.tied : static_cast<index_t>(remaining));
     remaining -= static_cast<double>(take);
-    group.once([&] { set_taken(h, greater + take); });
+    group.once([&] { set_taken(h, at.greater + take); });
   }
 }
 
