@@ -103,7 +103,8 @@ class session {
     return round_up(heads * static_cast<std::size_t>(layout.capacity()) * sizeof(state_type)) + round_up(heads * sizeof(std::int32_t)) +
            round_up(sizeof(detail::device_status)) + decode_state_bytes(layout);
   }
-  /// @brief Bytes of device workspace (scratch reused by every call).
+  /// @brief Bytes of device workspace (scratch reused by every call), the same with or without a
+  /// tensor-parallel group: set_rank_group() needs no more.
   /// @param layout the cache layout @param shape attention shape
   /// @param window_rows most observation-window rows compress_prefill() will be given
   /// @return the size in bytes
