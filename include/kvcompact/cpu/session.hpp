@@ -33,7 +33,7 @@ namespace cpu {
 /// component math as the CUDA kernels, no allocation (state and workspace come from the caller).
 /// Selectors and mergers run through the selection contract (kvcompact::ranked_selector,
 /// kvcompact::cooperative_selector, kvcompact::entry_merger) with a one-worker execution group:
-/// ranking by partial selection (std::nth_element), never a full sort of a head.
+/// ranking by partial selection (a radix select, detail::host_kth_largest), never a full sort of a head.
 ///
 /// Layers: compress_prefill() and append() take storage layers; attend() and observe() take the
 /// layer that attends, which for a kvcompact::layer_mapped_layout is a model layer (mapped to its
@@ -331,6 +331,7 @@ class session {
   static constexpr int score_batch = 16;      // slots per slot_scores() call of a batched slot scorer (16 sums side by side)
   static constexpr index_t value_run = 16;    // value rows value_rows() adds per register pass (in L1)
   static constexpr index_t prefetch_rows = 16;  // how far ahead decode_logits() prefetches key rows
+  static constexpr index_t compact_prefetch_slots = 16;  // how many kept slots ahead compact() prefetches K/V rows
 
   index_t capacity() const { return cache_.layout.capacity(); }
   index_t head_dim() const { return cache_.layout.head_dim(); }
@@ -686,11 +687,26 @@ class session {
 
   // Moves kept slots to the front, keeping their relative slot order (ascending position after a
   // prefill), copying K/V bit-identically, one run of consecutive kept slots at a time; the decode
-  // state starts from the prefill score.
+  // state starts from the prefill score. The K/V rows of the next compact_prefetch_slots kept slots
+  // beyond the current run are prefetched (contiguous rows): the kept rows are scattered, and without
+  // it each run's rows came from memory only when its memmove asked for them (KNorm at 16k tokens:
+  // compaction 9.0 -> 7.0 ms; a long run's memmove streams by itself).
   void compact(layer_context<T, Layout>& ctx, int h, index_t step) {
     const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h), n = ctx.length(h);
     const float* scores = scratch_.scores + h * capacity();
     state_type* states = slot_state_ + head * capacity();
+    const std::size_t row_bytes = cache_.layout.dim_stride() == 1 ? static_cast<std::size_t>(head_dim()) * sizeof(T) : 0;
+    index_t ahead = 0;  // the next slot the prefetch looks at
+    auto prefetch_kept = [&](index_t slots) {
+      for (; slots > 0 && ahead < n; ++ahead)
+        if (ctx.kept(h, ahead)) {
+          const index_t row = cache_.layout.offset(ctx.sequence(), ctx.layer(), h, ahead);
+          detail::prefetch_bytes(cache_.keys + row, row_bytes);
+          detail::prefetch_bytes(cache_.values + row, row_bytes);
+          --slots;
+        }
+    };
+    prefetch_kept(compact_prefetch_slots);
     index_t kept = 0;
     for (index_t j = 0; j < n;) {
       if (!ctx.kept(h, j)) {
@@ -699,6 +715,8 @@ class session {
       }
       index_t end = j + 1;
       while (end < n && ctx.kept(h, end)) ++end;
+      ahead = ahead > end ? ahead : end;  // a long run streams by itself: keep the lookahead beyond it, no deeper
+      prefetch_kept(end - j < compact_prefetch_slots ? end - j : compact_prefetch_slots);
       if (kept != j) detail::move_slots(cache_, slot_state_, ctx.sequence(), ctx.layer(), h, j, kept, end - j);
       for (index_t i = 0; i < end - j; ++i) states[kept + i] = policy_.scorer.state_from_prefill(scores[j + i], ctx.position(h, kept + i), step);
       kept += end - j;

@@ -3,7 +3,7 @@
 /// @brief How the backends run a kvcompact::ranked_selector, written once as group code
 /// (kvcompact::execution_group) in phases: gather each head's candidates and keys, allocate across
 /// the layer (layer scope), keep each head's best candidates; and decode-time eviction. The CPU
-/// backend runs the phases with one worker (partial selection by std::nth_element), the CUDA backend
+/// backend runs the phases with one worker (partial selection by a radix select), the CUDA backend
 /// with a thread block per head or layer (radix select); both rank with the same 64-bit keys, so
 /// the keep-sets agree exactly.
 #pragma once

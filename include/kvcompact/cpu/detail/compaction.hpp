@@ -33,7 +33,7 @@ index_t contiguous_rows(const kv_cache<T, Layout>& cache, index_t sequence, inde
 
 /// Moves @p count slots of one head from slot @p from to slot @p to (to < from): K and V bit-identically,
 /// positions and decode states, with the result of kvcompact::detail::move_slot for each slot in
-/// ascending order, but one memmove per run of rows back to back in storage.
+/// ascending order, but one memmove of K and one of V per run of rows back to back in storage.
 template <class T, class Layout, class State>
 void move_slots(const kv_cache<T, Layout>& cache, State* states, index_t sequence, index_t layer, index_t head, index_t from, index_t to,
                 index_t count) {
@@ -48,11 +48,13 @@ void move_slots(const kv_cache<T, Layout>& cache, State* states, index_t sequenc
       continue;
     }
     const index_t src = cache.layout.offset(sequence, layer, head, from_slot), dst = cache.layout.offset(sequence, layer, head, to_slot);
-    const auto bytes = [&](std::size_t element) { return static_cast<std::size_t>(rows) * element; };
-    std::memmove(cache.keys + dst, cache.keys + src, bytes(static_cast<std::size_t>(row) * sizeof(T)));
-    std::memmove(cache.values + dst, cache.values + src, bytes(static_cast<std::size_t>(row) * sizeof(T)));
-    std::memmove(cache.positions + first + to_slot, cache.positions + first + from_slot, bytes(sizeof(std::int32_t)));
-    std::memmove(states + first + to_slot, states + first + from_slot, bytes(sizeof(State)));
+    const std::size_t bytes = static_cast<std::size_t>(rows) * static_cast<std::size_t>(row) * sizeof(T);
+    std::memmove(cache.keys + dst, cache.keys + src, bytes);
+    std::memmove(cache.values + dst, cache.values + src, bytes);
+    for (index_t i = 0; i < rows; ++i) {  // a few entries per run (a call per run cost as much as the rows)
+      cache.positions[first + to_slot + i] = cache.positions[first + from_slot + i];
+      states[first + to_slot + i] = states[first + from_slot + i];
+    }
     moved += rows;
   }
 }
