@@ -102,6 +102,12 @@ class layer_context {
   /// @brief Sets the tensor-parallel group (host backend; kvcompact::cpu::session::set_rank_group).
   /// @param group the group, or null for none
   KVCOMPACT_HOST_DEVICE void set_ranks(const rank_group* group) { ranks_ = group; }
+  /// @brief The sums a kvcompact::rank_summing_selector's stage finished over every rank before this
+  /// selection (device backend with several ranks; none otherwise). @return the sums
+  KVCOMPACT_HOST_DEVICE rank_summed_values rank_summed() const { return rank_summed_; }
+  /// @brief Hands the finished sums of this layer to the selector (kvcompact::cuda::session).
+  /// @param sums the sums and the ranks they span
+  KVCOMPACT_HOST_DEVICE void set_rank_summed(const rank_summed_values& sums) { rank_summed_ = sums; }
   /// @brief Key element as float. @param h KV head @param slot slot @param d dimension @return the value
   KVCOMPACT_HOST_DEVICE float key(int h, index_t slot, index_t d) const { return to_float(cache_.keys[element(h, slot, d)]); }
   /// @brief Value element as float. @param h KV head @param slot slot @param d dimension @return the value
@@ -124,6 +130,7 @@ class layer_context {
   index_t query_heads_;
   index_t step_;
   const rank_group* ranks_ = nullptr;
+  rank_summed_values rank_summed_{};
 };
 
 KVCOMPACT_NAMESPACE_END

@@ -8,6 +8,7 @@
 #include <kvcompact/numeric.hpp>
 #include <kvcompact/types.hpp>
 
+#include <concepts>
 #include <cstdint>
 #include <string>
 
@@ -43,6 +44,30 @@ struct rank_group {
   /// @param where the entry point (for the error message)
   /// @throws kvcompact::error naming "group.ranks", "group.rank" or "group.all_reduce_sum"
   void validate(const char* where) const { detail::validate_rank_fields(ranks, rank, all_reduce_sum != nullptr, where); }
+};
+
+/// @brief Sums a selector's stage ahead of it finished over the query heads of every rank of a
+/// tensor-parallel group (the CUDA backend's kvcompact::cuda::detail::rank_sums_kernel, for a
+/// kvcompact::rank_summing_selector): the selector reads them from its context instead of summing its
+/// own heads.
+struct rank_summed_values {
+  const double* values = nullptr;  ///< the finished sums as kvcompact::detail::float_as_exchanged() values (null: none)
+  int ranks = 1;                   ///< ranks whose query heads the sums span
+};
+
+/// @brief A selector that, before it decides a layer, sums values over the layer's query heads in
+/// query-head order by a running float sum a backend can carry on from rank to rank (WindowKV's window
+/// scores): `rank_sum_count(ctx)` values of the layer (they may depend on the context's scores, orders
+/// and lengths, not on what earlier layers published), the i-th carried on from `running` over the
+/// context's own query heads by `continue_rank_sum(ctx, i, running)`. With several ranks the CUDA
+/// backend runs that stage rank after rank and hands the finished sums to the selector through the
+/// context (kvcompact::rank_summed_values); the host backend's selector calls
+/// kvcompact::detail::continue_across_ranks itself.
+/// @tparam Selector the selector @tparam Ctx its selection context
+template <class Selector, class Ctx>
+concept rank_summing_selector = requires(const Selector& selector, const Ctx& ctx, index_t i, float running) {
+  { selector.rank_sum_count(ctx) } -> std::convertible_to<index_t>;
+  { selector.continue_rank_sum(ctx, i, running) } -> std::convertible_to<float>;
 };
 
 namespace detail {
@@ -119,6 +144,14 @@ template <class Ctx>
 KVCOMPACT_HOST_DEVICE const rank_group* rank_group_of(const Ctx& ctx) {
   if constexpr (requires { ctx.ranks(); }) return ctx.ranks();
   else return nullptr;
+}
+
+/// The sums a rank-summing selector's stage finished over every rank, as @p ctx hands them on (none
+/// for contexts without them: one rank, the host backend).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE rank_summed_values rank_summed_of(const Ctx& ctx) {
+  if constexpr (requires { ctx.rank_summed(); }) return ctx.rank_summed();
+  else return {};
 }
 
 /// Sums @p count values over the ranks of @p ctx's group in place (nothing to do with one rank).

@@ -12,8 +12,9 @@
 // query head of the model: the ranks carry that reduction on in the unsharded query-head order, at
 // prefill and in every attend() / observe() of the decode steps that follow (their state drives
 // decode-time eviction), so the decode-time keep-sets, states and attention outputs match too.
-// WindowKV, which the CUDA backend does not reduce across ranks yet, Ada-KV's strict repair and bad
-// groups are refused by name.
+// WindowKV's window scores average every query head of the model: the ranks sum them rank after rank
+// before the selection kernel ranks the windows. A layer-scope cooperative selector without that
+// stage, Ada-KV's strict repair and bad groups are refused by name.
 #define BOOST_TEST_NO_MAIN
 #define BOOST_TEST_ALTERNATIVE_INIT_API
 #include <boost/test/unit_test.hpp>
@@ -30,6 +31,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -189,12 +191,15 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
     kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
     session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
     if (grouped) session.set_rank_group(group.group(r));
-    if (by_layer) {
-      for (index_t l = 0; l < L; ++l) {
+    constexpr bool per_layer_entry = !kc::detail::decides_across_layers<typename Policy::selector_type>;  // WindowKV has none
+    if (by_layer && !per_layer_entry) throw std::logic_error("run_shards: the policy has no per-layer entry");
+    if constexpr (per_layer_entry) {
+      for (index_t l = 0; l < L && by_layer; ++l) {
         const kvtest::device_window layer(kvtest::layer_window(window, l));
         session.compress_prefill_layer(l, layer.view());
       }
-    } else {
+    }
+    if (!by_layer) {
       const kvtest::device_window device_window(window);
       session.compress_prefill(device_window.view());
     }
@@ -262,14 +267,21 @@ std::string first_difference(const std::vector<shard_result>& shards, const shar
   return "";
 }
 
-/// Checks that 1, 2 and 4 grouped ranks keep what one unsharded session keeps; returns whether 4 ranks
-/// without the group keep something else (each counting from its own heads' newest position).
-template <class Policy>
-bool shards_match_one_session(const std::string& name, const Policy& policy, std::uint32_t seed, index_t decode_count) {
-  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<Policy, T, layout_type>::state_type);
+/// The cache filling of check_shards(): heads of different lengths (different newest positions), or
+/// slot-aligned heads where @p aligned (scores shared across KV heads, WindowKV's windows).
+kvtest::fill_options shard_fill(bool aligned) {
   kvtest::fill_options fill;
-  fill.min_length = 14;  // heads of different lengths: different newest positions
-  fill.aligned_heads = Policy::shares_scores_across_kv_heads;  // shared scores need slot-aligned heads
+  fill.min_length = 14;
+  fill.aligned_heads = aligned;
+  return fill;
+}
+
+/// Checks that 1, 2 and 4 grouped ranks keep what one unsharded session keeps, over a cache filled by
+/// @p fill; returns whether 4 ranks without the group keep something else (each counting from its own
+/// heads' newest position, or averaging its own query heads).
+template <class Policy>
+bool shards_match_one_session(const std::string& name, const Policy& policy, std::uint32_t seed, index_t decode_count, const kvtest::fill_options& fill) {
+  constexpr std::size_t state_bytes = sizeof(typename kc::cuda::session<Policy, T, layout_type>::state_type);
   const auto full = kvtest::convert_cache<T>([&] {
     auto exact = kvtest::make_random_cache<float>({S, L, H, CAP, D}, fill, seed);
     kvtest::round_to_exact_values(exact);
@@ -280,7 +292,7 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
   const decode_steps steps = decode_steps::make(decode_count, seed + 7);
   const shard_result unsharded = run_shards(policy, full, w, 1, false, false, steps).front();
   BOOST_TEST((unsharded.cache.lengths != full.lengths), name << ": the policy compressed nothing, so the comparison proves little");
-  if (!Policy::shares_scores_across_kv_heads) {  // some layer's heads end at different positions, or the test proves little
+  if (!fill.aligned_heads) {  // some layer's heads end at different positions, or the test proves little
     bool newest_differs = false;
     for (index_t s = 0; s < S; ++s)
       for (index_t l = 0; l < L; ++l)
@@ -291,19 +303,21 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
     const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, false, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << ": " << difference);
   }
-  if constexpr (Policy::shares_scores_across_kv_heads) {  // the reduction handed on layer by layer too
+  if constexpr (Policy::shares_scores_across_kv_heads && !kc::detail::decides_across_layers<typename Policy::selector_type>) {  // the reduction handed on layer by layer too
     const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, 2, true, true, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << " layer by layer: " << difference);
   }
   return !first_difference<state_bytes>(run_shards(policy, full, w, 4, false, false, steps), unsharded).empty();
 }
 
-/// Runs shards_match_one_session() over a few seeds, with @p decode_count decode steps after the
-/// prefill; without the group some seed must keep something else, or the group is not exercised.
+/// Runs shards_match_one_session() over @p seeds, with @p decode_count decode steps after the prefill,
+/// over caches filled by @p fill; without the group some seed must keep something else, or the group
+/// is not exercised.
 template <class Policy>
-void check_shards(const std::string& name, const Policy& policy, index_t decode_count = 0) {
+void check_shards(const std::string& name, const Policy& policy, index_t decode_count = 0,
+                  const kvtest::fill_options& fill = shard_fill(Policy::shares_scores_across_kv_heads), std::initializer_list<std::uint32_t> seeds = {5u, 6u}) {
   bool ungrouped_differs = false;
-  for (const std::uint32_t seed : {5u, 6u}) ungrouped_differs = shards_match_one_session(name, policy, seed, decode_count) || ungrouped_differs;
+  for (const std::uint32_t seed : seeds) ungrouped_differs = shards_match_one_session(name, policy, seed, decode_count, fill) || ungrouped_differs;
   BOOST_TEST(ungrouped_differs, name << ": shards without the group keep what one session keeps, so the group is not exercised");
 }
 
@@ -311,9 +325,9 @@ void check_shards(const std::string& name, const Policy& policy, index_t decode_
 
 BOOST_AUTO_TEST_CASE(shards_keep_what_one_session_keeps) {
   check_shards("snapkv", pol::snapkv(12, 4, 3));
-  check_shards("h2o", pol::h2o(12, 4));
+  check_shards("h2o", pol::h2o(12, 4), 0, shard_fill(false), {5u});  // one seed each for the top-k policies after SnapKV
   check_shards("corm", pol::corm(4, 4));
-  check_shards("bounded_memory", pol::bounded_memory(12, 4));
+  check_shards("bounded_memory", pol::bounded_memory(12, 4), 0, shard_fill(false), {6u});
   check_shards("adakv", pol::adakv(12, 4));  // the layer-wide ranking spans every rank's heads
 }
 
@@ -376,14 +390,33 @@ BOOST_AUTO_TEST_CASE(adakv_layer_by_layer_shards_keep_what_one_session_keeps) {
   }
 }
 
+// WindowKV: a window's score averages every query head of the layer, over every rank's heads (here 2
+// layers of one group: layer 1 follows layer 0's windows), in both task modes; slots out of position
+// order, so the windows follow each head's slot order.
+BOOST_AUTO_TEST_CASE(windowkv_shards_keep_the_same_windows) {
+  kvtest::fill_options fill = shard_fill(true);  // WindowKV's heads hold the same positions
+  fill.min_length = 24;
+  fill.shuffle_slots = true;
+  check_shards("windowkv localization", pol::windowkv(12, 2, kc::selectors::task_type::localization, 4, ROWS), 0, fill, {5u});
+  check_shards("windowkv aggregation", pol::windowkv(12, 2, kc::selectors::task_type::aggregation, 4, ROWS), 0, fill, {6u});
+}
+
 // Scores shared across the KV heads of a layer: every query head of the model adds to a slot's score,
 // at prefill and in each decode step's state update.
 BOOST_AUTO_TEST_CASE(shared_scores_keep_what_one_session_keeps_over_decode) {
-  constexpr index_t steps = 4;
+  constexpr index_t steps = 3;  // attend, observe, attend
   check_shards("tova", pol::tova(12), steps);
   check_shards("prefixkv", pol::prefixkv(kc::budgets::layer_table::fractions(std::vector<double>{0.4, 0.5})), steps);
   check_shards("elastic_cache", pol::elastic_cache(0.5), steps);
 }
+
+/// A layer-scope cooperative selector that is no kvcompact::rank_summing_selector: WindowKV's windows
+/// with the stage that sums them over the ranks hidden.
+struct windows_without_rank_sums : kc::selectors::windows<kc::budgets::group_pyramid> {
+  /// Hides the rank-summing stage.
+  template <class Ctx>
+  index_t rank_sum_count(const Ctx&) const = delete;
+};
 
 BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
   kvtest::fill_options fill;
@@ -401,7 +434,8 @@ BOOST_AUTO_TEST_CASE(bad_groups_and_unreduced_policies_are_refused) {
     session.set_rank_group(kc::cuda::device_rank_group{});  // one rank: accepted
   };
   refuses(pol::adakv({.budget = 12, .window = 4, .strict = true}), "exact-total repair");
-  refuses(pol::windowkv(12, 2), "layer-scope cooperative");  // shared scores (reduced) and a layer-scope cooperative selector (not yet)
+  const auto windows = pol::windowkv(12, 2).selector;
+  refuses(kc::policy<kc::scorers::last_query, windows_without_rank_sums>{{}, {windows}, {}}, "layer-scope cooperative");
 
   using session_type = kc::cuda::session<decltype(pol::snapkv(12, 4)), T, layout_type>;
   kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);

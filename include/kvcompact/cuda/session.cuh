@@ -209,10 +209,13 @@ class session {
   /// sequences x capacity doubles per rank), and a layer-scope ranked selector (Ada-KV), which ranks
   /// its layer over every rank's heads: the rounds of a radix select
   /// (kvcompact::detail::layer_top_counts) between kernels, about ten all-reduces of up to 16 doubles
-  /// per layer, plus one per rank for ties. All of it is stream-ordered between kernels, without host
-  /// synchronisation. Refused with several ranks (kvcompact::cpu::session::set_rank_group takes the
-  /// first): layer-scope cooperative selectors (WindowKV) and an exact-total repair (Ada-KV's strict
-  /// mode, refused by the CPU backend too).
+  /// per layer, plus one per rank for ties, and a kvcompact::rank_summing_selector (WindowKV), whose
+  /// window scores sum every rank's query heads rank after rank in the unsharded order before the
+  /// selection kernel ranks the windows (at prefill one all-reduce of sequences x layers x capacity
+  /// doubles per rank). All of it is stream-ordered between kernels, without host synchronisation.
+  /// Refused with several ranks: other layer-scope cooperative selectors (a user-written one, which
+  /// kvcompact::cpu::session::set_rank_group takes) and an exact-total repair (Ada-KV's strict mode,
+  /// refused by the CPU backend too).
   ///
   /// Every rank must make the same calls in the same order, over caches of the same extents. Set it
   /// before compress_prefill(); a group of one rank is the default.
@@ -225,8 +228,11 @@ class session {
     constexpr const char* where = "set_rank_group";
     group.validate(where);
     using selector_type = typename Policy::selector_type;
-    ::kvcompact::detail::require(group.ranks == 1 || selector_type::scope != selection_scope::layer || ranked_selector<selector_type>, where, "policy",
-                                 "a layer-scope cooperative selector (WindowKV) is not reduced across ranks on the CUDA backend yet (cpu::session does)");
+    ::kvcompact::detail::require(group.ranks == 1 || selector_type::scope != selection_scope::layer || ranked_selector<selector_type> ||
+                                     rank_summing_selector<selector_type, layer_context<T, Layout>>,
+                                 where, "policy",
+                                 "a layer-scope cooperative selector that is not a rank_summing_selector is not reduced across ranks on the CUDA "
+                                 "backend (cpu::session does)");
     if constexpr (ranked_selector<selector_type> && selector_type::scope == selection_scope::layer)
       ::kvcompact::detail::require(group.ranks == 1 || !::kvcompact::detail::exact_total(policy_.selector), where, "policy",
                                    "an exact-total repair (Ada-KV's strict mode) moves slots between the heads of one rank only");

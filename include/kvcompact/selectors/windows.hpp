@@ -25,13 +25,13 @@ enum class task_type : std::uint8_t {
 /// A window's score averages the row-reduced scores of ALL query heads of the layer
 /// (`ctx.query_score`), so every KV head keeps the same windows whatever the scorer (WindowKV's own is
 /// kvcompact::scorers::last_query; slot scorers such as KNorm give every query head its KV head's
-/// score); on a tensor-parallel group (kvcompact::rank_group, host backend) the average spans the
-/// query heads of every rank, summed in the unsharded order. Prefill-only: decode appends.
+/// score); on a tensor-parallel group (kvcompact::rank_group, kvcompact::cuda::device_rank_group) the
+/// average spans every rank's query heads, summed in the unsharded order (rank_summing_selector).
 ///
 /// A kvcompact::cooperative_selector of layer scope: one worker per window scores it (the same
 /// arithmetic on both backends), the worst windows are found by partial selection, and every slot's
 /// flag is set in parallel; leaders publish through the context's shared store before their
-/// followers run.
+/// followers run. Prefill-only: decode appends.
 /// @tparam Schedule a kvcompact::budget_schedule of review tokens (suffix excluded), e.g. budgets::group_pyramid
 template <budget_schedule Schedule>
 struct windows {
@@ -70,6 +70,26 @@ struct windows {
   /// @brief WindowKV appends during decode: no eviction.
   template <class Group, class Ctx>
   KVCOMPACT_HOST_DEVICE void select_decode(Group&, Ctx&, int) const {}
+
+  /// @brief Window scores of @p ctx's layer summed over its query heads before the windows are ranked
+  /// (kvcompact::rank_summing_selector): a group leader's windows when it drops some, none for a
+  /// follower or a layer kept whole. @param ctx selection context @return the count
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE index_t rank_sum_count(const Ctx& ctx) const {
+    const index_t review = ctx.length(0) - suffix;
+    const bool drops = ctx.layer() % group == 0 && review > schedule.budget(ctx.layer(), ctx.num_layers(), ctx.length(0));
+    return drops ? (review + window - 1) / window : 0;
+  }
+
+  /// @brief Window @p k's score sum carried on from @p running over @p ctx's query heads, in
+  /// query-head order (each head adds its window score: mean, or mean of the top window/2); the slot
+  /// orders of @p ctx's heads are ready. @param ctx selection context @param k window
+  /// @param running the sum over the query heads before this context's @return the sum after them
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE float continue_rank_sum(const Ctx& ctx, index_t k, float running) const {
+    const index_t review = ctx.length(0) - suffix;
+    return add_head_scores(ctx, k * window, (k + 1) * window < review ? (k + 1) * window : review, running);
+  }
 
  private:
   // The window of order ranks [begin, end): @p total plus each of the context's query heads' score of
@@ -117,22 +137,28 @@ struct windows {
       workers.once([&] { store[0] = -1; });
       return;
     }
-    const index_t count = (review + window - 1) / window;
+    const index_t count = rank_sum_count(ctx);
     auto size_of = [&](index_t k) { return ((k + 1) * window < review ? (k + 1) * window : review) - k * window; };
     float* scores = ctx.float_scratch(0);
     workers.once([&] {
       store[0] = static_cast<std::int32_t>(review);
       store[1] = static_cast<std::int32_t>(count);
     });
+    // On several ranks the average spans the query heads of every rank, summed in the unsharded
+    // order: the device backend hands the finished sums in, the host backend's ranks sum here in turn.
+    const rank_summed_values summed = detail::rank_summed_of(ctx);
     const rank_group* ranks = detail::rank_group_of(ctx);
     workers.for_each(count, [&](index_t k) {
-      scores[k] = ranks == nullptr ? add_head_scores(ctx, k * window, k * window + size_of(k), 0.0f) / static_cast<float>(ctx.query_heads()) : 0.0f;
+      if (summed.values != nullptr)
+        scores[k] = detail::exchanged_as_float(summed.values[k]) / static_cast<float>(ctx.query_heads() * summed.ranks);
+      else
+        scores[k] = ranks == nullptr ? continue_rank_sum(ctx, k, 0.0f) / static_cast<float>(ctx.query_heads()) : 0.0f;
       store[2 + k] = 1;
     });
-    if (ranks != nullptr)  // host only: the average spans the query heads of every rank, in the unsharded order
+    if (ranks != nullptr)
       workers.once([&] {
         detail::continue_across_ranks(ranks, scores, count, [&] {
-          for (index_t k = 0; k < count; ++k) scores[k] = add_head_scores(ctx, k * window, k * window + size_of(k), scores[k]);
+          for (index_t k = 0; k < count; ++k) scores[k] = continue_rank_sum(ctx, k, scores[k]);
         });
         for (index_t k = 0; k < count; ++k) scores[k] /= static_cast<float>(ctx.query_heads() * ranks->ranks);
       });

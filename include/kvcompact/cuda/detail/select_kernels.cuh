@@ -14,6 +14,7 @@
 #include <kvcompact/cuda/detail/launch.cuh>
 #include <kvcompact/cuda/detail/layer_ranking_exchange.cuh>
 #include <kvcompact/cuda/detail/prefill_problem.cuh>
+#include <kvcompact/cuda/detail/rank_exchange.cuh>
 #include <kvcompact/cuda/detail/score_kernels.cuh>
 #include <kvcompact/cuda/detail/top_k.cuh>
 #include <kvcompact/detail/selection.hpp>
@@ -137,17 +138,41 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
   selector.select(workers, ctx, static_cast<int>(h));
 }
 
+/// Grid (S x the call's layers): this rank's turn of a kvcompact::rank_summing_selector's sums of one
+/// layer, after the slot orders of its heads: sum i, carried on from @p running (after rank 0,
+/// @p continues; from zero otherwise) over this rank's query heads, is written back to @p running as a
+/// kvcompact::detail::float_as_exchanged() value. @p running: [blocks][capacity] doubles, the
+/// continue_across_ranks() exchange.
+template <class Selector, class T, class Layout, class State>
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm)
+    rank_sums_kernel(prefill_problem<T, Layout, State> p, Selector selector, double* running, bool continues) {
+  const index_t s = p.grid_sequence(blockIdx.x), l = p.grid_layer(blockIdx.x);
+  if (p.layer_faults[s * p.layers() + l]) return;
+  const prefill_group workers;
+  const auto ctx = p.context(s, l);
+  for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(workers, h);
+  double* sums = running + static_cast<index_t>(blockIdx.x) * p.cache.layout.capacity();
+  workers.for_each(selector.rank_sum_count(ctx), [&](index_t i) {
+    const float before = continues ? ::kvcompact::detail::exchanged_as_float(sums[i]) : 0.0f;
+    sums[i] = ::kvcompact::detail::float_as_exchanged(selector.continue_rank_sum(ctx, i, before));
+  });
+}
+
 /// Grid (S): a layer-scope cooperative selector on every layer of one sequence, in increasing order
 /// (a layer may read what an earlier one published in the sequence's shared store), each after the
-/// slot orders of its heads.
+/// slot orders of its heads. With @p summed (a rank-summing selector on several ranks:
+/// rank_sums_kernel ran rank after rank), each layer's context hands the selector its finished sums,
+/// [S x the call's layers][capacity] values.
 template <class Selector, class T, class Layout, class State>
-KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm) cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector) {
-  const index_t s = blockIdx.x;
+KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm)
+    cooperative_layers_kernel(prefill_problem<T, Layout, State> p, Selector selector, rank_summed_values summed) {
+  const index_t s = blockIdx.x, capacity = p.cache.layout.capacity();
   const prefill_group workers;
-  workers.once([&] { p.shared[s * (p.cache.layout.capacity() + 2)] = -1; });  // no decision published yet
+  workers.once([&] { p.shared[s * (capacity + 2)] = -1; });  // no decision published yet
   for (index_t l = p.first_layer; l < p.first_layer + p.grid_layers; ++l) {
     if (p.layer_faults[s * p.layers() + l]) continue;
-    const auto ctx = p.context(s, l);
+    auto ctx = p.context(s, l);
+    if (summed.values != nullptr) ctx.set_rank_summed({summed.values + (s * p.grid_layers + l - p.first_layer) * capacity, summed.ranks});
     for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(workers, h);
     selector.select(workers, ctx);
   }
@@ -166,7 +191,8 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
 /// scores are ready): the selector's tier and scope pick the kernels.
 /// @param heads KV heads @param layer_grid sequences x this call's layers @param sequence_grid sequences
 /// @param top the ranked tier's arrays for the grid-wide top-k
-/// @param ranks the tensor-parallel group and its arrays (a layer-scope ranked selector ranks over every rank's heads)
+/// @param ranks the tensor-parallel group and its arrays (a layer-scope ranked selector ranks over every rank's heads; a
+/// kvcompact::rank_summing_selector's sums run over every rank's query heads before it selects)
 template <class Policy, class T, class Layout, class State>
 void launch_selection(const Policy& policy, const prefill_problem<T, Layout, State>& p, const ranked_top_k& top, const layer_exchange& ranks,
                       unsigned heads, unsigned layer_grid, unsigned sequence_grid, cudaStream_t stream, const char* where) {
@@ -187,7 +213,17 @@ void launch_selection(const Policy& policy, const prefill_problem<T, Layout, Sta
     launch(&cooperative_select_kernel<selector_type, T, Layout, State>, per_head, prefill_threads, 0, stream, p, policy.selector);
     check_launch(where, "cooperative_select_kernel");
   } else {
-    launch(&cooperative_layers_kernel<selector_type, T, Layout, State>, dim3(sequence_grid), prefill_threads, 0, stream, p, policy.selector);
+    rank_summed_values summed{nullptr, ranks.group.ranks};
+    if constexpr (rank_summing_selector<selector_type, layer_context<T, Layout>>)
+      if (ranks.group.ranks > 1) {  // the sums span every rank's query heads, in the unsharded order
+        continue_across_ranks(ranks.group, ranks.values, layer_grid * p.cache.layout.capacity(), stream, where, [&](bool continues) {
+          launch(&rank_sums_kernel<selector_type, T, Layout, State>, dim3(layer_grid), prefill_threads, 0, stream, p, policy.selector, ranks.values,
+                 continues);
+          check_launch(where, "rank_sums_kernel");
+        });
+        summed.values = ranks.values;
+      }
+    launch(&cooperative_layers_kernel<selector_type, T, Layout, State>, dim3(sequence_grid), prefill_threads, 0, stream, p, policy.selector, summed);
     check_launch(where, "cooperative_layers_kernel");
   }
   if constexpr (Policy::merges) {
