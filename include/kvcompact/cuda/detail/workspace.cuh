@@ -103,11 +103,12 @@ struct workspace_plan {
     take(p.step, sequences * layers, 4);
     take(p.layer_faults, sequences * layers, 4);
     const index_t exchanged = capacity > ::kvcompact::detail::layer_digit_bins ? capacity : ::kvcompact::detail::layer_digit_bins;
-    // Shared scores: a slot each; Ada-KV: digit bins. Planned for every session, grouped or not: the
-    // engine sizes and allocates the workspace (workspace_bytes() knows no group) before it constructs
-    // the session and calls set_rank_group(), so a group-only slot would need the rank count in
-    // workspace_bytes() and a size check in set_rank_group(), a change to every tensor-parallel engine's
-    // sizing call. It costs 8 / kv_heads bytes per slot of a head (the scores alone take 4).
+    // Shared scores and WindowKV's window sums: a slot each; Ada-KV: digit bins. Planned for every
+    // session, grouped or not: the engine sizes and allocates the workspace (workspace_bytes() knows no
+    // group) before it constructs the session and calls set_rank_group(), so a group-only slot would need
+    // the rank count in workspace_bytes() and a size check in set_rank_group(), a change to every
+    // tensor-parallel engine's sizing call. It costs 8 / kv_heads bytes per slot of a head (the scores
+    // alone take 4).
     take(p.rank_exchange, exchanged * sequences * layers, sizeof(double));
     take(p.layer_cuts, sequences * layers, sizeof(::kvcompact::detail::layer_cut));
     take(p.stats, heads * window_chunk_cap(heads, capacity) * 3 * group_rows, 4);
