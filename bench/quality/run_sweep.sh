@@ -15,7 +15,9 @@
 # ppl_1024 333, needle_2k 463, needle_4k 1045, each 8000-token depth 948-949, csr 672 (5358 in all; with JOBS=2
 # on two idle cores about 45-50 minutes, not measured end to end): bench/results/smollm2_quality_2026-12-01_full.md. A slice
 # of it (six presets at four budgets plus five layout configurations, ppl_1024 and needle_2k) took 155 s
-# and 359 s on 2026-12-01 (bench/results/smollm2_quality_2026-12-01.md).
+# and 359 s on 2026-12-01 (bench/results/smollm2_quality_2026-12-01.md). The engine's matmul and prefill
+# attention kernels got faster after that run (2048-token prefill slice 36 -> 19 CPU s; no whole part re-measured):
+# bench/results/smollm2_sweep_time_2026-12-01.md.
 # The grid also holds the presets with calibrated per-layer budgets (prefixkv, xkv: the budget files of
 # bench/quality/budgets/, written by calibrate_budgets), the bounded slot memory (bounded_memory) and
 # the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp at 10 and 20 %

@@ -129,16 +129,13 @@ inline void add_weighted_values(const kv_cache_storage& cache, int layer, int kv
     const auto d = static_cast<std::size_t>(cache.head_dim);
     std::size_t i0 = 0;
     for (; i0 + value_block_lanes <= d; i0 += value_block_lanes) {
-        ops::lane_vector sums[vectors], v_lanes;
-        for (std::size_t j = 0; j < vectors; ++j) ops::load_lanes(acc + i0 + j * ops::lanes, sums[j]);
+        ops::lane_vector sums[vectors];
+        for (std::size_t j = 0; j < vectors; ++j) sums[j] = ops::lanes_at(acc + i0 + j * ops::lanes);
         for (int s = 0; s < count; ++s) {
             const float p = weights[s];
             if (p == -INFINITY) continue;
             const float* v = cache.value(layer, kv_head, s0 + s) + i0;
-            for (std::size_t j = 0; j < vectors; ++j) {
-                ops::load_lanes(v + j * ops::lanes, v_lanes);
-                sums[j] += p * v_lanes;
-            }
+            for (std::size_t j = 0; j < vectors; ++j) sums[j] += p * ops::lanes_at(v + j * ops::lanes);
         }
         std::memcpy(acc + i0, sums, sizeof sums);
     }

@@ -25,9 +25,14 @@ inline constexpr std::size_t lanes = 8;
 /// elements l, l + lanes, ... in order, and the multiply-add is contracted as the lane loop's was.
 using lane_vector = float __attribute__((vector_size(lanes * sizeof(float))));
 
-/// Loads the lanes floats at @p p (any alignment) into @p v. By reference: a vector returned by value
-/// has an ABI that depends on each translation unit's -march.
-inline void load_lanes(const float* p, lane_vector& v) { std::memcpy(&v, p, sizeof v); }
+/// lane_vector as it is read from float arrays: any float's alignment, and it may alias them. Loads
+/// dereference a pointer of this type: a load function would pass the vector by value (an ABI that
+/// depends on each translation unit's -march) or by reference (GCC 12 then keeps dot_block's sums on
+/// the stack again: 3x slower).
+using unaligned_lanes = float __attribute__((vector_size(lanes * sizeof(float)), aligned(alignof(float)), may_alias));
+
+/// @return the lanes floats at @p p (any alignment), as one vector.
+inline const unaligned_lanes& lanes_at(const float* p) { return *reinterpret_cast<const unaligned_lanes*>(p); }
 
 /// Computes the R x N dot products of rows @p w[0..R) with rows @p x[0..N) (length @p n each) into
 /// out[r][t], in one pass over them: each loaded chunk of a w row meets every x row and vice versa,
@@ -38,10 +43,10 @@ inline void dot_block(const float* const* w, const float* const* x, std::size_t 
     lane_vector sums[R][N] = {};
     std::size_t i = 0;
     for (; i + lanes <= n; i += lanes) {
-        lane_vector w_lanes[R], x_lanes;
-        for (std::size_t r = 0; r < R; ++r) load_lanes(w[r] + i, w_lanes[r]);
+        lane_vector w_lanes[R];
+        for (std::size_t r = 0; r < R; ++r) w_lanes[r] = lanes_at(w[r] + i);
         for (std::size_t t = 0; t < N; ++t) {
-            load_lanes(x[t] + i, x_lanes);
+            const lane_vector x_lanes = lanes_at(x[t] + i);
             for (std::size_t r = 0; r < R; ++r) sums[r][t] += w_lanes[r] * x_lanes;
         }
     }
