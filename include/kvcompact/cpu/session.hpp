@@ -441,14 +441,19 @@ class session {
   static index_t blocks_of(index_t length) { return (length + slot_block - 1) / slot_block; }
   int team() const { return detail::team_size(threads_); }
 
-  // Runs body(h, first, end) for every block of slot_block slots of every KV head, in parallel.
+  // Runs body(h, first, end) for every block of slot_block slots of the KV heads [0, heads), in parallel.
   template <class Body>
-  void for_each_block(index_t sequence, index_t layer, const Body& body) const {
+  void for_each_block(index_t sequence, index_t layer, const Body& body, index_t heads) const {
     const index_t per_head = blocks_of(capacity());
-    detail::parallel_for(cache_.layout.num_kv_heads() * per_head, team(), [&](index_t item) {
+    detail::parallel_for(heads * per_head, team(), [&](index_t item) {
       const index_t h = item / per_head, first = item % per_head * slot_block, length = length_of(sequence, layer, h);
       if (first < length) body(h, first, first + slot_block < length ? first + slot_block : length);
     });
+  }
+  // Runs body(h, first, end) for every block of slot_block slots of every KV head, in parallel.
+  template <class Body>
+  void for_each_block(index_t sequence, index_t layer, const Body& body) const {
+    for_each_block(sequence, layer, body, cache_.layout.num_kv_heads());
   }
 
   // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
@@ -632,9 +637,18 @@ class session {
     } else {
       score_window(sequence, layer, window, in_window);
       reduce_across_ranks(sequence, layer, scratch_.query_scores);
-      for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
-        reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
-      });
+      // Scores shared across KV heads reduce every query head of the layer into one value per slot,
+      // the same for each KV head (their slots hold the same positions, check_cache_content()):
+      // reduced for head 0, copied to the others (8 KV heads: 1/8 of the reads of query_scores).
+      const index_t reduced_heads = Policy::shares_scores_across_kv_heads ? 1 : kv_heads;
+      for_each_block(
+          sequence, layer,
+          [&](index_t h, index_t first, index_t end) {
+            reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
+          },
+          reduced_heads);
+      for (index_t h = reduced_heads; h < kv_heads; ++h)
+        std::memcpy(scratch_.scores + h * capacity(), scratch_.scores, static_cast<std::size_t>(length_of(sequence, layer, h)) * sizeof(float));
     }
     for (index_t h = 0; h < kv_heads; ++h)
       for (index_t j = 0; j < length_of(sequence, layer, h); ++j)
