@@ -752,8 +752,8 @@ class session {
     const std::size_t row_bytes = cache_.layout.dim_stride() == 1 ? static_cast<std::size_t>(dims) * sizeof(T) : 0;
     for (index_t j = first; j < end; ++j) {
       const T* key = cache_.keys + cache_.layout.offset(sequence, layer, h, j);
-      if (j + prefetch_rows < end) detail::prefetch_bytes(cache_.keys + cache_.layout.offset(sequence, layer, h, j + prefetch_rows), row_bytes);
-      detail::prefetch_bytes(cache_.values + cache_.layout.offset(sequence, layer, h, j), row_bytes);  // for value_rows()
+      if (j + prefetch_rows < end) detail::prefetch_bytes_to_l2(cache_.keys + cache_.layout.offset(sequence, layer, h, j + prefetch_rows), row_bytes);
+      detail::prefetch_bytes_to_l2(cache_.values + cache_.layout.offset(sequence, layer, h, j), row_bytes);  // for value_rows()
       for (index_t g0 = 0; g0 < group_size; g0 += 4) {
         auto rows = [&]<int R>(std::integral_constant<int, R>) {
           detail::float_lanes sums[R] = {};

@@ -101,30 +101,40 @@ inline float sum_lanes(const float_lanes& v) {
 /// advance together in registers (independent chains, so the FMA latency is hidden).
 template <int ROWS>
 void dot_rows(const float* const* queries, const float* key, index_t count, float_lanes (&sums)[ROWS]) {
-  float_lanes k, q;
+  float_lanes k, q, acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = sums[r];  // locals: through the reference, every step stored its sums (they may alias the rows)
   index_t d = 0;
   for (; d + simd_lanes <= count; d += simd_lanes) {
     load_lanes(key + d, k);
     for (int r = 0; r < ROWS; ++r) {
       load_lanes(queries[r] + d, q);
-      sums[r] += q * k;
+      acc[r] += q * k;
     }
   }
-  if (d == count) return;
-  float tail[simd_lanes] = {};  // the last count - d dimensions, zero-padded
-  for (index_t l = 0; d + l < count; ++l) tail[l] = key[d + l];
-  load_lanes(tail, k);
-  for (int r = 0; r < ROWS; ++r) {
-    for (index_t l = 0; d + l < count; ++l) tail[l] = queries[r][d + l];
-    load_lanes(tail, q);
-    sums[r] += q * k;
+  if (d < count) {
+    float tail[simd_lanes] = {};  // the last count - d dimensions, zero-padded
+    for (index_t l = 0; d + l < count; ++l) tail[l] = key[d + l];
+    load_lanes(tail, k);
+    for (int r = 0; r < ROWS; ++r) {
+      for (index_t l = 0; d + l < count; ++l) tail[l] = queries[r][d + l];
+      load_lanes(tail, q);
+      acc[r] += q * k;
+    }
   }
+  for (int r = 0; r < ROWS; ++r) sums[r] = acc[r];
 }
 
 /// Asks the cache hierarchy for the @p bytes at @p p, one prefetch per 64-byte line: a hint, no
 /// load (never faults), so the memory stream of a row runs ahead of the arithmetic on earlier rows.
 inline void prefetch_bytes(const void* p, std::size_t bytes) {
   for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset);
+}
+
+/// prefetch_bytes() into the second-level cache only (x86 `prefetcht1`), for streams read a few
+/// kilobytes later: the lines do not take first-level miss buffers and do not evict the rows being
+/// read now from the first-level cache.
+inline void prefetch_bytes_to_l2(const void* p, std::size_t bytes) {
+  for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset, 0, 2);
 }
 
 /// `y[i] += a * x[i]` for i < @p count.
