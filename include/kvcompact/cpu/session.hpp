@@ -442,19 +442,27 @@ class session {
   static index_t blocks_of(index_t length) { return (length + slot_block - 1) / slot_block; }
   int team() const { return detail::team_size(threads_); }
 
-  // Runs body(h, first, end) for every block of slot_block slots of every KV head, in parallel.
+  // Runs body(h, first, end) for every block of slot_block slots of the KV heads [0, heads), in parallel.
   template <class Body>
-  void for_each_block(index_t sequence, index_t layer, const Body& body) const {
+  void for_each_block(index_t sequence, index_t layer, const Body& body, index_t heads) const {
     const index_t per_head = blocks_of(capacity());
-    detail::parallel_for(cache_.layout.num_kv_heads() * per_head, team(), [&](index_t item) {
+    detail::parallel_for(heads * per_head, team(), [&](index_t item) {
       const index_t h = item / per_head, first = item % per_head * slot_block, length = length_of(sequence, layer, h);
       if (first < length) body(h, first, first + slot_block < length ? first + slot_block : length);
     });
   }
+  // Runs body(h, first, end) for every block of slot_block slots of every KV head, in parallel.
+  template <class Body>
+  void for_each_block(index_t sequence, index_t layer, const Body& body) const {
+    for_each_block(sequence, layer, body, cache_.layout.num_kv_heads());
+  }
 
   // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
   // logits[row * capacity + j] (times the scale). The rows come packed in tiles of `width` (8, 16 or
-  // 32) rows (packed_), the keys through load_row: each key row is read once per tile of rows.
+  // 32) rows (packed_); each key row is read once per tile of rows, copied into a buffer first
+  // (detail::copy_row, also for fp32): the tile's product reads its tile_keys rows side by side, one
+  // element of each in turn, which from memory stalled where a row read in order streams (TOVA's
+  // one-row window at 16k tokens: this pass about 2x faster with the copy, on the loaded 2-vCPU EPYC).
   template <int width>
   void window_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, index_t rows, float* logits) const {
     const index_t dims = head_dim(), tiles = (rows + width - 1) / width;
@@ -467,7 +475,7 @@ class session {
           const float* keys[detail::tile_keys];
           for (int k = 0; k < detail::tile_keys; ++k) {
             const index_t slot = j + k < end ? j + k : end - 1;
-            keys[k] = detail::load_row(cache_.keys + cache_.layout.offset(sequence, layer, h, slot), cache_.layout.dim_stride(), d, count, buffer[k]);
+            keys[k] = detail::copy_row(cache_.keys + cache_.layout.offset(sequence, layer, h, slot), cache_.layout.dim_stride(), d, count, buffer[k]);
           }
           detail::tile_product<width>(packed_ + (t * dims + d) * width, keys, count, acc);
         }
@@ -633,9 +641,18 @@ class session {
     } else {
       score_window(sequence, layer, window, in_window);
       reduce_across_ranks(sequence, layer, scratch_.query_scores);
-      for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
-        reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
-      });
+      // Scores shared across KV heads reduce every query head of the layer into one value per slot,
+      // the same for each KV head (their slots hold the same positions, check_cache_content()):
+      // reduced for head 0, copied to the others (8 KV heads: 1/8 of the reads of query_scores).
+      const index_t reduced_heads = Policy::shares_scores_across_kv_heads ? 1 : kv_heads;
+      for_each_block(
+          sequence, layer,
+          [&](index_t h, index_t first, index_t end) {
+            reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
+          },
+          reduced_heads);
+      for (index_t h = reduced_heads; h < kv_heads; ++h)
+        std::memcpy(scratch_.scores + h * capacity(), scratch_.scores, static_cast<std::size_t>(length_of(sequence, layer, h)) * sizeof(float));
     }
     for (index_t h = 0; h < kv_heads; ++h)
       for (index_t j = 0; j < length_of(sequence, layer, h); ++j)
@@ -688,40 +705,43 @@ class session {
 
   // Moves kept slots to the front, keeping their relative slot order (ascending position after a
   // prefill), copying K/V bit-identically, one run of consecutive kept slots at a time; the decode
-  // state starts from the prefill score. The K/V rows of the next compact_prefetch_slots kept slots
-  // beyond the current run are prefetched (contiguous rows): the kept rows are scattered, and without
-  // it each run's rows came from memory only when its memmove asked for them (KNorm at 16k tokens:
-  // compaction 9.0 -> 7.0 ms; a long run's memmove streams by itself).
+  // state starts from the prefill score. The kept slots are first listed in slot order
+  // (ctx.index_scratch(h, 1), free once the head is selected and merged) by a pass without a branch
+  // per slot: a prefill's keep flags are scattered, and the branches on them mispredicted in every
+  // pass that scanned them (the run search and the prefetch lookahead each scanned all n flags).
+  // The K/V rows of the next compact_prefetch_slots kept slots beyond the current run are prefetched
+  // (contiguous rows): the kept rows are scattered, and without it each run's rows came from memory
+  // only when its memmove asked for them (KNorm at 16k tokens: compaction 9.0 -> 7.0 ms; a long
+  // run's memmove streams by itself).
   void compact(layer_context<T, Layout>& ctx, int h, index_t step) {
     const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h), n = ctx.length(h);
     const float* scores = scratch_.scores + h * capacity();
     state_type* states = slot_state_ + head * capacity();
-    const std::size_t row_bytes = cache_.layout.dim_stride() == 1 ? static_cast<std::size_t>(head_dim()) * sizeof(T) : 0;
-    index_t ahead = 0;  // the next slot the prefetch looks at
-    auto prefetch_kept = [&](index_t slots) {
-      for (; slots > 0 && ahead < n; ++ahead)
-        if (ctx.kept(h, ahead)) {
-          const index_t row = cache_.layout.offset(ctx.sequence(), ctx.layer(), h, ahead);
-          detail::prefetch_bytes(cache_.keys + row, row_bytes);
-          detail::prefetch_bytes(cache_.values + row, row_bytes);
-          --slots;
-        }
-    };
-    prefetch_kept(compact_prefetch_slots);
+    std::int32_t* kept_slots = ctx.index_scratch(h, 1);
     index_t kept = 0;
-    for (index_t j = 0; j < n;) {
-      if (!ctx.kept(h, j)) {
-        ++j;
-        continue;
+    for (index_t j = 0; j < n; ++j) {
+      kept_slots[kept] = static_cast<std::int32_t>(j);
+      kept += ctx.kept(h, j) ? 1 : 0;
+    }
+    const std::size_t row_bytes = cache_.layout.dim_stride() == 1 ? static_cast<std::size_t>(head_dim()) * sizeof(T) : 0;
+    index_t ahead = 0;  // the next kept slot (index into kept_slots) the prefetch looks at
+    auto prefetch_until = [&](index_t end) {
+      for (end = end < kept ? end : kept; ahead < end; ++ahead) {
+        const index_t row = cache_.layout.offset(ctx.sequence(), ctx.layer(), h, kept_slots[ahead]);
+        detail::prefetch_bytes(cache_.keys + row, row_bytes);
+        detail::prefetch_bytes(cache_.values + row, row_bytes);
       }
-      index_t end = j + 1;
-      while (end < n && ctx.kept(h, end)) ++end;
+    };
+    prefetch_until(compact_prefetch_slots);
+    for (index_t to = 0; to < kept;) {
+      const index_t from = kept_slots[to];
+      index_t end = to + 1;  // kept_slots[to, end) is a run of consecutive slots
+      while (end < kept && kept_slots[end] == from + (end - to)) ++end;
       ahead = ahead > end ? ahead : end;  // a long run streams by itself: keep the lookahead beyond it, no deeper
-      prefetch_kept(end - j < compact_prefetch_slots ? end - j : compact_prefetch_slots);
-      if (kept != j) detail::move_slots(cache_, slot_state_, ctx.sequence(), ctx.layer(), h, j, kept, end - j);
-      for (index_t i = 0; i < end - j; ++i) states[kept + i] = policy_.scorer.state_from_prefill(scores[j + i], ctx.position(h, kept + i), step);
-      kept += end - j;
-      j = end;
+      prefetch_until(ahead + (end - to < compact_prefetch_slots ? end - to : compact_prefetch_slots));
+      if (from != to) detail::move_slots(cache_, slot_state_, ctx.sequence(), ctx.layer(), h, from, to, end - to);
+      for (index_t i = 0; i < end - to; ++i) states[to + i] = policy_.scorer.state_from_prefill(scores[from + i], ctx.position(h, to + i), step);
+      to = end;
     }
     cache_.lengths[head] = static_cast<std::int32_t>(kept);
   }

@@ -56,18 +56,25 @@ inline float exp_approx(float x) {
   return std::bit_cast<float>(std::bit_cast<std::uint32_t>(y * power) & keep);
 }
 
-/// Elements [first, first + count) of a stored row (element stride @p stride) as fp32: a pointer
-/// into the row itself when it already is contiguous fp32, otherwise converted into @p buffer
-/// (at least @p count floats).
+/// Elements [first, first + count) of a stored row (element stride @p stride) converted to fp32
+/// into @p buffer (at least @p count floats), read in element order. @return @p buffer
 template <class T>
-const float* load_row(const T* row, index_t stride, index_t first, index_t count, float* buffer) {
-  if constexpr (std::is_same_v<T, float>)
-    if (stride == 1) return row + first;
+const float* copy_row(const T* row, index_t stride, index_t first, index_t count, float* buffer) {
   if (stride == 1)
     for (index_t i = 0; i < count; ++i) buffer[i] = to_float(row[first + i]);
   else
     for (index_t i = 0; i < count; ++i) buffer[i] = to_float(row[(first + i) * stride]);
   return buffer;
+}
+
+/// Elements [first, first + count) of a stored row (element stride @p stride) as fp32: a pointer
+/// into the row itself when it already is contiguous fp32, otherwise copy_row() into @p buffer
+/// (at least @p count floats).
+template <class T>
+const float* load_row(const T* row, index_t stride, index_t first, index_t count, float* buffer) {
+  if constexpr (std::is_same_v<T, float>)
+    if (stride == 1) return row + first;
+  return copy_row(row, stride, first, count, buffer);
 }
 
 /// simd_lanes floats as one value (a GCC/Clang vector extension, which nvcc's host pass accepts), for
