@@ -15,7 +15,9 @@
 # ppl_1024 333, needle_2k 463, needle_4k 1045, each 8000-token depth 948-949, csr 672 (5358 in all; with JOBS=2
 # on two idle cores about 45-50 minutes, not measured end to end): bench/results/smollm2_quality_2026-12-01_full.md. A slice
 # of it (six presets at four budgets plus five layout configurations, ppl_1024 and needle_2k) took 155 s
-# and 359 s on 2026-12-01 (bench/results/smollm2_quality_2026-12-01.md).
+# and 359 s on 2026-12-01 (bench/results/smollm2_quality_2026-12-01.md). The engine's matmul and prefill
+# attention kernels got faster after that run (2048-token prefill slice 36 -> 19 CPU s; no whole part re-measured):
+# bench/results/smollm2_sweep_time_2026-12-01.md.
 # The grid also holds the presets with calibrated per-layer budgets (prefixkv, xkv: the budget files of
 # bench/quality/budgets/, written by calibrate_budgets), the bounded slot memory (bounded_memory) and
 # the MixAttention-style caches of examples/smollm2/layer_map_backend.hpp at 10 and 20 %
@@ -78,15 +80,17 @@ start() {  # tool (run or csr), part, arguments...: runs the part (if PARTS name
   while [ "$(jobs -rp | wc -l)" -ge "$max_jobs" ]; do wait -n || status=1; done
   "$@" &
 }
-start run ppl_1024 --tasks ppl --ppl-context 1024 --continuation 64 --max-window-rows 1024
+# Longest part first (needle_4k, the 8000-token depths, csr, needle_2k, ppl_1024 by their CPU seconds), so that
+# with JOBS=2 the short parts fill the gaps at the end instead of a long part starting last.
 needle=(--tasks needle --max-window-rows 512)
-start run needle_2k "${needle[@]}" --needle-contexts 2048 --depths 0.1,0.5,0.9
 start run needle_4k "${needle[@]}" --needle-contexts 4096 --depths 0.1,0.5,0.9
 start run needle_8k_d10 "${needle[@]}" --needle-contexts 8000 --depths 0.1
 start run needle_8k_d50 "${needle[@]}" --needle-contexts 8000 --depths 0.5
 start run needle_8k_d90 "${needle[@]}" --needle-contexts 8000 --depths 0.9
 start csr csr --prompts 4 --tokens 1024 --offset 16384 --stride 2 --atoms 256 --terms 4 --iterations 6 --code-terms 4,6,11,16 \
   --tasks ppl,needle --ppl-context 1024 --continuation 64 --needle-contexts 2048 --depths 0.1,0.5,0.9
+start run needle_2k "${needle[@]}" --needle-contexts 2048 --depths 0.1,0.5,0.9
+start run ppl_1024 --tasks ppl --ppl-context 1024 --continuation 64 --max-window-rows 1024
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || status=1; done
 cat "$out/times.txt"
 exit "$status"

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -118,12 +119,41 @@ inline void attend_all_slots(const kv_cache_storage& cache, int layer, int n_hea
     }
 }
 
+/// acc[i] += weights[s] * value(s0 + s)[i] for the @p count slots from @p s0 of (@p layer, @p kv_head), the
+/// slots in order, skipping weights of -infinity (masked). Blocks of value_block_lanes dimensions whose
+/// sums stay in registers across the slots (one load and store of each sum per tile, not per slot); each
+/// element sums over the slots in the same order as a loop over slots outside the dimensions.
+inline void add_weighted_values(const kv_cache_storage& cache, int layer, int kv_head, int s0, int count, const float* weights,
+                                float* acc) {
+    constexpr std::size_t vectors = 4, value_block_lanes = vectors * ops::lanes;
+    const auto d = static_cast<std::size_t>(cache.head_dim);
+    std::size_t i0 = 0;
+    for (; i0 + value_block_lanes <= d; i0 += value_block_lanes) {
+        ops::lane_vector sums[vectors];
+        for (std::size_t j = 0; j < vectors; ++j) sums[j] = ops::lanes_at(acc + i0 + j * ops::lanes);
+        for (int s = 0; s < count; ++s) {
+            const float p = weights[s];
+            if (p == -INFINITY) continue;
+            const float* v = cache.value(layer, kv_head, s0 + s) + i0;
+            for (std::size_t j = 0; j < vectors; ++j) sums[j] += p * ops::lanes_at(v + j * ops::lanes);
+        }
+        std::memcpy(acc + i0, sums, sizeof sums);
+    }
+    for (int s = 0; s < count; ++s) {  // the dimensions past the last whole block
+        const float p = weights[s];
+        if (p == -INFINITY) continue;
+        const float* v = cache.value(layer, kv_head, s0 + s);
+        for (std::size_t i = i0; i < d; ++i) acc[i] += p * v[i];
+    }
+}
+
 /// Causal attention of @p tokens consecutive queries (positions @p first + t, rows of n_heads *
 /// head_dim floats in @p q) over the valid slots of @p layer whose position is not after the
 /// query's: tiles of query_tile tokens x the GQA group's query heads against key_tile slots with an
 /// online softmax, so each key and value tile is read once per query tile (not once per token); the
-/// tile's logits are one ops::dot_tile() (register blocks of query rows x keys), and each value row
-/// is read once per tile for all query rows. Parallel over (KV head, query tile); each output row is
+/// tile's logits are one ops::dot_tile() (register blocks of query rows x keys), and each query row
+/// adds the tile's weighted values with its sums in registers (add_weighted_values(); the value tile
+/// stays in L1 across the rows). Parallel over (KV head, query tile); each output row is
 /// written by one thread in a fixed order, so the result does not depend on the thread count.
 inline void attend_causal(const kv_cache_storage& cache, int layer, int n_heads, const float* q, std::size_t tokens,
                           std::int32_t first, float scale, float* out) {
@@ -164,23 +194,17 @@ inline void attend_causal(const kv_cache_storage& cache, int layer, int n_heads,
                 const float maximum = std::max(maxima[r], tile_max), rescale = std::exp(maxima[r] - maximum);
                 float* a = &acc[r * d];
                 for (std::size_t i = 0; i < d; ++i) a[i] *= rescale;
-                sums[r] *= rescale;
                 maxima[r] = maximum;
+                float sum = sums[r] * rescale;  // in a register: summing into sums[r] stored and reloaded it per slot
                 for (int s = 0; s < n; ++s) {  // row[s] becomes the weight of value s (-infinity: masked)
                     if (row[s] == -INFINITY) continue;
                     row[s] = std::exp(row[s] - maximum);
-                    sums[r] += row[s];
+                    sum += row[s];
                 }
+                sums[r] = sum;
             }
-            for (int s = 0; s < n; ++s) {  // each value row once for all query rows, the slots in order
-                const float* v = cache.value(layer, h, s0 + s);
-                for (std::size_t r = 0; r < rows; ++r) {
-                    const float p = logits[r * key_tile + static_cast<std::size_t>(s)];
-                    if (!updated[r] || p == -INFINITY) continue;
-                    float* a = &acc[r * d];
-                    for (std::size_t i = 0; i < d; ++i) a[i] += p * v[i];
-                }
-            }
+            for (std::size_t r = 0; r < rows; ++r)  // the tile's weighted values, the slots in order
+                if (updated[r]) add_weighted_values(cache, layer, h, s0, n, &logits[r * key_tile], &acc[r * d]);
         }
         for (std::size_t r = 0; r < rows; ++r) {
             float* o = out + (t0 + r / group) * row_width + (static_cast<std::size_t>(h) * group + r % group) * d;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 namespace smollm2::ops {
@@ -18,23 +19,44 @@ namespace smollm2::ops {
 /// Lanes of independent partial sums in the dot products (vectorises cleanly).
 inline constexpr std::size_t lanes = 8;
 
+/// lanes floats as one value (a GCC/Clang vector extension). dot_block() keeps its R x N partial sums
+/// in these so they stay in registers: written as a loop over lanes, GCC 12 keeps them on the stack
+/// (a load and a store around every multiply-add). Element-wise arithmetic only, so lane l still sums
+/// elements l, l + lanes, ... in order, and the multiply-add is contracted as the lane loop's was.
+using lane_vector = float __attribute__((vector_size(lanes * sizeof(float))));
+
+/// lane_vector as it is read from float arrays: any float's alignment, and it may alias them. Loads
+/// dereference a pointer of this type: a load function would pass the vector by value (an ABI that
+/// depends on each translation unit's -march) or by reference (GCC 12 then keeps dot_block's sums on
+/// the stack again: 3x slower).
+using unaligned_lanes = float __attribute__((vector_size(lanes * sizeof(float)), aligned(alignof(float)), may_alias));
+
+/// @return the lanes floats at @p p (any alignment), as one vector.
+inline const unaligned_lanes& lanes_at(const float* p) { return *reinterpret_cast<const unaligned_lanes*>(p); }
+
 /// Computes the R x N dot products of rows @p w[0..R) with rows @p x[0..N) (length @p n each) into
 /// out[r][t], in one pass over them: each loaded chunk of a w row meets every x row and vice versa,
 /// the R x N lane sums in registers (R = 3, N = 4: 12 vectors of 8 lanes, 7 loads per 12 FMAs). Each
 /// output has the same association whatever R and N (lanes in order, then the lanes summed in order).
 template <std::size_t R, std::size_t N>
 inline void dot_block(const float* const* w, const float* const* x, std::size_t n, float (*out)[N]) {
-    float acc[R][N][lanes] = {};
+    lane_vector sums[R][N] = {};
     std::size_t i = 0;
-    for (; i + lanes <= n; i += lanes)
-        for (std::size_t r = 0; r < R; ++r)
-            for (std::size_t t = 0; t < N; ++t)
-                for (std::size_t l = 0; l < lanes; ++l) acc[r][t][l] += w[r][i + l] * x[t][i + l];
+    for (; i + lanes <= n; i += lanes) {
+        lane_vector w_lanes[R];
+        for (std::size_t r = 0; r < R; ++r) w_lanes[r] = lanes_at(w[r] + i);
+        for (std::size_t t = 0; t < N; ++t) {
+            const lane_vector x_lanes = lanes_at(x[t] + i);
+            for (std::size_t r = 0; r < R; ++r) sums[r][t] += w_lanes[r] * x_lanes;
+        }
+    }
     for (std::size_t r = 0; r < R; ++r)
         for (std::size_t t = 0; t < N; ++t) {
-            for (std::size_t k = i; k < n; ++k) acc[r][t][k - i] += w[r][k] * x[t][k];
+            float acc[lanes];
+            std::memcpy(acc, &sums[r][t], sizeof acc);
+            for (std::size_t k = i; k < n; ++k) acc[k - i] += w[r][k] * x[t][k];
             float s = 0.0f;
-            for (std::size_t l = 0; l < lanes; ++l) s += acc[r][t][l];
+            for (std::size_t l = 0; l < lanes; ++l) s += acc[l];
             out[r][t] = s;
         }
 }
