@@ -172,10 +172,10 @@ struct shard_result {
   std::vector<T> outputs;  ///< [attend() call][s][this rank's query heads][D]
 };
 
-/// Runs @p policy's compress_prefill() (or compress_prefill_layer() on each layer, @p by_layer) over
-/// @p ranks shards of @p full (with the rank group when @p grouped), then @p steps decode steps (per
-/// layer append(), then attend() or, every other step, observe()), the ranks one at a time; returns
-/// each rank's result.
+/// Runs @p policy's compress_prefill() (or compress_prefill_layer() on each layer, @p by_layer; throws
+/// std::logic_error for a policy without that entry) over @p ranks shards of @p full (with the rank
+/// group when @p grouped), then @p steps decode steps (per layer append(), then attend() or, every
+/// other step, observe()), the ranks one at a time; returns each rank's result.
 template <class Policy>
 std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<T>& full, const kvtest::random_window& w, int ranks, bool grouped,
                                      bool by_layer = false, const decode_steps& steps = {}) {
@@ -191,15 +191,16 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
     kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, ROWS);
     session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, ROWS);
     if (grouped) session.set_rank_group(group.group(r));
-    constexpr bool per_layer_entry = !kc::detail::decides_across_layers<typename Policy::selector_type>;  // WindowKV has none
-    if (by_layer && !per_layer_entry) throw std::logic_error("run_shards: the policy has no per-layer entry");
-    if constexpr (per_layer_entry) {
-      for (index_t l = 0; l < L && by_layer; ++l) {
-        const kvtest::device_window layer(kvtest::layer_window(window, l));
-        session.compress_prefill_layer(l, layer.view());
+    if (by_layer) {
+      if constexpr (kc::layer_by_layer_prefill_v<Policy>) {
+        for (index_t l = 0; l < L; ++l) {
+          const kvtest::device_window layer(kvtest::layer_window(window, l));
+          session.compress_prefill_layer(l, layer.view());
+        }
+      } else {
+        throw std::logic_error("run_shards: the policy has no per-layer entry");  // WindowKV
       }
-    }
-    if (!by_layer) {
+    } else {
       const kvtest::device_window device_window(window);
       session.compress_prefill(device_window.view());
     }
@@ -303,7 +304,7 @@ bool shards_match_one_session(const std::string& name, const Policy& policy, std
     const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, ranks, true, false, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << ": " << difference);
   }
-  if constexpr (Policy::shares_scores_across_kv_heads && !kc::detail::decides_across_layers<typename Policy::selector_type>) {  // the reduction handed on layer by layer too
+  if constexpr (Policy::shares_scores_across_kv_heads && kc::layer_by_layer_prefill_v<Policy>) {  // the reduction handed on layer by layer too
     const std::string difference = first_difference<state_bytes>(run_shards(policy, full, w, 2, true, true, steps), unsharded);
     BOOST_TEST(difference.empty(), name << " seed " << seed << " layer by layer: " << difference);
   }

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -105,10 +106,9 @@ struct shard_result {
   std::vector<float> outputs;             ///< attend() outputs
 };
 
-/// Runs @p policy over @p ranks shards in threads (with the rank group when @p grouped): prefill, then
-/// the decode steps (append(), then attend() or, every other step, observe() of every layer); returns
-/// each rank's results. Layer by
-/// layer only for policies that allow it.
+/// Runs @p policy over @p ranks shards in threads (with the rank group when @p grouped): prefill (layer
+/// by layer with @p layer_by_layer, a failure for a policy without that entry), then the decode steps
+/// (append(), then attend() or, every other step, observe() of every layer); returns each rank's results.
 template <class Policy>
 std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_cache<float>& full, const kvtest::random_window& w, int ranks, bool grouped,
                                      bool layer_by_layer, const decode_steps& steps = {}) {
@@ -136,13 +136,18 @@ std::vector<shard_result> run_shards(const Policy& policy, const kvtest::random_
         kc::cpu::session<Policy, float, kc::layouts::strided> session(policy, shard.decoded.view(), shape, storage.state_span(), storage.workspace_span());
         if (grouped) session.set_rank_group(groups[static_cast<std::size_t>(r)]);
         const auto& win = windows[static_cast<std::size_t>(r)];
-        if constexpr (kc::layer_by_layer_prefill_v<Policy>) {
-          for (index_t l = 0; l < L && layer_by_layer; ++l) {
-            const kvtest::random_window slice = kvtest::layer_window(win, l);  // this layer's queries only
-            session.compress_prefill_layer(l, slice.view());
+        if (layer_by_layer) {
+          if constexpr (kc::layer_by_layer_prefill_v<Policy>) {
+            for (index_t l = 0; l < L; ++l) {
+              const kvtest::random_window slice = kvtest::layer_window(win, l);  // this layer's queries only
+              session.compress_prefill_layer(l, slice.view());
+            }
+          } else {
+            throw std::logic_error("run_shards: the policy has no per-layer entry");  // WindowKV
           }
+        } else {
+          session.compress_prefill(win.view());
         }
-        if (!layer_by_layer) session.compress_prefill(win.view());
         shard.prefilled = shard.decoded;
         std::vector<float> out(static_cast<std::size_t>(heads * G * D));
         for (index_t t = 0; t < steps.count; ++t)

@@ -76,9 +76,7 @@ struct windows {
   /// follower or a layer kept whole. @param ctx selection context @return the count
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE index_t rank_sum_count(const Ctx& ctx) const {
-    const index_t review = ctx.length(0) - suffix;
-    const bool drops = ctx.layer() % group == 0 && review > schedule.budget(ctx.layer(), ctx.num_layers(), ctx.length(0));
-    return drops ? (review + window - 1) / window : 0;
+    return drops_windows(ctx) ? (review_length(ctx) + window - 1) / window : 0;
   }
 
   /// @brief Window @p k's score sum carried on from @p running over @p ctx's query heads, in
@@ -87,11 +85,30 @@ struct windows {
   /// @param running the sum over the query heads before this context's @return the sum after them
   template <class Ctx>
   KVCOMPACT_HOST_DEVICE float continue_rank_sum(const Ctx& ctx, index_t k, float running) const {
-    const index_t review = ctx.length(0) - suffix;
-    return add_head_scores(ctx, k * window, (k + 1) * window < review ? (k + 1) * window : review, running);
+    return add_head_scores(ctx, k * window, window_end(k, review_length(ctx)), running);
   }
 
  private:
+  // The rules rank_sum_count(), continue_rank_sum() and decide() share, one definition each.
+  // The layer's review tokens: KV head 0's slots but the newest `suffix`.
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE index_t review_length(const Ctx& ctx) const {
+    return ctx.length(0) - suffix;
+  }
+  // The layer's review-token budget (suffix excluded).
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE index_t review_budget(const Ctx& ctx) const {
+    return schedule.budget(ctx.layer(), ctx.num_layers(), ctx.length(0));
+  }
+  // Whether the layer drops windows: a group leader whose review tokens exceed its budget (every other
+  // layer keeps all its tokens or reuses its leader's windows).
+  template <class Ctx>
+  KVCOMPACT_HOST_DEVICE bool drops_windows(const Ctx& ctx) const {
+    return ctx.layer() % group == 0 && review_length(ctx) > review_budget(ctx);
+  }
+  // The order rank one past window @p k of @p review tokens (the last window may be shorter).
+  KVCOMPACT_HOST_DEVICE index_t window_end(index_t k, index_t review) const { return (k + 1) * window < review ? (k + 1) * window : review; }
+
   // The window of order ranks [begin, end): @p total plus each of the context's query heads' score of
   // it, in query-head order, computed by one worker. Both modes average over ALL query heads of the
   // layer (docs/methods.md 4.5; decide() divides) using ctx.query_score, so they agree for any scorer;
@@ -130,15 +147,12 @@ struct windows {
 
   template <class Group, class Ctx>
   KVCOMPACT_HOST_DEVICE void decide(Group& workers, Ctx& ctx, std::int32_t* store) const {
-    const index_t n = ctx.length(0);
-    const index_t review = n - suffix;
-    const index_t b = schedule.budget(ctx.layer(), ctx.num_layers(), n);
-    if (review <= b) {
+    if (!drops_windows(ctx)) {  // R <= b: no compression (decide() runs on group leaders only)
       workers.once([&] { store[0] = -1; });
       return;
     }
-    const index_t count = rank_sum_count(ctx);
-    auto size_of = [&](index_t k) { return ((k + 1) * window < review ? (k + 1) * window : review) - k * window; };
+    const index_t review = review_length(ctx), b = review_budget(ctx), count = rank_sum_count(ctx);
+    auto size_of = [&](index_t k) { return window_end(k, review) - k * window; };
     float* scores = ctx.float_scratch(0);
     workers.once([&] {
       store[0] = static_cast<std::int32_t>(review);

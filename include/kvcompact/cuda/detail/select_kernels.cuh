@@ -173,6 +173,9 @@ KVCOMPACT_KERNEL void __launch_bounds__(prefill_threads, selection_blocks_per_sm
     if (p.layer_faults[s * p.layers() + l]) continue;
     auto ctx = p.context(s, l);
     if (summed.values != nullptr) ctx.set_rank_summed({summed.values + (s * p.grid_layers + l - p.first_layer) * capacity, summed.ranks});
+    // With summed values rank_sums_kernel already ordered this layer's heads: the orders and their
+    // order_ready flags stay in the workspace (only prepare_kernel clears the flags; the exchange in
+    // between writes the rank_exchange slot only), so these calls just read the flags.
     for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(workers, h);
     selector.select(workers, ctx);
   }
