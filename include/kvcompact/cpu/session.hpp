@@ -456,6 +456,15 @@ class session {
   void for_each_block(index_t sequence, index_t layer, const Body& body) const {
     for_each_block(sequence, layer, body, cache_.layout.num_kv_heads());
   }
+  // Runs body(h, first, end) for every block of slot_block slots of KV head h, in parallel.
+  template <class Body>
+  void for_each_block_of_head(index_t sequence, index_t layer, index_t h, const Body& body) const {
+    const index_t length = length_of(sequence, layer, h);
+    detail::parallel_for(blocks_of(length), team(), [&](index_t b) {
+      const index_t first = b * slot_block;
+      body(h, first, first + slot_block < length ? first + slot_block : length);
+    });
+  }
 
   // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
   // logits[row * capacity + j] (times the scale). The rows come packed in tiles of `width` (8, 16 or
@@ -632,12 +641,7 @@ class session {
   void score_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
     const index_t kv_heads = cache_.layout.num_kv_heads();
     if constexpr (!Policy::needs_attention) {
-      for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) {
-        float* scores = scratch_.scores + h * capacity();
-        for (index_t j = first; j < end; j += score_batch) score_slots(sequence, layer, h, j, end - j < score_batch ? end - j : score_batch, scores + j);
-        for (index_t g = h * group(); g < (h + 1) * group(); ++g)  // per-query-head view
-          for (index_t j = first; j < end; ++j) scratch_.query_scores[g * capacity() + j] = scores[j];
-      });
+      for_each_block(sequence, layer, [&](index_t h, index_t first, index_t end) { score_slot_block(sequence, layer, h, first, end); });
     } else {
       score_window(sequence, layer, window, in_window);
       reduce_across_ranks(sequence, layer, scratch_.query_scores);
@@ -654,12 +658,22 @@ class session {
       for (index_t h = reduced_heads; h < kv_heads; ++h)
         std::memcpy(scratch_.scores + h * capacity(), scratch_.scores, static_cast<std::size_t>(length_of(sequence, layer, h)) * sizeof(float));
     }
-    for (index_t h = 0; h < kv_heads; ++h)
-      for (index_t j = 0; j < length_of(sequence, layer, h); ++j)
-        if (std::isnan(scratch_.scores[h * capacity() + j]))
-          throw error("compress_prefill", "scores",
-                      "NaN score at layer " + std::to_string(layer) + " head " + std::to_string(h) + " slot " + std::to_string(j) +
-                          " (NaN in keys or queries?)");
+    for (index_t h = 0; h < kv_heads; ++h) check_scores(sequence, layer, h);
+  }
+  // Slot scores of a slot scorer for the slots [first, end) of KV head h, and their per-query-head view.
+  void score_slot_block(index_t sequence, index_t layer, index_t h, index_t first, index_t end) {
+    float* scores = scratch_.scores + h * capacity();
+    for (index_t j = first; j < end; j += score_batch) score_slots(sequence, layer, h, j, end - j < score_batch ? end - j : score_batch, scores + j);
+    for (index_t g = h * group(); g < (h + 1) * group(); ++g)  // per-query-head view
+      for (index_t j = first; j < end; ++j) scratch_.query_scores[g * capacity() + j] = scores[j];
+  }
+  // Throws on the first NaN score of KV head h.
+  void check_scores(index_t sequence, index_t layer, index_t h) const {
+    for (index_t j = 0; j < length_of(sequence, layer, h); ++j)
+      if (std::isnan(scratch_.scores[h * capacity() + j]))
+        throw error("compress_prefill", "scores",
+                    "NaN score at layer " + std::to_string(layer) + " head " + std::to_string(h) + " slot " + std::to_string(j) +
+                        " (NaN in keys or queries?)");
   }
   // Slot scores of `count` (at most score_batch) consecutive slots from `first` of KV head h into
   // scores[0, count): one slot_scores() call (the scorer's batched definition of its score) for a full
@@ -681,26 +695,56 @@ class session {
     for (index_t i = 0; i < count; ++i) scores[i] = detail::slot_score(policy_, cache_, sequence, layer, h, first + i);
   }
 
+  // Whether compress_layer() runs each KV head from scoring to compaction before the next: a slot
+  // scorer (its scores read the head's own keys) and a selector that decides each head on its own.
+  // Compaction then finds the head's keys still in the L3 cache from scoring (KNorm at 16k tokens, fp32
+  // keys of 8 MiB a head); scoring every head first evicted them. Keep-sets are the same either way.
+  static constexpr bool compresses_each_head = !Policy::needs_attention && detail::selects_each_head<typename Policy::selector_type>;
+
+  // Scores, selects, merges and compacts one layer of a sequence (head by head when compresses_each_head).
   void compress_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
-    score_layer(sequence, layer, window, in_window);
+    if constexpr (compresses_each_head) {
+      const index_t step = layer_step(sequence, layer);
+      layer_context<T, Layout> ctx = context(sequence, layer, step);
+      for (int h = 0; h < ctx.kv_heads(); ++h) {  // a NaN score throws with the heads before h compacted (as layers are)
+        for_each_block_of_head(sequence, layer, h, [&](index_t, index_t first, index_t end) { score_slot_block(sequence, layer, h, first, end); });
+        check_scores(sequence, layer, h);
+        clear_verdicts(ctx, h);
+        detail::select_head(group_, policy_.selector, ctx, h);
+        finish_head(ctx, h, step);
+      }
+    } else {
+      score_layer(sequence, layer, window, in_window);
+      const index_t step = layer_step(sequence, layer);
+      layer_context<T, Layout> ctx = context(sequence, layer, step);
+      for (int h = 0; h < ctx.kv_heads(); ++h) clear_verdicts(ctx, h);
+      detail::select_layer(group_, policy_.selector, ctx, ranking_);
+      for (int h = 0; h < ctx.kv_heads(); ++h) finish_head(ctx, h, step);
+    }
+  }
+
+  // The layer's newest position over its heads (and over every rank's heads).
+  index_t layer_step(index_t sequence, index_t layer) const {
     index_t step = 0;
     for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h)
-      for (index_t j = 0; j < cache_.lengths[cache_.head_index(sequence, layer, h)]; ++j)
-        step = cache_.positions[cache_.slot_index(sequence, layer, h, j)] > step ? cache_.positions[cache_.slot_index(sequence, layer, h, j)] : step;
-    if (ranks_.ranks > 1) step = detail::max_across_ranks(ranks_, step);  // the layer's newest position, over every rank's heads
-    layer_context<T, Layout> ctx = context(sequence, layer, step);
-    for (int h = 0; h < ctx.kv_heads(); ++h)
-      for (index_t j = 0; j < ctx.length(h); ++j) {
-        ctx.keep(h, j, false);
-        ctx.set_target(h, j, -1);
-      }
-    detail::select_layer(group_, policy_.selector, ctx, ranking_);
-    for (int h = 0; h < ctx.kv_heads(); ++h) {
-      detail::merge_head(group_, policy_.merger, ctx, h);
-      const index_t head = cache_.head_index(sequence, layer, h);
-      budgets_[head] = static_cast<std::int32_t>(policy_.selector.budget(layer, cache_.layout.num_layers(), ctx.length(h)));
-      compact(ctx, h, step);
+      for (index_t j = 0; j < length_of(sequence, layer, h); ++j) step = position_of(sequence, layer, h, j) > step ? position_of(sequence, layer, h, j) : step;
+    return ranks_.ranks > 1 ? detail::max_across_ranks(ranks_, step) : step;
+  }
+
+  // Before selection: every slot of head h not kept, without a merge target.
+  static void clear_verdicts(const layer_context<T, Layout>& ctx, int h) {
+    for (index_t j = 0; j < ctx.length(h); ++j) {
+      ctx.keep(h, j, false);
+      ctx.set_target(h, j, -1);
     }
+  }
+
+  // After selection: merges head h, sets its decode budget and compacts it.
+  void finish_head(layer_context<T, Layout>& ctx, int h, index_t step) {
+    detail::merge_head(group_, policy_.merger, ctx, h);
+    const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h);
+    budgets_[head] = static_cast<std::int32_t>(policy_.selector.budget(ctx.layer(), cache_.layout.num_layers(), ctx.length(h)));
+    compact(ctx, h, step);
   }
 
   // Moves kept slots to the front, keeping their relative slot order (ascending position after a

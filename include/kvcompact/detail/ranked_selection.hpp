@@ -13,6 +13,7 @@
 #include <kvcompact/selectors/layer_ranking.hpp>
 
 #include <cstdint>
+#include <type_traits>
 
 KVCOMPACT_NAMESPACE_BEGIN
 namespace detail {
@@ -29,6 +30,14 @@ struct ranked_head {
   std::int32_t pad;              ///< keeps the cut 8-byte aligned
   std::uint64_t cut;             ///< layer scope: rank key of the head's last allocated candidate
 };
+
+/// How the ranked phases hold the selection context in their loops: a local copy of a trivially
+/// copyable context (the backends' kvcompact::layer_context, a view whose arrays lie behind pointers),
+/// else a reference. The loops store keep flags (bytes, which may alias anything) through the
+/// context's pointers: through a reference the compiler reloaded the context's fields in every
+/// iteration (KNorm at 16k tokens on the CPU: phases 1 and 3 about 1.2 -> 0.6 ms).
+template <class Ctx>
+using loop_context = std::conditional_t<std::is_trivially_copyable_v<Ctx>, Ctx, const Ctx&>;
 
 /// One head's candidates in position order, as rank_key() sees them (kvcompact::detail::probe_candidates).
 template <class Ctx>
@@ -53,7 +62,8 @@ struct candidate_list {
 /// candidates in position order into `ctx.index_scratch(h, 0)` and their rank keys into
 /// `ctx.float_scratch(h)`. `ctx.order(h)` must be ready. Returns the head's state (same in every worker).
 template <class Group, class Selector, class Ctx>
-KVCOMPACT_HOST_DEVICE ranked_head gather_candidates(const Group& group, const Selector& selector, const Ctx& ctx, int h) {
+KVCOMPACT_HOST_DEVICE ranked_head gather_candidates(const Group& group, const Selector& selector, const Ctx& context, int h) {
+  const loop_context<Ctx> ctx = context;
   const index_t n = ctx.length(h);
   const std::int32_t* order = ctx.order(h);
   std::int32_t* slots = ctx.index_scratch(h, 0);
@@ -100,14 +110,14 @@ KVCOMPACT_HOST_DEVICE std::uint64_t head_cut(const Group& group, const Selector&
   return group.kth_largest(head.candidates, wanted, [&](index_t c) { return candidate_key(selector, ctx, h, c); });
 }
 
-/// Phase 3 (per head): keeps the head's `wanted` best candidates (those reaching the floor).
+/// Phase 3 (per head): keeps the head's `wanted` best candidates (those reaching the floor). Sets
+/// every candidate's keep flag (candidates start not kept), without a branch on the random verdict.
 template <class Group, class Selector, class Ctx>
-KVCOMPACT_HOST_DEVICE void keep_best_candidates(const Group& group, const Selector& selector, const Ctx& ctx, int h, const ranked_head& head) {
+KVCOMPACT_HOST_DEVICE void keep_best_candidates(const Group& group, const Selector& selector, const Ctx& context, int h, const ranked_head& head) {
+  const loop_context<Ctx> ctx = context;
   const std::uint64_t cut = head_cut(group, selector, ctx, h, head, head.wanted);
   const std::int32_t* slots = ctx.index_scratch(h, 0);
-  group.for_each(head.candidates, [&](index_t c) {
-    if (candidate_key(selector, ctx, h, c) >= cut) ctx.keep(h, slots[c], true);
-  });
+  group.for_each(head.candidates, [&](index_t c) { ctx.keep(h, slots[c], candidate_key(selector, ctx, h, c) >= cut); });
 }
 
 /// A layer's quotas and shares as a layer-scope selector's allocate() sees them

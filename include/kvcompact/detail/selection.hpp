@@ -11,21 +11,41 @@
 KVCOMPACT_NAMESPACE_BEGIN
 namespace detail {
 
+/// Whether a selector decides each KV head from that head's slots alone (head scope): its prefill
+/// selection may then run head by head (select_head()), each head as soon as its scores are ready.
+template <class Selector>
+inline constexpr bool selects_each_head = Selector::scope == selection_scope::head;
+
+/// Prefill selection of head @p h by one group, for a selector that decides each head on its own
+/// (selects_each_head; the head's slots start not kept without a target). Reads and writes head
+/// @p h's scratch only, so the other heads may be scored, selected or compacted before or after it.
+template <class Group, class Selector, class Ctx>
+KVCOMPACT_HOST_DEVICE void select_head(const Group& group, const Selector& selector, const Ctx& ctx, int h) {
+  static_assert(selects_each_head<Selector>, "kvcompact: select_head: the selector decides a layer at a time (layer scope): use select_layer");
+  ctx.prepare_order(group, h);
+  if constexpr (ranked_selector<Selector>) {
+    keep_best_candidates(group, selector, ctx, h, gather_candidates(group, selector, ctx, h));
+  } else {
+    selector.select(group, ctx, h);
+  }
+}
+
 /// Prefill selection of every head of a layer context by one group (every slot starts not kept
-/// without a target). @p heads holds kv_heads() entries of scratch for ranked selectors.
+/// without a target). @p heads holds kv_heads() entries of scratch for layer-scope ranked selectors.
 template <class Group, class Selector, class Ctx>
 KVCOMPACT_HOST_DEVICE void select_layer(const Group& group, const Selector& selector, const Ctx& ctx, ranked_head* heads) {
-  for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(group, h);
-  if constexpr (ranked_selector<Selector>) {
+  if constexpr (selects_each_head<Selector>) {
+    for (int h = 0; h < ctx.kv_heads(); ++h) select_head(group, selector, ctx, h);
+  } else if constexpr (ranked_selector<Selector>) {
+    for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(group, h);
     for (int h = 0; h < ctx.kv_heads(); ++h) {
       const ranked_head head = gather_candidates(group, selector, ctx, h);
       group.once([&] { heads[h] = head; });
     }
-    if constexpr (Selector::scope == selection_scope::layer) allocate_layer(group, selector, ctx, heads);
+    allocate_layer(group, selector, ctx, heads);
     for (int h = 0; h < ctx.kv_heads(); ++h) keep_best_candidates(group, selector, ctx, h, heads[h]);
-  } else if constexpr (Selector::scope == selection_scope::head) {
-    for (int h = 0; h < ctx.kv_heads(); ++h) selector.select(group, ctx, h);
   } else {
+    for (int h = 0; h < ctx.kv_heads(); ++h) ctx.prepare_order(group, h);
     selector.select(group, ctx);
   }
 }
