@@ -37,18 +37,31 @@ KVCOMPACT_HOST_DEVICE kept_ranks rank_kept(const Group& group, const Ctx& ctx, i
   return {before, at, count};
 }
 
+/// Euclidean norm of the key of slot @p slot of head @p h (the sum of squares taken in dimension order).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE float key_norm(const Ctx& ctx, int h, index_t slot) {
+  float squares = 0.0f;
+  for (index_t d = 0; d < ctx.head_dim(); ++d) {
+    const float x = ctx.key(h, slot, d);
+    squares += x * x;
+  }
+  return std::sqrt(squares);
+}
+
+/// Cosine similarity of the keys of two slots of head @p h whose key_norm()s are @p norm_a and
+/// @p norm_b (0 when either key is zero).
+template <class Ctx>
+KVCOMPACT_HOST_DEVICE float key_cosine(const Ctx& ctx, int h, index_t a, index_t b, float norm_a, float norm_b) {
+  float dot = 0.0f;
+  for (index_t d = 0; d < ctx.head_dim(); ++d) dot += ctx.key(h, a, d) * ctx.key(h, b, d);
+  const float norms = norm_a * norm_b;
+  return norms > 0.0f ? dot / norms : 0.0f;
+}
+
 /// Cosine similarity of the keys of two slots of head @p h.
 template <class Ctx>
 KVCOMPACT_HOST_DEVICE float key_cosine(const Ctx& ctx, int h, index_t a, index_t b) {
-  float dot = 0.0f, a2 = 0.0f, b2 = 0.0f;
-  for (index_t d = 0; d < ctx.head_dim(); ++d) {
-    const float x = ctx.key(h, a, d), y = ctx.key(h, b, d);
-    dot += x * y;
-    a2 += x * x;
-    b2 += y * y;
-  }
-  const float norms = std::sqrt(a2) * std::sqrt(b2);
-  return norms > 0.0f ? dot / norms : 0.0f;
+  return key_cosine(ctx, h, a, b, key_norm(ctx, h, a), key_norm(ctx, h, b));
 }
 
 /// Calls `choose(slot, previous, next)` for every evicted slot of head @p h without a target, with its

@@ -18,11 +18,11 @@ namespace mergers {
 /// into a slot again later weighs as much as everything already in it). Evicted slots less similar than
 /// `min_similarity` to every kept slot are dropped.
 ///
-/// Group code in three steps: the nearest kept slot of each evicted slot (one worker per evicted slot
-/// when there are more of them than workers, as at prefill; else the group reduces over the kept slots
-/// of each, as for decode's single victim); the joining slots sorted by target (stable, so each set
-/// stays in slot order); one worker per (set, dimension) folds the set into its target's running mean,
-/// in slot order. Each mean's arithmetic stays in one worker, so the backends agree bit for bit.
+/// Group code in four steps: every slot's key norm, once, into `ctx.float_scratch(h)`; the nearest kept
+/// slot of each evicted slot (one worker per evicted slot when there are more of them than workers, as at
+/// prefill; else the group reduces over the kept slots of each, as for decode's single victim); the
+/// joining slots sorted by target (stable, so each set stays in slot order); one worker per (set,
+/// dimension) folds the set into its target's running mean, in slot order. Each mean's arithmetic stays in one worker, so the backends agree bit for bit.
 struct nearest_key {
   using component_kind = merger_tag;    ///< opt-in to kvcompact::entry_merger
   static constexpr bool merges = true;  ///< rewrites kept slots
@@ -34,10 +34,13 @@ struct nearest_key {
   KVCOMPACT_HOST_DEVICE void merge(Group& group, Ctx& ctx, int h) const {
     const index_t n = ctx.length(h);
     auto unassigned = [&](index_t j) { return !ctx.kept(h, j) && ctx.target(h, j) < 0; };
+    // Every slot's key norm once, rather than two per (evicted, kept) pair.
+    float* norms = ctx.float_scratch(h);
+    group.for_each(n, [&](index_t j) { norms[j] = detail::key_norm(ctx, h, j); });
     // Candidate k for evicted slot j: higher similarity first, then lower slot; 0 when k is not kept or too far.
     auto candidate = [&](index_t j, index_t k) -> std::uint64_t {
       if (!ctx.kept(h, k)) return 0;
-      const float similarity = detail::key_cosine(ctx, h, j, k);
+      const float similarity = detail::key_cosine(ctx, h, j, k, norms[j], norms[k]);
       return similarity >= min_similarity ? ::kvcompact::detail::order_key(similarity, static_cast<std::uint32_t>(k)) : 0;
     };
     auto assign = [&](index_t j, std::uint64_t best) {
