@@ -22,7 +22,8 @@ namespace mergers {
 /// slot of each evicted slot (one worker per evicted slot when there are more of them than workers, as at
 /// prefill; else the group reduces over the kept slots of each, as for decode's single victim); the
 /// joining slots sorted by target (stable, so each set stays in slot order); one worker per (set,
-/// dimension) folds the set into its target's running mean, in slot order. Each mean's arithmetic stays in one worker, so the backends agree bit for bit.
+/// dimension) folds the set into its target's running mean, in slot order. Each mean's arithmetic
+/// stays in one worker, so the backends agree bit for bit.
 struct nearest_key {
   using component_kind = merger_tag;    ///< opt-in to kvcompact::entry_merger
   static constexpr bool merges = true;  ///< rewrites kept slots
