@@ -330,8 +330,10 @@ class session {
   static constexpr index_t slot_block = 256;  // slots per parallel block (fixed: results never depend on the thread count)
   static constexpr int score_batch = 16;      // slots per slot_scores() call of a batched slot scorer (16 sums side by side)
   static constexpr index_t value_run = 16;    // value rows value_rows() adds per register pass (in L1)
-  static constexpr index_t prefetch_rows = 16;  // how far ahead decode_logits() prefetches key rows
+  static constexpr index_t prefetch_rows = 16;  // how far ahead row_logits() prefetches key rows
+  static constexpr index_t narrow_strip_rows = 4;  // window strips of at most this many rows take row_logits()
   static constexpr index_t compact_prefetch_slots = 16;  // how many kept slots ahead compact() prefetches K/V rows
+  static constexpr index_t window_prefetch_keys = 2 * detail::tile_keys;  // how far ahead window_logits() prefetches key rows
 
   index_t capacity() const { return cache_.layout.capacity(); }
   index_t head_dim() const { return cache_.layout.head_dim(); }
@@ -468,30 +470,45 @@ class session {
 
   // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
   // logits[row * capacity + j] (times the scale). The rows come packed in tiles of `width` (8, 16 or
-  // 32) rows (packed_); each key row is read once per tile of rows, copied into a buffer first
-  // (detail::copy_row, also for fp32): the tile's product reads its tile_keys rows side by side, one
-  // element of each in turn, which from memory stalled where a row read in order streams (TOVA's
-  // one-row window at 16k tokens: this pass about 2x faster with the copy, on the loaded 2-vCPU EPYC).
+  // 32) rows (packed_); each key row is copied into a buffer first (detail::copy_row, also for fp32):
+  // the tile's product reads its tile_keys rows side by side, one element of each in turn, which from
+  // memory stalled where a row read in order streams (TOVA's one-row window at 16k tokens: this pass
+  // about 2x faster with the copy, on the loaded 2-vCPU EPYC). A head_dim of at most row_chunk is
+  // copied once for all tiles of rows. The tile's rows are located once per tile of keys, and a full
+  // chunk of row_chunk dimensions takes the fixed-length copy and product (unrolled, no call): in a
+  // microbenchmark of TOVA's window the bookkeeping around the product took about a third of the pass.
+  // Contiguous key rows window_prefetch_keys ahead are prefetched into L2: the hardware prefetch alone
+  // left the copies waiting on memory for about half of the pass (TOVA's 4-row strip at 16k tokens,
+  // before it took row_logits(): this pass 8.6-10.6 -> 7.4-7.5 ms, 2026-12-02, 2-vCPU EPYC).
   template <int width>
   void window_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, index_t rows, float* logits) const {
-    const index_t dims = head_dim(), tiles = (rows + width - 1) / width;
+    const index_t dims = head_dim(), tiles = (rows + width - 1) / width, stride = cache_.layout.dim_stride();
+    const std::size_t row_bytes = stride == 1 ? static_cast<std::size_t>(dims) * sizeof(T) : 0;
     float buffer[detail::tile_keys][detail::row_chunk];
-    for (index_t j = first; j < end; j += detail::tile_keys)
+    const float* keys[detail::tile_keys];
+    for (index_t j = first; j < end; j += detail::tile_keys) {
+      const T* rows_of_tile[detail::tile_keys];  // past `end`, the last row again (its logits are not stored)
+      for (int k = 0; k < detail::tile_keys; ++k) rows_of_tile[k] = cache_.keys + cache_.layout.offset(sequence, layer, h, j + k < end ? j + k : end - 1);
+      const index_t keys_stored = end - j < detail::tile_keys ? end - j : detail::tile_keys;
+      for (index_t k = j + window_prefetch_keys; k < j + window_prefetch_keys + detail::tile_keys && k < end && row_bytes > 0; ++k)
+        detail::prefetch_bytes_to_l2(cache_.keys + cache_.layout.offset(sequence, layer, h, k), row_bytes);
       for (index_t t = 0; t < tiles; ++t) {
         float acc[detail::tile_keys][width] = {};
         for (index_t d = 0; d < dims; d += detail::row_chunk) {
           const index_t count = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
-          const float* keys[detail::tile_keys];
-          for (int k = 0; k < detail::tile_keys; ++k) {
-            const index_t slot = j + k < end ? j + k : end - 1;
-            keys[k] = detail::copy_row(cache_.keys + cache_.layout.offset(sequence, layer, h, slot), cache_.layout.dim_stride(), d, count, buffer[k]);
-          }
-          detail::tile_product<width>(packed_ + (t * dims + d) * width, keys, count, acc);
+          const float* queries = packed_ + (t * dims + d) * width;
+          if (t == 0 || dims > detail::row_chunk)
+            for (int k = 0; k < detail::tile_keys; ++k)
+              keys[k] = count == detail::row_chunk ? detail::copy_row(rows_of_tile[k], stride, d, detail::row_chunk, buffer[k])
+                                                   : detail::copy_row(rows_of_tile[k], stride, d, count, buffer[k]);
+          if (count == detail::row_chunk) detail::tile_product<width>(queries, keys, detail::row_chunk, acc);
+          else detail::tile_product<width>(queries, keys, count, acc);
         }
         const index_t used = rows - t * width < width ? rows - t * width : width;
         for (index_t r = 0; r < used; ++r)
-          for (index_t k = 0; k < detail::tile_keys && j + k < end; ++k) logits[(t * width + r) * capacity() + j + k] = acc[k][r] * scale_;
+          for (index_t k = 0; k < keys_stored; ++k) logits[(t * width + r) * capacity() + j + k] = acc[k][r] * scale_;
       }
+    }
   }
 
   // Softmax of the slots [first, end) of `rows` logit rows (logits[row * capacity + j]): masks the
@@ -550,17 +567,25 @@ class session {
       for (index_t first_row = 0; first_row < window.rows; first_row += strip_rows) {
         // Row r of the strip: window row first_row + r / G of query head h * G + r % G.
         const index_t rows = (window.rows - first_row < strip_rows ? window.rows - first_row : strip_rows) * group_size;
-        const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = (rows + width - 1) / width * width;
+        // A strip of at most narrow_strip_rows rows (TOVA's one-row window over a group of up to 4
+        // query heads) takes row_logits(), as a decode step does: the 8-row tile would leave half its
+        // lanes idle, and row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x faster
+        // end to end). Its sums run lane-wise over the dimensions (the bits of a decode step's logits
+        // for the same query), the tile's in dimension order. The packing: rows one after another
+        // for row_logits(), transposed per tile of `width` rows (zero-padded) for window_logits().
+        const bool narrow = rows <= narrow_strip_rows;
+        const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = narrow ? rows : (rows + width - 1) / width * width;
         for (index_t r = 0; r < padded; ++r) {
           const float* q = r < rows ? window.queries + window.offset(sequence, in_window.layer, h * group_size + r % group_size, first_row + r / group_size,
                                                                      layers, shape_.query_heads, dims)
                                     : nullptr;
           row_positions_[r] = r < rows ? query_positions[first_row + r / group_size] : 0;
-          for (index_t d = 0; d < dims; ++d) packed_[(r / width * dims + d) * width + r % width] = q ? q[d] : 0.0f;
+          for (index_t d = 0; d < dims; ++d) packed_[narrow ? r * dims + d : (r / width * dims + d) * width + r % width] = q ? q[d] : 0.0f;
         }
         detail::parallel_for(blocks, team(), [&](index_t b) {
           const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
-          if (width == 8) window_logits<8>(sequence, layer, h, first, end, rows, logits_);
+          if (narrow) row_logits(sequence, layer, h, first, end, packed_, rows, false, logits_);
+          else if (width == 8) window_logits<8>(sequence, layer, h, first, end, rows, logits_);
           else if (width == 16) window_logits<16>(sequence, layer, h, first, end, rows, logits_);
           else window_logits<detail::tile_rows>(sequence, layer, h, first, end, rows, logits_);
           block_softmax(logits_, rows, first, end, [&](index_t j, index_t r) { return positions[j] <= row_positions_[r]; }, b * rows);
@@ -719,7 +744,10 @@ class session {
       layer_context<T, Layout> ctx = context(sequence, layer, step);
       for (int h = 0; h < ctx.kv_heads(); ++h) clear_verdicts(ctx, h);
       detail::select_layer(group_, policy_.selector, ctx, ranking_);
-      for (int h = 0; h < ctx.kv_heads(); ++h) finish_head(ctx, h, step);
+      for (int h = 0; h < ctx.kv_heads(); ++h) merge_and_budget(ctx, h);
+      // The heads compact in parallel (each moves only its own slots): at 16k tokens the kept rows come
+      // from memory (scoring read every head's keys since), and a second thread's loads add bandwidth.
+      detail::parallel_for(ctx.kv_heads(), team(), [&](index_t h) { compact(ctx, static_cast<int>(h), step); });
     }
   }
 
@@ -739,11 +767,16 @@ class session {
     }
   }
 
-  // After selection: merges head h, sets its decode budget and compacts it.
-  void finish_head(layer_context<T, Layout>& ctx, int h, index_t step) {
+  // After selection: merges head h and sets its decode budget.
+  void merge_and_budget(layer_context<T, Layout>& ctx, int h) {
     detail::merge_head(group_, policy_.merger, ctx, h);
     const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h);
     budgets_[head] = static_cast<std::int32_t>(policy_.selector.budget(ctx.layer(), cache_.layout.num_layers(), ctx.length(h)));
+  }
+
+  // After selection: merges head h, sets its decode budget and compacts it.
+  void finish_head(layer_context<T, Layout>& ctx, int h, index_t step) {
+    merge_and_budget(ctx, h);
     compact(ctx, h, step);
   }
 
@@ -754,10 +787,11 @@ class session {
   // per slot: a prefill's keep flags are scattered, and the branches on them mispredicted in every
   // pass that scanned them (the run search and the prefetch lookahead each scanned all n flags).
   // The K/V rows of the next compact_prefetch_slots kept slots beyond the current run are prefetched
-  // (contiguous rows): the kept rows are scattered, and without it each run's rows came from memory
-  // only when its memmove asked for them (KNorm at 16k tokens: compaction 9.0 -> 7.0 ms; a long
-  // run's memmove streams by itself).
-  void compact(layer_context<T, Layout>& ctx, int h, index_t step) {
+  // into L2 (contiguous rows): the kept rows are scattered, and without it each run's rows came from
+  // memory only when its copy asked for them (a long run's copy streams by itself). Prefetching into
+  // L1 instead filled its miss buffers, and the prefetches themselves stalled (the kept quarter of 8
+  // heads x 16k rows of K and V, 2026-12-02, 2-vCPU EPYC: 6.3-6.6 -> 5.1 ms with memmove copies).
+  void compact(layer_context<T, Layout>& ctx, int h, index_t step) const {
     const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h), n = ctx.length(h);
     const float* scores = scratch_.scores + h * capacity();
     state_type* states = slot_state_ + head * capacity();
@@ -772,8 +806,8 @@ class session {
     auto prefetch_until = [&](index_t end) {
       for (end = end < kept ? end : kept; ahead < end; ++ahead) {
         const index_t row = cache_.layout.offset(ctx.sequence(), ctx.layer(), h, kept_slots[ahead]);
-        detail::prefetch_bytes(cache_.keys + row, row_bytes);
-        detail::prefetch_bytes(cache_.values + row, row_bytes);
+        detail::prefetch_bytes_to_l2(cache_.keys + row, row_bytes);
+        detail::prefetch_bytes_to_l2(cache_.values + row, row_bytes);
       }
     };
     prefetch_until(compact_prefetch_slots);
@@ -805,34 +839,37 @@ class session {
     }
   };
 
-  // Logits of the group's query heads against the keys [first, end) of KV head h (logits[g * capacity + j]),
-  // each key row read once for all of them; 4 query heads per pass over the key row, their lane sums
-  // in registers (detail::dot_rows). Contiguous rows are prefetched: the key row prefetch_rows ahead
-  // and the value row of the same slot (which value_rows() reads next), so both streams stay in flight
-  // while the arithmetic runs (without it, memory and arithmetic took turns: perf, and the
-  // L2-resident step cost as much as the stream).
-  void decode_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* queries, float* logits) const {
-    const index_t group_size = group(), dims = head_dim();
+  // Logits of `rows` query rows (row r at queries + r * head_dim) against the keys [first, end) of KV
+  // head h (logits[r * capacity + j], times the scale), each key row read once for all of them, in
+  // place: 4 rows per pass over the key row, their lane sums in registers (detail::dot_rows). Serves a
+  // decode step (the group's query heads) and window strips of at most narrow_strip_rows rows.
+  // Contiguous rows are prefetched: the key row prefetch_rows ahead and, with @p prefetch_values, the
+  // value row of the same slot (which value_rows() reads next), so the streams stay in flight while
+  // the arithmetic runs (without it, memory and arithmetic took turns: perf, and the L2-resident step
+  // cost as much as the stream).
+  void row_logits(index_t sequence, index_t layer, index_t h, index_t first, index_t end, const float* queries, index_t rows, bool prefetch_values,
+                  float* logits) const {
+    const index_t dims = head_dim();
     float buffer[detail::row_chunk];
     const std::size_t row_bytes = cache_.layout.dim_stride() == 1 ? static_cast<std::size_t>(dims) * sizeof(T) : 0;
     for (index_t j = first; j < end; ++j) {
       const T* key = cache_.keys + cache_.layout.offset(sequence, layer, h, j);
       if (j + prefetch_rows < end) detail::prefetch_bytes_to_l2(cache_.keys + cache_.layout.offset(sequence, layer, h, j + prefetch_rows), row_bytes);
-      detail::prefetch_bytes_to_l2(cache_.values + cache_.layout.offset(sequence, layer, h, j), row_bytes);  // for value_rows()
-      for (index_t g0 = 0; g0 < group_size; g0 += 4) {
-        auto rows = [&]<int R>(std::integral_constant<int, R>) {
+      if (prefetch_values) detail::prefetch_bytes_to_l2(cache_.values + cache_.layout.offset(sequence, layer, h, j), row_bytes);
+      for (index_t r0 = 0; r0 < rows; r0 += 4) {
+        auto rows_of_pass = [&]<int R>(std::integral_constant<int, R>) {
           detail::float_lanes sums[R] = {};
           const float* q[R];
-          for (int r = 0; r < R; ++r) q[r] = queries + (h * group_size + g0 + r) * dims;
+          for (int r = 0; r < R; ++r) q[r] = queries + (r0 + r) * dims;
           for (index_t d = 0; d < dims; d += detail::row_chunk) {
             const index_t chunk = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
             const float* shifted[R];
             for (int r = 0; r < R; ++r) shifted[r] = q[r] + d;
             detail::dot_rows<R>(shifted, detail::load_row(key, cache_.layout.dim_stride(), d, chunk, buffer), chunk, sums);
           }
-          for (int r = 0; r < R; ++r) logits[(g0 + r) * capacity() + j] = detail::sum_lanes(sums[r]) * scale_;
+          for (int r = 0; r < R; ++r) logits[(r0 + r) * capacity() + j] = detail::sum_lanes(sums[r]) * scale_;
         };
-        dispatch_rows(group_size - g0, rows);
+        dispatch_rows(rows - r0, rows_of_pass);
       }
     }
   }
@@ -898,7 +935,7 @@ class session {
     std::memcpy(packed_, queries, static_cast<std::size_t>(shape_.query_heads * dims) * sizeof(float));
     for_each_block(sequence, storage, [&](index_t h, index_t first, index_t end) {
       const index_t b = first / slot_block;
-      decode_logits(sequence, storage, h, first, end, packed_, logits(h));
+      row_logits(sequence, storage, h, first, end, packed_ + h * group_size * dims, group_size, output != nullptr, logits(h));
       const std::int32_t* slot_positions = positions(h);
       block_softmax(logits(h), group_size, first, end, [&](index_t j, index_t) { return visible(slot_positions[j]); }, stats(h, b));
       if (!output) return;

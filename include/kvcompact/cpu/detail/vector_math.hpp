@@ -131,15 +131,10 @@ void dot_rows(const float* const* queries, const float* key, index_t count, floa
   for (int r = 0; r < ROWS; ++r) sums[r] = acc[r];
 }
 
-/// Asks the cache hierarchy for the @p bytes at @p p, one prefetch per 64-byte line: a hint, no
-/// load (never faults), so the memory stream of a row runs ahead of the arithmetic on earlier rows.
-inline void prefetch_bytes(const void* p, std::size_t bytes) {
-  for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset);
-}
-
-/// prefetch_bytes() into the second-level cache only (x86 `prefetcht1`), for streams read a few
-/// kilobytes later: the lines do not take first-level miss buffers and do not evict the rows being
-/// read now from the first-level cache.
+/// Asks the second-level cache for the @p bytes at @p p (x86 `prefetcht1`), one prefetch per 64-byte
+/// line: a hint, no load (never faults), so the memory stream of rows read a few kilobytes later runs
+/// ahead of the arithmetic on earlier rows. The lines do not take first-level miss buffers and do not
+/// evict the rows being read now from the first-level cache.
 inline void prefetch_bytes_to_l2(const void* p, std::size_t bytes) {
   for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset, 0, 2);
 }
