@@ -444,28 +444,30 @@ class session {
   static index_t blocks_of(index_t length) { return (length + slot_block - 1) / slot_block; }
   int team() const { return detail::team_size(threads_); }
 
-  // Runs body(h, first, end) for every block of slot_block slots of the KV heads [0, heads), in parallel.
+  /// @brief Runs `body(h, first, end)` for every block `[first, end)` of slot_block slots (a head's last
+  /// block may be shorter) of the KV heads `[first_head, end_head)`, in parallel. The one split of a
+  /// layer's slots into parallel work: one item per (head, block), as many blocks per head as the range's
+  /// longest head has (a shorter head's extra items do nothing), in contiguous runs per thread
+  /// (detail::parallel_for), so one head alone in the range spreads over every thread even when it holds
+  /// far fewer slots than the capacity. A block's work does not depend on the thread that runs it:
+  /// results never depend on the thread count.
+  /// @param sequence sequence @param layer storage layer @param first_head first KV head of the range
+  /// @param end_head one past the last KV head @param body called once per block
   template <class Body>
-  void for_each_block(index_t sequence, index_t layer, const Body& body, index_t heads) const {
-    const index_t per_head = blocks_of(capacity());
-    detail::parallel_for(heads * per_head, team(), [&](index_t item) {
-      const index_t h = item / per_head, first = item % per_head * slot_block, length = length_of(sequence, layer, h);
+  void for_each_block(index_t sequence, index_t layer, index_t first_head, index_t end_head, const Body& body) const {
+    index_t longest = 0;
+    for (index_t h = first_head; h < end_head; ++h) longest = length_of(sequence, layer, h) > longest ? length_of(sequence, layer, h) : longest;
+    const index_t per_head = blocks_of(longest);
+    detail::parallel_for((end_head - first_head) * per_head, team(), [&](index_t item) {
+      const index_t h = first_head + item / per_head, first = item % per_head * slot_block, length = length_of(sequence, layer, h);
       if (first < length) body(h, first, first + slot_block < length ? first + slot_block : length);
     });
   }
-  // Runs body(h, first, end) for every block of slot_block slots of every KV head, in parallel.
+  /// @brief for_each_block() over every KV head of the layer, `[0, num_kv_heads)`.
+  /// @param sequence sequence @param layer storage layer @param body called once per block
   template <class Body>
   void for_each_block(index_t sequence, index_t layer, const Body& body) const {
-    for_each_block(sequence, layer, body, cache_.layout.num_kv_heads());
-  }
-  // Runs body(h, first, end) for every block of slot_block slots of KV head h, in parallel.
-  template <class Body>
-  void for_each_block_of_head(index_t sequence, index_t layer, index_t h, const Body& body) const {
-    const index_t length = length_of(sequence, layer, h);
-    detail::parallel_for(blocks_of(length), team(), [&](index_t b) {
-      const index_t first = b * slot_block;
-      body(h, first, first + slot_block < length ? first + slot_block : length);
-    });
+    for_each_block(sequence, layer, 0, cache_.layout.num_kv_heads(), body);
   }
 
   // Logits of `rows` query rows against the keys [first, end) of a KV head, written to
@@ -674,12 +676,9 @@ class session {
       // the same for each KV head (their slots hold the same positions, check_cache_content()):
       // reduced for head 0, copied to the others (8 KV heads: 1/8 of the reads of query_scores).
       const index_t reduced_heads = Policy::shares_scores_across_kv_heads ? 1 : kv_heads;
-      for_each_block(
-          sequence, layer,
-          [&](index_t h, index_t first, index_t end) {
-            reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
-          },
-          reduced_heads);
+      for_each_block(sequence, layer, 0, reduced_heads, [&](index_t h, index_t first, index_t end) {
+        reduce_group(sequence, layer, h, first, end, scratch_.query_scores, [&](index_t j, float score) { scratch_.scores[h * capacity() + j] = score; });
+      });
       for (index_t h = reduced_heads; h < kv_heads; ++h)
         std::memcpy(scratch_.scores + h * capacity(), scratch_.scores, static_cast<std::size_t>(length_of(sequence, layer, h)) * sizeof(float));
     }
@@ -732,7 +731,7 @@ class session {
       const index_t step = layer_step(sequence, layer);
       layer_context<T, Layout> ctx = context(sequence, layer, step);
       for (int h = 0; h < ctx.kv_heads(); ++h) {  // a NaN score throws with the heads before h compacted (as layers are)
-        for_each_block_of_head(sequence, layer, h, [&](index_t, index_t first, index_t end) { score_slot_block(sequence, layer, h, first, end); });
+        for_each_block(sequence, layer, h, h + 1, [&](index_t, index_t first, index_t end) { score_slot_block(sequence, layer, h, first, end); });
         check_scores(sequence, layer, h);
         clear_verdicts(ctx, h);
         detail::select_head(group_, policy_.selector, ctx, h);

@@ -18,12 +18,12 @@ namespace mergers {
 /// into a slot again later weighs as much as everything already in it). Evicted slots less similar than
 /// `min_similarity` to every kept slot are dropped.
 ///
-/// Group code in four steps: every slot's key norm, once, into `ctx.float_scratch(h)`; the nearest kept
-/// slot of each evicted slot (one worker per evicted slot when there are more of them than workers, as at
-/// prefill; else the group reduces over the kept slots of each, as for decode's single victim); the
-/// joining slots sorted by target (stable, so each set stays in slot order); one worker per (set,
-/// dimension) folds the set into its target's running mean, in slot order. Each mean's arithmetic
-/// stays in one worker, so the backends agree bit for bit.
+/// Group code in four steps. Only when some evicted slot has no target yet: every slot's key norm, once,
+/// into `ctx.float_scratch(h)`, then the nearest kept slot of each such slot (one worker per slot when
+/// there are more of them than workers, as at prefill; else the group reduces over the kept slots of
+/// each, as for decode's single victim). Then the joining slots sorted by target (stable, so each set
+/// stays in slot order); one worker per (set, dimension) folds the set into its target's running mean,
+/// in slot order. Each mean's arithmetic stays in one worker, so the backends agree bit for bit.
 struct nearest_key {
   using component_kind = merger_tag;    ///< opt-in to kvcompact::entry_merger
   static constexpr bool merges = true;  ///< rewrites kept slots
@@ -35,9 +35,7 @@ struct nearest_key {
   KVCOMPACT_HOST_DEVICE void merge(Group& group, Ctx& ctx, int h) const {
     const index_t n = ctx.length(h);
     auto unassigned = [&](index_t j) { return !ctx.kept(h, j) && ctx.target(h, j) < 0; };
-    // Every slot's key norm once, rather than two per (evicted, kept) pair.
     float* norms = ctx.float_scratch(h);
-    group.for_each(n, [&](index_t j) { norms[j] = detail::key_norm(ctx, h, j); });
     // Candidate k for evicted slot j: higher similarity first, then lower slot; 0 when k is not kept or too far.
     auto candidate = [&](index_t j, index_t k) -> std::uint64_t {
       if (!ctx.kept(h, k)) return 0;
@@ -47,22 +45,29 @@ struct nearest_key {
     auto assign = [&](index_t j, std::uint64_t best) {
       if (best != 0) ctx.set_target(h, j, static_cast<index_t>(0xffffffffu - static_cast<std::uint32_t>(best)));
     };
+    // The group's reduce returns the same count to every worker, so all of them take the same branches
+    // below and reach the same collectives. A head with nothing evicted, or whose evicted slots the
+    // selector all targeted, skips the norms.
     const index_t pending = group.reduce(n, [&](index_t j) { return unassigned(j) ? index_t{1} : index_t{0}; }, index_t{0}, plus{});
-    if (pending > group.size()) {
-      group.for_each(n, [&](index_t j) {
-        if (!unassigned(j)) return;
-        std::uint64_t best = 0;
-        for (index_t k = 0; k < n; ++k) {
-          const std::uint64_t key = candidate(j, k);
-          best = key > best ? key : best;
+    if (pending > 0) {
+      // Every slot's key norm once, rather than two per (evicted, kept) pair.
+      group.for_each(n, [&](index_t j) { norms[j] = detail::key_norm(ctx, h, j); });
+      if (pending > group.size()) {
+        group.for_each(n, [&](index_t j) {
+          if (!unassigned(j)) return;
+          std::uint64_t best = 0;
+          for (index_t k = 0; k < n; ++k) {
+            const std::uint64_t key = candidate(j, k);
+            best = key > best ? key : best;
+          }
+          assign(j, best);
+        });
+      } else {
+        for (index_t j = 0; j < n; ++j) {
+          if (!unassigned(j)) continue;
+          const std::uint64_t best = group.reduce(n, [&](index_t k) { return candidate(j, k); }, std::uint64_t{0}, larger{});
+          group.once([&] { assign(j, best); });
         }
-        assign(j, best);
-      });
-    } else {
-      for (index_t j = 0; j < n; ++j) {
-        if (!unassigned(j)) continue;
-        const std::uint64_t best = group.reduce(n, [&](index_t k) { return candidate(j, k); }, std::uint64_t{0}, larger{});
-        group.once([&] { assign(j, best); });
       }
     }
     // The slots joining a kept target, in slot order, then sorted by target (stable).
