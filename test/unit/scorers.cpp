@@ -254,6 +254,28 @@ BOOST_AUTO_TEST_CASE(blocked_window_scoring_over_long_caches) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(narrow_windows_score_several_heads_per_pass) {
+  // A window of at most 4 rows per KV head (rows x group) is scored for several KV heads per pass,
+  // their rows stacked: 4 KV heads of 40 to 600 shuffled slots (1 to 3 blocks of 256, a different
+  // number per head), 1 or 2 window rows inside the cache, groups of 1, 2 and 4, head_dim 160 (two
+  // chunks of the key rows).
+  std::uint32_t seed = 950;
+  for (index_t group : {1, 2, 4})
+    for (index_t rows : {1, 2}) {
+      if (rows * group > 4) continue;
+      BOOST_TEST_CONTEXT("G=" << group << " rows=" << rows) {
+        kvtest::fill_options fill;
+        fill.min_length = 40;
+        fill.max_length = 600;
+        fill.tokens = 700;
+        fill.shuffle_slots = true;
+        auto cache = kvtest::make_random_cache({2, 1, 4, 600, 160}, fill, ++seed);
+        const auto window = kvtest::make_random_window(2, 1, 4 * group, rows, 160, {699, 650}, 2.0, seed + 50);
+        check_attention_scorer(kvcompact::scorers::observation_window{}, cache, window, 4 * group, kvtest::attention_score_spec{});
+      }
+    }
+}
+
 BOOST_AUTO_TEST_CASE(window_rows_inside_the_cache_are_causally_masked) {
   // Dense prompt of 20 tokens (positions 0..19, all in the cache) and a 16-row window at 4..19: each
   // row sees only its prefix. Guards against a window that attends the whole cache (the sum of all

@@ -434,6 +434,66 @@ BOOST_AUTO_TEST_CASE(user_attention_scorer_tracks_the_peak_probability) {
   BOOST_TEST(raised > 10);  // decode queries did raise some peaks
 }
 
+// Scores shared across KV heads (TOVA's last-query scorer): top_k declares same_for_equal_heads(), so
+// the CPU backend selects head 0 and copies its verdicts; a selector that does not (here one whose
+// quota grows with the head index) is run on every head. Both keep-sets follow from the layer's one
+// score per position (the heads hold the same positions), computed by a plain double reference.
+struct head_quota_selector : kc::selectors::top_k<kc::budgets::fixed> {
+  template <class Ctx>
+  index_t keep_count(const Ctx& ctx, int h, index_t protected_count) const {
+    return top_k::keep_count(ctx, h, protected_count) + h;
+  }
+  bool same_for_equal_heads() const { return false; }  // the quota depends on the head
+};
+static_assert(kc::ranked_selector<head_quota_selector>);
+
+BOOST_AUTO_TEST_CASE(shared_scores_select_each_head_unless_heads_are_alike) {
+  constexpr index_t heads = 4, query_heads = 8, budget = 12;
+  kvtest::fill_options fill;
+  fill.min_length = fill.max_length = T;
+  fill.aligned_heads = true;
+  fill.shuffle_slots = true;
+  const auto window = kvtest::make_random_window(S, L, query_heads, 1, D, {T - 1, T - 1}, 2.0, 308);
+  kvtest::attention_score_spec spec;  // TOVA: the last row's probabilities, averaged over every query head
+  spec.group = kvtest::reduce::mean;
+  spec.all_heads = true;
+  using tova_policy = decltype(kc::policies::tova(budget));
+  using quota_policy = kc::policy<tova_policy::scorer_type, head_quota_selector>;
+  static_assert(tova_policy::shares_scores_across_kv_heads && quota_policy::shares_scores_across_kv_heads);
+  for (int alike = 0; alike < 2; ++alike) {
+    auto cache = kvtest::make_random_cache<float>({S, L, heads, CAP, D}, fill, 307);
+    std::vector<std::vector<double>> scores;  // [s * L + l][position]
+    for (index_t s = 0; s < S; ++s)
+      for (index_t l = 0; l < L; ++l) {
+        const auto by_slot = kvtest::prefill_attention_scores(cache, window, s, l, query_heads, kvtest::default_scale(D), spec)[0];
+        scores.emplace_back(static_cast<std::size_t>(T));
+        for (index_t j = 0; j < T; ++j) scores.back()[static_cast<std::size_t>(cache.position(s, l, 0, j))] = by_slot[static_cast<std::size_t>(j)];
+      }
+    if (alike) {
+      run_session<tova_policy, kc::layouts::strided> run(kc::policies::tova(budget), cache.view(), {query_heads});
+      run.session.compress_prefill(window.view());
+    } else {
+      run_session<quota_policy, kc::layouts::strided> run(quota_policy{{}, {kc::budgets::fixed{budget}}, {}}, cache.view(), {query_heads});
+      run.session.compress_prefill(window.view());
+    }
+    for (index_t s = 0; s < S; ++s)
+      for (index_t l = 0; l < L; ++l) {
+        const auto& score = scores[static_cast<std::size_t>(s * L + l)];
+        std::vector<index_t> best(static_cast<std::size_t>(T));  // positions, best first (lower position on ties)
+        for (index_t p = 0; p < T; ++p) best[static_cast<std::size_t>(p)] = p;
+        std::stable_sort(best.begin(), best.end(), [&](index_t a, index_t b) { return score[static_cast<std::size_t>(a)] > score[static_cast<std::size_t>(b)]; });
+        for (index_t h = 0; h < heads; ++h)
+          BOOST_TEST_CONTEXT("alike " << alike << " sequence " << s << " layer " << l << " head " << h) {
+            const index_t kept = alike ? budget : budget + h;
+            std::set<index_t> expected(best.begin(), best.begin() + kept), actual;
+            for (index_t j = 0; j < cache.length(s, l, h); ++j) actual.insert(cache.position(s, l, h, j));
+            BOOST_TEST(cache.length(s, l, h) == kept);
+            BOOST_TEST((actual == expected));
+          }
+      }
+  }
+}
+
 // A user budget schedule under a built-in selector: each layer keeps the schedule's budget.
 BOOST_AUTO_TEST_CASE(user_budget_schedule_sets_each_layers_budget) {
   constexpr index_t layers = 4, first = 24, last = 6;

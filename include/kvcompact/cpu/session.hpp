@@ -476,9 +476,8 @@ class session {
   // the tile's product reads its tile_keys rows side by side, one element of each in turn, which from
   // memory stalled where a row read in order streams (TOVA's one-row window at 16k tokens: this pass
   // about 2x faster with the copy, on the loaded 2-vCPU EPYC). A head_dim of at most row_chunk is
-  // copied once for all tiles of rows. The tile's rows are located once per tile of keys, and a full
-  // chunk of row_chunk dimensions takes the fixed-length copy and product (unrolled, no call): in a
-  // microbenchmark of TOVA's window the bookkeeping around the product took about a third of the pass.
+  // copied once for all tiles of rows. The tile's rows are located once per tile of keys (in a
+  // microbenchmark of TOVA's window the bookkeeping around the product took about a third of the pass).
   // Contiguous key rows window_prefetch_keys ahead are prefetched into L2: the hardware prefetch alone
   // left the copies waiting on memory for about half of the pass (TOVA's 4-row strip at 16k tokens,
   // before it took row_logits(): this pass 8.6-10.6 -> 7.4-7.5 ms, 2026-12-02, 2-vCPU EPYC).
@@ -500,11 +499,8 @@ class session {
           const index_t count = dims - d < detail::row_chunk ? dims - d : detail::row_chunk;
           const float* queries = packed_ + (t * dims + d) * width;
           if (t == 0 || dims > detail::row_chunk)
-            for (int k = 0; k < detail::tile_keys; ++k)
-              keys[k] = count == detail::row_chunk ? detail::copy_row(rows_of_tile[k], stride, d, detail::row_chunk, buffer[k])
-                                                   : detail::copy_row(rows_of_tile[k], stride, d, count, buffer[k]);
-          if (count == detail::row_chunk) detail::tile_product<width>(queries, keys, detail::row_chunk, acc);
-          else detail::tile_product<width>(queries, keys, count, acc);
+            for (int k = 0; k < detail::tile_keys; ++k) keys[k] = detail::copy_row(rows_of_tile[k], stride, d, count, buffer[k]);
+          detail::tile_product<width>(queries, keys, count, acc);
         }
         const index_t used = rows - t * width < width ? rows - t * width : width;
         for (index_t r = 0; r < used; ++r)
@@ -555,50 +551,73 @@ class session {
   // Scores of attention scorers: for each KV head, strips of window rows (all query heads of the group
   // for consecutive rows, at most tile_rows of them) go through blocked window products with the
   // softmax fused per block of slots; the window x slots matrix is never stored, only one strip's.
+  // A narrow window (at most narrow_strip_rows rows per KV head: TOVA's last query over a GQA group of
+  // up to 4 query heads) is one strip per head, and the strips of up to strip_capacity() rows' worth
+  // of heads go through each pass together, their rows stacked (head h's at (h - first head) * rows):
+  // two parallel regions per layer instead of two per head (a region costs a wake of the sleeping
+  // workers, which at 2 threads made TOVA at 4k tokens slower than at 1 thread).
   void score_window(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
     const auto& scorer = policy_.scorer;
-    const index_t group_size = group(), dims = head_dim(), layers = in_window.layers;
+    const index_t group_size = group(), dims = head_dim(), layers = in_window.layers, kv_heads = cache_.layout.num_kv_heads();
     const index_t strip_rows = group_size < detail::tile_rows ? detail::tile_rows / group_size : 1;  // window rows per strip
     const std::int32_t* query_positions = window.positions + sequence * window.rows;
-    for (index_t h = 0; h < cache_.layout.num_kv_heads(); ++h) {
-      const index_t length = length_of(sequence, layer, h), blocks = blocks_of(length);
-      const std::int32_t* positions = cache_.positions + cache_.slot_index(sequence, layer, h, 0);
-      float* scores = scratch_.query_scores + h * group_size * capacity();
+    const index_t head_rows = window.rows * group_size;  // window rows of a KV head
+    const index_t heads_per_pass = head_rows > 0 && head_rows <= narrow_strip_rows ? strip_capacity(shape_.query_heads) / head_rows : 1;
+    auto positions_of = [&](index_t h) { return cache_.positions + cache_.slot_index(sequence, layer, h, 0); };
+    auto scores_of = [&](index_t h) { return scratch_.query_scores + h * group_size * capacity(); };
+    for (index_t h = 0; h < kv_heads; ++h) {
+      float* scores = scores_of(h);
+      const index_t length = length_of(sequence, layer, h);
       for (index_t g = 0; g < group_size; ++g)
         for (index_t j = 0; j < length; ++j) scores[g * capacity() + j] = detail::reduction_identity(scorer.rows);
+    }
+    for (index_t first_head = 0; first_head < kv_heads; first_head += heads_per_pass) {
+      const index_t end_head = first_head + heads_per_pass < kv_heads ? first_head + heads_per_pass : kv_heads;
       for (index_t first_row = 0; first_row < window.rows; first_row += strip_rows) {
-        // Row r of the strip: window row first_row + r / G of query head h * G + r % G.
+        // Row r of a head's strip: window row first_row + r / G of query head h * G + r % G.
         const index_t rows = (window.rows - first_row < strip_rows ? window.rows - first_row : strip_rows) * group_size;
-        // A strip of at most narrow_strip_rows rows (TOVA's one-row window over a group of up to 4
-        // query heads) takes row_logits(), as a decode step does: the 8-row tile would leave half its
-        // lanes idle, and row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x faster
-        // end to end). Its sums run lane-wise over the dimensions (the bits of a decode step's logits
-        // for the same query), the tile's in dimension order. The packing: rows one after another
-        // for row_logits(), transposed per tile of `width` rows (zero-padded) for window_logits().
+        const index_t pass_rows = (end_head - first_head) * rows;  // the stats index of (block b, head h, row r): b * pass_rows + (h - first_head) * rows + r
+        // A strip of at most narrow_strip_rows rows (also the last strip of a wider window) takes
+        // row_logits(), as a decode step does: the 8-row tile would leave half
+        // its lanes idle, and row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x
+        // faster end to end). Its sums run lane-wise over the dimensions (the bits of a decode step's
+        // logits for the same query), the tile's in dimension order. The packing: rows one after
+        // another for row_logits(), transposed per tile of `width` rows (zero-padded) for window_logits().
         const bool narrow = rows <= narrow_strip_rows;
         const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = narrow ? rows : (rows + width - 1) / width * width;
-        for (index_t r = 0; r < padded; ++r) {
-          const float* q = r < rows ? window.queries + window.offset(sequence, in_window.layer, h * group_size + r % group_size, first_row + r / group_size,
-                                                                     layers, shape_.query_heads, dims)
-                                    : nullptr;
-          row_positions_[r] = r < rows ? query_positions[first_row + r / group_size] : 0;
-          for (index_t d = 0; d < dims; ++d) packed_[narrow ? r * dims + d : (r / width * dims + d) * width + r % width] = q ? q[d] : 0.0f;
-        }
-        detail::parallel_for(blocks, team(), [&](index_t b) {
-          const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
-          if (narrow) row_logits(sequence, layer, h, first, end, packed_, rows, false, logits_);
-          else if (width == 8) window_logits<8>(sequence, layer, h, first, end, rows, logits_);
-          else if (width == 16) window_logits<16>(sequence, layer, h, first, end, rows, logits_);
-          else window_logits<detail::tile_rows>(sequence, layer, h, first, end, rows, logits_);
-          block_softmax(logits_, rows, first, end, [&](index_t j, index_t r) { return positions[j] <= row_positions_[r]; }, b * rows);
+        for (index_t h = first_head; h < end_head; ++h)
+          for (index_t r = 0; r < padded; ++r) {
+            const index_t row = (h - first_head) * rows + r;
+            const float* q = r < rows ? window.queries + window.offset(sequence, in_window.layer, h * group_size + r % group_size, first_row + r / group_size,
+                                                                       layers, shape_.query_heads, dims)
+                                      : nullptr;
+            row_positions_[row] = r < rows ? query_positions[first_row + r / group_size] : 0;
+            for (index_t d = 0; d < dims; ++d) packed_[narrow ? row * dims + d : (r / width * dims + d) * width + r % width] = q ? q[d] : 0.0f;
+          }
+        for_each_block(sequence, layer, first_head, end_head, [&](index_t h, index_t first, index_t end) {
+          const index_t base = (h - first_head) * rows;
+          float* logits = logits_ + base * capacity();
+          if (narrow) row_logits(sequence, layer, h, first, end, packed_ + base * dims, rows, false, logits);
+          else if (width == 8) window_logits<8>(sequence, layer, h, first, end, rows, logits);
+          else if (width == 16) window_logits<16>(sequence, layer, h, first, end, rows, logits);
+          else window_logits<detail::tile_rows>(sequence, layer, h, first, end, rows, logits);
+          const std::int32_t* positions = positions_of(h);
+          block_softmax(logits, rows, first, end, [&](index_t j, index_t r) { return positions[j] <= row_positions_[base + r]; },
+                        first / slot_block * pass_rows + base);
         });
-        for (index_t r = 0; r < rows; ++r) row_counts_[r] = static_cast<std::int32_t>(combine_blocks(r, rows, blocks));
-        detail::parallel_for(blocks, team(), [&](index_t b) {
-          const index_t first = b * slot_block, end = first + slot_block < length ? first + slot_block : length;
+        for (index_t h = first_head; h < end_head; ++h)
+          for (index_t r = 0; r < rows; ++r) {
+            const index_t row = (h - first_head) * rows + r;
+            row_counts_[row] = static_cast<std::int32_t>(combine_blocks(row, pass_rows, blocks_of(length_of(sequence, layer, h))));
+          }
+        for_each_block(sequence, layer, first_head, end_head, [&](index_t h, index_t first, index_t end) {
+          const std::int32_t* positions = positions_of(h);
+          float* scores = scores_of(h);
           for (index_t r = 0; r < rows; ++r) {  // row order: each query head's window rows in order
-            const float factor = block_max_[b * rows + r];
-            const index_t visible = row_counts_[r], query_position = row_positions_[r];
-            const float* exps = logits_ + r * capacity();
+            const index_t row = (h - first_head) * rows + r;
+            const float factor = block_max_[first / slot_block * pass_rows + row];
+            const index_t visible = row_counts_[row], query_position = row_positions_[row];
+            const float* exps = logits_ + row * capacity();
             float* acc = scores + r % group_size * capacity();
             for (index_t j = first; j < end; ++j) {
               const float combined = detail::reduction_combine(scorer.rows, acc[j], scorer.row_term(exps[j] * factor, visible, query_position));
@@ -607,9 +626,12 @@ class session {
           }
         });
       }
+    }
+    for (index_t h = 0; h < kv_heads; ++h) {
+      float* scores = scores_of(h);
+      const index_t length = length_of(sequence, layer, h);
       for (index_t g = 0; g < group_size; ++g)
-        for (index_t j = 0; j < length; ++j)
-          scores[g * capacity() + j] = detail::reduction_finish(scorer.rows, scores[g * capacity() + j], static_cast<int>(window.rows));
+        for (index_t j = 0; j < length; ++j) scores[g * capacity() + j] = detail::reduction_finish(scorer.rows, scores[g * capacity() + j], static_cast<int>(window.rows));
     }
   }
 
@@ -735,14 +757,14 @@ class session {
         check_scores(sequence, layer, h);
         clear_verdicts(ctx, h);
         detail::select_head(group_, policy_.selector, ctx, h);
-        finish_head(ctx, h, step);
+        merge_and_budget(ctx, h);
+        compact(ctx, h, step);
       }
     } else {
       score_layer(sequence, layer, window, in_window);
       const index_t step = layer_step(sequence, layer);
       layer_context<T, Layout> ctx = context(sequence, layer, step);
-      for (int h = 0; h < ctx.kv_heads(); ++h) clear_verdicts(ctx, h);
-      detail::select_layer(group_, policy_.selector, ctx, ranking_);
+      select_prefill(ctx);
       for (int h = 0; h < ctx.kv_heads(); ++h) merge_and_budget(ctx, h);
       // The heads compact in parallel (each moves only its own slots): at 16k tokens the kept rows come
       // from memory (scoring read every head's keys since), and a second thread's loads add bandwidth.
@@ -758,6 +780,28 @@ class session {
     return ranks_.ranks > 1 ? detail::max_across_ranks(ranks_, step) : step;
   }
 
+  // Prefill selection of a scored layer. Where the scores are shared across KV heads (the heads hold
+  // the same positions, check_cache_content(), and the same scores) and the selector keeps the same
+  // slots of such heads (detail::same_for_equal_heads, head scope), head 0 is selected and its verdicts
+  // copied to the others: TOVA over 8 KV heads ran the same top-k 8 times (16k tokens: 1.3 ms of its
+  // 14 ms, 2026-12-02, 2-vCPU EPYC).
+  void select_prefill(const layer_context<T, Layout>& ctx) {
+    if constexpr (Policy::shares_scores_across_kv_heads && detail::selects_each_head<typename Policy::selector_type>) {
+      if (detail::same_for_equal_heads(policy_.selector)) {
+        clear_verdicts(ctx, 0);
+        detail::select_head(group_, policy_.selector, ctx, 0);
+        for (int h = 1; h < ctx.kv_heads(); ++h)
+          for (index_t j = 0; j < ctx.length(h); ++j) {
+            ctx.keep(h, j, ctx.kept(0, j));
+            ctx.set_target(h, j, ctx.target(0, j));
+          }
+        return;
+      }
+    }
+    for (int h = 0; h < ctx.kv_heads(); ++h) clear_verdicts(ctx, h);
+    detail::select_layer(group_, policy_.selector, ctx, ranking_);
+  }
+
   // Before selection: every slot of head h not kept, without a merge target.
   static void clear_verdicts(const layer_context<T, Layout>& ctx, int h) {
     for (index_t j = 0; j < ctx.length(h); ++j) {
@@ -771,12 +815,6 @@ class session {
     detail::merge_head(group_, policy_.merger, ctx, h);
     const index_t head = cache_.head_index(ctx.sequence(), ctx.layer(), h);
     budgets_[head] = static_cast<std::int32_t>(policy_.selector.budget(ctx.layer(), cache_.layout.num_layers(), ctx.length(h)));
-  }
-
-  // After selection: merges head h, sets its decode budget and compacts it.
-  void finish_head(layer_context<T, Layout>& ctx, int h, index_t step) {
-    merge_and_budget(ctx, h);
-    compact(ctx, h, step);
   }
 
   // Moves kept slots to the front, keeping their relative slot order (ascending position after a

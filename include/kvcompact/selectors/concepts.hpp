@@ -154,7 +154,11 @@ concept cooperative_has_decode = requires(const S& s, probe_group& g, probe_sele
 /// none), `local_keys()` (bool; true when rank_key(c, i) reads only candidate i, which lets decode
 /// eviction skip the position order, default false), `exact_total()` (bool, layer scope; true moves
 /// single slots between heads until the allocations sum to the layer total: from the head whose last
-/// allocated candidate ranks worst, to the head whose next candidate ranks best, default false).
+/// allocated candidate ranks worst, to the head whose next candidate ranks best, default false),
+/// `same_for_equal_heads()` (bool, head scope; true when a head's prefill verdicts, keys and quota
+/// follow from its scores, positions and length, the layer and the step alone, never from which head
+/// it is: heads holding the same positions and scores then keep the same slots, and the CPU backend
+/// selects once for a layer whose scores are shared across its KV heads, default false).
 ///
 /// Example: a threshold selector (compiled and tested by test/unit/user_components.cpp):
 /// @snippet user_components.cpp selector
@@ -262,6 +266,14 @@ KVCOMPACT_HOST_DEVICE float key_floor(const S& selector) {
 template <class S>
 KVCOMPACT_HOST_DEVICE bool local_keys(const S& selector) {
   if constexpr (requires { selector.local_keys(); }) return selector.local_keys();
+  else return false;
+}
+
+/// Whether a head-scope ranked selector keeps the same slots of heads holding the same positions and
+/// scores (its same_for_equal_heads(), default false).
+template <class S>
+KVCOMPACT_HOST_DEVICE bool same_for_equal_heads(const S& selector) {
+  if constexpr (requires { selector.same_for_equal_heads(); }) return selector.same_for_equal_heads();
   else return false;
 }
 

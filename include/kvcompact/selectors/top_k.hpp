@@ -57,6 +57,9 @@ struct top_k {
   KVCOMPACT_HOST_DEVICE float key_floor() const { return min_score; }
   /// @brief Keys read neighbours only when pooling. @return true without pooling
   KVCOMPACT_HOST_DEVICE bool local_keys() const { return rule.local(); }
+  /// @brief Verdicts, keys and quota read the head's scores, positions and length, the layer and the
+  /// step, never the head's index. @return true
+  KVCOMPACT_HOST_DEVICE bool same_for_equal_heads() const { return true; }
 
   /// @brief Decode verdict: protected slots stay, the others are candidates.
   /// @param ctx selection context (scores are decode scores) @param h KV head @param slot slot @return the verdict
