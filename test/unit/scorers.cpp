@@ -161,6 +161,16 @@ kvtest::random_cache<T> sparse_cache(index_t head_dim, index_t tokens, std::uint
   return kvtest::make_random_cache<T>({2, 2, 2, 24, head_dim}, fill, seed);
 }
 
+/// Heads of min_length to 600 shuffled slots holding sparse positions out of 700 (several blocks of 256).
+kvtest::fill_options long_fill(index_t min_length) {
+  kvtest::fill_options fill;
+  fill.min_length = min_length;
+  fill.max_length = 600;
+  fill.tokens = 700;
+  fill.shuffle_slots = true;
+  return fill;
+}
+
 constexpr index_t kTokens = 40;  // positions 0..39; window rows are the last `rows` of them
 const std::vector<index_t> kLast{kTokens - 1, kTokens - 1};
 
@@ -236,15 +246,10 @@ BOOST_AUTO_TEST_CASE(blocked_window_scoring_over_long_caches) {
   std::uint32_t seed = 900;
   for (index_t group : {1, 3, 5}) {
     BOOST_TEST_CONTEXT("G=" << group) {
-      kvtest::fill_options fill;
-      fill.min_length = 520;
-      fill.max_length = 600;
-      fill.tokens = 700;
-      fill.shuffle_slots = true;
-      auto cache = kvtest::make_random_cache({1, 2, 2, 600, 160}, fill, ++seed);
+      auto cache = kvtest::make_random_cache({1, 2, 2, 600, 160}, long_fill(520), ++seed);
       const auto window = kvtest::make_random_window(1, 2, 2 * group, 70, 160, {699}, 2.0, seed + 50);
       check_attention_scorer(kvcompact::scorers::observation_window{}, cache, window, 2 * group, kvtest::attention_score_spec{});
-      auto half_cache = kvtest::make_random_cache<kvcompact::half_t>({1, 2, 2, 600, 160}, fill, seed + 100);
+      auto half_cache = kvtest::make_random_cache<kvcompact::half_t>({1, 2, 2, 600, 160}, long_fill(520), seed + 100);
       kvtest::attention_score_spec max_rows;
       max_rows.rows = reduce::max;
       kvcompact::scorers::observation_window max_scorer{};
@@ -264,12 +269,7 @@ BOOST_AUTO_TEST_CASE(narrow_windows_score_several_heads_per_pass) {
     for (index_t rows : {1, 2}) {
       if (rows * group > 4) continue;
       BOOST_TEST_CONTEXT("G=" << group << " rows=" << rows) {
-        kvtest::fill_options fill;
-        fill.min_length = 40;
-        fill.max_length = 600;
-        fill.tokens = 700;
-        fill.shuffle_slots = true;
-        auto cache = kvtest::make_random_cache({2, 1, 4, 600, 160}, fill, ++seed);
+        auto cache = kvtest::make_random_cache({2, 1, 4, 600, 160}, long_fill(40), ++seed);
         const auto window = kvtest::make_random_window(2, 1, 4 * group, rows, 160, {699, 650}, 2.0, seed + 50);
         check_attention_scorer(kvcompact::scorers::observation_window{}, cache, window, 4 * group, kvtest::attention_score_spec{});
       }
