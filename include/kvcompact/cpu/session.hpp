@@ -578,9 +578,8 @@ class session {
         const index_t rows = (window.rows - first_row < strip_rows ? window.rows - first_row : strip_rows) * group_size;
         const index_t pass_rows = (end_head - first_head) * rows;  // the stats index of (block b, head h, row r): b * pass_rows + (h - first_head) * rows + r
         // A strip of at most narrow_strip_rows rows (also the last strip of a wider window) takes
-        // row_logits(), as a decode step does: the 8-row tile would leave half
-        // its lanes idle, and row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x
-        // faster end to end). Its sums run lane-wise over the dimensions (the bits of a decode step's
+        // row_logits(), as a decode step does: the 8-row tile would leave half its lanes idle, and
+        // row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x faster end to end). Its sums run lane-wise over the dimensions (the bits of a decode step's
         // logits for the same query), the tile's in dimension order. The packing: rows one after
         // another for row_logits(), transposed per tile of `width` rows (zero-padded) for window_logits().
         const bool narrow = rows <= narrow_strip_rows;
