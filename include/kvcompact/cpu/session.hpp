@@ -579,9 +579,10 @@ class session {
         const index_t pass_rows = (end_head - first_head) * rows;  // the stats index of (block b, head h, row r): b * pass_rows + (h - first_head) * rows + r
         // A strip of at most narrow_strip_rows rows (also the last strip of a wider window) takes
         // row_logits(), as a decode step does: the 8-row tile would leave half its lanes idle, and
-        // row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x faster end to end). Its sums run lane-wise over the dimensions (the bits of a decode step's
-        // logits for the same query), the tile's in dimension order. The packing: rows one after
-        // another for row_logits(), transposed per tile of `width` rows (zero-padded) for window_logits().
+        // row_logits() reads the key rows in place (TOVA at 16k tokens: 1.2x faster end to end). Its
+        // sums run lane-wise over the dimensions (the bits of a decode step's logits for the same
+        // query), the tile's in dimension order. The packing: rows one after another for
+        // row_logits(), transposed per tile of `width` rows (zero-padded) for window_logits().
         const bool narrow = rows <= narrow_strip_rows;
         const index_t width = rows <= 8 ? 8 : rows <= 16 ? 16 : detail::tile_rows, padded = narrow ? rows : (rows + width - 1) / width * width;
         for (index_t h = first_head; h < end_head; ++h)
@@ -630,7 +631,8 @@ class session {
       float* scores = scores_of(h);
       const index_t length = length_of(sequence, layer, h);
       for (index_t g = 0; g < group_size; ++g)
-        for (index_t j = 0; j < length; ++j) scores[g * capacity() + j] = detail::reduction_finish(scorer.rows, scores[g * capacity() + j], static_cast<int>(window.rows));
+        for (index_t j = 0; j < length; ++j)
+          scores[g * capacity() + j] = detail::reduction_finish(scorer.rows, scores[g * capacity() + j], static_cast<int>(window.rows));
     }
   }
 
