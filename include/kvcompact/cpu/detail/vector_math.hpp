@@ -105,9 +105,11 @@ inline float sum_lanes(const float_lanes& v) {
 /// `sums[r] += queries[r] * key` lane-wise over @p count dimensions for ROWS query rows (lane l
 /// takes dimensions l, l + simd_lanes, ...), reading the key once for all of them (the GQA group's
 /// query heads served from one load); sum_lanes() of each finishes its dot product. The ROWS sums
-/// advance together in registers (independent chains, so the FMA latency is hidden).
+/// advance together in registers (independent chains, so the FMA latency is hidden). Always inlined:
+/// called once per key row, an out-of-line copy (GCC 12 made one, the sums zeroed by memset and
+/// handed back through the stack) cost several times the loop's own arithmetic.
 template <int ROWS>
-void dot_rows(const float* const* queries, const float* key, index_t count, float_lanes (&sums)[ROWS]) {
+[[gnu::always_inline]] inline void dot_rows(const float* const* queries, const float* key, index_t count, float_lanes (&sums)[ROWS]) {
   float_lanes k, q, acc[ROWS];
   for (int r = 0; r < ROWS; ++r) acc[r] = sums[r];  // locals: through the reference, every step stored its sums (they may alias the rows)
   index_t d = 0;
@@ -144,34 +146,58 @@ inline void add_scaled(float* y, float a, const float* x, index_t count) {
   for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
 }
 
+/// Floats in one vector register of the target: 16 with AVX-512, 8 with AVX/AVX2, 4 otherwise (SSE,
+/// NEON). Element-wise kernels that keep blocks of sums in registers count their registers in these.
+inline constexpr int native_lanes =
+#if defined(__AVX512F__)
+    16;
+#elif defined(__AVX__)
+    8;
+#else
+    4;
+#endif
+
+/// Vector registers of the target: 32 with AVX-512 and AArch64, 16 otherwise (SSE, AVX/AVX2).
+inline constexpr int vector_registers =
+#if defined(__AVX512F__) || defined(__aarch64__)
+    32;
+#else
+    16;
+#endif
+
+/// native_lanes floats as one value: one vector register of the target.
+using native_floats = float __attribute__((vector_size(native_lanes * sizeof(float))));
+
 /// Weighted row sums over a run of rows, for ROWS outputs at once: `out[r][i] += weights[r][j] * rows[j][i]`
 /// for j < @p count in order and i < @p width, skipping zero weights (a row with a zero weight never
 /// reaches the output, even if it holds a NaN). Each element gets exactly the additions of
-/// add_scaled() row after row, in the same order; the outputs stay in registers over the run
-/// (2 * simd_lanes elements of each at a time), so each row element is loaded once for all ROWS outputs.
+/// add_scaled() row after row, in the same order; the outputs stay in registers over the run, in
+/// blocks of native vectors sized to the register file (AVX-512: 2 x 16 elements of each output; AVX2:
+/// 2 x 8), so each row element is loaded once for all ROWS outputs. With float_lanes (16 floats) and
+/// AVX2, GCC kept these sums on the stack around the zero-weight branch: the decode step spent ~4x
+/// longer here than in its key pass. How many elements a block covers changes no sum.
 template <int ROWS>
 void weighted_rows(float* const (&out)[ROWS], const float* const (&weights)[ROWS], const float* const* rows, index_t count, index_t width) {
+  // Native vectors per output in a block: the most of 4, 2, 1 whose registers (ROWS x parts sums,
+  // parts row vectors, one broadcast weight) fit, the block at most 2 * simd_lanes elements.
+  constexpr auto fits = [](int parts) { return ROWS * parts + parts + 1 <= vector_registers && parts * native_lanes <= 2 * simd_lanes; };
+  constexpr int parts = fits(4) ? 4 : (fits(2) ? 2 : 1);
+  constexpr index_t step = parts * native_lanes;
   index_t i = 0;
-  for (; i + 2 * simd_lanes <= width; i += 2 * simd_lanes) {
-    float_lanes low[ROWS], high[ROWS], x_low, x_high;
-    for (int r = 0; r < ROWS; ++r) {
-      load_lanes(out[r] + i, low[r]);
-      load_lanes(out[r] + i + simd_lanes, high[r]);
-    }
+  for (; i + step <= width; i += step) {
+    native_floats acc[ROWS][parts], x[parts];
+    for (int r = 0; r < ROWS; ++r)
+      for (int p = 0; p < parts; ++p) std::memcpy(&acc[r][p], out[r] + i + p * native_lanes, sizeof(native_floats));
     for (index_t j = 0; j < count; ++j) {
-      load_lanes(rows[j] + i, x_low);
-      load_lanes(rows[j] + i + simd_lanes, x_high);
+      for (int p = 0; p < parts; ++p) std::memcpy(&x[p], rows[j] + i + p * native_lanes, sizeof(native_floats));
       for (int r = 0; r < ROWS; ++r) {
         const float w = weights[r][j];
         if (w == 0.0f) continue;
-        low[r] += w * x_low;
-        high[r] += w * x_high;
+        for (int p = 0; p < parts; ++p) acc[r][p] += w * x[p];
       }
     }
-    for (int r = 0; r < ROWS; ++r) {
-      store_lanes(out[r] + i, low[r]);
-      store_lanes(out[r] + i + simd_lanes, high[r]);
-    }
+    for (int r = 0; r < ROWS; ++r)
+      for (int p = 0; p < parts; ++p) std::memcpy(out[r] + i + p * native_lanes, &acc[r][p], sizeof(native_floats));
   }
   for (index_t j = 0; j < count && i < width; ++j)
     for (int r = 0; r < ROWS; ++r)
