@@ -26,7 +26,8 @@
 /// lanes: everything a lane keeps lives in the lane's own variables.
 ///
 /// ## Model
-/// Every block runs on its own OS thread, and its CUDA threads are fibers (ucontext) on that OS
+/// Every block runs on its own OS thread, and its CUDA threads are fibers (Boost.Context; glibc ucontext
+/// under ThreadSanitizer, see fiber_context) on that OS
 /// thread, so `__shared__` variables (`static thread_local` here) are private to the block and start
 /// zero-filled in every block: nothing persists from one block to the next. Up to
 /// KVEMU_RESIDENT_BLOCKS blocks (default 4) are resident at once and interleave: the launching thread
@@ -78,7 +79,6 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <math.h>
@@ -119,6 +119,9 @@
 #endif
 #if defined(KVEMU_TSAN)
 #include <sanitizer/tsan_interface.h>
+#include <ucontext.h>
+#else
+#include <boost/context/fiber.hpp>
 #endif
 #if defined(KVEMU_ASAN)
 #include <sanitizer/common_interface_defs.h>
@@ -214,23 +217,6 @@ inline void finish_switch(void* fake_stack) { __sanitizer_finish_switch_fiber(fa
 inline void start_switch(void**, const void*, std::size_t) {}
 inline void finish_switch(void*) {}
 #endif
-/// Switches ucontexts. Under ASan, libc's own swapcontext: ASan's wrapper of it clears the shadow of
-/// the whole target stack on every switch (it cannot know the stack is a fiber announced with
-/// start_switch/finish_switch), which made emulated tests several times slower.
-#if defined(KVEMU_ASAN)
-inline int swap_context(ucontext_t* from, const ucontext_t* to) {
-  using function = int (*)(ucontext_t*, const ucontext_t*);
-  static const function libc_swapcontext = [] {
-    void* libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    void* symbol = libc ? dlsym(libc, "swapcontext") : nullptr;
-    if (!symbol) std::abort();
-    return reinterpret_cast<function>(symbol);
-  }();
-  return libc_swapcontext(from, to);
-}
-#else
-inline int swap_context(ucontext_t* from, const ucontext_t* to) { return swapcontext(from, to); }
-#endif
 /// Memory order of the turn hand-over between OS threads: relaxed under TSan, so the detector
 /// sees no ordering between blocks that CUDA does not give (the futex calls order them for real).
 #if defined(KVEMU_TSAN)
@@ -239,6 +225,75 @@ inline constexpr std::memory_order handover_release = std::memory_order_relaxed,
 inline constexpr std::memory_order handover_release = std::memory_order_release, handover_acquire = std::memory_order_acquire;
 #endif
 }  // namespace sanitizer
+
+/// The context switch between an emulated thread and its block's scheduler: Boost.Context's fibers,
+/// where a switch saves a few registers (glibc's swapcontext, used before, also made a signal-mask
+/// system call on every switch: the emulated tests ran 3-4x slower). Under ThreadSanitizer, glibc's
+/// ucontext: Boost.Context's fiber handles are instrumented code that runs between the detector's
+/// switch annotation and the switch itself, which it would report as races between fibers, while
+/// swapcontext is not instrumented.
+class fiber_context {
+ public:
+  /// Prepares the thread to run @p Body on the @p size bytes of stack below @p top; the thread ends,
+  /// back in the scheduler, when @p Body returns.
+  template <void (*Body)()>
+  void start(char* top, std::size_t size) {
+#if defined(KVEMU_TSAN)
+    getcontext(&own_);
+    own_.uc_stack.ss_sp = top - size;
+    own_.uc_stack.ss_size = size;
+    own_.uc_link = nullptr;
+    // The context's address travels through makecontext's arguments, which the detector does not see
+    // (a field written here and read by the new thread would be a race between two fibers to it).
+    const auto self = reinterpret_cast<std::uintptr_t>(this);
+    makecontext(&own_, reinterpret_cast<void (*)()>(&entry<Body>), 2, static_cast<unsigned>(self >> 32), static_cast<unsigned>(self & 0xffffffffu));
+#else
+    boost::context::stack_context stack;
+    stack.size = size;
+    stack.sp = top;
+    own_ = boost::context::fiber(std::allocator_arg, boost::context::preallocated(top, size, stack), lent_stack{},
+                                 [this](boost::context::fiber&& scheduler) {
+                                   scheduler_ = std::move(scheduler);
+                                   Body();
+                                   return std::move(scheduler_);
+                                 });
+#endif
+  }
+  /// From the scheduler: runs the thread until it leaves or ends.
+  void enter() {
+#if defined(KVEMU_TSAN)
+    swapcontext(&scheduler_, &own_);
+#else
+    own_ = std::move(own_).resume();
+#endif
+  }
+  /// From the thread: back to the scheduler until it enters again.
+  void leave() {
+#if defined(KVEMU_TSAN)
+    swapcontext(&own_, &scheduler_);
+#else
+    scheduler_ = std::move(scheduler_).resume();
+#endif
+  }
+
+ private:
+#if defined(KVEMU_TSAN)
+  /// First code of the ucontext: the context's address in two halves.
+  template <void (*Body)()>
+  static void entry(unsigned high, unsigned low) {
+    auto& self = *reinterpret_cast<fiber_context*>((std::uintptr_t{high} << 32) | low);
+    Body();
+    setcontext(&self.scheduler_);
+  }
+  ucontext_t own_{}, scheduler_{};
+#else
+  /// Boost.Context's stack allocator for a stack the emulator owns: nothing to free.
+  struct lent_stack {
+    void deallocate(boost::context::stack_context&) noexcept {}
+  };
+  boost::context::fiber own_, scheduler_;
+#endif
+};
 
 /// A bookkeeping value shared by a block's fibers and its scheduler: relaxed atomic accesses,
 /// which the race detector neither reports nor counts as synchronisation.
@@ -311,7 +366,7 @@ struct async_copy_queue {
 struct fiber {
   int linear = 0;                  ///< linear thread index in the block (fixed for the fiber)
   relaxed<unsigned> index_x, index_y, index_z;  ///< threadIdx (set per block)
-  ucontext_t context{};            ///< saved registers
+  fiber_context context;           ///< its saved registers and its scheduler's
   char* stack = nullptr;           ///< its stack (a slice of its thread set's mapping)
   std::size_t stack_size = 0;
   void* tsan = nullptr;            ///< its TSan fiber
@@ -439,7 +494,6 @@ struct block {
   thread_set* set = nullptr;                 ///< its threads (lent by the launching thread)
   fiber* threads = nullptr;                  ///< the first `count` of the set's fibers
   int count = 0;
-  ucontext_t scheduler{};
   void* scheduler_tsan = nullptr;
   const void* scheduler_stack = nullptr;     ///< the OS thread's stack (for ASan)
   std::size_t scheduler_stack_size = 0;
@@ -473,7 +527,7 @@ inline void resume(block& b, fiber& f) {
   f.state.store(wait_kind::running);
   sanitizer::switch_to(f.tsan, false);
   sanitizer::start_switch(&b.scheduler_fake_stack, f.stack, f.stack_size);
-  sanitizer::swap_context(&b.scheduler, &f.context);
+  f.context.enter();
   sanitizer::finish_switch(b.scheduler_fake_stack);
   running_fiber.store(nullptr);
 }
@@ -485,7 +539,7 @@ inline void suspend(wait_kind why) {
   f.state.store(why);
   sanitizer::switch_to(b.scheduler_tsan, false);
   sanitizer::start_switch(&f.asan_fake_stack, b.scheduler_stack, b.scheduler_stack_size);
-  sanitizer::swap_context(&f.context, &b.scheduler);
+  f.context.leave();
   sanitizer::finish_switch(f.asan_fake_stack);
 }
 
@@ -502,7 +556,6 @@ inline void fiber_entry() {
   f.state.store(wait_kind::done);
   sanitizer::switch_to(b.scheduler_tsan, true);
   sanitizer::start_switch(nullptr, b.scheduler_stack, b.scheduler_stack_size);
-  setcontext(&b.scheduler);
 }
 
 /// Sets up a block's fibers, shared memory and sync objects (on the block's own OS thread).
@@ -535,11 +588,7 @@ inline void build_block(block& b) {
     f.state.store(wait_kind::running);
     f.async_copies = {};
     f.asan_fake_stack = nullptr;
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack;
-    f.context.uc_stack.ss_size = f.stack_size;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, fiber_entry, 0);
+    f.context.start<fiber_entry>(f.stack + f.stack_size, f.stack_size);  // stacks grow down
   }
   // Everything the block's thread did so far (its thread-local storage, where __shared__ variables
   // live, included) happens before every thread of the block, which acquires this first.

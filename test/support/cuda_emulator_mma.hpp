@@ -12,7 +12,7 @@
 ///
 /// Model: every lane contributes its A and B fragments to kvemu::warp_all_gather (the emulator's
 /// warp collective; not a memory fence, as mma.sync is none) and computes its own four results from
-/// the whole warp's operands. A warp whose lanes do not all take part is reported.
+/// the warp's operands (decoding only the two rows of A and two columns of B they need). A warp whose lanes do not all take part is reported.
 #pragma once
 
 #include <cstdint>
@@ -47,25 +47,33 @@ void mma_sync(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&
   if (all.live != 0xffffffffu) fail("mma.sync needs all 32 lanes of the warp");
   constexpr bool tf32 = std::is_same_v<T, float>;
   constexpr int k_extent = tf32 ? 8 : 16;
-  float A[16][16] = {}, B[16][8] = {};
-  for (int l = 0; l < 32; ++l) {
-    const int g = l / 4, t = l % 4;
+  // The calling lane's results need rows g and g + 8 of A (held by lanes 4g .. 4g + 3) and columns
+  // 2t and 2t + 1 of B (lanes 8t .. 8t + 7); only those are decoded.
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  float A[2][16] = {}, B[16][2] = {};  // A[row is g + 8][k], B[k][column is 2t + 1]
+  for (int l = 4 * g; l < 4 * g + 4; ++l) {
+    const int tl = l % 4;
     if constexpr (tf32) {
-      for (int i = 0; i < 4; ++i) A[g + (i % 2 ? 8 : 0)][t + (i >= 2 ? 4 : 0)] = mma_tf32(all.lane[l].a[i]);
-      for (int i = 0; i < 2; ++i) B[t + 4 * i][g] = mma_tf32(all.lane[l].b[i]);
+      for (int i = 0; i < 4; ++i) A[i % 2][tl + (i >= 2 ? 4 : 0)] = mma_tf32(all.lane[l].a[i]);
     } else {
       for (int i = 0; i < 8; ++i) {
         const bool low_row = i < 2 || (i >= 4 && i < 6);
-        A[g + (low_row ? 0 : 8)][2 * t + (i & 1) + (i >= 4 ? 8 : 0)] = mma_element16<T>(all.lane[l].a, i);
+        A[low_row ? 0 : 1][2 * tl + (i & 1) + (i >= 4 ? 8 : 0)] = mma_element16<T>(all.lane[l].a, i);
       }
-      for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_element16<T>(all.lane[l].b, i);
     }
   }
-  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  for (int l = 8 * t; l < 8 * t + 8; ++l) {
+    const int tl = l % 4, column = (l / 4) % 2;
+    if constexpr (tf32) {
+      for (int i = 0; i < 2; ++i) B[tl + 4 * i][column] = mma_tf32(all.lane[l].b[i]);
+    } else {
+      for (int i = 0; i < 4; ++i) B[2 * tl + (i & 1) + (i >= 2 ? 8 : 0)][column] = mma_element16<T>(all.lane[l].b, i);
+    }
+  }
   for (int i = 0; i < 4; ++i) {
-    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    const int row = i >= 2 ? 1 : 0, column = i & 1;
     float sum = c[i];
-    for (int k = 0; k < k_extent; ++k) sum += A[row][k] * B[k][col];
+    for (int k = 0; k < k_extent; ++k) sum += A[row][k] * B[k][column];
     c[i] = sum;
   }
 }
