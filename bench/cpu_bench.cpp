@@ -14,7 +14,10 @@
 // bench/peer_torch.py), that of a decode step reading K and V once.
 //
 //   cpu_bench [--tokens 4096,16384] [--threads 1,2] [--reps 7] [--cases SnapKV,decode] [--csv FILE]
-// (--cases: only the cases whose name contains one of the given words)
+//             [--perf-control CTL,ACK]
+// (--cases: only the cases whose name contains one of the given words; --perf-control: the control and
+// acknowledgement FIFOs of `perf record -D -1 --control fifo:CTL,ACK`, so that perf samples only the
+// timed session calls, not the restore, flush and setup around them)
 #include <kvcompact/kvcompact.hpp>
 
 #include <algorithm>
@@ -48,6 +51,21 @@ std::vector<int> numbers(const std::string& list) {
   for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoi(item));
   return out;
 }
+
+// perf record's control FIFOs (--perf-control): events enabled only around the timed calls.
+struct perf_control {
+  std::FILE* control = nullptr;
+  std::FILE* acknowledgement = nullptr;
+  // Sends @p command ("enable" or "disable") and waits for perf's acknowledgement.
+  void send(const char* command) const {
+    if (!control) return;
+    std::fprintf(control, "%s\n", command);
+    std::fflush(control);
+    char ack[16];
+    if (!std::fgets(ack, sizeof ack, acknowledgement)) std::fprintf(stderr, "cpu_bench: perf did not acknowledge '%s'\n", command);
+  }
+};
+perf_control perf;
 
 // Writes a buffer larger than the last-level cache, so each timed run starts from memory.
 void flush_caches() {
@@ -126,9 +144,13 @@ bench_case make_case(std::string name, layer_data& data, int threads, double flo
             bench_session<Policy> s(policy, data, threads);
             flush_caches();
             const double cpu0 = cpu_ms();
+            perf.send("enable");
             const auto t0 = clock_type::now();
             call(s.session);
-            return std::pair{std::chrono::duration<double, std::milli>(clock_type::now() - t0).count(), cpu_ms() - cpu0};
+            const auto t1 = clock_type::now();
+            const double cpu1 = cpu_ms();
+            perf.send("disable");
+            return std::pair{std::chrono::duration<double, std::milli>(t1 - t0).count(), cpu1 - cpu0};
           }, {}, {}};
 }
 
@@ -145,6 +167,15 @@ int main(int argc, char** argv) {
     else if (a == "--threads") thread_counts = numbers(v);
     else if (a == "--reps") reps = std::stoi(v);
     else if (a == "--csv") csv_path = v;
+    else if (a == "--perf-control") {
+      const auto comma = v.find(',');
+      perf.control = std::fopen(v.substr(0, comma).c_str(), "w");
+      perf.acknowledgement = comma == std::string::npos ? nullptr : std::fopen(v.substr(comma + 1).c_str(), "r");
+      if (!perf.control || !perf.acknowledgement) {
+        std::fprintf(stderr, "cpu_bench: --perf-control %s: cannot open the FIFOs CTL,ACK\n", v.c_str());
+        return 2;
+      }
+    }
     else if (a == "--cases") {
       std::stringstream in(v);
       for (std::string word; std::getline(in, word, ',');) case_words.push_back(word);

@@ -8,6 +8,7 @@
 
 #include <kvcompact/kvcompact.hpp>
 
+#include "support/expect_error.hpp"
 #include "support/reference.hpp"
 
 #include <cstring>
@@ -86,4 +87,36 @@ BOOST_AUTO_TEST_CASE(results_do_not_depend_on_the_thread_count) {
   BOOST_TEST_CONTEXT("h2o, every prompt query as window") { check_thread_independence(kvcompact::policies::h2o(300, 16), prompt); }
   BOOST_TEST_CONTEXT("tova") { check_thread_independence(kvcompact::policies::tova(300), 1); }
   BOOST_TEST_CONTEXT("knorm") { check_thread_independence(kvcompact::policies::knorm(300), 1); }
+}
+
+// KNorm compresses a layer in rounds of as many heads as threads (scored in parallel, compacted in
+// parallel). A NaN key in head 3 of layer 0 (a NaN score) throws with heads 0-2 compacted and heads 3-4
+// and layer 1 untouched, whatever the thread count (rounds of 1, 2 and 3 heads end inside, at and
+// across head 3), with the same K/V bits, positions and lengths.
+BOOST_AUTO_TEST_CASE(a_nan_score_leaves_the_heads_before_it_compacted_whatever_the_thread_count) {
+  constexpr index_t heads = 5, nan_head = 3, budget = 200;
+  std::vector<kvtest::random_cache<float>> results;
+  for (const int threads : {1, 2, 3}) {
+    kvtest::fill_options fill;
+    fill.min_length = fill.max_length = prompt;
+    auto cache = kvtest::make_random_cache({1, layers, heads, capacity, dims}, fill, 41);
+    cache.keys[static_cast<std::size_t>(cache.element(0, 0, nan_head, 17, 5))] = NAN;
+    using session_t = kvcompact::cpu::session<decltype(kvcompact::policies::knorm(budget)), float, kvcompact::layouts::strided>;
+    const kvcompact::attention_shape shape{heads * group};
+    auto memory = kvtest::session_memory::for_session<session_t>(cache.layout, shape);
+    session_t session(kvcompact::policies::knorm(budget), cache.view(), shape, memory.state(), memory.workspace());
+    session.set_threads(threads);
+    kvtest::expect_error([&] { session.compress_prefill(); }, "scores", "NaN");
+    BOOST_TEST_CONTEXT(threads << " threads") {
+      for (index_t h = 0; h < heads; ++h) BOOST_TEST(cache.length(0, 0, h) == (h < nan_head ? budget : prompt));
+      for (index_t h = 0; h < heads; ++h) BOOST_TEST(cache.length(0, 1, h) == prompt);
+      if (!results.empty()) {
+        BOOST_TEST(cache.lengths == results.front().lengths);
+        BOOST_TEST(cache.positions == results.front().positions);
+        BOOST_TEST(same_bits(cache.keys, results.front().keys));  // the NaN included
+        BOOST_TEST(same_bits(cache.values, results.front().values));
+      }
+    }
+    results.push_back(std::move(cache));
+  }
 }

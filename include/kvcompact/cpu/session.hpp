@@ -748,18 +748,35 @@ class session {
   // keys of 8 MiB a head); scoring every head first evicted them. Keep-sets are the same either way.
   static constexpr bool compresses_each_head = !Policy::needs_attention && detail::selects_each_head<typename Policy::selector_type>;
 
-  // Scores, selects, merges and compacts one layer of a sequence (head by head when compresses_each_head).
+  // Scores, selects, merges and compacts one layer of a sequence (in rounds of heads when compresses_each_head).
   void compress_layer(index_t sequence, index_t layer, const query_window& window, window_layer in_window) {
     if constexpr (compresses_each_head) {
+      // Rounds of as many heads as threads: the round's heads are scored in parallel (one head per
+      // thread), selected and merged in order, then compacted in parallel while their keys are still in
+      // the L3 cache (KNorm at 16k tokens on 2 threads: compaction, about half of the time, ran on one
+      // thread when each head was scored across the threads and compacted alone). A NaN score or a
+      // refused selection throws with the heads before its head compacted (as layers are), as when the
+      // heads ran one after another.
       const index_t step = layer_step(sequence, layer);
       layer_context<T, Layout> ctx = context(sequence, layer, step);
-      for (int h = 0; h < ctx.kv_heads(); ++h) {  // a NaN score throws with the heads before h compacted (as layers are)
-        for_each_block(sequence, layer, h, h + 1, [&](index_t, index_t first, index_t end) { score_slot_block(sequence, layer, h, first, end); });
-        check_scores(sequence, layer, h);
-        clear_verdicts(ctx, h);
-        detail::select_head(group_, policy_.selector, ctx, h);
-        merge_and_budget(ctx, h);
-        compact(ctx, h, step);
+      const int round = team();
+      for (int first = 0; first < ctx.kv_heads(); first += round) {
+        const int end = first + round < ctx.kv_heads() ? first + round : ctx.kv_heads();
+        for_each_block(sequence, layer, first, end, [&](index_t h, index_t a, index_t b) { score_slot_block(sequence, layer, h, a, b); });
+        auto compact_heads = [&](int last) { detail::parallel_for(last - first, team(), [&](index_t i) { compact(ctx, first + static_cast<int>(i), step); }); };
+        int h = first;
+        try {
+          for (; h < end; ++h) {
+            check_scores(sequence, layer, h);
+            clear_verdicts(ctx, h);
+            detail::select_head(group_, policy_.selector, ctx, h);
+            merge_and_budget(ctx, h);
+          }
+        } catch (...) {
+          compact_heads(h);
+          throw;
+        }
+        compact_heads(end);
       }
     } else {
       score_layer(sequence, layer, window, in_window);
