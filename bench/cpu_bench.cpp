@@ -143,8 +143,8 @@ bench_case make_case(std::string name, layer_data& data, int threads, double flo
             data.restore();
             bench_session<Policy> s(policy, data, threads);
             flush_caches();
-            const double cpu0 = cpu_ms();
             perf.send("enable");
+            const double cpu0 = cpu_ms();
             const auto t0 = clock_type::now();
             call(s.session);
             const auto t1 = clock_type::now();

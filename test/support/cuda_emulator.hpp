@@ -26,11 +26,11 @@
 /// lanes: everything a lane keeps lives in the lane's own variables.
 ///
 /// ## Model
-/// Every block runs on its own OS thread, and its CUDA threads are fibers (Boost.Context; glibc ucontext
-/// under ThreadSanitizer, see fiber_context) on that OS
-/// thread, so `__shared__` variables (`static thread_local` here) are private to the block and start
-/// zero-filled in every block: nothing persists from one block to the next. Up to
-/// KVEMU_RESIDENT_BLOCKS blocks (default 4) are resident at once and interleave: the launching thread
+/// Every block runs on its own OS thread, and its CUDA threads are fibers on that OS thread
+/// (Boost.Context; glibc ucontext under ThreadSanitizer, see fiber_context), so `__shared__`
+/// variables (`static thread_local` here) are private to the block and start zero-filled in every
+/// block: nothing persists from one block to the next. Up to KVEMU_RESIDENT_BLOCKS blocks (default 4)
+/// are resident at once and interleave: the launching thread
 /// hands a turn of 1-8 scheduling rounds to one resident block at a time, chosen by a random
 /// generator seeded by KVEMU_SEED (default 1), so a run is deterministic for a given seed and only
 /// one OS thread runs at any moment. Within a round, the block's runnable threads resume once each

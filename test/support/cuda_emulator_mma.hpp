@@ -12,7 +12,8 @@
 ///
 /// Model: every lane contributes its A and B fragments to kvemu::warp_all_gather (the emulator's
 /// warp collective; not a memory fence, as mma.sync is none) and computes its own four results from
-/// the warp's operands (decoding only the two rows of A and two columns of B they need). A warp whose lanes do not all take part is reported.
+/// the warp's operands (decoding only the two rows of A and two columns of B they need). A warp
+/// whose lanes do not all take part is reported.
 #pragma once
 
 #include <cstdint>
