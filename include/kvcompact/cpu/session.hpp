@@ -913,7 +913,7 @@ class session {
       if (prefetch_values) detail::prefetch_bytes_to_l2(cache_.values + cache_.layout.offset(sequence, layer, h, j), row_bytes);
       for (index_t r0 = 0; r0 < rows; r0 += 4) {
         auto rows_of_pass = [&]<int R>(std::integral_constant<int, R>) {
-          detail::float_lanes sums[R] = {};
+          detail::lane_vectors sums[R] = {};
           const float* q[R];
           for (int r = 0; r < R; ++r) q[r] = queries + (r0 + r) * dims;
           for (index_t d = 0; d < dims; d += detail::row_chunk) {

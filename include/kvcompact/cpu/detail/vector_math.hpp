@@ -10,9 +10,10 @@
 /// or NEON, and its results do not depend on whether the compiler vectorised it (every sum has one
 /// fixed association; simd_lanes and sum_lanes() come from detail/lane_sums.hpp, shared with the
 /// components' own definitions). The two kernels that keep several rows of sums at once (dot_rows,
-/// weighted_rows) use float_lanes, a vector extension with the same lane arithmetic, because GCC does
-/// not keep their lane-loop form in registers (the 8-row window tile has a vector type of its own).
-/// docs/cpu_backend.md explains the choice.
+/// weighted_rows) hold them in native vectors of the target (native_floats, lane_vectors; same lane
+/// arithmetic), because GCC keeps neither their lane-loop form nor a 16-float vector extension in
+/// registers (the 8-row window tile has a vector type of its own). docs/cpu_backend.md explains the
+/// choice.
 #pragma once
 
 #include <kvcompact/detail/lane_sums.hpp>
@@ -77,75 +78,6 @@ const float* load_row(const T* row, index_t stride, index_t first, index_t count
   return copy_row(row, stride, first, count, buffer);
 }
 
-/// simd_lanes floats as one value (a GCC/Clang vector extension, which nvcc's host pass accepts), for
-/// the kernels that keep several rows of accumulators at once: their lane-loop form GCC does not
-/// keep in registers (it vectorises across the rows instead, with scalar gathers). Element-wise
-/// arithmetic only, so every lane sums in the same order as a lane loop. Passed by reference (a
-/// 64-byte vector by value would depend on the -march of each translation unit's ABI).
-using float_lanes = float __attribute__((vector_size(simd_lanes * sizeof(float))));
-
-/// Loads the simd_lanes floats at @p p (any alignment) into @p v.
-inline void load_lanes(const float* p, float_lanes& v) { std::memcpy(&v, p, sizeof v); }
-
-/// Writes @p v to the simd_lanes floats at @p p (any alignment).
-inline void store_lanes(float* p, const float_lanes& v) { std::memcpy(p, &v, sizeof v); }
-
-/// Sum of the simd_lanes of @p v in the order of detail::sum_lanes() of an array (lanes l and l + 8,
-/// then l and l + 4, then (0 + 2) + (1 + 3)), with the halves taken in registers (no store and reload
-/// of the vector, which stalls store forwarding).
-inline float sum_lanes(const float_lanes& v) {
-  static_assert(simd_lanes == 16, "the shuffles below name 16 lanes");
-  using half_lanes = float __attribute__((vector_size(simd_lanes / 2 * sizeof(float))));
-  using quarter_lanes = float __attribute__((vector_size(simd_lanes / 4 * sizeof(float))));
-  const half_lanes half = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const quarter_lanes quarter = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
-  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
-}
-
-/// `sums[r] += queries[r] * key` lane-wise over @p count dimensions for ROWS query rows (lane l
-/// takes dimensions l, l + simd_lanes, ...), reading the key once for all of them (the GQA group's
-/// query heads served from one load); sum_lanes() of each finishes its dot product. The ROWS sums
-/// advance together in registers (independent chains, so the FMA latency is hidden). Always inlined:
-/// called once per key row, an out-of-line copy (GCC 12 made one, the sums zeroed by memset and
-/// handed back through the stack) cost several times the loop's own arithmetic.
-template <int ROWS>
-[[gnu::always_inline]] inline void dot_rows(const float* const* queries, const float* key, index_t count, float_lanes (&sums)[ROWS]) {
-  float_lanes k, q, acc[ROWS];
-  for (int r = 0; r < ROWS; ++r) acc[r] = sums[r];  // locals: through the reference, every step stored its sums (they may alias the rows)
-  index_t d = 0;
-  for (; d + simd_lanes <= count; d += simd_lanes) {
-    load_lanes(key + d, k);
-    for (int r = 0; r < ROWS; ++r) {
-      load_lanes(queries[r] + d, q);
-      acc[r] += q * k;
-    }
-  }
-  if (d < count) {
-    float tail[simd_lanes] = {};  // the last count - d dimensions, zero-padded
-    for (index_t l = 0; d + l < count; ++l) tail[l] = key[d + l];
-    load_lanes(tail, k);
-    for (int r = 0; r < ROWS; ++r) {
-      for (index_t l = 0; d + l < count; ++l) tail[l] = queries[r][d + l];
-      load_lanes(tail, q);
-      acc[r] += q * k;
-    }
-  }
-  for (int r = 0; r < ROWS; ++r) sums[r] = acc[r];
-}
-
-/// Asks the second-level cache for the @p bytes at @p p (x86 `prefetcht1`), one prefetch per 64-byte
-/// line: a hint, no load (never faults), so the memory stream of rows read a few kilobytes later runs
-/// ahead of the arithmetic on earlier rows. The lines do not take first-level miss buffers and do not
-/// evict the rows being read now from the first-level cache.
-inline void prefetch_bytes_to_l2(const void* p, std::size_t bytes) {
-  for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset, 0, 2);
-}
-
-/// `y[i] += a * x[i]` for i < @p count.
-inline void add_scaled(float* y, float a, const float* x, index_t count) {
-  for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
-}
-
 /// Floats in one vector register of the target: 16 with AVX-512, 8 with AVX/AVX2, 4 otherwise (SSE,
 /// NEON). Element-wise kernels that keep blocks of sums in registers count their registers in these.
 inline constexpr int native_lanes =
@@ -168,14 +100,97 @@ inline constexpr int vector_registers =
 /// native_lanes floats as one value: one vector register of the target.
 using native_floats = float __attribute__((vector_size(native_lanes * sizeof(float))));
 
+/// Native vectors that hold simd_lanes floats (1 with AVX-512, 2 with AVX/AVX2, 4 otherwise).
+inline constexpr int lane_parts = simd_lanes / native_lanes;
+
+/// simd_lanes partial sums (see detail::sum_lanes()) in native vectors: lane l is element
+/// l % native_lanes of part l / native_lanes. For kernels that keep several rows of sums at once:
+/// in lane-loop form GCC does not keep those in registers, and as one 16-float vector extension it
+/// lowers them through the stack on targets narrower than 512 bits. Element-wise arithmetic only, so
+/// every lane sums in the order of a lane loop.
+struct lane_vectors {
+  native_floats part[lane_parts];  ///< lanes [p * native_lanes, (p + 1) * native_lanes) in part[p]
+};
+
+/// Sum of the lanes of @p v in the order of detail::sum_lanes() of an array (lanes l and l + 8,
+/// then l and l + 4, then (0 + 2) + (1 + 3)), folded in registers: a store and reload of the lanes
+/// stalls store forwarding (with AVX2 that made TOVA's key pass 2x slower).
+inline float sum_lanes(const lane_vectors& v) {
+  static_assert(simd_lanes == 16, "the folds below name 16 lanes");
+  using quarter_lanes = float __attribute__((vector_size(4 * sizeof(float))));
+#if defined(__AVX512F__)
+  using half_lanes = float __attribute__((vector_size(8 * sizeof(float))));
+  const native_floats& all = v.part[0];
+  const half_lanes half = __builtin_shufflevector(all, all, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(all, all, 8, 9, 10, 11, 12, 13, 14, 15);
+  const quarter_lanes quarter = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
+#elif defined(__AVX__)
+  const native_floats half = v.part[0] + v.part[1];
+  const quarter_lanes quarter = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
+#else
+  const quarter_lanes quarter = (v.part[0] + v.part[2]) + (v.part[1] + v.part[3]);
+#endif
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+/// `sums[r] += queries[r] * key` lane-wise over @p count dimensions for ROWS query rows (lane l
+/// takes dimensions l, l + simd_lanes, ...), reading the key once for all of them (the GQA group's
+/// query heads served from one load); sum_lanes() of each finishes its dot product. The ROWS sums
+/// advance together in registers (independent chains, so the FMA latency is hidden). Always inlined:
+/// called once per key row, an out-of-line copy (GCC 12 made one, the sums zeroed by memset and
+/// handed back through the stack) cost several times the loop's own arithmetic.
+template <int ROWS>
+[[gnu::always_inline]] inline void dot_rows(const float* const* queries, const float* key, index_t count, lane_vectors (&sums)[ROWS]) {
+  lane_vectors acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = sums[r];  // locals: through the reference, every step stored its sums (they may alias the rows)
+  auto accumulate = [&](const float* key_lanes, const float* const* query_lanes) {
+    native_floats k[lane_parts], q;
+    for (int p = 0; p < lane_parts; ++p) std::memcpy(&k[p], key_lanes + p * native_lanes, sizeof q);
+    for (int r = 0; r < ROWS; ++r)
+      for (int p = 0; p < lane_parts; ++p) {
+        std::memcpy(&q, query_lanes[r] + p * native_lanes, sizeof q);
+        acc[r].part[p] += q * k[p];
+      }
+  };
+  index_t d = 0;
+  for (; d + simd_lanes <= count; d += simd_lanes) {
+    const float* shifted[ROWS];
+    for (int r = 0; r < ROWS; ++r) shifted[r] = queries[r] + d;
+    accumulate(key + d, shifted);
+  }
+  if (d < count) {  // the last count - d dimensions, zero-padded
+    float key_tail[simd_lanes] = {}, query_tail[ROWS][simd_lanes] = {};
+    const float* tails[ROWS];
+    for (index_t l = 0; d + l < count; ++l) key_tail[l] = key[d + l];
+    for (int r = 0; r < ROWS; ++r) {
+      for (index_t l = 0; d + l < count; ++l) query_tail[r][l] = queries[r][d + l];
+      tails[r] = query_tail[r];
+    }
+    accumulate(key_tail, tails);
+  }
+  for (int r = 0; r < ROWS; ++r) sums[r] = acc[r];
+}
+
+/// Asks the second-level cache for the @p bytes at @p p (x86 `prefetcht1`), one prefetch per 64-byte
+/// line: a hint, no load (never faults), so the memory stream of rows read a few kilobytes later runs
+/// ahead of the arithmetic on earlier rows. The lines do not take first-level miss buffers and do not
+/// evict the rows being read now from the first-level cache.
+inline void prefetch_bytes_to_l2(const void* p, std::size_t bytes) {
+  for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(p) + offset, 0, 2);
+}
+
+/// `y[i] += a * x[i]` for i < @p count.
+inline void add_scaled(float* y, float a, const float* x, index_t count) {
+  for (index_t i = 0; i < count; ++i) y[i] += a * x[i];
+}
+
 /// Weighted row sums over a run of rows, for ROWS outputs at once: `out[r][i] += weights[r][j] * rows[j][i]`
 /// for j < @p count in order and i < @p width, skipping zero weights (a row with a zero weight never
 /// reaches the output, even if it holds a NaN). Each element gets exactly the additions of
 /// add_scaled() row after row, in the same order; the outputs stay in registers over the run, in
 /// blocks of native vectors sized to the register file (AVX-512: 2 x 16 elements of each output; AVX2:
-/// 2 x 8), so each row element is loaded once for all ROWS outputs. With float_lanes (16 floats) and
-/// AVX2, GCC kept these sums on the stack around the zero-weight branch: the decode step spent ~4x
-/// longer here than in its key pass. How many elements a block covers changes no sum.
+/// 2 x 8), so each row element is loaded once for all ROWS outputs. With one 16-float vector
+/// extension per output and AVX2, GCC kept these sums on the stack around the zero-weight branch: the
+/// decode step spent ~4x longer here than in its key pass. How many elements a block covers changes no sum.
 template <int ROWS>
 void weighted_rows(float* const (&out)[ROWS], const float* const (&weights)[ROWS], const float* const* rows, index_t count, index_t width) {
   // Native vectors per output in a block: the most of 4, 2, 1 whose registers (ROWS x parts sums,
@@ -183,22 +198,32 @@ void weighted_rows(float* const (&out)[ROWS], const float* const (&weights)[ROWS
   constexpr auto fits = [](int parts) { return ROWS * parts + parts + 1 <= vector_registers && parts * native_lanes <= 2 * simd_lanes; };
   constexpr int parts = fits(4) ? 4 : (fits(2) ? 2 : 1);
   constexpr index_t step = parts * native_lanes;
-  index_t i = 0;
-  for (; i + step <= width; i += step) {
-    native_floats acc[ROWS][parts], x[parts];
-    for (int r = 0; r < ROWS; ++r)
-      for (int p = 0; p < parts; ++p) std::memcpy(&acc[r][p], out[r] + i + p * native_lanes, sizeof(native_floats));
-    for (index_t j = 0; j < count; ++j) {
-      for (int p = 0; p < parts; ++p) std::memcpy(&x[p], rows[j] + i + p * native_lanes, sizeof(native_floats));
-      for (int r = 0; r < ROWS; ++r) {
-        const float w = weights[r][j];
-        if (w == 0.0f) continue;
-        for (int p = 0; p < parts; ++p) acc[r][p] += w * x[p];
+  // Runs without a zero weight (the common case: only masked slots and underflowed exps weigh 0)
+  // take the blocks without the test: a compare and branch per weight and block, repeated for every
+  // block of the row, cost the decode step ~2x the arithmetic of its value pass (AVX2, perf).
+  bool any_zero = false;
+  for (int r = 0; r < ROWS; ++r)
+    for (index_t j = 0; j < count; ++j) any_zero |= weights[r][j] == 0.0f;
+  auto blocks = [&]<bool SkipZero>(std::bool_constant<SkipZero>) {
+    index_t i = 0;
+    for (; i + step <= width; i += step) {
+      native_floats acc[ROWS][parts], x[parts];
+      for (int r = 0; r < ROWS; ++r)
+        for (int p = 0; p < parts; ++p) std::memcpy(&acc[r][p], out[r] + i + p * native_lanes, sizeof(native_floats));
+      for (index_t j = 0; j < count; ++j) {
+        for (int p = 0; p < parts; ++p) std::memcpy(&x[p], rows[j] + i + p * native_lanes, sizeof(native_floats));
+        for (int r = 0; r < ROWS; ++r) {
+          const float w = weights[r][j];
+          if (SkipZero && w == 0.0f) continue;
+          for (int p = 0; p < parts; ++p) acc[r][p] += w * x[p];
+        }
       }
+      for (int r = 0; r < ROWS; ++r)
+        for (int p = 0; p < parts; ++p) std::memcpy(out[r] + i + p * native_lanes, &acc[r][p], sizeof(native_floats));
     }
-    for (int r = 0; r < ROWS; ++r)
-      for (int p = 0; p < parts; ++p) std::memcpy(out[r] + i + p * native_lanes, &acc[r][p], sizeof(native_floats));
-  }
+    return i;
+  };
+  const index_t i = any_zero ? blocks(std::true_type{}) : blocks(std::false_type{});
   for (index_t j = 0; j < count && i < width; ++j)
     for (int r = 0; r < ROWS; ++r)
       if (weights[r][j] != 0.0f) add_scaled(out[r] + i, weights[r][j], rows[j] + i, width - i);
