@@ -51,12 +51,9 @@ void check_decode_loop(const std::string& name, const Policy& policy, const kvte
     kvtest::session_storage<Policy, T, Layout> cpu_storage(cpu.layout, shape);
     kc::cpu::session<Policy, T, Layout> reference(policy, cpu.view(), shape, cpu_storage.state_span(), cpu_storage.workspace_span());
     reference.compress_prefill(window.view());
-    kvtest::device_cache<T, Layout> device(host);
-    const kvtest::device_window device_rows(window);
-    using session_type = kc::cuda::session<Policy, T, Layout>;
-    kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, window.rows);
-    session_type gpu(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, window.rows);
-    gpu.compress_prefill(device_rows.view());
+    kvtest::prefilled_device_session<kc::cuda::session<Policy, T, Layout>, T, Layout> prefilled(policy, host, window, shape);
+    auto& gpu = prefilled.session;
+    const auto& device = prefilled.cache;
     std::mt19937 rng(99);
     index_t bad_outputs = 0, bad_victims = 0, tied_heads = 0;
     std::vector<bool> diverged(cpu.lengths.size(), false);

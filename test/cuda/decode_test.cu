@@ -28,10 +28,10 @@
 #include "support/decode_values.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace kc = kvcompact;

@@ -52,12 +52,8 @@ struct gpu_run {
 template <class Policy, class Layout>
 gpu_run run_on_gpu(const Policy& policy, const kvtest::layout_cache<element, Layout>& host, const kvtest::random_window& window, index_t steps) {
   const kc::attention_shape shape{H * G};
-  kvtest::device_cache<element, Layout> device(host);
-  const kvtest::device_window rows(window);
-  using session_type = kc::cuda::session<Policy, element, Layout>;
-  kvtest::device_session_storage<session_type> storage(device.layout.layout, shape, window.rows);
-  session_type session(policy, device.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, window.rows);
-  session.compress_prefill(rows.view());
+  kvtest::prefilled_device_session<kc::cuda::session<Policy, element, Layout>, element, Layout> prefilled(policy, host, window, shape);
+  auto& session = prefilled.session;
   gpu_run out;
   std::mt19937 rng(5);
   std::vector<std::int32_t> positions(prompts.begin(), prompts.end());
@@ -77,7 +73,7 @@ gpu_run run_on_gpu(const Policy& policy, const kvtest::layout_cache<element, Lay
     for (auto& p : positions) ++p;
   }
   session.check("decode loop");
-  auto result = device.download(host);
+  auto result = prefilled.cache.download(host);
   out.cache = kvtest::take_snapshot(result.view());
   return out;
 }

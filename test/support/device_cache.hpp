@@ -153,4 +153,21 @@ struct device_window {
   kvcompact::query_window view() const { return {queries.data(), positions.data(), rows}; }
 };
 
+/// @brief A kvcompact::cuda::session over a device copy of a host cache, with its own state and
+/// workspace, after compress_prefill() with @p window: where the decode-loop tests start.
+template <class Session, class T, class Layout>
+struct prefilled_device_session {
+  device_cache<T, Layout> cache;            ///< the device K/V the session works on
+  device_window rows;                       ///< the prefill window
+  device_session_storage<Session> storage;  ///< state and workspace
+  Session session;                          ///< the session, prefill done
+
+  template <class Policy>
+  prefilled_device_session(const Policy& policy, const layout_cache<T, Layout>& host, const random_window& window, const kvcompact::attention_shape& shape)
+      : cache(host), rows(window), storage(cache.layout.layout, shape, window.rows),
+        session(policy, cache.view(), shape, storage.state.bytes(), storage.workspace.bytes(), nullptr, window.rows) {
+    session.compress_prefill(rows.view());
+  }
+};
+
 }  // namespace kvtest
