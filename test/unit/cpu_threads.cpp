@@ -13,6 +13,7 @@
 
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -89,26 +90,50 @@ BOOST_AUTO_TEST_CASE(results_do_not_depend_on_the_thread_count) {
   BOOST_TEST_CONTEXT("knorm") { check_thread_independence(kvcompact::policies::knorm(300), 1); }
 }
 
-// KNorm compresses a layer in rounds of as many heads as threads (scored in parallel, compacted in
-// parallel). A NaN key in head 3 of layer 0 (a NaN score) throws with heads 0-2 compacted and heads 3-4
-// and layer 1 untouched, whatever the thread count (rounds of 1, 2 and 3 heads end inside, at and
-// across head 3), with the same K/V bits, positions and lengths.
-BOOST_AUTO_TEST_CASE(a_nan_score_leaves_the_heads_before_it_compacted_whatever_the_thread_count) {
-  constexpr index_t heads = 5, nan_head = 3, budget = 200;
+/// The head of layer 0 that fails in check_failure_in_a_round().
+constexpr int failing_head = 3;
+
+/// A cooperative selector of head scope that keeps each head's first `slots` slots and refuses head
+/// `refused` (throws kvcompact::error about "head"): a selection that fails inside a parallel round.
+struct refusing_selector {
+  using component_kind = kvcompact::cooperative_selector_tag;
+  static constexpr kvcompact::selection_scope scope = kvcompact::selection_scope::head;
+  index_t slots = 0;
+  int refused = 0;
+
+  index_t budget(index_t, index_t, index_t length) const { return slots < length ? slots : length; }
+  template <class Group, class Ctx>
+  void select(Group&, Ctx& ctx, int h) const {
+    if (h == refused) throw kvcompact::error("refusing_selector", "head", "refused head " + std::to_string(h));
+    for (index_t j = 0; j < ctx.length(h) && j < slots; ++j) ctx.keep(h, j, true);
+  }
+  template <class Group, class Ctx>
+  void select_decode(Group&, Ctx&, int) const {}
+};
+
+// A slot-scoring policy whose selector decides each head compresses a layer in rounds of as many heads
+// as threads (scored and selected in parallel, merged in order, compacted in parallel). When head
+// failing_head (3) of layer 0 fails (`poison` prepares the cache for it), compress_prefill() throws
+// the error about `argument` with heads 0-2 compacted to `kept` slots and heads 3-4 and layer 1
+// untouched, whatever the thread count (rounds of 1, 2 and 3 heads end inside, at and across head 3),
+// with the same K/V bits, positions and lengths.
+template <class Policy, class Poison>
+void check_failure_in_a_round(const Policy& policy, index_t kept, const Poison& poison, const std::string& argument, const std::string& mentions) {
+  constexpr index_t heads = 5;
   std::vector<kvtest::random_cache<float>> results;
   for (const int threads : {1, 2, 3}) {
     kvtest::fill_options fill;
     fill.min_length = fill.max_length = prompt;
     auto cache = kvtest::make_random_cache({1, layers, heads, capacity, dims}, fill, 41);
-    cache.keys[static_cast<std::size_t>(cache.element(0, 0, nan_head, 17, 5))] = NAN;
-    using session_t = kvcompact::cpu::session<decltype(kvcompact::policies::knorm(budget)), float, kvcompact::layouts::strided>;
+    poison(cache);
+    using session_t = kvcompact::cpu::session<Policy, float, kvcompact::layouts::strided>;
     const kvcompact::attention_shape shape{heads * group};
     auto memory = kvtest::session_memory::for_session<session_t>(cache.layout, shape);
-    session_t session(kvcompact::policies::knorm(budget), cache.view(), shape, memory.state(), memory.workspace());
+    session_t session(policy, cache.view(), shape, memory.state(), memory.workspace());
     session.set_threads(threads);
-    kvtest::expect_error([&] { session.compress_prefill(); }, "scores", "NaN");
+    kvtest::expect_error([&] { session.compress_prefill(); }, argument, mentions);
     BOOST_TEST_CONTEXT(threads << " threads") {
-      for (index_t h = 0; h < heads; ++h) BOOST_TEST(cache.length(0, 0, h) == (h < nan_head ? budget : prompt));
+      for (index_t h = 0; h < heads; ++h) BOOST_TEST(cache.length(0, 0, h) == (h < failing_head ? kept : prompt));
       for (index_t h = 0; h < heads; ++h) BOOST_TEST(cache.length(0, 1, h) == prompt);
       if (!results.empty()) {
         BOOST_TEST(cache.lengths == results.front().lengths);
@@ -119,4 +144,19 @@ BOOST_AUTO_TEST_CASE(a_nan_score_leaves_the_heads_before_it_compacted_whatever_t
     }
     results.push_back(std::move(cache));
   }
+}
+
+BOOST_AUTO_TEST_CASE(a_nan_score_leaves_the_heads_before_it_compacted_whatever_the_thread_count) {
+  constexpr index_t budget = 200;
+  check_failure_in_a_round(
+      kvcompact::policies::knorm(budget), budget,
+      [](kvtest::random_cache<float>& cache) { cache.keys[static_cast<std::size_t>(cache.element(0, 0, failing_head, 17, 5))] = NAN; }, "scores",
+      "NaN");
+}
+
+BOOST_AUTO_TEST_CASE(a_refused_selection_leaves_the_heads_before_it_compacted_whatever_the_thread_count) {
+  constexpr index_t kept = 150;
+  using policy_t = kvcompact::policy<kvcompact::scorers::key_norm, refusing_selector>;
+  static_assert(kvcompact::cooperative_selector<refusing_selector> && kvcompact::compression_policy<policy_t>);
+  check_failure_in_a_round(policy_t{{}, refusing_selector{kept, failing_head}, {}}, kept, [](kvtest::random_cache<float>&) {}, "head", "refused head 3");
 }
