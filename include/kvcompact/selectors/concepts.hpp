@@ -176,7 +176,9 @@ concept ranked_selector = detail::declares_ranked<S> && detail::declares_scope<S
 /// 3. `budget(layer, num_layers, length)`: the slots a head keeps, used for decode budgets;
 /// 4. prefill: `select(group, ctx, head)` (head scope) or `select(group, ctx)` (layer scope): every
 ///    slot starts not kept without a merge target; mark the keep-set with `ctx.keep(head, slot, true)`
-///    and optionally merge targets with `ctx.set_target(head, slot, pivot)`. `ctx.order(head)` is ready;
+///    and optionally merge targets with `ctx.set_target(head, slot, pivot)`. `ctx.order(head)` is ready.
+///    Head scope: touch only that head's entries of the context (its flags and targets,
+///    `float_scratch(head)`, `index_scratch(head, i)`); both backends select a layer's heads concurrently;
 /// 5. `select_decode(group, ctx, head)`: decode-time eviction before a new token is inserted; every
 ///    slot starts kept, clear the victims' flags (none when the head is under budget);
 /// 6. trivially copyable.
