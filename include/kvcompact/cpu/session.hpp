@@ -766,11 +766,14 @@ class session {
         const int end = first + round < ctx.kv_heads() ? first + round : ctx.kv_heads();
         for_each_block(sequence, layer, first, end, [&](index_t h, index_t a, index_t b) { score_slot_block(sequence, layer, h, a, b); });
         auto compact_heads = [&](int last) { detail::parallel_for(last - first, team(), [&](index_t i) { compact(ctx, first + static_cast<int>(i), step); }); };
-        const int failed = select_heads(ctx, first, end);
+        const int failed = select_heads(ctx, first, end, /*check_scores_first=*/true);
         int h = first;
         try {
           for (; h < end; ++h) {
-            if (h >= failed) check_and_select(ctx, h);
+            if (h >= failed) {
+              check_scores(sequence, layer, h);
+              select_one(ctx, h, group_);
+            }
             merge_and_budget(ctx, h);
           }
         } catch (...) {
@@ -807,8 +810,7 @@ class session {
   void select_prefill(const layer_context<T, Layout>& ctx) {
     if constexpr (Policy::shares_scores_across_kv_heads && detail::selects_each_head<typename Policy::selector_type>) {
       if (detail::same_for_equal_heads(policy_.selector)) {
-        clear_verdicts(ctx, 0);
-        detail::select_head(group_, policy_.selector, ctx, 0);
+        select_one(ctx, 0, group_);
         for (int h = 1; h < ctx.kv_heads(); ++h)
           for (index_t j = 0; j < ctx.length(h); ++j) {
             ctx.keep(h, j, ctx.kept(0, j));
@@ -818,7 +820,8 @@ class session {
       }
     }
     if constexpr (detail::selects_each_head<typename Policy::selector_type>) {
-      for (int h = select_heads(ctx, 0, ctx.kv_heads()); h < ctx.kv_heads(); ++h) check_and_select(ctx, h);
+      for (int h = select_heads(ctx, 0, ctx.kv_heads(), /*check_scores_first=*/false); h < ctx.kv_heads(); ++h)
+        select_one(ctx, h, group_);  // score_layer() checked the scores
     } else {
       for (int h = 0; h < ctx.kv_heads(); ++h) clear_verdicts(ctx, h);
       detail::select_layer(group_, policy_.selector, ctx, ranking_);
@@ -829,16 +832,19 @@ class session {
   // own slots, detail::select_head) in parallel: one head per item, with its own slice of the selection
   // scratch (a sequential_group of capacity() keys; the layer's group_ holds every head's). Selecting a
   // head costs about as much as scoring its keys (KNorm at 16k tokens: 0.15 ms a head), and one thread
-  // selecting while the others waited left a round's second core idle. A head that throws (a NaN score,
-  // a refused selection) is not selected: @return the first such head, or @p end. The caller selects
-  // the heads from there on with check_and_select(), which throws for it as a run head by head would,
-  // with the same heads before it selected and merged; verdicts do not depend on the thread count.
-  int select_heads(const layer_context<T, Layout>& ctx, int first, int end) const {
+  // selecting while the others waited left a round's second core idle. With @p check_scores_first each
+  // head's scores are checked for NaN before its selection (the rounds of compress_layer(); score_layer()
+  // checks a whole layer's). A head that throws (a NaN score, a refused selection) is not selected:
+  // @return the first such head, or @p end. The caller selects the heads from there on one by one, in
+  // order, so that head throws for it as a run head by head would, with the same heads before it
+  // selected and merged; verdicts do not depend on the thread count.
+  int select_heads(const layer_context<T, Layout>& ctx, int first, int end, bool check_scores_first) const {
     std::atomic<int> failed{end};
     detail::parallel_for(end - first, team(), [&](index_t i) {
       const int h = first + static_cast<int>(i);
       try {
-        check_and_select(ctx, h, detail::sequential_group(selection_keys_ + h * capacity(), capacity()));
+        if (check_scores_first) check_scores(ctx.sequence(), ctx.layer(), h);
+        select_one(ctx, h, detail::sequential_group(selection_keys_ + h * capacity(), capacity()));
       } catch (...) {
         for (int seen = failed.load(); h < seen && !failed.compare_exchange_weak(seen, h);) {
         }
@@ -847,14 +853,12 @@ class session {
     return failed.load();
   }
 
-  // Prefill selection of KV head h of a head-scope selector by @p group (group_ unless given): its scores checked for NaN,
-  // its slots cleared, then detail::select_head().
-  void check_and_select(const layer_context<T, Layout>& ctx, int h, const detail::sequential_group& group) const {
-    check_scores(ctx.sequence(), ctx.layer(), h);
+  // Prefill selection of KV head h of a head-scope selector by @p group: its slots cleared, then
+  // detail::select_head().
+  void select_one(const layer_context<T, Layout>& ctx, int h, const detail::sequential_group& group) const {
     clear_verdicts(ctx, h);
     detail::select_head(group, policy_.selector, ctx, h);
   }
-  void check_and_select(const layer_context<T, Layout>& ctx, int h) const { check_and_select(ctx, h, group_); }
 
   // Before selection: every slot of head h not kept, without a merge target.
   static void clear_verdicts(const layer_context<T, Layout>& ctx, int h) {
